@@ -1,0 +1,208 @@
+"""Typed configuration for DeepSeek-OCR (DeepEncoder + DeepSeek-3B-MoE decoder).
+
+Two named presets (litgpt style):
+  * ``deepseek-ocr``: the published model (3,336,106,240 parameters), facts from
+    ``PAPER_FACTS.md`` and the checkpoint's ``config.json``.
+  * ``tiny``: the same structure (windowed + global SAM blocks, 16x compressor, CLIP over
+    compressor tokens, a dense layer 0, MoE layers with shared + routed experts) at a few
+    million parameters, for CPU tests and the embedded default run.
+
+Image sizes and patch sizes are the same in both presets, so every resolution mode yields the
+paper's vision token counts on the tiny model too; only widths and depths shrink.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SamConfig:
+    """SAM ViT-B image encoder + neck + 16x compressor (``model.sam_model``)."""
+
+    img_size: int = 1024  # size the absolute position table was trained at (64x64 grid)
+    patch_size: int = 16
+    width: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    window_size: int = 14
+    global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    neck_channels: int = 256  # neck: 1x1 conv width->neck, LN2d, 3x3 conv, LN2d
+    downsample_channels: tuple[int, ...] = (512, 1024)  # net_2, net_3: 3x3 stride-2 convs
+
+    @property
+    def out_channels(self) -> int:
+        return self.downsample_channels[-1]
+
+    @property
+    def downsample(self) -> int:
+        """Pixels per output token side: 16 (patch) * 2**len(downsample_channels) = 64."""
+        return self.patch_size * 2 ** len(self.downsample_channels)
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """CLIP-L vision transformer over the compressor's tokens (``model.vision_model``).
+
+    The patch embedding exists in the checkpoint but is bypassed: the input tokens are the
+    compressor's ``width``-channel output. ``image_size``/``patch_size`` size the 257-entry
+    position table (16x16 grid + class token) that is interpolated to the token grid.
+    """
+
+    width: int = 1024
+    layers: int = 24
+    heads: int = 16
+    mlp_dim: int = 4096
+    image_size: int = 224
+    patch_size: int = 14
+    layer_norm_eps: float = 1e-5
+
+    @property
+    def num_positions(self) -> int:
+        return (self.image_size // self.patch_size) ** 2 + 1
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """DeepSeek-MoE decoder (no MLA): ``model.embed_tokens``, ``model.layers``, ``model.norm``."""
+
+    vocab_size: int = 129280
+    hidden_size: int = 1280
+    intermediate_size: int = 6848  # dense SwiGLU of the first ``first_k_dense_replace`` layers
+    moe_intermediate_size: int = 896  # per routed expert; shared experts use n_shared * this
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 10
+    num_key_value_heads: int = 10
+    n_routed_experts: int = 64
+    num_experts_per_tok: int = 6
+    n_shared_experts: int = 2
+    first_k_dense_replace: int = 1
+    max_position_embeddings: int = 8192
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    norm_topk_prob: bool = False  # DeepSeek-V2 style greedy top-k keeps softmax weights as is
+    aux_loss_alpha: float = 0.001  # expert load-balance loss coefficient (0 disables it)
+    moe_impl: str = "auto"  # "auto" (grouped GEMM on CUDA, loop elsewhere) | "grouped" | "loop"
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+@dataclass(frozen=True)
+class DeepseekOCRConfig:
+    sam: SamConfig = field(default_factory=SamConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    projector_input_dim: int = 2048  # CLIP width + compressor channels, concatenated per token
+    image_token_id: int = 128815  # id of "<image>" in the official tokenizer
+    bos_token_id: int = 0
+    eos_token_id: int = 1
+    pad_token_id: int = 1
+
+    def __post_init__(self) -> None:
+        if self.clip.width != self.sam.out_channels:
+            raise ValueError(
+                f"CLIP width ({self.clip.width}) must equal the compressor's output channels "
+                f"({self.sam.out_channels}): CLIP reads the compressor tokens directly"
+            )
+        if self.projector_input_dim != self.clip.width + self.sam.out_channels:
+            raise ValueError(
+                f"projector_input_dim ({self.projector_input_dim}) must be CLIP width + "
+                f"compressor channels ({self.clip.width} + {self.sam.out_channels})"
+            )
+
+    def replace(self, **changes) -> "DeepseekOCRConfig":
+        """Copy with top-level fields changed; nested configs are replaced whole."""
+        return dataclasses.replace(self, **changes)
+
+    def with_vocab(self, vocab_size: int, **token_ids: int) -> "DeepseekOCRConfig":
+        """Copy sized for a tokenizer (e.g. the engine's BPE): vocab + special token ids."""
+        dec = dataclasses.replace(self.decoder, vocab_size=vocab_size)
+        return dataclasses.replace(self, decoder=dec, **token_ids)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DeepseekOCRConfig":
+        def tup(x):
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in x.items()}
+
+        d = dict(d)
+        return cls(
+            sam=SamConfig(**tup(d.pop("sam", {}))),
+            clip=ClipConfig(**tup(d.pop("clip", {}))),
+            decoder=DecoderConfig(**tup(d.pop("decoder", {}))),
+            **d,
+        )
+
+
+def _tiny() -> DeepseekOCRConfig:
+    return DeepseekOCRConfig(
+        sam=SamConfig(
+            width=32, depth=4, num_heads=2, global_attn_indexes=(1, 3),
+            neck_channels=16, downsample_channels=(32, 64),
+        ),
+        clip=ClipConfig(width=64, layers=2, heads=2, mlp_dim=128),
+        decoder=DecoderConfig(
+            vocab_size=1024, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+            num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+            n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=2,
+            max_position_embeddings=8192,
+        ),
+        projector_input_dim=128,
+        image_token_id=3, bos_token_id=0, eos_token_id=1, pad_token_id=2,
+    )
+
+
+PRESETS = {
+    "deepseek-ocr": DeepseekOCRConfig,
+    "tiny": _tiny,
+}
+
+
+def get_preset(name: str) -> DeepseekOCRConfig:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise KeyError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}") from None
+
+
+# ---------------------------------------------------------------------------------------
+# Resolution modes (paper table). Token counts exclude newline/separator tokens.
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResolutionMode:
+    name: str
+    base_size: int  # side of the global view fed to the encoder
+    pad: bool  # True: keep aspect, pad with the mean colour; False: plain resize
+    tile_size: int = 0  # >0: dynamic tiling (Gundam): n tiles of this side + global view
+    min_tiles: int = 2
+    max_tiles: int = 6  # InternVL2-style grid search over min..max tiles
+
+    @property
+    def tiled(self) -> bool:
+        return self.tile_size > 0
+
+
+RESOLUTION_MODES: dict[str, ResolutionMode] = {
+    "tiny": ResolutionMode("tiny", 512, pad=False),
+    "small": ResolutionMode("small", 640, pad=False),
+    "base": ResolutionMode("base", 1024, pad=True),
+    "large": ResolutionMode("large", 1280, pad=True),
+    "gundam": ResolutionMode("gundam", 1024, pad=True, tile_size=640),
+    "gundam_m": ResolutionMode("gundam_m", 1280, pad=True, tile_size=1024),
+}
+
+
+def get_mode(name: str) -> ResolutionMode:
+    key = name.lower().replace("-", "_")
+    try:
+        return RESOLUTION_MODES[key]
+    except KeyError:
+        raise KeyError(f"unknown resolution mode {name!r}; known: {sorted(RESOLUTION_MODES)}") from None

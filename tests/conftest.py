@@ -1,0 +1,47 @@
+"""Shared pytest fixtures: the `../shared/` reference folder and GPU/weights skips."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("OCRFLOW_SHARED", REPO_ROOT.parent / "shared"))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"shared reference folder not found at {SHARED} (dev/CI machines only)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def manifest(shared_dir: Path) -> dict:
+    import json
+
+    path = shared_dir / "reference" / "deepseek_ocr_checkpoint_manifest.json"
+    if not path.is_file():
+        pytest.skip(f"checkpoint manifest not found at {path}")
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def udhr_dir(shared_dir: Path) -> Path:
+    path = shared_dir / "corpora" / "udhr"
+    if not path.is_dir():
+        pytest.skip(f"UDHR corpus not found at {path}")
+    return path
+
+
+def pytest_collection_modifyitems(config, items):
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU; none is visible")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
