@@ -1,0 +1,87 @@
+"""ocrflow models: DeepEncoder + DeepSeek-3B-MoE (DeepSeek-OCR), tokenizer, prompts, checkpoints.
+
+Configs, tokenizer, prompts and checkpoint functions are imported eagerly (they are light and
+have no sibling dependencies). Model classes are resolved lazily on first attribute access, so
+``import models`` stays cheap and an import error inside a model file surfaces with that file's
+own traceback (``from models import DeepseekOCRForCausalLM`` names the failing module).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .checkpoint import (
+    build_meta_model,
+    config_from_json,
+    expected_published_shapes,
+    export_checkpoint,
+    import_checkpoint,
+    load_config,
+    load_published_weights,
+    published_config,
+    published_to_state_dict,
+    state_dict_to_published,
+)
+from .config import (
+    PRESETS,
+    RESOLUTION_MODES,
+    ClipConfig,
+    DecoderConfig,
+    DeepseekOCRConfig,
+    ResolutionMode,
+    SamConfig,
+    get_mode,
+    get_preset,
+)
+from .prompts import (
+    PROMPT_COARSE,
+    PROMPT_FIGURE,
+    PROMPT_FINE,
+    PROMPT_LOCATE,
+    PROMPTS,
+    format_grounded_block,
+    format_grounded_page,
+    locate_prompt,
+    parse_grounded_output,
+)
+from .tokenizer import SPECIAL_TOKENS, OCRTokenizer, load_tokenizer
+
+# name -> submodule defining it (resolved on first access, see __getattr__).
+_LAZY = {
+    "DeepseekOCRForCausalLM": "deepseek_ocr",
+    "DeepseekOCRModel": "deepseek_ocr",
+    "DeepEncoder": "deepencoder",
+    "ImageInput": "image_processing",
+    "preprocess_image": "image_processing",
+    "num_vision_tokens": "image_processing",
+}
+
+
+def __getattr__(name: str):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    globals()[name] = value  # cache: later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
+
+
+__all__ = [
+    # config
+    "DeepseekOCRConfig", "SamConfig", "ClipConfig", "DecoderConfig", "ResolutionMode",
+    "PRESETS", "RESOLUTION_MODES", "get_preset", "get_mode",
+    # tokenizer / prompts
+    "OCRTokenizer", "load_tokenizer", "SPECIAL_TOKENS",
+    "PROMPT_COARSE", "PROMPT_FINE", "PROMPT_FIGURE", "PROMPT_LOCATE", "PROMPTS",
+    "format_grounded_block", "format_grounded_page", "locate_prompt", "parse_grounded_output",
+    # checkpoint
+    "export_checkpoint", "import_checkpoint", "load_published_weights", "load_config",
+    "state_dict_to_published", "published_to_state_dict", "expected_published_shapes",
+    "build_meta_model", "published_config", "config_from_json",
+    # models (lazy)
+    *_LAZY,
+]

@@ -1,0 +1,31 @@
+"""Hydra entry point of the data engine.
+
+    python -m data_engine.cli input=/data/pdfs out=/data/shards data_engine.workers=16
+    python -m data_engine.cli input=[a.pdf,more/,list.txt] out=o data_engine.labels=[coarse,fine]
+
+Primary config `conf/engine.yaml` (input/out at the top level) composes the self-contained
+group `conf/data_engine/default.yaml`; `run_engine` receives the `data_engine` node.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from data_engine.pipeline import run_engine
+
+
+@hydra.main(config_path="../conf", config_name="engine", version_base=None)
+def _main(cfg: DictConfig) -> None:
+    rep = run_engine(cfg.data_engine)
+    # A run that wrote nothing is almost always a configuration error (wrong input, all filtered).
+    if rep["pages"]["written"] == 0:
+        raise SystemExit("data engine wrote no pages; see report.json / failures.jsonl")
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Layout sources: one page in, layout blocks (label, box in PDF points, text) out, in reading order.
+
+Two sources behind one interface (``LayoutSource.blocks(page, text_dict)``):
+
+* ``textlayer`` (default, no weights): rules over PyMuPDF's text/image/drawing structure.
+* ``paddle``: PP-DocLayout (the layout model the paper used for fine labels) through
+  PaddleOCR's ``LayoutDetection``, with block text taken from the PDF text layer.
+
+Label vocabulary (DeepSeek-OCR's grounded output names; ``LABELS``): ``title`` (document
+title), ``sub_title`` (section headings), ``text``, ``list`` (list items), ``table``
+(text = HTML ``<table>``), ``table_caption``, ``image`` (figures/charts, empty text),
+``image_caption``, ``equation``, ``header``, ``footer`` (running headers/footers, page numbers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import pymupdf
+
+LABELS = ("title", "sub_title", "text", "list", "table", "table_caption", "image",
+          "image_caption", "equation", "header", "footer")
+
+
+@dataclass(frozen=True)
+class LayoutBlock:
+    label: str  # one of LABELS
+    bbox: tuple[float, float, float, float]  # (x0, y0, x1, y1) in PDF points, page origin top-left
+    text: str
+
+
+@runtime_checkable
+class LayoutSource(Protocol):
+    def blocks(self, page: pymupdf.Page, text_dict: dict | None = None) -> list[LayoutBlock]:
+        """Layout blocks of ``page`` in reading order. ``text_dict`` is ``page.get_text("dict")``
+        when the caller already has it (it is computed otherwise)."""
+        ...
+
+
+def get_layout_source(name: str = "textlayer", **kwargs) -> LayoutSource:
+    """``textlayer`` (kwargs of ``TextLayerLayout``) or ``paddle`` (kwargs of ``PaddleLayout``:
+    ``model_dir`` required)."""
+    if name == "textlayer":
+        from data_engine.layout.textlayer import TextLayerLayout
+
+        return TextLayerLayout(**kwargs)
+    if name == "paddle":
+        from data_engine.layout.paddle import PaddleLayout
+
+        return PaddleLayout(**kwargs)
+    raise ValueError(f"unknown layout source {name!r}; known: 'textlayer', 'paddle'")
+
+
+__all__ = ["LABELS", "LayoutBlock", "LayoutSource", "get_layout_source"]

@@ -1,0 +1,462 @@
+"""The data engine: PDFs / page images -> webdataset shards with coarse (and fine) labels.
+
+`run_engine(cfg) -> report` runs three phases, each resumable (see data_engine/queue.py):
+1. discover inputs and hash them (unit id = content hash; cached by path+size+mtime);
+2. process every unit not yet committed, in N spawn-safe worker processes: per page extract
+   the text layer once, label it (coarse: reading-order text + filters; fine: engineer E's
+   layout source + interleaved label), render + encode only pages that kept a label, write
+   the samples to a per-unit tar, commit it atomically;
+3. assemble shards from committed units with a deterministic plan, then write
+   `report.json`, `failures.jsonl` and print a summary.
+Bad input (corrupt, encrypted, empty, zero-page, image-only, garbled) is recorded with its
+reason and never stops a run. Callable without Hydra; data_engine/cli.py is the Hydra entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import re
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import pymupdf
+from tqdm import tqdm
+
+from data_engine import coarse, langid, queue, render, report, shards
+
+ENGINE_VERSION = 1  # bump when sample bytes change for the same config (forces re-processing)
+LABEL_KINDS = ("coarse", "fine")
+
+# Unit-level failure reasons (the whole document is skipped); page-level reasons live in coarse.py.
+MISSING_FILE, EMPTY_FILE, UNREADABLE = "missing_file", "empty_file", "unreadable_file"
+CORRUPT, ENCRYPTED, ZERO_PAGES = "corrupt_file", "encrypted", "zero_pages"
+UNIT_ERROR, WORKER_CRASH, DUPLICATE = "unit_error", "worker_crash", "duplicate"
+RENDER_ERROR, EXTRACT_ERROR = "render_error", "extract_error"
+FINE_EMPTY, FINE_ERROR = "fine_empty", "fine_error"
+
+
+@dataclass
+class EngineConfig:
+    input: Any = None                 # path | dir | glob | list file, or a list of them
+    out: str | None = None            # output root: shards/, work/, report.json, failures.jsonl
+    name: str = "pages"               # shard prefix: {out}/shards/{name}-{NNNNNN}.tar
+    work_dir: str | None = None       # unit outputs + caches; default {out}/work
+    workers: int | None = None        # None or 0: all available cores
+    start_method: str = "spawn"       # spawn: MuPDF state is never forked
+    labels: list = field(default_factory=lambda: ["coarse"])
+    dpi: float = 144.0
+    max_side: int | None = 3000       # cap on the rendered longest side (px)
+    image_format: str = "jpg"
+    jpeg_quality: int = 90
+    sort_text: bool = False           # False: content-stream order (see render.extract_text)
+    min_chars: int = 10
+    max_bad_char_ratio: float = 0.01
+    max_tokens: int = 7168
+    tokenizer: str | None = None      # tokenizer.json for exact token counts; None: estimate
+    min_lang_prob: float = 0.5
+    max_pages_per_doc: int | None = None
+    max_count: int = 1000             # samples per shard
+    max_size: int = 1_000_000_000     # payload bytes per shard
+    keep_units: bool = True           # keep work/units after assembly (needed for incremental re-runs)
+    fine: dict = field(default_factory=dict)  # passed to data_engine.layout.get_layout_source
+    max_crash_retries: int = 2
+    progress: bool = True
+    print_summary: bool = True
+
+    @classmethod
+    def from_any(cls, cfg: "EngineConfig | Mapping") -> "EngineConfig":
+        if isinstance(cfg, cls):
+            return cfg
+        if hasattr(cfg, "_metadata"):  # omegaconf DictConfig, without importing omegaconf here
+            from omegaconf import OmegaConf
+
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+        cfg = dict(cfg)
+        if "data_engine" in cfg and isinstance(cfg["data_engine"], Mapping):
+            cfg = dict(cfg["data_engine"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ValueError(f"unknown data engine config keys {unknown}; known: {sorted(known)}")
+        return cls(**cfg)
+
+    def validate(self) -> None:
+        if not self.input:
+            raise ValueError("data engine: `input` is required (file, directory, glob or list file)")
+        if not self.out:
+            raise ValueError("data engine: `out` (output directory) is required")
+        if isinstance(self.labels, str):
+            self.labels = [self.labels]
+        bad = [k for k in self.labels if k not in LABEL_KINDS]
+        if bad or not self.labels:
+            raise ValueError(f"labels must be a non-empty subset of {LABEL_KINDS}, got {self.labels}")
+        if self.image_format not in render.IMAGE_FORMATS:
+            raise ValueError(f"image_format must be one of {render.IMAGE_FORMATS}, got {self.image_format!r}")
+        if not re.fullmatch(r"[A-Za-z0-9_.]+", self.name):
+            raise ValueError(f"shard name must match [A-Za-z0-9_.]+, got {self.name!r}")
+
+    def digest(self) -> str:
+        """Hash of every setting that changes sample bytes; a committed unit with another digest is redone."""
+        keys = ("labels", "dpi", "max_side", "image_format", "jpeg_quality", "sort_text", "min_chars",
+                "max_bad_char_ratio", "max_tokens", "tokenizer", "min_lang_prob", "max_pages_per_doc", "fine")
+        blob = json.dumps({k: getattr(self, k) for k in keys} | {"v": ENGINE_VERSION}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- worker side
+
+_W: dict = {}  # per-process state, set by _init_worker
+
+
+def _init_worker(cfg: EngineConfig, prompts: dict) -> None:
+    render.quiet_mupdf()
+    tok = None
+    if cfg.tokenizer:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(cfg.tokenizer))
+    layout = fine_label = None
+    if "fine" in cfg.labels:
+        from data_engine.labels import fine_label
+        from data_engine.layout import get_layout_source
+
+        layout = get_layout_source(cfg.fine)
+    _W.update(cfg=cfg, prompts=prompts, store=queue.UnitStore(cfg.work_dir), layout=layout,
+              fine_label=fine_label, digest=cfg.digest(),
+              filter=coarse.CoarseFilter(cfg.min_chars, cfg.max_bad_char_ratio, cfg.max_tokens, tok))
+
+
+def _hash_worker(path: str) -> tuple[str, int, str | None]:
+    return queue.hash_file(path)
+
+
+def _fine_labels(page, tdict, w: float, h: float) -> tuple[dict | None, str | None]:
+    try:
+        blocks = _W["layout"].blocks(page, tdict)
+        text, boxes = _W["fine_label"](blocks, w, h)
+    except Exception as e:  # a layout failure costs the fine label, not the page
+        return None, f"{FINE_ERROR}: {type(e).__name__}"
+    if not text or not boxes:
+        return None, FINE_EMPTY
+    if coarse.bad_char_ratio(text) > _W["cfg"].max_bad_char_ratio:
+        return None, coarse.GARBLED_TEXT
+    if _W["filter"].count_tokens(text) > _W["cfg"].max_tokens:
+        return None, coarse.TOO_MANY_TOKENS
+    return {"prompt": _W["prompts"]["fine"], "text": text, "boxes": boxes}, None
+
+
+def _process_pages(doc, unit: dict, record: dict, writer) -> None:
+    cfg: EngineConfig = _W["cfg"]
+    n_pages = doc.page_count if cfg.max_pages_per_doc is None else min(doc.page_count, cfg.max_pages_per_doc)
+    kind_skips: dict[str, dict[str, int]] = {k: {} for k in cfg.labels}
+    for i in range(n_pages):
+        try:
+            page = doc.load_page(i)
+            tdict = render.extract_text(page, sort=cfg.sort_text)
+        except Exception as e:
+            record["skipped"].append({"page": i, "reason": EXTRACT_ERROR, "detail": f"{type(e).__name__}: {e}"[:300]})
+            continue
+        text = coarse.text_from_dict(tdict)
+        w_pt, h_pt = page.rect.width, page.rect.height
+        labels, reasons = {}, {}
+        if "coarse" in cfg.labels:
+            reasons["coarse"] = _W["filter"].reason(text)
+            if reasons["coarse"] is None:
+                labels["coarse"] = {"prompt": _W["prompts"]["coarse"], "text": text}
+        if "fine" in cfg.labels:
+            labels["fine"], reasons["fine"] = _fine_labels(page, tdict, w_pt, h_pt)
+            if labels["fine"] is None:
+                del labels["fine"]
+        for kind, why in reasons.items():
+            if why is not None:
+                kind_skips[kind][why] = kind_skips[kind].get(why, 0) + 1
+        if not labels:  # nothing to learn from: skip before paying for the render
+            record["skipped"].append({"page": i, "reason": next(r for r in reasons.values() if r)})
+            continue
+        try:
+            img = render.render_page(page, cfg.dpi, cfg.max_side, cfg.image_format, cfg.jpeg_quality)
+        except Exception as e:
+            record["skipped"].append({"page": i, "reason": RENDER_ERROR, "detail": f"{type(e).__name__}: {e}"[:300]})
+            continue
+        lang, _ = langid.detect_language(text, cfg.min_lang_prob)
+        script = langid.detect_script(text)
+        key = shards.sample_key(unit["doc_id"], i)
+        meta = {
+            "doc_id": unit["doc_id"], "source_path": unit["path"], "page": i, "num_pages": doc.page_count,
+            "lang": lang, "script": script, "dpi": img.dpi,
+            "page_size": [round(w_pt, 2), round(h_pt, 2)], "image_size": list(img.size),
+            "source": unit["source"], "data_source": "ocr", "labels": labels,
+        }
+        meta_bytes = shards.encode_meta(meta)
+        writer.write({"__key__": key, img.fmt: img.data, "json": meta_bytes})
+        record["samples"].append({"key": key, "page": i, "size": len(img.data) + len(meta_bytes),
+                                  "lang": lang, "script": script, "labels": sorted(labels)})
+    record["kind_skips"] = kind_skips
+    record["pages_seen"] = n_pages
+
+
+def process_unit(unit: dict) -> dict:
+    """Process one document and commit its outputs; returns the committed unit record."""
+    t0 = time.perf_counter()
+    store: queue.UnitStore = _W["store"]
+    record = {"doc_id": unit["doc_id"], "path": unit["path"], "config": _W["digest"], "status": "ok",
+              "reason": None, "detail": None, "num_pages": 0, "pages_seen": 0,
+              "samples": [], "skipped": [], "kind_skips": {}}
+
+    def fail(reason: str, detail: str | None = None) -> dict:
+        record.update(status="failed", reason=reason, detail=detail, samples=[])
+        return record
+
+    has_tar = False
+    if unit.get("hash_error"):
+        fail(UNREADABLE, unit["hash_error"])
+    elif unit["size"] == 0:
+        fail(EMPTY_FILE)
+    else:
+        try:
+            doc = pymupdf.open(unit["path"])
+        except Exception as e:
+            doc = None
+            fail(CORRUPT, f"{type(e).__name__}: {e}"[:300])
+        if doc is not None:
+            try:
+                record["num_pages"] = doc.page_count if not doc.needs_pass else 0
+                if doc.needs_pass:
+                    fail(ENCRYPTED)
+                elif doc.page_count == 0:
+                    fail(ZERO_PAGES)
+                else:
+                    with open(store.tmp_tar_path(unit["doc_id"]), "wb") as f:
+                        writer = shards.tar_writer(f)
+                        _process_pages(doc, unit, record, writer)
+                        writer.close()
+                    has_tar = True
+            except Exception as e:  # anything MuPDF throws mid-document: record, move on
+                fail(UNIT_ERROR, f"{type(e).__name__}: {e}"[:300])
+                has_tar = False
+            finally:
+                doc.close()
+    record["seconds"] = round(time.perf_counter() - t0, 4)
+    store.commit(unit["doc_id"], record, has_tar)
+    return record
+
+
+# --------------------------------------------------------------------------- driver side
+
+def _num_workers(cfg: EngineConfig) -> int:
+    if cfg.workers:
+        return int(cfg.workers)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _hash_inputs(files: list[queue.InputFile], work: Path, pool) -> dict[str, tuple[str, int, str | None]]:
+    """path -> (doc_id, size, error), reusing `work/hash_cache.jsonl` entries whose size+mtime match."""
+    cache_path = work / "hash_cache.jsonl"
+    cache = {}
+    if cache_path.is_file():
+        for line in cache_path.read_text(encoding="utf-8").splitlines():
+            e = json.loads(line)
+            cache[e["path"]] = e
+    out, todo = {}, []
+    for f in files:
+        if not f.exists:
+            continue
+        st = os.stat(f.path)
+        e = cache.get(f.path)
+        if e and e["size"] == st.st_size and e["mtime_ns"] == st.st_mtime_ns:
+            out[f.path] = (e["doc_id"], e["size"], None)
+        else:
+            todo.append((f.path, st.st_mtime_ns))
+    results = pool.map(_hash_worker, [p for p, _ in todo], chunksize=16) if pool else map(_hash_worker, [p for p, _ in todo])
+    for (path, mtime), res in zip(todo, results):
+        out[path] = res
+        if res[2] is None:
+            cache[path] = {"path": path, "size": res[1], "mtime_ns": mtime, "doc_id": res[0]}
+    tmp = cache_path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(e) + "\n" for e in cache.values()), encoding="utf-8")
+    os.replace(tmp, cache_path)
+    return out
+
+
+def _make_pool(cfg: EngineConfig, n: int, prompts: dict):
+    return ProcessPoolExecutor(n, mp_context=mp.get_context(cfg.start_method),
+                               initializer=_init_worker, initargs=(cfg, prompts))
+
+
+def _run_units(cfg: EngineConfig, units: list[dict], n_workers: int, prompts: dict, pool, bar) -> tuple[list[dict], Any]:
+    """Process `units`, tolerating worker crashes (a unit that kills its worker twice is failed)."""
+    done: list[dict] = []
+    crashes: dict[str, int] = {}
+    pending = list(reversed(units))  # pop() from the end keeps submission in doc-id order
+    in_flight: dict = {}
+    window = 4 * n_workers  # bounded submission: millions of units never sit in memory as futures
+    while pending or in_flight:
+        while pending and len(in_flight) < window:
+            u = pending.pop()
+            in_flight[pool.submit(process_unit, u)] = u
+        finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+        broken = False
+        for fut in finished:
+            u = in_flight.pop(fut)
+            try:
+                rec = fut.result()
+            except BrokenProcessPool:
+                broken = True
+                crashes[u["doc_id"]] = crashes.get(u["doc_id"], 0) + 1
+                if crashes[u["doc_id"]] > cfg.max_crash_retries:
+                    rec = _commit_failure(cfg, u, WORKER_CRASH, "worker process died (e.g. a MuPDF crash)")
+                else:
+                    pending.append(u)
+                    continue
+            done.append(rec)
+            _tick(bar, rec)
+        if broken:  # every in-flight future of a broken pool fails too: requeue them, restart the pool
+            for fut, u in in_flight.items():
+                pending.append(u)
+            in_flight.clear()
+            pool.shutdown(wait=False, cancel_futures=True)
+            pool = _make_pool(cfg, n_workers, prompts)
+    return done, pool
+
+
+def _tick(bar, rec: dict) -> None:
+    bar.pages += len(rec["samples"])
+    bar.set_postfix(pages=bar.pages, refresh=False)
+    bar.update(1)
+
+
+def _commit_failure(cfg: EngineConfig, u: dict, reason: str, detail: str) -> dict:
+    rec = {"doc_id": u["doc_id"], "path": u["path"], "config": cfg.digest(), "status": "failed", "reason": reason,
+           "detail": detail, "num_pages": 0, "pages_seen": 0, "samples": [], "skipped": [], "kind_skips": {}}
+    queue.UnitStore(cfg.work_dir).commit(u["doc_id"], rec, has_tar=False)
+    return rec
+
+
+def _assemble(cfg: EngineConfig, records: list[dict], pool) -> tuple[list[dict], bool]:
+    """Write the shards for `records` (skipped when the previous plan is identical). Returns (shards, rewritten)."""
+    shard_dir = Path(cfg.out) / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    plan = queue.plan_shards([r for r in records if r["samples"]], cfg.name, cfg.max_count, cfg.max_size)
+    digest = queue.plan_digest(plan, extra=cfg.digest())
+    index_path = shard_dir / f"{cfg.name}.index.json"
+    summary = [{"file": sp.filename, "count": sp.count, "size": sp.size} for sp in plan]
+    if index_path.is_file():
+        prev = json.loads(index_path.read_text(encoding="utf-8"))
+        if prev.get("digest") == digest and all((shard_dir / s["file"]).is_file() for s in summary):
+            return summary, False
+    store = queue.UnitStore(cfg.work_dir)
+    jobs = [(shard_dir / sp.filename, [(store.tar_path(d), keys) for d, keys in sp.parts]) for sp in plan]
+    if pool is None:
+        for path, parts in jobs:
+            shards.write_shard(path, parts)
+    else:
+        paths, parts = zip(*jobs) if jobs else ((), ())
+        list(pool.map(shards.write_shard, paths, parts))
+    # Shards of an earlier, larger plan would otherwise be read as part of this dataset.
+    keep = {sp.filename for sp in plan}
+    for p in shard_dir.glob(f"{cfg.name}-*.tar*"):
+        if p.name not in keep and re.fullmatch(re.escape(cfg.name) + r"-\d{6}\.tar(\.tmp)?", p.name):
+            p.unlink()
+    tmp = index_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"digest": digest, "shards": summary}, indent=1), encoding="utf-8")
+    os.replace(tmp, index_path)
+    return summary, True
+
+
+def _prompts() -> dict:
+    # models/prompts.py is the single source of the prompt strings. models/__init__ imports torch,
+    # so only the driver imports it; workers receive the strings.
+    from models.prompts import PROMPTS
+
+    return {"coarse": PROMPTS["coarse"], "fine": PROMPTS["fine"]}
+
+
+def run_engine(cfg: "EngineConfig | Mapping") -> dict:
+    """Run the engine end to end; returns the report dict (also written to {out}/report.json)."""
+    cfg = EngineConfig.from_any(cfg)
+    cfg.validate()
+    out = Path(cfg.out).resolve()
+    cfg.out = str(out)
+    cfg.work_dir = str(Path(cfg.work_dir).resolve() if cfg.work_dir else out / "work")
+    Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
+    n_workers = _num_workers(cfg)
+    prompts = _prompts()
+    t_start = time.perf_counter()
+
+    files = queue.discover_inputs(cfg.input)
+    _init_worker(cfg, prompts)  # the driver also runs units itself when n_workers == 1
+    pool = _make_pool(cfg, n_workers, prompts) if n_workers > 1 else None
+    try:
+        hashes = _hash_inputs(files, Path(cfg.work_dir), pool)
+        units, dup_records, missing = [], [], []
+        seen: dict[str, str] = {}
+        for f in files:
+            if not f.exists:
+                missing.append({"doc_id": None, "path": f.path, "status": "failed", "reason": MISSING_FILE,
+                                "detail": None, "samples": [], "skipped": [], "kind_skips": {}, "num_pages": 0})
+                continue
+            doc_id, size, err = hashes[f.path]
+            if doc_id in seen:  # same bytes under another path: processed once, under the first path
+                dup_records.append({"doc_id": doc_id, "path": f.path, "status": "skipped", "reason": DUPLICATE,
+                                    "detail": f"same content as {seen[doc_id]}", "samples": [], "skipped": [],
+                                    "kind_skips": {}, "num_pages": 0})
+                continue
+            seen[doc_id] = f.path
+            sidecar = Path(f.path).with_suffix(".gt.json")
+            source = "image" if Path(f.path).suffix.lower() in queue.IMAGE_SUFFIXES else (
+                "synthetic" if sidecar.is_file() else "pdf")
+            units.append({"doc_id": doc_id, "path": f.path, "size": size, "hash_error": err, "source": source})
+        units.sort(key=lambda u: u["doc_id"])
+        t_hashed = time.perf_counter()
+
+        store = queue.UnitStore(cfg.work_dir)
+        digest = cfg.digest()
+        records, todo = {}, []
+        for u in units:
+            rec = store.load(u["doc_id"]) if store.is_done(u["doc_id"]) else None
+            if rec is not None and rec.get("config") == digest and rec.get("path") == u["path"]:
+                records[u["doc_id"]] = rec
+            else:
+                todo.append(u)
+        resumed = len(records)
+        bar = tqdm(total=len(todo), unit="doc", desc="data engine", disable=not cfg.progress, dynamic_ncols=True)
+        bar.pages = 0
+        if pool is None:
+            new = []
+            for u in todo:
+                new.append(process_unit(u))
+                _tick(bar, new[-1])
+        else:
+            new, pool = _run_units(cfg, todo, n_workers, prompts, pool, bar)
+        bar.close()
+        for rec in new:
+            records[rec["doc_id"]] = rec
+        t_processed = time.perf_counter()
+
+        ordered = [records[u["doc_id"]] for u in units]
+        shard_summary, rewritten = _assemble(cfg, ordered, pool)
+        t_done = time.perf_counter()
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+    if not cfg.keep_units:
+        for rec in ordered:
+            if rec["doc_id"]:
+                store.tar_path(rec["doc_id"]).unlink(missing_ok=True)
+    timings = {"discover_hash_s": t_hashed - t_start, "process_s": t_processed - t_hashed,
+               "assemble_s": t_done - t_processed, "total_s": t_done - t_start}
+    rep = report.build_report(ordered + dup_records + missing, new, shard_summary, timings, n_workers,
+                              resumed_units=resumed, shards_rewritten=rewritten, config=dataclasses.asdict(cfg))
+    report.write_report(rep, ordered + dup_records + missing, out)
+    if cfg.print_summary:
+        print(report.format_summary(rep))
+    return rep

@@ -1,0 +1,126 @@
+"""Run report of the data engine: `report.json`, `failures.jsonl` and a readable summary.
+
+Counts cover the whole input set (units committed by earlier, interrupted runs included), so
+a resumed run reports the same dataset as an uninterrupted one; throughput covers only the
+units processed by this run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+
+def _sorted_counts(c: Counter) -> dict:
+    return dict(sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def build_report(records: list[dict], new_records: list[dict], shard_summary: list[dict], timings: dict,
+                 workers: int, resumed_units: int = 0, shards_rewritten: bool = True, config: dict | None = None) -> dict:
+    docs_by_status, doc_fail = Counter(), Counter()
+    page_skip, langs, scripts, sources = Counter(), Counter(), Counter(), Counter()
+    kinds_written, kinds_skipped = Counter(), {}
+    pages_seen = pages_written = 0
+    for rec in records:
+        docs_by_status[rec["status"]] += 1
+        if rec["status"] != "ok":
+            doc_fail[rec["reason"]] += 1
+        pages_seen += rec.get("pages_seen", 0)
+        for s in rec.get("skipped", ()):
+            page_skip[s["reason"]] += 1
+        for s in rec.get("samples", ()):
+            pages_written += 1
+            langs[s["lang"]] += 1
+            scripts[s["script"]] += 1
+            kinds_written.update(s["labels"])
+        for kind, reasons in rec.get("kind_skips", {}).items():
+            kinds_skipped.setdefault(kind, Counter()).update(reasons)
+    kinds = sorted(set(kinds_written) | set(kinds_skipped))
+
+    new_pages = sum(r.get("pages_seen", 0) for r in new_records)
+    new_written = sum(len(r.get("samples", ())) for r in new_records)
+    busy_s = sum(r.get("seconds", 0.0) for r in new_records)  # summed worker time spent in units
+    wall = timings.get("process_s", 0.0)
+    throughput = {
+        "units_processed": len(new_records),
+        "pages_processed": new_pages,
+        "pages_written": new_written,
+        "process_wall_s": round(wall, 3),
+        "pages_per_s": round(new_pages / wall, 2) if wall > 0 else None,
+        "pages_per_s_per_worker": round(new_pages / wall / workers, 2) if wall > 0 else None,
+        "written_pages_per_s": round(new_written / wall, 2) if wall > 0 else None,
+        # Per busy worker-second: the per-core speed without pool start-up and tail effects.
+        "pages_per_worker_s": round(new_pages / busy_s, 2) if busy_s > 0 else None,
+    }
+    return {
+        "docs": {"total": len(records), **{k: v for k, v in sorted(docs_by_status.items())},
+                 "failed_by_reason": _sorted_counts(doc_fail), "resumed_units": resumed_units},
+        "pages": {"seen": pages_seen, "written": pages_written, "skipped": sum(page_skip.values()),
+                  "skipped_by_reason": _sorted_counts(page_skip)},
+        "per_language": _sorted_counts(langs),
+        "per_script": _sorted_counts(scripts),
+        "per_label_kind": {k: {"written": kinds_written.get(k, 0),
+                               "skipped_by_reason": _sorted_counts(kinds_skipped.get(k, Counter()))} for k in kinds},
+        "shards": {"count": len(shard_summary), "samples": sum(s["count"] for s in shard_summary),
+                   "bytes": sum(s["size"] for s in shard_summary), "rewritten": shards_rewritten,
+                   "files": [s["file"] for s in shard_summary]},
+        "throughput": throughput,
+        "workers": workers,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "config": config or {},
+    }
+
+
+def failure_rows(records: list[dict]):
+    """One row per failed/skipped document and per skipped page, in record order."""
+    for rec in records:
+        if rec["status"] != "ok":
+            yield {"path": rec["path"], "doc_id": rec["doc_id"], "page": None, "reason": rec["reason"],
+                   "detail": rec.get("detail")}
+        for s in rec.get("skipped", ()):
+            yield {"path": rec["path"], "doc_id": rec["doc_id"], "page": s["page"], "reason": s["reason"],
+                   "detail": s.get("detail")}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_report(rep: dict, records: list[dict], out: str | Path) -> None:
+    out = Path(out)
+    _atomic_write(out / "report.json", json.dumps(rep, indent=1, ensure_ascii=False, default=str))
+    _atomic_write(out / "failures.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in failure_rows(records)))
+
+
+def _top(d: dict, n: int = 8) -> str:
+    items = list(d.items())
+    s = ", ".join(f"{k} {v}" for k, v in items[:n])
+    return s + (f", ... (+{len(items) - n})" if len(items) > n else "") if s else "-"
+
+
+def format_summary(rep: dict) -> str:
+    d, p, t = rep["docs"], rep["pages"], rep["throughput"]
+    lines = [
+        "data engine summary",
+        f"  documents : {d['total']} total, {d.get('ok', 0)} ok, {d['resumed_units']} resumed; "
+        f"failed/skipped: {_top(d['failed_by_reason'])}",
+        f"  pages     : {p['seen']} seen, {p['written']} written, {p['skipped']} skipped: {_top(p['skipped_by_reason'])}",
+        f"  languages : {_top(rep['per_language'])}",
+        f"  scripts   : {_top(rep['per_script'])}",
+    ]
+    for kind, v in rep["per_label_kind"].items():
+        lines.append(f"  {kind:<10}: {v['written']} labels; not labelled: {_top(v['skipped_by_reason'])}")
+    sh = rep["shards"]
+    lines.append(f"  shards    : {sh['count']} files, {sh['samples']} samples, {sh['bytes'] / 1e6:.1f} MB"
+                 + ("" if sh["rewritten"] else " (unchanged, reused)"))
+    if t["pages_per_s"] is not None:
+        lines.append(f"  throughput: {t['pages_processed']} pages in {t['process_wall_s']:.1f} s = {t['pages_per_s']} pages/s, "
+                     f"{t['pages_per_s_per_worker']} pages/s/worker ({rep['workers']} workers); "
+                     f"{t['pages_per_worker_s']} pages per busy worker-second")
+    else:
+        lines.append("  throughput: nothing new to process (all units already committed)")
+    return "\n".join(lines)

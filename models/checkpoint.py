@@ -1,0 +1,442 @@
+"""Import / export of the published DeepSeek-OCR checkpoint layout (safetensors + config.json).
+
+The published checkpoint (deepseek-ai/DeepSeek-OCR) is one ``model.safetensors`` of 2710
+bfloat16 tensors. Our ``DeepseekOCRForCausalLM.state_dict()`` uses the same names with one
+exception (docs/INTERFACES.md): routed experts are stored stacked for grouped GEMM,
+
+    ours:      model.layers.L.mlp.experts.{gate,up,down}_proj            (E, ...)
+    published: model.layers.L.mlp.experts.{e}.{gate,up,down}_proj.weight (...)   e = 0..E-1
+
+This module converts between the two, writes checkpoints (single file, or shards plus a
+``model.safetensors.index.json`` as in Hugging Face hubs), writes a ``config.json`` carrying
+the published architecture fields plus our full config under ``"ocrflow"``, and loads
+checkpoints strictly: every missing, unexpected or wrong-shaped tensor is named before any
+weight is read. Loading streams one tensor at a time into the model's parameters, so peak
+memory stays near one model copy even for the 3.3B model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .config import DeepseekOCRConfig
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+CONFIG_FILE = "config.json"
+_SHARD_RE = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
+
+_STACKED = re.compile(r"^(?P<prefix>model\.layers\.\d+\.mlp\.experts)\.(?P<proj>gate_proj|up_proj|down_proj)$")
+_PUBLISHED = re.compile(
+    r"^(?P<prefix>model\.layers\.\d+\.mlp\.experts)\.(?P<e>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)\.weight$"
+)
+# Wrappers that prefix state-dict names (DDP/DeepSpeed "module.", torch.compile "_orig_mod.").
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+_MAX_LISTED = 20  # names listed per problem kind in an error message
+
+
+# ------------------------------------------------------------------------- name mapping
+
+
+def _strip_wrappers(name: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for p in _WRAPPER_PREFIXES:
+            if name.startswith(p):
+                name, changed = name[len(p):], True
+    return name
+
+
+def state_dict_to_published(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our names -> published names; stacked experts are split into per-expert views."""
+    out: dict[str, torch.Tensor] = {}
+    for name, t in sd.items():
+        name = _strip_wrappers(name)
+        m = _STACKED.match(name)
+        if m is None:
+            out[name] = t
+            continue
+        for e in range(t.shape[0]):  # (E, out, in) -> E x (out, in)
+            out[f"{m['prefix']}.{e}.{m['proj']}.weight"] = t[e]
+    return out
+
+
+def published_to_state_dict(sd: Mapping[str, torch.Tensor], cfg: DeepseekOCRConfig) -> dict[str, torch.Tensor]:
+    """Published names -> our names; per-expert weights are stacked to (E, out, in).
+
+    Raises if a layer's experts are not exactly 0..n_routed_experts-1.
+    """
+    n_exp = cfg.decoder.n_routed_experts
+    out: dict[str, torch.Tensor] = {}
+    experts: dict[str, dict[int, torch.Tensor]] = {}
+    for name, t in sd.items():
+        m = _PUBLISHED.match(name)
+        if m is None:
+            out[name] = t
+        else:
+            experts.setdefault(f"{m['prefix']}.{m['proj']}", {})[int(m["e"])] = t
+    for key, per in sorted(experts.items()):
+        if sorted(per) != list(range(n_exp)):
+            missing = sorted(set(range(n_exp)) - set(per))
+            extra = sorted(set(per) - set(range(n_exp)))
+            raise ValueError(f"{key}: expected experts 0..{n_exp - 1}; missing {missing}, unexpected {extra}")
+        out[key] = torch.stack([per[e] for e in range(n_exp)])
+    return out
+
+
+def _published_targets(model_shapes: Mapping[str, torch.Size]) -> dict[str, tuple[str, int | None, tuple]]:
+    """Published name -> (our name, expert index or None, published shape)."""
+    targets = {}
+    for name, shape in model_shapes.items():
+        m = _STACKED.match(name)
+        if m is None:
+            targets[name] = (name, None, tuple(shape))
+        else:
+            for e in range(shape[0]):
+                targets[f"{m['prefix']}.{e}.{m['proj']}.weight"] = (name, e, tuple(shape[1:]))
+    return targets
+
+
+# ---------------------------------------------------------------------------- building
+
+
+@contextlib.contextmanager
+def _skip_init() -> Iterator[None]:
+    """Make ``torch.nn.init`` in-place initializers no-ops while a model is built for loading.
+
+    Random init of 3.3B parameters costs minutes on CPU and is overwritten anyway. Buffers
+    computed in ``__init__`` (e.g. RoPE frequencies) are still built normally, which is why
+    this beats building on the meta device and ``to_empty``.
+    """
+    names = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(nn.init, n, lambda tensor, *a, **k: tensor)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(nn.init, n, f)
+
+
+def _model_cls():
+    from .deepseek_ocr import DeepseekOCRForCausalLM  # lazy: checkpoint.py is imported by models/__init__
+
+    return DeepseekOCRForCausalLM
+
+
+def build_meta_model(cfg: DeepseekOCRConfig) -> nn.Module:
+    """The model on the meta device: shapes and names without allocating memory."""
+    with torch.device("meta"), _skip_init():  # init on meta is pure overhead (seconds at full size)
+        return _model_cls()(cfg)
+
+
+def expected_published_shapes(cfg: DeepseekOCRConfig) -> dict[str, tuple[int, ...]]:
+    """Published tensor name -> shape for ``cfg`` (from the model itself, on the meta device)."""
+    sd = build_meta_model(cfg).state_dict()
+    return {k: v[2] for k, v in _published_targets({k: t.shape for k, t in sd.items()}).items()}
+
+
+# ------------------------------------------------------------------------- config.json
+
+# The published config.json carries this (architecturally unused) value; written as is so
+# tools that read our config.json see the same fields as the official one.
+_PUBLISHED_VISION_MLP_RATIO = 3.7362
+
+
+def published_config(cfg: DeepseekOCRConfig, torch_dtype: torch.dtype | None = torch.bfloat16) -> dict:
+    """config.json content: the published architecture fields plus ``"ocrflow"`` (our full config)."""
+    d, s, c = cfg.decoder, cfg.sam, cfg.clip
+    out = {
+        "architectures": ["DeepseekOCRForCausalLM"],
+        "model_type": "deepseek_vl_v2",
+        "language_config": {
+            "vocab_size": d.vocab_size, "hidden_size": d.hidden_size,
+            "intermediate_size": d.intermediate_size, "moe_intermediate_size": d.moe_intermediate_size,
+            "num_hidden_layers": d.num_hidden_layers, "num_attention_heads": d.num_attention_heads,
+            "num_key_value_heads": d.num_key_value_heads, "n_routed_experts": d.n_routed_experts,
+            "num_experts_per_tok": d.num_experts_per_tok, "n_shared_experts": d.n_shared_experts,
+            "first_k_dense_replace": d.first_k_dense_replace,
+            "max_position_embeddings": d.max_position_embeddings,
+            "n_group": 1, "topk_group": 1,  # no group-limited routing in DeepSeek-OCR
+            "rope_theta": d.rope_theta, "rms_norm_eps": d.rms_norm_eps,
+            "norm_topk_prob": d.norm_topk_prob, "topk_method": "greedy", "scoring_func": "softmax",
+            "use_mla": False, "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
+        },
+        "projector_config": {"input_dim": cfg.projector_input_dim, "n_embed": d.hidden_size,
+                             "projector_type": "linear"},
+        "vision_config": {
+            "image_size": s.img_size, "mlp_ratio": _PUBLISHED_VISION_MLP_RATIO,
+            "model_name": "deeplip_b_l",
+            "width": {
+                "clip-l-14-224": {"heads": c.heads, "image_size": c.image_size, "layers": c.layers,
+                                  "patch_size": c.patch_size, "width": c.width},
+                "sam_vit_b": {"downsample_channels": list(s.downsample_channels),
+                              "global_attn_indexes": list(s.global_attn_indexes), "heads": s.num_heads,
+                              "layers": s.depth, "width": s.width},
+            },
+        },
+        "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
+        "pad_token_id": cfg.pad_token_id, "image_token_id": cfg.image_token_id,
+        "ocrflow": cfg.to_dict(),
+    }
+    if torch_dtype is not None:
+        out["torch_dtype"] = str(torch_dtype).removeprefix("torch.")
+    return out
+
+
+def config_from_json(d: Mapping) -> DeepseekOCRConfig:
+    """Rebuild the config from a config.json: exact from ``"ocrflow"``, else from the published fields.
+
+    The official config.json has no ``"ocrflow"`` entry; its architecture fields override the
+    ``deepseek-ocr`` defaults (fields it does not state, like CLIP's MLP width, keep them).
+    """
+    if "ocrflow" in d:
+        return DeepseekOCRConfig.from_dict(d["ocrflow"])
+    base = DeepseekOCRConfig().to_dict()
+    lang = d.get("language_config", {})
+    base["decoder"].update({k: v for k, v in lang.items() if k in base["decoder"]})
+    width = d.get("vision_config", {}).get("width", {})
+    sam, clip = width.get("sam_vit_b", {}), width.get("clip-l-14-224", {})
+    ren = {"layers": "depth", "heads": "num_heads"}
+    base["sam"].update({ren.get(k, k): v for k, v in sam.items() if ren.get(k, k) in base["sam"]})
+    if "image_size" in d.get("vision_config", {}):
+        base["sam"]["img_size"] = d["vision_config"]["image_size"]
+    base["clip"].update({k: v for k, v in clip.items() if k in base["clip"]})
+    if "width" in clip and "mlp_dim" not in clip:
+        base["clip"]["mlp_dim"] = 4 * clip["width"]
+    if "input_dim" in d.get("projector_config", {}):
+        base["projector_input_dim"] = d["projector_config"]["input_dim"]
+    for k in ("bos_token_id", "eos_token_id", "pad_token_id", "image_token_id"):
+        if isinstance(d.get(k), int):
+            base[k] = d[k]
+    return DeepseekOCRConfig.from_dict(base)
+
+
+def load_config(path: str | Path) -> DeepseekOCRConfig:
+    """Config of a checkpoint directory (or of a config.json path)."""
+    p = Path(path)
+    f = p / CONFIG_FILE if p.is_dir() else p
+    if not f.is_file():
+        raise FileNotFoundError(f"no {CONFIG_FILE} at {p}; pass cfg= explicitly to load weights without one")
+    return config_from_json(json.loads(f.read_text()))
+
+
+# ------------------------------------------------------------------------------ export
+
+
+def _model_config(model: nn.Module) -> DeepseekOCRConfig | None:
+    for attr in ("cfg", "config"):
+        c = getattr(model, attr, None)
+        if isinstance(c, DeepseekOCRConfig):
+            return c
+    return None
+
+
+def export_checkpoint(
+    model: nn.Module | Mapping[str, torch.Tensor],
+    out_dir: str | Path,
+    dtype: torch.dtype | None = torch.bfloat16,
+    cfg: DeepseekOCRConfig | None = None,
+    max_shard_bytes: int | None = 10 * 2**30,
+) -> Path:
+    """Write ``model`` (or a state dict) in the published layout + config.json to ``out_dir``.
+
+    ``dtype=None`` keeps each tensor's dtype. Checkpoints up to ``max_shard_bytes`` (default
+    10 GiB: the bf16 3.3B model, 6.7 GB, stays one file like the published one) are written as
+    ``model.safetensors``; larger ones as ``model-0000i-of-0000n.safetensors`` + index json.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, nn.Module):
+        cfg = cfg or _model_config(model)
+        sd = model.state_dict()
+    else:
+        sd = dict(model)
+    if cfg is None:
+        raise ValueError("export_checkpoint needs cfg= (the model has no .cfg/.config DeepseekOCRConfig)")
+    pub = state_dict_to_published(sd)
+
+    def nbytes(t: torch.Tensor) -> int:
+        return t.numel() * (dtype.itemsize if dtype is not None else t.element_size())
+
+    # Greedy sharding in name order (the published order groups a layer's tensors together).
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, t in pub.items():
+        if max_shard_bytes and shards[-1] and size + nbytes(t) > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes(t)
+
+    for stale in [out / SINGLE_FILE, out / INDEX_FILE, *out.glob("model-*-of-*.safetensors")]:
+        stale.unlink(missing_ok=True)  # a previous export with another sharding must not linger
+    files = [SINGLE_FILE] if len(shards) == 1 else [
+        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))
+    ]
+    weight_map = {}
+    for fname, names in zip(files, shards):
+        tensors = {}
+        for n in names:
+            t = pub[n].detach()
+            t = t.to("cpu", dtype=dtype) if dtype is not None else t.to("cpu")
+            # Expert slices are views of one stacked tensor; safetensors refuses shared storage.
+            tensors[n] = t.clone() if t.untyped_storage().nbytes() != t.nbytes else t.contiguous()
+            weight_map[n] = fname
+        save_file(tensors, str(out / fname), metadata={"format": "pt"})
+        del tensors
+    if len(files) > 1:
+        total = sum(nbytes(t) for t in pub.values())
+        (out / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+
+    stored = dtype or next((t.dtype for t in pub.values() if t.is_floating_point()), None)
+    (out / CONFIG_FILE).write_text(json.dumps(published_config(cfg, stored), indent=2, ensure_ascii=False))
+    return out
+
+
+# ------------------------------------------------------------------------------ import
+
+
+def checkpoint_files(path: str | Path) -> dict[str, Path]:
+    """Tensor name -> file, for a directory (single file or sharded + index) or a .safetensors path."""
+    p = Path(path)
+    if p.is_file():
+        files = [p]
+    elif (p / INDEX_FILE).is_file():
+        weight_map = json.loads((p / INDEX_FILE).read_text())["weight_map"]
+        return {n: p / f for n, f in weight_map.items()}
+    elif (p / SINGLE_FILE).is_file():
+        files = [p / SINGLE_FILE]
+    else:
+        files = sorted(f for f in p.glob("*.safetensors") if _SHARD_RE.match(f.name)) if p.is_dir() else []
+        if not files:
+            raise FileNotFoundError(
+                f"no checkpoint at {p}: expected {SINGLE_FILE}, or model-0000i-of-0000n.safetensors "
+                f"with {INDEX_FILE}, or a .safetensors file path"
+            )
+    names = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as h:
+            names.update({n: f for n in h.keys()})
+    return names
+
+
+def _checkpoint_shapes(files: Mapping[str, Path]) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    by_file: dict[Path, list[str]] = {}
+    for n, f in files.items():
+        by_file.setdefault(f, []).append(n)
+    for f, names in by_file.items():
+        if not f.is_file():
+            raise FileNotFoundError(f"checkpoint shard {f} (listed in {INDEX_FILE}) does not exist")
+        with safe_open(str(f), framework="pt") as h:
+            keys = set(h.keys())
+            for n in names:
+                if n not in keys:
+                    raise ValueError(f"{INDEX_FILE} maps {n} to {f.name}, which does not contain it")
+                shapes[n] = tuple(h.get_slice(n).get_shape())
+    return shapes
+
+
+def _listing(kind: str, items: list[str]) -> str:
+    shown = "\n    ".join(items[:_MAX_LISTED])
+    more = f"\n    ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+    return f"  {len(items)} {kind}:\n    {shown}{more}"
+
+
+def _check_match(path, have: Mapping[str, tuple], targets: Mapping[str, tuple], strict: bool) -> tuple[list[str], list[str]]:
+    """Compare checkpoint shapes with the model's; raise naming every problem (wrong shapes always)."""
+    missing = sorted(set(targets) - set(have))
+    unexpected = sorted(set(have) - set(targets))
+    wrong = sorted(f"{n}: checkpoint {list(have[n])} vs model {list(targets[n][2])}"
+                   for n in set(have) & set(targets) if tuple(have[n]) != targets[n][2])
+    kinds = [("wrong-shaped", wrong)] + ([("missing", missing), ("unexpected", unexpected)] if strict else [])
+    parts = [_listing(k, v) for k, v in kinds if v]
+    if parts:
+        raise ValueError(f"checkpoint {path} does not match the model:\n" + "\n".join(parts))
+    return missing, unexpected
+
+
+@torch.no_grad()
+def load_published_weights(model: nn.Module, path: str | Path, strict: bool = True,
+                           prefix: str = "") -> tuple[list[str], list[str]]:
+    """Load a published-layout checkpoint into an existing model (any device/dtype), in place.
+
+    Shapes are checked for every tensor before anything is read; wrong shapes always raise.
+    ``strict`` raises on missing or unexpected tensors too (names listed, with counts); with
+    ``strict=False`` they are returned as ``(missing, unexpected)`` published names.
+    ``prefix`` selects and strips a name prefix of the checkpoint, e.g. ``"model."`` to load
+    the encoder of a full checkpoint into a ``DeepEncoder`` (with ``strict=False``).
+    Values are cast to each parameter's dtype.
+    """
+    files = checkpoint_files(path)
+    if prefix:
+        files = {n[len(prefix):]: f for n, f in files.items() if n.startswith(prefix)}
+    have = _checkpoint_shapes(files)
+    own = model.state_dict(keep_vars=True)
+    targets = _published_targets({n: t.shape for n, t in own.items()})
+    missing, unexpected = _check_match(path, have, targets, strict)
+
+    by_file: dict[Path, list[str]] = {}
+    for n in sorted(set(have) & set(targets)):
+        by_file.setdefault(files[n], []).append(n)
+    for f, names in by_file.items():
+        with safe_open(str(f), framework="pt") as h:
+            for n in names:
+                ours, e, _ = targets[n]
+                dst = own[ours] if e is None else own[ours][e]
+                dst.copy_(h.get_tensor(prefix + n))  # copy_ casts dtype and moves device
+    return missing, unexpected
+
+
+def import_checkpoint(path: str | Path, cfg: DeepseekOCRConfig | None = None, device: str | torch.device = "cpu",
+                      dtype: torch.dtype | None = None) -> nn.Module:
+    """Build ``DeepseekOCRForCausalLM`` from a checkpoint directory and load it strictly.
+
+    ``cfg`` defaults to the checkpoint's config.json (exact if written by ``export_checkpoint``,
+    else from the published fields). ``dtype=None`` keeps the stored dtype (config.json's
+    ``torch_dtype``; float32 if absent), so export -> import is bit-identical. The checkpoint
+    is validated against the model's expected shapes (meta device) before anything is built.
+    """
+    p = Path(path)
+    cj = json.loads((p / CONFIG_FILE).read_text()) if (p / CONFIG_FILE).is_file() else {}
+    if cfg is None:
+        cfg = load_config(p)
+    if dtype is None:
+        dtype = _DTYPES.get(cj.get("torch_dtype", "float32"), torch.float32)
+
+    # Fail fast, before allocating anything: compare with the model built on the meta device.
+    meta_sd = build_meta_model(cfg).state_dict()
+    _check_match(p, _checkpoint_shapes(checkpoint_files(p)),
+                 _published_targets({n: t.shape for n, t in meta_sd.items()}), strict=True)
+
+    with torch.device(device), _skip_init():
+        model = _model_cls()(cfg)
+    # Parameters (and persistent floating buffers) take the stored dtype; non-persistent
+    # buffers such as RoPE tables keep the precision the model built them in.
+    persistent = set(model.state_dict(keep_vars=True))
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if name in persistent and t.is_floating_point() and t.dtype != dtype:
+            t.data = t.data.to(dtype)
+    load_published_weights(model, p, strict=True)
+    return model.eval()
+
+
+__all__ = [
+    "state_dict_to_published", "published_to_state_dict", "expected_published_shapes",
+    "build_meta_model", "published_config", "config_from_json", "load_config",
+    "export_checkpoint", "checkpoint_files", "load_published_weights", "import_checkpoint",
+]

@@ -1,0 +1,192 @@
+"""Image preprocessing for DeepEncoder: resolution modes, Gundam tiling, vision token counts.
+
+Reference: DeepSeek-OCR paper section 3.2.2 (multiple resolution support) and the public
+inference code's processor; tiling follows InternVL2's ``dynamic_preprocess``.
+
+* Tiny (512) / Small (640): plain resize to the square (aspect not kept, nothing is padding).
+* Base (1024) / Large (1280): keep aspect, pad centred with the mean colour (127,127,127);
+  ``valid_tokens`` = ceil(N * (1 - (max - min) / max)) counts the tokens that see the page.
+* Gundam / Gundam-M: n tiles (640 / 1024) cut from the image resized to the best (cols, rows)
+  grid with min_tiles <= cols*rows <= max_tiles, plus a padded global view (1024 / 1280).
+  Images with both sides <= the tile size get no tiles (Gundam degrades to Base).
+
+Pixels are normalised with mean = std = 0.5 (to [-1, 1]). Each output token covers 64x64
+pixels (16-pixel patches, 16x compressor) in every preset, so token counts depend on the mode
+only. Token layout per image (see ``models/deepencoder.py``): tiles stitched into one grid
+with a newline after each grid row, then the global view with a newline after each row, then
+one view separator: Base = 16 * (16 + 1) + 1 = 273.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .config import RESOLUTION_MODES, ResolutionMode, SamConfig, get_mode
+
+PIXELS_PER_TOKEN = SamConfig().downsample  # 64 = 16-pixel patch * 2 * 2 (compressor)
+PAD_COLOR = (127, 127, 127)  # int(0.5 * 255): the normalisation mean
+MAX_TILES_LIMIT = 9  # the paper's largest tile count
+
+__all__ = [
+    "ImageInput", "preprocess_image", "num_vision_tokens", "layout_tokens", "paper_token_table",
+    "count_tokens_table", "valid_tokens", "choose_tile_grid", "candidate_grids", "to_rgb",
+    "pil_to_tensor", "PIXELS_PER_TOKEN", "PAD_COLOR",
+]
+
+
+def layout_tokens(side: int, tile_side: int = 0, tile_grid: tuple[int, int] = (0, 0)) -> int:
+    """Tokens of one image incl. newlines and the separator.
+
+    side: tokens per side of the global view; tile_side: per side of one tile;
+    tile_grid: (cols, rows), (0, 0) without tiles.
+    """
+    cols, rows = tile_grid
+    n = side * (side + 1) + 1  # global rows + newline each, + view separator
+    if cols * rows:
+        n += rows * tile_side * (cols * tile_side + 1)  # stitched tile grid rows + newline each
+    return n
+
+
+def num_vision_tokens(mode: str, tile_grid: tuple[int, int] = (0, 0)) -> int:
+    """Vision tokens (incl. newline + separator) for one image of ``mode`` with ``tile_grid``."""
+    m = get_mode(mode)
+    cols, rows = tile_grid
+    if (cols == 0) != (rows == 0) or cols < 0 or rows < 0:
+        raise ValueError(f"tile_grid must be (0, 0) or two positive ints, got {tile_grid}")
+    if cols and not m.tiled:
+        raise ValueError(f"mode {m.name!r} does not tile, but tile_grid={tile_grid}")
+    return layout_tokens(m.base_size // PIXELS_PER_TOKEN, m.tile_size // PIXELS_PER_TOKEN, tile_grid)
+
+
+def paper_token_table() -> dict[str, tuple[int, int]]:
+    """The paper's table, excluding newline/separator: mode -> (global-view tokens, tokens per
+    tile); an image with n tiles has n * per_tile + global tokens (per_tile = 0: not tiled)."""
+    return {
+        name: ((m.base_size // PIXELS_PER_TOKEN) ** 2, (m.tile_size // PIXELS_PER_TOKEN) ** 2)
+        for name, m in RESOLUTION_MODES.items()
+    }
+
+
+count_tokens_table = paper_token_table  # name used in docs/INTERFACES.md
+
+
+def valid_tokens(width: int, height: int, n_tokens: int) -> int:
+    """Paper's N_valid = ceil(N * (1 - (max - min) / max)) = ceil(N * min / max), in exact
+    integer arithmetic (float rounding would turn e.g. 256.0000001 into 257)."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    lo, hi = min(width, height), max(width, height)
+    return -(-n_tokens * lo // hi)
+
+
+def candidate_grids(min_tiles: int, max_tiles: int) -> list[tuple[int, int]]:
+    """All (cols, rows) with min_tiles <= cols * rows <= max_tiles, by increasing area."""
+    grids = [
+        (i, j) for i in range(1, max_tiles + 1) for j in range(1, max_tiles + 1) if min_tiles <= i * j <= max_tiles
+    ]
+    return sorted(grids, key=lambda g: (g[0] * g[1], g[0]))
+
+
+def choose_tile_grid(
+    width: int, height: int, tile_size: int, min_tiles: int = 2, max_tiles: int = 6
+) -> tuple[int, int]:
+    """InternVL2's grid choice: the (cols, rows) whose aspect is closest to the image's; on a tie
+    the later (larger) grid wins only if the image has over half that grid's pixels."""
+    aspect = width / height
+    best, best_diff = (1, 1), float("inf")
+    for cols, rows in candidate_grids(min_tiles, max_tiles):
+        diff = abs(aspect - cols / rows)
+        if diff < best_diff:
+            best, best_diff = (cols, rows), diff
+        elif diff == best_diff and width * height > 0.5 * tile_size * tile_size * cols * rows:
+            best = (cols, rows)
+    return best
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB. Transparent pixels become white (a page's background), not the
+    black that a bare ``convert("RGB")`` of RGBA leaves behind."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        out = Image.new("RGB", rgba.size, (255, 255, 255))
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    return image.convert("RGB")
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> (3, H, W) float32 normalised with mean = std = 0.5."""
+    arr = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())  # (H, W, 3)
+    return arr.permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
+@dataclass
+class ImageInput:
+    """One preprocessed image: a global view plus (Gundam modes) a grid of tiles."""
+
+    mode: str
+    global_view: torch.Tensor  # (3, S, S) float, normalised
+    tiles: torch.Tensor  # (n, 3, t, t); n == 0 when not tiled
+    tile_grid: tuple[int, int]  # (cols, rows); (0, 0) when n == 0
+    valid_tokens: int  # paper's N_valid for the global view
+
+    def __post_init__(self) -> None:
+        cols, rows = self.tile_grid
+        if self.tiles.shape[0] != cols * rows:
+            raise ValueError(f"{self.tiles.shape[0]} tiles do not fill a {cols}x{rows} grid")
+        if self.global_view.ndim != 3 or self.global_view.shape[-1] % PIXELS_PER_TOKEN:
+            raise ValueError(f"global view must be (3, S, S) with S % {PIXELS_PER_TOKEN} == 0, "
+                             f"got {tuple(self.global_view.shape)}")
+
+    @property
+    def num_tokens(self) -> int:
+        """Vision tokens incl. newlines + separator (from the tensors' actual sizes)."""
+        tile_side = self.tiles.shape[-1] // PIXELS_PER_TOKEN if self.tiles.shape[0] else 0
+        return layout_tokens(self.global_view.shape[-1] // PIXELS_PER_TOKEN, tile_side, self.tile_grid)
+
+    def to(self, *args, **kwargs) -> "ImageInput":
+        """Tensor.to on both tensors (device / dtype), other fields unchanged."""
+        return ImageInput(self.mode, self.global_view.to(*args, **kwargs), self.tiles.to(*args, **kwargs),
+                          self.tile_grid, self.valid_tokens)
+
+
+def _global_view(image: Image.Image, m: ResolutionMode) -> tuple[Image.Image, int]:
+    n = (m.base_size // PIXELS_PER_TOKEN) ** 2
+    size = (m.base_size, m.base_size)
+    if not m.pad:
+        return image.resize(size, Image.Resampling.BICUBIC), n
+    view = ImageOps.pad(image, size, method=Image.Resampling.BICUBIC, color=PAD_COLOR, centering=(0.5, 0.5))
+    return view, valid_tokens(image.width, image.height, n)
+
+
+def preprocess_image(image: Image.Image, mode: str, max_tiles: int | None = None) -> ImageInput:
+    """PIL image -> ImageInput for ``mode`` (see module docstring). ``max_tiles`` overrides the
+    mode's default tile budget (Gundam: 6; at most 9)."""
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL.Image.Image, got {type(image).__name__}")
+    if image.width <= 0 or image.height <= 0:
+        raise ValueError(f"empty image ({image.width}x{image.height})")
+    m = get_mode(mode)
+    image = to_rgb(image)
+    view, n_valid = _global_view(image, m)
+    global_view = pil_to_tensor(view)
+
+    t = m.tile_size
+    grid = (0, 0)
+    tiles = torch.empty(0, 3, t, t) if m.tiled else torch.empty(0, 3, 0, 0)
+    if m.tiled:
+        budget = m.max_tiles if max_tiles is None else max_tiles
+        if not m.min_tiles <= budget <= MAX_TILES_LIMIT:
+            raise ValueError(f"max_tiles must be in [{m.min_tiles}, {MAX_TILES_LIMIT}], got {budget}")
+        if image.width > t or image.height > t:
+            cols, rows = grid = choose_tile_grid(image.width, image.height, t, m.min_tiles, budget)
+            big = pil_to_tensor(image.resize((cols * t, rows * t), Image.Resampling.BICUBIC))  # (3, rows*t, cols*t)
+            # row-major tiles: tile k sits at (row k // cols, col k % cols)
+            tiles = big.reshape(3, rows, t, cols, t).permute(1, 3, 0, 2, 4).reshape(rows * cols, 3, t, t)
+    return ImageInput(m.name, global_view, tiles.contiguous(), grid, n_valid)

@@ -1,0 +1,228 @@
+"""Stage 1 (DeepEncoder + compact OPT LM) under DeepSpeed ZeRO, single process on gloo.
+
+Data: a few real page images (text drawn with PIL) written as webdataset shards in the
+contract format, a byte-level BPE trained on their labels, and the real loader (train/data.py).
+Checks: loss falls on a fixed batch; kill/resume reproduces the uninterrupted losses from
+step k+1 on; the saved encoder loads into a stage-2 DeepseekOCRForCausalLM with equal values;
+the lr schedules; the DeepSpeed config builder's batch arithmetic.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image, ImageDraw
+
+from models.prompts import PROMPT_COARSE
+from models.tokenizer import SPECIAL_TOKENS
+
+WORDS = ("ocr model page text line table figure vision token encoder decoder train data "
+         "stage pipeline layout title caption footer header column paragraph").split()
+
+
+def _label(rng: random.Random) -> str:
+    return "\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 8)))
+                     for _ in range(rng.randint(2, 4)))
+
+
+def _page(text: str) -> Image.Image:
+    img = Image.new("RGB", (360, 480), "white")
+    ImageDraw.Draw(img).multiline_text((20, 20), text, fill="black", spacing=8)
+    return img
+
+
+def write_tiny_shards(out: Path, n: int = 16, seed: int = 0) -> tuple[str, list[str]]:
+    """n pages in two shards (contract format); returns (glob, label texts)."""
+    import io
+
+    from data_engine.shards import encode_meta, open_shard_writer
+
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    texts = []
+    with open_shard_writer(str(out / "tiny-%06d.tar"), max_count=max(1, n // 2)) as w:
+        for i in range(n):
+            text = _label(rng)
+            texts.append(text)
+            buf = io.BytesIO()
+            img = _page(text)
+            img.save(buf, format="PNG")
+            meta = {"doc_id": f"{i:016x}", "source_path": f"synthetic/{i}.pdf", "page": 0,
+                    "num_pages": 1, "lang": "eng", "script": "Latn", "dpi": 72,
+                    "page_size": [360.0, 480.0], "image_size": list(img.size),
+                    "source": "synthetic", "data_source": "ocr",
+                    "labels": {"coarse": {"prompt": PROMPT_COARSE, "text": text}}}
+            w.write({"__key__": f"{i:016x}_00000", "png": buf.getvalue(), "json": encode_meta(meta)})
+    return str(out / "tiny-*.tar"), texts
+
+
+def train_tiny_tokenizer(out: Path, texts: list[str]) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(texts + [PROMPT_COARSE], trainer=trainer)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stage1_data")
+    shards, texts = write_tiny_shards(root / "shards")
+    tok = train_tiny_tokenizer(root / "tok", texts)
+    return {"shards": shards, "tokenizer": str(tok)}
+
+
+def stage1_cfg(tiny_data, out_dir: Path, **train):
+    from train.api import compose
+
+    over = [
+        f"model.tokenizer={tiny_data['tokenizer']}",
+        f"data.shards=[{tiny_data['shards']}]",
+        "data.seq_len=160", "data.num_workers=0",
+        "data.mode_weights={tiny: 1.0, small: 0.0, base: 0.0, large: 0.0, gundam: 0.0, gundam_m: 0.0}",
+        "logging=disabled", f"train.out_dir={out_dir}",
+    ]
+    over += [f"train.{k}={v}" for k, v in train.items()]
+    return compose("smoke", over)
+
+
+def _losses(out_dir: Path) -> dict[int, float]:
+    rows = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows}
+
+
+def test_resume_reproduces_losses_and_encoder_loads_into_stage2(tiny_data, tmp_path):
+    from train.stage1 import run_stage1
+
+    # uninterrupted: 6 steps
+    full = run_stage1(stage1_cfg(tiny_data, tmp_path / "full", steps=6, save_every=3, resume="null"))
+    assert full["steps"] == 6 and len(full["losses"]) == 6
+    # interrupted: a 6-step run killed after step 3 (same schedule), then resumed
+    cut = stage1_cfg(tiny_data, tmp_path / "cut", steps=6, save_every=3, resume="null")
+    ckpt = tmp_path / "cut" / "checkpoints"
+    from train import stage1 as s1
+
+    class Stop(Exception):
+        pass
+
+    orig = s1.save_checkpoint
+
+    def save_then_die(engine, out_dir, step, client_state, keep_last=None):  # a "kill" after step 3
+        orig(engine, out_dir, step, client_state, keep_last=keep_last)
+        raise Stop
+
+    s1.save_checkpoint = save_then_die
+    try:
+        with pytest.raises(Stop):
+            run_stage1(cut)
+    finally:
+        s1.save_checkpoint = orig
+    assert (ckpt / "latest").read_text().strip() == "step_00000003"
+    resumed = run_stage1(stage1_cfg(tiny_data, tmp_path / "cut", steps=6, save_every=3, resume="auto"))
+    assert resumed["steps"] == 6 and len(resumed["losses"]) == 3  # steps 4..6 only
+    torch.testing.assert_close(torch.tensor(resumed["losses"]), torch.tensor(full["losses"][3:]),
+                               rtol=1e-5, atol=1e-6)
+
+    # the stage-1 encoder loads into the stage-2 model: names match, values equal
+    from safetensors.torch import load_file
+
+    from models.config import get_preset
+    from models.deepseek_ocr import DeepseekOCRForCausalLM
+
+    enc = load_file(full["encoder_path"])
+    assert any(k.startswith("sam_model.") for k in enc) and any(k.startswith("vision_model.") for k in enc)
+    assert {"projector.layers.weight", "image_newline", "view_seperator"} <= set(enc)  # tiny: widths match
+    model = DeepseekOCRForCausalLM(get_preset("tiny"))
+    missing, unexpected = model.model.load_state_dict(enc, strict=False)
+    assert not unexpected
+    assert not [k for k in missing if k.startswith(("sam_model.", "vision_model.", "projector."))]
+    sd = model.model.state_dict()
+    for k, v in enc.items():
+        torch.testing.assert_close(sd[k], v, rtol=0, atol=0)
+
+
+def test_loss_decreases_on_fixed_batch(tiny_data, tmp_path):
+    """Overfit one packed batch through the DeepSpeed engine (ZeRO-2, fp32, gloo)."""
+    import deepspeed
+
+    from models.tokenizer import load_tokenizer
+    from train.common import build_ds_config, build_lr_scheduler, build_optimizer, init_distributed
+    from train.data import build_train_loader
+    from train.stage1 import build_stage1_model
+
+    cfg = stage1_cfg(tiny_data, tmp_path, steps=12)
+    OmegaConf.update(cfg, "deepspeed.zero_stage", 2)
+    OmegaConf.update(cfg, "optim.warmup_steps", 0)
+    init_distributed(cfg)
+    torch.manual_seed(0)
+    tok = load_tokenizer(cfg.model.tokenizer)
+    model = build_stage1_model(cfg, tok.vocab_size, seq_len=160, special_ids={
+        "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id, "image_token_id": tok.image_token_id})
+    opt = build_optimizer(model, cfg.optim)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=build_ds_config(cfg, 1),
+                                      lr_scheduler=build_lr_scheduler(opt, cfg.optim, 12))
+    batch = next(iter(build_train_loader(cfg.data, tok, seq_len=160, micro_batch_size=2, seed=0)))
+    assert len(batch.images) >= 2 and batch.num_loss_tokens > 10
+    losses = []
+    for _ in range(12):
+        loss, _, _ = engine(input_ids=batch.input_ids, images=batch.images, labels=batch.labels,
+                            position_ids=batch.position_ids, segment_ids=batch.segment_ids)
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+    # vision gets gradient: the encoder's parameters moved
+    assert engine.get_global_grad_norm() is not None
+
+
+def test_packed_mask_blocks_cross_segment_attention():
+    from train.stage1 import packed_causal_mask
+
+    seg = torch.tensor([[1, 1, 2, 2, 0]])
+    allowed = packed_causal_mask(seg, torch.float32)[0, 0] == 0
+    expect = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 1, 1, 0],
+                           [0, 0, 0, 0, 1]], dtype=torch.bool)
+    assert torch.equal(allowed, expect)
+
+
+def test_lr_schedules():
+    from train.common import lr_multiplier
+
+    cos = {"schedule": "cosine", "warmup_steps": 10, "min_lr_ratio": 0.1}
+    assert lr_multiplier(0, cos, 110) == pytest.approx(0.1)
+    assert lr_multiplier(9, cos, 110) == pytest.approx(1.0)
+    assert lr_multiplier(60, cos, 110) == pytest.approx(0.55)  # half way: (1 + 0.1) / 2
+    assert lr_multiplier(110, cos, 110) == pytest.approx(0.1)
+    step = {"schedule": "step", "warmup_steps": 0, "step_milestones": [0.5, 80], "step_gamma": 0.1}
+    assert [lr_multiplier(s, step, 100) for s in (0, 49, 50, 79, 80)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    with pytest.raises(ValueError, match="cosine"):
+        lr_multiplier(0, {"schedule": "linear"}, 10)
+
+
+def test_ds_config_batch_arithmetic():
+    from train.common import build_ds_config
+
+    cfg = {"train": {"micro_batch_size": 1, "global_batch_size": 640, "pp": 4},
+           "deepspeed": {"zero_stage": 1, "dtype": "bf16", "extra": {"zero_optimization": {"reduce_bucket_size": 5}}},
+           "optim": {"grad_clip": 1.0}}
+    ds = build_ds_config(cfg, world_size=160)  # paper stage 2: 160 GPUs, PP 4 -> DP 40
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (640, 1, 16)
+    assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"] and "pipeline" in ds
+    assert ds["zero_optimization"]["stage"] == 1 and ds["zero_optimization"]["reduce_bucket_size"] == 5
+    with pytest.raises(ValueError, match="multiple"):
+        build_ds_config({**cfg, "train": {**cfg["train"], "global_batch_size": 100}}, world_size=160)
+    with pytest.raises(ValueError, match="ZeRO"):
+        build_ds_config({**cfg, "deepspeed": {"zero_stage": 2}}, world_size=160)

@@ -1,0 +1,125 @@
+"""Python entry points of the trainers (no Hydra needed to call them).
+
+    from train.api import compose, train
+    cfg = compose("smoke", ["train.steps=20"])      # Hydra compose API over conf/
+    result = train(cfg)                               # dispatches on cfg.train.stage
+
+``train`` also takes a plain dict: it is merged over the composed defaults (``conf/config.yaml``)
+when the ``conf/`` folder is available, so ``train({"train": {"steps": 5}, ...})`` works.
+``python -m train.api plan experiment=paper_stage2`` prints the process layout ``launch.sh``
+uses (processes per node, pipeline degree, backend).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(os.environ.get("OCRFLOW_CONF", Path(__file__).resolve().parents[1] / "conf"))
+
+
+def compose(experiment: str | None = None, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``conf/config.yaml`` (+ ``experiment/<name>.yaml``) with Hydra overrides."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not (CONF_DIR / "config.yaml").is_file():
+        raise FileNotFoundError(f"no config.yaml in {CONF_DIR} (set OCRFLOW_CONF to the conf/ folder)")
+    overrides = list(overrides)
+    if experiment:
+        overrides = [f"experiment={experiment}", *overrides]
+    if GlobalHydra.instance().is_initialized():  # e.g. inside a Hydra app or a previous call
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def as_config(cfg: DictConfig | Mapping[str, Any], merge_defaults: bool = True) -> DictConfig:
+    """DictConfig from a DictConfig (as is) or a dict (merged over the composed defaults)."""
+    if isinstance(cfg, DictConfig):
+        return cfg
+    if not isinstance(cfg, Mapping):
+        raise TypeError(f"train config must be a dict or DictConfig, got {type(cfg).__name__}")
+    user = OmegaConf.create(dict(cfg))
+    if merge_defaults and (CONF_DIR / "config.yaml").is_file():
+        base = compose()
+        OmegaConf.set_struct(base, False)  # user dicts may add keys (e.g. data options)
+        return OmegaConf.merge(base, user)
+    return user
+
+
+def train(cfg: DictConfig | Mapping[str, Any]) -> dict:
+    """Run the stage named by ``cfg.train.stage`` (1 or 2); returns the trainer's result dict."""
+    cfg = as_config(cfg)
+    stage = int(cfg.train.stage)
+    if stage == 1:
+        from .stage1 import run_stage1
+
+        return run_stage1(cfg)
+    if stage == 2:
+        from .stage2 import run_stage2
+
+        return run_stage2(cfg)
+    raise ValueError(f"train.stage must be 1 or 2, got {cfg.train.stage!r}")
+
+
+def build_model(cfg: DictConfig | Mapping[str, Any], device: str | None = "meta"):
+    """The model the config trains, without data or DeepSpeed (``meta``: no memory).
+
+    Stage 1: ``Stage1Model`` (DeepEncoder + OPT); stage 2: ``DeepseekOCRForCausalLM``. The
+    vocabulary is the preset's (a tokenizer is not needed to check a recipe's shapes).
+    """
+    import torch
+
+    cfg = as_config(cfg)
+    ctx = torch.device(device) if device else torch.device("cpu")
+    with ctx:
+        if int(cfg.train.stage) == 1:
+            from .stage1 import build_stage1_model
+
+            return build_stage1_model(cfg, seq_len=int(cfg.data.seq_len))
+        import dataclasses
+
+        from models.config import get_preset
+        from models.deepseek_ocr import DeepseekOCRForCausalLM
+
+        mc = get_preset(str(cfg.model.preset))
+        dec = dataclasses.replace(mc.decoder, moe_impl=str(cfg.model.moe_impl),
+                                  aux_loss_alpha=float(cfg.model.aux_loss_alpha))
+        return DeepseekOCRForCausalLM(mc.replace(decoder=dec))
+
+
+def launch_plan(cfg: DictConfig | Mapping[str, Any], gpus_per_node: int | None = None) -> dict:
+    """Processes per node for ``launch.sh``: ``train.nproc_per_node`` if set, else every GPU
+    of the node, else (CPU) one process per pipeline stage (dp = 1)."""
+    cfg = as_config(cfg)
+    pp = int(cfg.train.get("pp", 1) or 1)
+    if gpus_per_node is None:
+        import torch
+
+        gpus_per_node = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    nproc = cfg.train.get("nproc_per_node")
+    if nproc is None:
+        nproc = gpus_per_node if gpus_per_node > 0 else pp
+    nproc = int(nproc)
+    backend = cfg.train.get("backend") or ("nccl" if gpus_per_node > 0 else "gloo")
+    return {"nproc_per_node": nproc, "pp": pp, "backend": backend, "stage": int(cfg.train.stage),
+            "out_dir": str(cfg.train.out_dir)}
+
+
+def _main(argv: list[str]) -> None:
+    if not argv or argv[0] != "plan":
+        raise SystemExit("usage: python -m train.api plan [hydra overrides]")
+    overrides = argv[1:]
+    plan = launch_plan(compose(None, overrides))
+    print(plan["nproc_per_node"], plan["pp"], plan["backend"], plan["stage"], plan["out_dir"])
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])

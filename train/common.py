@@ -1,0 +1,372 @@
+"""Shared training plumbing for stage 1 and stage 2.
+
+* ``build_ds_config``: the DeepSpeed JSON config from the Hydra config (ZeRO stage, micro /
+  global batch and gradient accumulation, precision, clipping, optional ``pipeline`` section).
+* ``init_distributed``: torch.distributed through ``deepspeed.init_distributed`` (gloo on CPU,
+  nccl on GPU); works single-process without a launcher.
+* ``seed_everything`` / ``rng_state`` / ``set_rng_state``: reproducibility and exact resume.
+* ``build_optimizer`` / ``build_lr_scheduler``: torch AdamW (passed to DeepSpeed as a client
+  optimizer) and warmup + cosine / step schedules as a ``LambdaLR``.
+* ``save_checkpoint`` / ``resume_checkpoint``: ``engine.save_checkpoint`` / ``load_checkpoint``
+  plus a per-rank side file with the RNG states and the data loader position, so a resumed
+  run reproduces the losses of an uninterrupted one from the next step on.
+
+Reference: DeepSpeed config JSON (https://www.deepspeed.ai/docs/config-json/) and the
+checkpoint API of ``DeepSpeedEngine``; schedule shapes follow nanoGPT / torchtitan.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import socket
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CKPT_DIRNAME = "checkpoints"
+_TAG_PREFIX = "step_"
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    """``cfg.key`` for DictConfig / dict / dataclass-like objects, ``default`` when absent."""
+    if cfg is None:
+        return default
+    if isinstance(cfg, Mapping):
+        val = cfg.get(key, default)
+    else:
+        val = getattr(cfg, key, default)
+    return default if val is None else val
+
+
+def to_container(x: Any) -> Any:
+    """OmegaConf node -> plain python (dict/list); other values unchanged."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(x, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(x, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return x
+
+
+# ---------------------------------------------------------------------------------------
+# distributed
+# ---------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def world_info() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torch.distributed or the launcher's environment."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def default_backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init_distributed(cfg: Any = None) -> tuple[int, int, torch.device]:
+    """Initialise torch.distributed once; returns (rank, world_size, device).
+
+    Under a launcher (deepspeed / torchrun) the env vars are set already. Run as a plain
+    ``python`` process we fill in a single-process world on a free local port, so the same
+    code path (DeepSpeed engine, ZeRO) runs in tests and notebooks. Backend:
+    ``cfg.train.backend`` if set, else nccl with CUDA and gloo without.
+    """
+    import deepspeed
+    import torch.distributed as dist
+
+    backend = _get(_get(cfg, "train"), "backend") or default_backend()
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise RuntimeError("train.backend=nccl needs CUDA; use gloo on CPU")
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:  # not started by a launcher: a world of one
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_SIZE="1")
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ["MASTER_PORT"] = os.environ.get("MASTER_PORT") or str(_free_port())
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    rank, world, local_rank = world_info()
+    if torch.cuda.is_available() and backend == "nccl":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    return rank, world, device
+
+
+# ---------------------------------------------------------------------------------------
+# DeepSpeed config
+# ---------------------------------------------------------------------------------------
+
+
+def _deep_merge(base: dict, extra: Mapping) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def batch_geometry(train_cfg: Any, world_size: int) -> tuple[int, int, int, int]:
+    """(micro, global, grad_accum, dp) with global = micro * grad_accum * dp checked.
+
+    dp = world_size / pp: pipeline stages share one data-parallel replica.
+    """
+    pp = int(_get(train_cfg, "pp", 1))
+    if world_size % pp:
+        raise ValueError(f"world size {world_size} is not a multiple of train.pp={pp}")
+    dp = world_size // pp
+    micro = int(_get(train_cfg, "micro_batch_size", 1))
+    glob = int(_get(train_cfg, "global_batch_size", micro * dp))
+    if micro < 1 or glob < 1:
+        raise ValueError(f"batch sizes must be >= 1 (micro={micro}, global={glob})")
+    if glob % (micro * dp):
+        raise ValueError(
+            f"train.global_batch_size={glob} must be a multiple of micro_batch_size x dp "
+            f"= {micro} x {dp} (world {world_size} / pp {pp})"
+        )
+    return micro, glob, glob // (micro * dp), dp
+
+
+def build_ds_config(cfg: Any, world_size: int | None = None) -> dict:
+    """DeepSpeed config dict from ``cfg.train``, ``cfg.deepspeed`` and ``cfg.optim``.
+
+    The optimizer and scheduler are *not* in the dict: they are torch objects passed to
+    ``deepspeed.initialize`` (client optimizer), so the schedule logic lives in one place.
+    ``cfg.deepspeed.extra`` (raw DeepSpeed keys) is deep-merged last and wins.
+    """
+    train_cfg, ds_cfg, optim_cfg = _get(cfg, "train"), _get(cfg, "deepspeed"), _get(cfg, "optim")
+    if world_size is None:
+        world_size = world_info()[1]
+    micro, glob, accum, _ = batch_geometry(train_cfg, world_size)
+    dtype = str(_get(ds_cfg, "dtype", "fp32")).lower()
+    if dtype not in ("bf16", "fp16", "fp32"):
+        raise ValueError(f"deepspeed.dtype must be bf16|fp16|fp32, got {dtype!r}")
+    zero_stage = int(_get(ds_cfg, "zero_stage", 0))
+    if zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"deepspeed.zero_stage must be 0..3, got {zero_stage}")
+    pp = int(_get(train_cfg, "pp", 1))
+    if pp > 1 and zero_stage > 1:
+        # DeepSpeed's pipeline engine only supports ZeRO-0/1 (paper: PP=4 + ZeRO-1).
+        raise ValueError(f"pipeline parallelism (pp={pp}) supports ZeRO stage 0 or 1, got {zero_stage}")
+
+    conf: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": micro,
+        "train_batch_size": glob,
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": float(_get(optim_cfg, "grad_clip", 1.0)),
+        "zero_optimization": {"stage": zero_stage},
+        "bf16": {"enabled": dtype == "bf16"},
+        "fp16": {"enabled": dtype == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        # we print/log ourselves (train/logging.py); DeepSpeed's own prints are noise
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+        # a client optimizer that is not one of DeepSpeed's own is intended under ZeRO
+        "zero_allow_untested_optimizer": True,
+    }
+    if zero_stage in (1, 2):
+        # overlapping reduce with backward needs CUDA streams; harmless to disable on CPU
+        conf["zero_optimization"].update(
+            contiguous_gradients=True, overlap_comm=torch.cuda.is_available(),
+            reduce_scatter=True,
+        )
+    if pp > 1:
+        conf["pipeline"] = {
+            "activation_checkpoint_interval": int(_get(train_cfg, "activation_checkpoint_interval", 0)),
+            # mixed resolution modes change activation shapes between micro-batches
+            "dynamic_shape": True,
+        }
+    extra = to_container(_get(ds_cfg, "extra", {})) or {}
+    return _deep_merge(conf, extra)
+
+
+# ---------------------------------------------------------------------------------------
+# seeding / RNG
+# ---------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def rng_state() -> dict:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------
+# optimizer / schedule
+# ---------------------------------------------------------------------------------------
+
+
+def build_optimizer(params: Iterable | torch.nn.Module, optim_cfg: Any) -> torch.optim.Optimizer:
+    """torch AdamW; matrices get weight decay, vectors (norms, biases, newline) do not.
+
+    ``params``: a module, an iterable of parameters, or of (name, parameter) pairs. Frozen
+    parameters (requires_grad False) are skipped, so freezing happens before this call.
+    """
+    if isinstance(params, torch.nn.Module):
+        params = params.parameters()
+    plist = [p[1] if isinstance(p, tuple) else p for p in params]
+    plist = [p for p in plist if p.requires_grad]
+    if not plist:
+        raise ValueError("build_optimizer: no trainable parameters")
+    wd = float(_get(optim_cfg, "weight_decay", 0.0))
+    groups = [
+        {"params": [p for p in plist if p.ndim >= 2], "weight_decay": wd},
+        {"params": [p for p in plist if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    betas = tuple(float(b) for b in _get(optim_cfg, "betas", (0.9, 0.95)))
+    return torch.optim.AdamW(
+        groups, lr=float(_get(optim_cfg, "lr", 1e-4)), betas=betas,
+        eps=float(_get(optim_cfg, "eps", 1e-8)),
+    )
+
+
+def lr_multiplier(step: int, optim_cfg: Any, total_steps: int) -> float:
+    """Multiplier on the peak lr after ``step`` optimizer steps (0-based)."""
+    warmup = int(_get(optim_cfg, "warmup_steps", 0))
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    schedule = str(_get(optim_cfg, "schedule", "cosine"))
+    if schedule == "cosine":
+        min_ratio = float(_get(optim_cfg, "min_lr_ratio", 0.1))
+        span = max(1, total_steps - warmup)
+        progress = min(1.0, (step - warmup) / span)
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "step":
+        gamma = float(_get(optim_cfg, "step_gamma", 0.1))
+        # milestones < 1 are fractions of the run, >= 1 absolute optimizer steps
+        milestones = [m * total_steps if m < 1 else m for m in _get(optim_cfg, "step_milestones", [])]
+        return gamma ** sum(step >= m for m in milestones)
+    if schedule == "constant":
+        return 1.0
+    raise ValueError(f"optim.schedule must be cosine|step|constant, got {schedule!r}")
+
+
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Any,
+                       total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warmup + cosine (to ``min_lr_ratio`` x lr) or step (x ``step_gamma`` per milestone).
+
+    Stepped once per optimizer step (DeepSpeed calls ``scheduler.step()`` inside
+    ``engine.step()`` at gradient-accumulation boundaries).
+    """
+    lr_multiplier(0, optim_cfg, total_steps)  # validate the schedule name eagerly
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_multiplier(s, optim_cfg, total_steps)
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------------------
+
+
+def _tag(step: int) -> str:
+    return f"{_TAG_PREFIX}{step:08d}"
+
+
+def save_checkpoint(engine, out_dir: str | Path, step: int, client_state: Mapping | None = None,
+                    keep_last: int | None = None) -> Path:
+    """Collective: every rank calls it. Writes ``out_dir/step_XXXXXXXX/`` + ``out_dir/latest``.
+
+    ``client_state`` is per rank (e.g. ``{"data": loader.state_dict()}``): it goes, with the
+    RNG states and ``step``, to ``rank_{r}_client_state.pt`` inside the tag folder, because
+    DeepSpeed stores its own client_state only from one rank and data positions / RNG differ
+    per data-parallel rank.
+    """
+    import torch.distributed as dist
+
+    out_dir = Path(out_dir)
+    rank, world, _ = world_info()
+    tag = _tag(step)
+    engine.save_checkpoint(str(out_dir), tag=tag, client_state={"step": step, "world_size": world})
+    state = {"step": step, "world_size": world, "rng": rng_state(), **dict(client_state or {})}
+    torch.save(state, out_dir / tag / f"rank_{rank:05d}_client_state.pt")
+    if dist.is_initialized():
+        dist.barrier()
+    if keep_last and rank == 0:
+        tags = sorted(p for p in out_dir.glob(f"{_TAG_PREFIX}*") if p.is_dir())
+        for old in tags[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return out_dir / tag
+
+
+def find_resume_path(resume: Any, out_dir: str | Path) -> Path | None:
+    """``train.resume``: "auto" -> ``out_dir`` if it holds a ``latest`` file, a path as is,
+    null/false/"none" -> None."""
+    if resume in (None, False, "none", "null", ""):
+        return None
+    if resume == "auto":
+        return Path(out_dir) if (Path(out_dir) / "latest").is_file() else None
+    path = Path(str(resume))
+    if not path.exists():
+        raise FileNotFoundError(f"train.resume={resume!r} does not exist")
+    return path
+
+
+def resume_checkpoint(engine, path: str | Path) -> dict:
+    """Load a checkpoint written by ``save_checkpoint`` into ``engine`` (module, optimizer,
+    lr scheduler) and restore this rank's RNG state. Returns the client_state dict
+    (``step``, ``rng``, and whatever the trainer saved, e.g. ``data``).
+
+    ``path``: the checkpoint root (its ``latest`` file names the tag) or one tag folder.
+    """
+    path = Path(path)
+    if (path / "latest").is_file():
+        load_dir, tag = path, (path / "latest").read_text().strip()
+    elif path.is_dir() and path.name.startswith(_TAG_PREFIX):
+        load_dir, tag = path.parent, path.name
+    else:
+        raise FileNotFoundError(f"{path} is neither a checkpoint root (with 'latest') nor a {_TAG_PREFIX}* folder")
+    loaded, _ = engine.load_checkpoint(str(load_dir), tag=tag, load_optimizer_states=True,
+                                       load_lr_scheduler_states=True)
+    if loaded is None:
+        raise RuntimeError(f"DeepSpeed could not load checkpoint {load_dir / tag}")
+    rank, world, _ = world_info()
+    side = load_dir / tag / f"rank_{rank:05d}_client_state.pt"
+    if not side.is_file():
+        raise FileNotFoundError(f"{side} missing: checkpoint was written by a different world size?")
+    state = torch.load(side, map_location="cpu", weights_only=False)
+    if state.get("world_size", world) != world:
+        raise ValueError(
+            f"checkpoint {tag} was written with world size {state['world_size']}, now {world}: "
+            "exact data/RNG resume needs the same layout"
+        )
+    set_rng_state(state["rng"])
+    return state

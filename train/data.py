@@ -1,0 +1,450 @@
+"""Training data pipeline: webdataset shards -> tokenized samples -> packed, resumable batches.
+
+open_clip-style reading (``get_wds_dataset``: shard list split by node and DataLoader worker,
+tar iteration, decode, log-and-skip bad samples), adapted to DeepSeek-OCR training
+(paper section 3.5; docs/INTERFACES.md "Shard format" and "Training side"):
+
+* Sources (``SOURCES``): ``ocr`` (``data.shards``), ``vision`` (``data.vision_shards``, same
+  shard format; none exists in this project yet) and ``text`` (label text of
+  ``data.text_shards`` without the image, and/or ``data.text_corpus`` chunks). Each sample's
+  source is drawn by ``source_weights`` (per sample, paper: 70/20/10); a source without data
+  is dropped and the rest renormalised, with one warning.
+* Page samples: the label kind (coarse / fine) is drawn by ``label_kind_weights`` among the
+  kinds the page has, the resolution mode by ``mode_weights`` (native modes + Gundam trained
+  together). Tokens = ``encode_prompt(prompt, [image])`` (bos + prompt, ``<image>`` expanded
+  to ``image.num_tokens``) + label + eos; loss on label + eos only. Text samples: bos + text
+  (+ eos at a document's end); loss on every token but bos.
+* Packing: samples are packed first-fit from a small look-ahead buffer (``pack_buffer``) into
+  rows of exactly ``seq_len`` tokens; ``segment_ids`` 1..k per row (0 = padding),
+  ``position_ids`` restart at 0 per sample, ``labels`` are aligned with ``input_ids`` (the
+  model shifts them, HF convention). A sample longer than ``seq_len`` is truncated
+  (``overlong: truncate``; never inside the prompt/image span) or skipped (``skip``), counted.
+* Determinism and resume: every random choice is a function of (seed, reader slot, sample
+  index) and every stream has an explicit position, so no replay of the run is needed. A
+  worker's state is the position of its oldest sample still waiting in the packing buffer
+  plus the indices already packed after it; restoring re-reads at most one row's worth of
+  samples. Batches alternate over DataLoader workers in order (worker ``k % num_workers``
+  makes batch k, each worker packs whole micro-batches), and after a restore the physical
+  workers are rotated so the sequence continues exactly. The same ``num_workers``, seed,
+  rank and world size are required to resume (checked).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from models.config import RESOLUTION_MODES
+from models.image_processing import ImageInput, preprocess_image
+
+from .data_sources import (BadSample, ShardStream, TextCorpusStream, decode_json, decode_page,
+                           expand_urls, stable_rng)
+
+log = logging.getLogger(__name__)
+
+SOURCES: tuple[str, ...] = ("ocr", "vision", "text")
+MODES: tuple[str, ...] = tuple(RESOLUTION_MODES)  # tiny, small, base, large, gundam, gundam_m
+IGNORE_INDEX = -100
+STATE_VERSION = 1
+_warned_dropped = False  # the dropped-source warning is logged once per process tree
+
+DEFAULTS: dict = {
+    "shards": [], "vision_shards": [], "text_shards": [], "text_corpus": None,
+    "source_weights": {"ocr": 0.7, "vision": 0.2, "text": 0.1},
+    # Gundam-M is a continuation of a trained model (paper), so it is off by default.
+    "mode_weights": {"tiny": 1.0, "small": 1.0, "base": 1.0, "large": 1.0, "gundam": 1.0, "gundam_m": 0.0},
+    "label_kind_weights": {"coarse": 0.5, "fine": 0.5},
+    "text_label_kind": "coarse",  # which label of text_shards becomes text-only data
+    "text_chunk_tokens": None,  # corpus chunk length; None = seq_len - 2 (room for bos/eos)
+    "overlong": "truncate",  # truncate | skip
+    "pack_buffer": 8,  # look-ahead samples for first-fit packing (1 = plain sequential)
+    "shuffle_window": 256,  # records permuted together inside a shard
+    "max_tiles": None,  # Gundam tile budget override (None = mode default, 6)
+    "num_workers": 2,
+    "prefetch_factor": 2,
+    "log_bad_samples": 20,  # per worker and reason at WARNING, then DEBUG (all are counted)
+}
+
+
+def _plain(cfg) -> dict:
+    if cfg is None:
+        return {}
+    try:
+        from omegaconf import DictConfig, OmegaConf
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    if not isinstance(cfg, Mapping):
+        raise TypeError(f"data config must be a dict or DictConfig, got {type(cfg).__name__}")
+    return dict(cfg)
+
+
+def _weights(name: str, given: Mapping | None, known: tuple[str, ...] | None) -> dict[str, float]:
+    w = {str(k): float(v) for k, v in (given or {}).items()}
+    if known is not None and (unknown := set(w) - set(known)):
+        raise ValueError(f"data.{name} has unknown key(s) {sorted(unknown)}; known: {list(known)}")
+    if any(v < 0 for v in w.values()):
+        raise ValueError(f"data.{name} must be non-negative: {w}")
+    return w
+
+
+def _choose(rng, weights: Mapping[str, float]) -> str:
+    names = [k for k, v in weights.items() if v > 0]
+    return rng.choices(names, weights=[weights[k] for k in names])[0]
+
+
+@dataclass
+class PackedBatch:
+    """One micro-batch of packed rows (docs/INTERFACES.md "Batch contract")."""
+
+    input_ids: torch.Tensor  # (B, T) long
+    labels: torch.Tensor  # (B, T) long, IGNORE_INDEX = no loss; aligned with input_ids
+    position_ids: torch.Tensor  # (B, T) long, 0.. per packed sample
+    segment_ids: torch.Tensor  # (B, T) long, 1..k per row, 0 = padding
+    source_ids: torch.Tensor  # (B, T) long, index into SOURCES, -1 = padding
+    mode_ids: torch.Tensor  # (B, T) long, index into MODES, -1 = text / padding
+    images: list[ImageInput] = field(default_factory=list)  # flat, in order of <image> runs
+
+    def to(self, device, non_blocking: bool = False) -> "PackedBatch":
+        t = {k: getattr(self, k).to(device, non_blocking=non_blocking)
+             for k in ("input_ids", "labels", "position_ids", "segment_ids", "source_ids", "mode_ids")}
+        return PackedBatch(**t, images=[im.to(device, non_blocking=non_blocking) for im in self.images])
+
+    @property
+    def num_loss_tokens(self) -> int:
+        return int((self.labels != IGNORE_INDEX).sum())
+
+
+@dataclass
+class Sample:
+    """One tokenized sample = one packed segment."""
+
+    input_ids: list[int]
+    labels: list[int]
+    source: int
+    mode: int
+    images: list[ImageInput]
+    index: int  # position in the worker's sample stream
+    pre_state: dict  # stream positions before this sample was drawn (for resume)
+
+
+class _WorkerPipeline:
+    """The per-reader (node x worker) pipeline: draw, tokenize, pack, batch. Pure Python."""
+
+    def __init__(self, cfg: dict, tokenizer, *, seq_len: int, micro_batch_size: int, seed: int,
+                 slot: int, nslots: int):
+        self.cfg, self.tok, self.seq_len, self.mbs = cfg, tokenizer, seq_len, micro_batch_size
+        self.seed, self.slot = seed, slot
+        self.stats: Counter = Counter()
+        self._logged: Counter = Counter()
+        self.mode_w = _weights("mode_weights", cfg["mode_weights"], MODES)
+        if not any(self.mode_w.values()):
+            raise ValueError("data.mode_weights: at least one mode needs a positive weight")
+        self.kind_w = _weights("label_kind_weights", cfg["label_kind_weights"], None)
+        if cfg["overlong"] not in ("truncate", "skip"):
+            raise ValueError(f"data.overlong must be 'truncate' or 'skip', got {cfg['overlong']!r}")
+        chunk = cfg["text_chunk_tokens"] or seq_len - 2
+        if not 1 <= chunk <= seq_len - 2:
+            raise ValueError(f"data.text_chunk_tokens must be in 1..seq_len-2 ({seq_len - 2}), got {chunk}")
+        common = dict(slot=slot, nslots=nslots, seed=seed, shuffle_window=int(cfg["shuffle_window"]))
+        self.streams: dict[str, object] = {}
+        if urls := expand_urls(cfg["shards"]):
+            self.streams["ocr"] = ShardStream(urls, name="ocr", **common)
+        if urls := expand_urls(cfg["vision_shards"]):
+            self.streams["vision"] = ShardStream(urls, name="vision", **common)
+        if urls := expand_urls(cfg["text_shards"]):
+            self.streams["text_labels"] = ShardStream(urls, name="text_labels", suffixes=("json",), **common)
+        if cfg["text_corpus"]:
+            self.streams["text_corpus"] = TextCorpusStream(
+                cfg["text_corpus"], tokenizer, chunk_tokens=chunk, slot=slot, nslots=nslots, seed=seed)
+        self.text_parts = [k for k in ("text_labels", "text_corpus") if k in self.streams]
+        have = {"ocr": "ocr" in self.streams, "vision": "vision" in self.streams, "text": bool(self.text_parts)}
+        w = _weights("source_weights", cfg["source_weights"], SOURCES)
+        dropped = [s for s in SOURCES if w.get(s, 0) > 0 and not have[s]]
+        self.source_w = {s: w.get(s, 0.0) for s in SOURCES if have[s] and w.get(s, 0) > 0}
+        if not self.source_w:
+            raise ValueError(f"no data source with both data and a positive weight: weights {w}, "
+                             f"configured {[s for s in SOURCES if have[s]]}")
+        global _warned_dropped
+        if dropped and slot == 0 and not _warned_dropped:
+            _warned_dropped = True
+            total = sum(self.source_w.values())
+            log.warning("data sources %s have a weight but no data configured; dropped, the rest "
+                        "renormalised to %s", dropped, {s: round(v / total, 4) for s, v in self.source_w.items()})
+        self._iters: dict[str, Iterator] = {}
+        self.n = 0  # index of the next sample drawn
+        self.buffer: list[Sample] = []
+        self.packed: set[int] = set()  # indices already packed that are newer than buffer[0]
+        self._skip_on_redraw: set[int] = set()  # after a restore: packed before the save
+
+    # ---- state -------------------------------------------------------------------------
+
+    def _stream_state(self) -> dict:
+        return {"n": self.n, **{k: s.state() for k, s in self.streams.items()}}
+
+    def state_dict(self) -> dict:
+        if self.buffer:
+            oldest = self.buffer[0]  # buffer is in index order
+            pos = oldest.pre_state
+            packed = sorted(i for i in self.packed if i > oldest.index)
+        else:
+            pos, packed = self._stream_state(), []
+        return {"pos": pos, "packed": packed, "stats": dict(self.stats)}
+
+    def load_state_dict(self, state: dict) -> None:
+        pos = state["pos"]
+        self.n = pos["n"]
+        for k, s in self.streams.items():
+            if k not in pos:
+                raise ValueError(f"resume state lacks stream {k!r} (data sources changed since the save?)")
+            s.load(pos[k])
+        self._iters, self.buffer = {}, []
+        self.packed = set(state["packed"])
+        self.stats = Counter(state.get("stats", {}))
+        self._skip_on_redraw = set(state["packed"])
+
+    # ---- drawing samples -----------------------------------------------------------------
+
+    def _next(self, stream: str):
+        if stream not in self._iters:
+            self._iters[stream] = iter(self.streams[stream])
+        return next(self._iters[stream])
+
+    def _bad(self, reason: str, key: str, url: str, detail: str) -> None:
+        self.stats[f"skipped/{reason}"] += 1
+        self._logged[reason] += 1
+        level = logging.WARNING if self._logged[reason] <= self.cfg["log_bad_samples"] else logging.DEBUG
+        log.log(level, "skipping sample %s (%s): %s %s [%d so far]", key, url, reason, detail,
+                self.stats[f"skipped/{reason}"])
+
+    def _page(self, source: str, rng) -> tuple[list[int], list[int], int, list[ImageInput]]:
+        while True:
+            rec = self._next(source)
+            key, url = rec.get("__key__", "?"), rec.get("__url__", "?")
+            try:
+                image, meta = decode_page(rec)
+                labels = meta["labels"]
+                kinds = {k: w for k, w in self.kind_w.items() if w > 0 and isinstance(labels.get(k), dict)}
+                if not kinds:
+                    raise BadSample("no_label", f"has {sorted(labels)}, weighted {sorted(self.kind_w)}")
+                label = labels[_choose(rng, kinds)]
+                prompt, text = label.get("prompt"), label.get("text")
+                if not isinstance(prompt, str) or not isinstance(text, str):
+                    raise BadSample("bad_json", "label without string prompt/text")
+                mode = _choose(rng, self.mode_w)
+                try:
+                    img = preprocess_image(image, mode, self.cfg["max_tiles"])
+                    prompt_ids = self.tok.encode_prompt(prompt, [img])
+                except ValueError as e:
+                    raise BadSample("bad_prompt_or_image", str(e)) from None
+            except BadSample as e:
+                self._bad(e.reason, key, url, str(e))
+                continue
+            label_ids = self.tok.encode(text) + [self.tok.eos_token_id]
+            return (prompt_ids + label_ids, [IGNORE_INDEX] * len(prompt_ids) + label_ids,
+                    MODES.index(mode), [img])
+
+    def _text(self, rng) -> tuple[list[int], list[int]]:
+        part = self.text_parts[0] if len(self.text_parts) == 1 else rng.choice(self.text_parts)
+        bos, eos = self.tok.bos_token_id, self.tok.eos_token_id
+        if part == "text_corpus":
+            chunk, ended = self._next(part)
+            ids = [bos] + chunk + ([eos] if ended else [])
+        else:
+            while True:
+                rec = self._next(part)
+                try:
+                    lab = decode_json(rec)["labels"].get(self.cfg["text_label_kind"])
+                    if not isinstance(lab, dict) or not isinstance(lab.get("text"), str) or not lab["text"]:
+                        raise BadSample("no_label", f"no {self.cfg['text_label_kind']!r} label text")
+                    break
+                except BadSample as e:
+                    self._bad(e.reason, rec.get("__key__", "?"), rec.get("__url__", "?"), str(e))
+            ids = [bos] + self.tok.encode(lab["text"]) + [eos]
+        return ids, [IGNORE_INDEX] + ids[1:]
+
+    def _draw(self) -> Sample | None:
+        """Draw sample ``self.n``; None when it is skipped (overlong policy)."""
+        pre, idx = self._stream_state(), self.n
+        self.n += 1
+        rng = stable_rng(self.seed, self.slot, "sample", idx)
+        source = _choose(rng, self.source_w)
+        if source == "text":
+            ids, labels = self._text(rng)
+            mode, images, n_fixed = -1, [], 1
+        else:
+            ids, labels, mode, images = self._page(source, rng)
+            n_fixed = sum(1 for x in labels if x == IGNORE_INDEX)  # bos + prompt + image tokens
+        if len(ids) > self.seq_len:
+            # Never cut the prompt/image span: a partial image run cannot be embedded.
+            if self.cfg["overlong"] == "skip" or n_fixed >= self.seq_len:
+                self.stats["skipped/overlong"] += 1
+                return None
+            self.stats["truncated"] += 1
+            ids, labels = ids[:self.seq_len], labels[:self.seq_len]
+        return Sample(ids, labels, SOURCES.index(source), mode, images, idx, pre)
+
+    def _fill(self) -> None:
+        while len(self.buffer) < self.cfg["pack_buffer"]:
+            s = self._draw()
+            if s is None:
+                continue
+            if s.index in self._skip_on_redraw:  # packed before the restore
+                self._skip_on_redraw.discard(s.index)
+                continue
+            self.buffer.append(s)
+
+    # ---- packing ---------------------------------------------------------------------------
+
+    def _row(self) -> list[Sample]:
+        row, space = [], self.seq_len
+        while space > 0:
+            self._fill()
+            j = next((j for j, s in enumerate(self.buffer) if len(s.input_ids) <= space), None)
+            if j is None:
+                break
+            s = self.buffer.pop(j)
+            row.append(s)
+            space -= len(s.input_ids)
+            self.packed.add(s.index)
+        if self.buffer:  # forget packed indices older than the oldest waiting sample
+            self.packed = {i for i in self.packed if i > self.buffer[0].index}
+        return row
+
+    def next_batch(self) -> PackedBatch:
+        B, T = self.mbs, self.seq_len
+        out = {k: torch.full((B, T), v, dtype=torch.long) for k, v in (
+            ("input_ids", self.tok.pad_token_id), ("labels", IGNORE_INDEX), ("position_ids", 0),
+            ("segment_ids", 0), ("source_ids", -1), ("mode_ids", -1))}
+        images: list[ImageInput] = []
+        for b in range(B):
+            t = 0
+            for seg, s in enumerate(self._row(), start=1):
+                n = len(s.input_ids)
+                out["input_ids"][b, t:t + n] = torch.tensor(s.input_ids)
+                out["labels"][b, t:t + n] = torch.tensor(s.labels)
+                out["position_ids"][b, t:t + n] = torch.arange(n)
+                out["segment_ids"][b, t:t + n] = seg
+                out["source_ids"][b, t:t + n] = s.source
+                out["mode_ids"][b, t:t + n] = s.mode
+                images.extend(s.images)
+                self.stats[f"samples/{SOURCES[s.source]}"] += 1
+                if s.mode >= 0:
+                    self.stats[f"samples/mode/{MODES[s.mode]}"] += 1
+                t += n
+            self.stats["tokens"] += t
+            self.stats["padding"] += T - t
+        self.stats["batches"] += 1
+        return PackedBatch(**out, images=images)
+
+
+class PackedDataset(IterableDataset):
+    """Yields ``(logical_worker, PackedBatch, worker_state)``; used through ``ResumableLoader``."""
+
+    def __init__(self, cfg: dict, tokenizer, *, seq_len: int, micro_batch_size: int, seed: int,
+                 rank: int, world_size: int, num_workers: int):
+        self.cfg, self.tok = cfg, tokenizer
+        self.kw = dict(seq_len=seq_len, micro_batch_size=micro_batch_size, seed=seed)
+        self.rank, self.world_size, self.nw = rank, world_size, max(1, num_workers)
+        self.worker_states: dict[int, dict] = {}
+        self.rotate = 0  # physical worker w plays logical worker (w + rotate) % nw
+
+    def pipeline(self, logical: int) -> _WorkerPipeline:
+        p = _WorkerPipeline(self.cfg, self.tok, slot=self.rank * self.nw + logical,
+                            nslots=self.world_size * self.nw, **self.kw)
+        if logical in self.worker_states:
+            p.load_state_dict(self.worker_states[logical])
+        return p
+
+    def __iter__(self):
+        info = get_worker_info()
+        physical = info.id if info is not None else 0
+        logical = (physical + self.rotate) % self.nw
+        p = self.pipeline(logical)
+        while True:
+            batch = p.next_batch()
+            yield logical, batch, p.state_dict()
+
+
+def _collate(x):  # batches are built in the workers
+    return x
+
+
+class ResumableLoader:
+    """Infinite iterable of ``PackedBatch`` with an exact, restorable data position.
+
+    ``state_dict()`` after k batches + ``load_state_dict()`` on a fresh loader (same config,
+    seed, rank, world size and num_workers) makes it yield batch k+1, k+2, ... exactly as the
+    uninterrupted loader would. Iterating again continues from the current position.
+    """
+
+    def __init__(self, dataset: PackedDataset, num_workers: int, prefetch_factor: int = 2):
+        self.dataset, self.num_workers, self.prefetch_factor = dataset, num_workers, prefetch_factor
+        self.batches = 0
+        self.worker_states: dict[int, dict] = {}
+
+    def __iter__(self) -> Iterator[PackedBatch]:
+        nw = self.dataset.nw
+        self.dataset.worker_states = dict(self.worker_states)
+        self.dataset.rotate = self.batches % nw
+        kw = dict(prefetch_factor=self.prefetch_factor) if self.num_workers > 0 else {}
+        dl = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                        collate_fn=_collate, **kw)
+        for logical, batch, state in dl:
+            if logical != self.batches % nw:  # guards the round-robin assumption
+                raise RuntimeError(f"batch {self.batches} came from worker {logical}, expected "
+                                   f"{self.batches % nw}: DataLoader worker order broke")
+            self.worker_states[logical] = state
+            self.batches += 1
+            yield batch
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters summed over workers: samples per source/mode, skipped/<reason>, truncated,
+        tokens, padding, batches (as of the batches yielded so far)."""
+        total: Counter = Counter()
+        for s in self.worker_states.values():
+            total.update(s.get("stats", {}))
+        return dict(total)
+
+    def state_dict(self) -> dict:
+        d = self.dataset
+        return {"version": STATE_VERSION, "batches": self.batches, "num_workers": d.nw,
+                "rank": d.rank, "world_size": d.world_size, **d.kw,
+                "workers": {str(k): v for k, v in self.worker_states.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        d = self.dataset
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"data state version {state.get('version')} != {STATE_VERSION}")
+        expect = {"num_workers": d.nw, "rank": d.rank, "world_size": d.world_size, **d.kw}
+        diff = {k: (state.get(k), v) for k, v in expect.items() if state.get(k) != v}
+        if diff:
+            raise ValueError(f"cannot resume the data position exactly: (saved, now) differ for {diff}")
+        self.batches = int(state["batches"])
+        self.worker_states = {int(k): v for k, v in state["workers"].items()}
+
+
+def build_train_loader(data_cfg, tokenizer, *, seq_len: int, micro_batch_size: int, seed: int,
+                       rank: int = 0, world_size: int = 1) -> ResumableLoader:
+    """Build the packed, resumable training loader from the ``data`` config group."""
+    cfg = {**DEFAULTS, **_plain(data_cfg)}
+    if seq_len < 16:
+        raise ValueError(f"seq_len must be >= 16, got {seq_len}")
+    if micro_batch_size < 1:
+        raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world size {world_size}")
+    if int(cfg["pack_buffer"]) < 1:
+        raise ValueError("data.pack_buffer must be >= 1")
+    nw = int(cfg["num_workers"])
+    ds = PackedDataset(cfg, tokenizer, seq_len=seq_len, micro_batch_size=micro_batch_size,
+                       seed=seed, rank=rank, world_size=world_size, num_workers=nw)
+    ds.pipeline(0)  # validate the config and shard lists now, in the main process
+    return ResumableLoader(ds, nw, int(cfg["prefetch_factor"]))

@@ -1,0 +1,275 @@
+"""Resumable record streams for the training data pipeline (used by ``train/data.py``).
+
+Two kinds of streams, both infinite (epoch after epoch) and both with an explicit, small,
+JSON-able position (``state()`` / ``load()``) so a loader can restart exactly where it was
+instead of replaying the run:
+
+* ``ShardStream``: raw samples of webdataset shards (docs/INTERFACES.md "Shard format").
+  The slot's shard list (split by node and DataLoader worker) is reshuffled every epoch;
+  inside a shard, samples are permuted within fixed windows of ``shuffle_window`` records,
+  so a position is just ``(epoch, shard_pos, index)`` and restoring it means re-reading the
+  shard's bytes up to that point (no decoding).
+* ``TextCorpusStream``: a directory of plain-text files (one per language) cut into token
+  chunks of at most ``chunk_tokens``; the position is ``(epoch, file_pos, byte offset of the
+  current line, token offset inside that line)``.
+
+Reading uses webdataset's tar iterators (``gopen`` handles local paths and ``pipe:``/URL
+shards), in the spirit of open_clip's ``get_wds_dataset``. Decoding and validation of a
+record live in ``decode_page``; it raises ``BadSample`` with a reason, which the pipeline
+logs and counts.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from braceexpand import braceexpand
+from PIL import Image
+from webdataset.tariterators import group_by_keys, tar_file_iterator, url_opener
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+class BadSample(Exception):
+    """A record that cannot be trained on; ``reason`` is a short, countable category."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def stable_rng(*parts) -> random.Random:
+    """A ``random.Random`` seeded from ``parts``; identical in every process (no ``hash()``)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return random.Random(int.from_bytes(digest, "little"))
+
+
+def expand_urls(patterns: str | Sequence[str] | None) -> list[str]:
+    """Expand brace ranges and globs into a sorted, de-duplicated shard list.
+
+    Remote specs (``pipe:...``, ``s3://``...) are kept as given. A local pattern matching
+    nothing is an error: a typo must not silently drop a data source.
+    """
+    if patterns is None:
+        return []
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    out: set[str] = set()
+    for pat in patterns:
+        for p in braceexpand(str(pat)):
+            if p.startswith("pipe:") or "://" in p:
+                out.add(p)
+                continue
+            p = os.path.expanduser(p)
+            hits = glob.glob(p, recursive=True) if glob.has_magic(p) else ([p] if os.path.exists(p) else [])
+            if not hits:
+                raise FileNotFoundError(f"shard pattern {pat!r} matches no file")
+            out.update(hits)
+    return sorted(out)
+
+
+def split_for_slot(items: list, slot: int, nslots: int) -> tuple[list, int]:
+    """Split ``items`` (shards or files) across ``nslots`` readers (node x worker).
+
+    With at least one item per slot each slot takes ``items[slot::nslots]`` (disjoint, covering
+    all) and reads every record of them; returns ``(items, 1)``. With fewer items than slots
+    every slot reads all items but keeps only every ``nslots``-th record (rotated per item); returns
+    ``(items, nslots)`` (correct, but each slot reads all bytes: add shards to avoid it).
+    """
+    if not 0 <= slot < nslots:
+        raise ValueError(f"slot {slot} outside 0..{nslots - 1}")
+    if len(items) >= nslots:
+        return items[slot::nslots], 1
+    if items:
+        log.warning("only %d shard(s)/file(s) for %d readers (nodes x workers): every reader "
+                    "reads all of them and keeps every %d-th record", len(items), nslots, nslots)
+    return list(items), nslots
+
+
+class ShardStream:
+    """Infinite stream of raw webdataset samples (dicts of bytes + ``__key__``, ``__url__``)."""
+
+    def __init__(self, urls: list[str], *, name: str, slot: int, nslots: int, seed: int,
+                 shuffle_window: int = 256, suffixes: Sequence[str] | None = None):
+        if not urls:
+            raise ValueError(f"source {name!r} has no shards")
+        if shuffle_window < 1:
+            raise ValueError(f"shuffle_window must be >= 1, got {shuffle_window}")
+        self.name, self.slot, self.seed, self.window = name, slot, seed, shuffle_window
+        self.urls, self.stride = split_for_slot(urls, slot, nslots)
+        self.rank_of = {u: i for i, u in enumerate(self.urls)}  # rotates the record split per shard
+        self.suffixes = set(suffixes) if suffixes else None
+        self.shard_errors = 0
+        self.epoch, self.shard_pos, self.index = 0, 0, 0  # index: records consumed in this shard
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "shard_pos": self.shard_pos, "index": self.index}
+
+    def load(self, state: dict) -> None:
+        self.epoch, self.shard_pos, self.index = state["epoch"], state["shard_pos"], state["index"]
+
+    def _order(self, epoch: int) -> list[str]:
+        order = list(self.urls)
+        stable_rng(self.seed, self.name, self.slot, "shards", epoch).shuffle(order)
+        return order
+
+    def _raw(self, url: str) -> Iterator[dict]:
+        """Records of one shard in file order (this slot's share only)."""
+        select = None
+        if self.suffixes is not None:
+            sfx = self.suffixes
+            select = lambda fname: fname.rsplit(".", 1)[-1].lower() in sfx  # noqa: E731
+        for stream in url_opener([{"url": url}]):
+            files = tar_file_iterator(stream["stream"], select_files=select)
+            files = ({**f, "__url__": url} for f in files)
+            first = self.rank_of[url]
+            for i, rec in enumerate(group_by_keys(files)):
+                if (i + first) % self.stride == self.slot % self.stride:
+                    yield rec
+
+    def _permuted(self, url: str, epoch: int) -> Iterator[dict]:
+        """Records of one shard, permuted inside windows of ``shuffle_window`` records."""
+        window: list[dict] = []
+        n_win = 0
+
+        def flush():
+            stable_rng(self.seed, self.name, url, epoch, n_win).shuffle(window)
+            yield from window
+
+        for rec in self._raw(url):
+            window.append(rec)
+            if len(window) == self.window:
+                yield from flush()
+                window, n_win = [], n_win + 1
+        if window:
+            yield from flush()
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            order = self._order(self.epoch)
+            while self.shard_pos < len(order):
+                url = order[self.shard_pos]
+                skip = self.index  # resuming: these records were consumed before
+                try:
+                    for i, rec in enumerate(self._permuted(url, self.epoch)):
+                        if i < skip:
+                            continue
+                        self.index = i + 1
+                        yield rec
+                except Exception as e:  # unreadable/truncated shard: log, count, go on
+                    self.shard_errors += 1
+                    log.warning("source %s: error reading shard %s after %d records (%s: %s); "
+                                "moving to the next shard", self.name, url, self.index,
+                                type(e).__name__, e)
+                self.shard_pos, self.index = self.shard_pos + 1, 0
+            self.epoch, self.shard_pos = self.epoch + 1, 0
+
+
+def decode_json(rec: dict) -> dict:
+    if "json" not in rec:
+        raise BadSample("missing_json", f"record has {sorted(k for k in rec if not k.startswith('__'))}")
+    try:
+        meta = json.loads(rec["json"])
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadSample("bad_json", str(e)) from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("labels"), dict):
+        raise BadSample("bad_json", "no 'labels' object")
+    return meta
+
+
+def decode_page(rec: dict) -> tuple[Image.Image, dict]:
+    """Decode one shard record into (RGB PIL image, metadata dict) or raise ``BadSample``."""
+    meta = decode_json(rec)
+    ext = next((e for e in IMAGE_EXTS if e in rec), None)
+    if ext is None:
+        raise BadSample("missing_image")
+    try:
+        img = Image.open(io.BytesIO(rec[ext]))
+        img.load()  # force the full decode here so truncated files fail now, not later
+        img = img.convert("RGB")
+    except Exception as e:  # PIL raises several unrelated types for corrupt data
+        raise BadSample("bad_image", f"{type(e).__name__}: {e}") from None
+    if min(img.size) < 1:
+        raise BadSample("bad_image", f"empty image {img.size}")
+    return img, meta
+
+
+class TextCorpusStream:
+    """Infinite stream of token chunks from a directory of plain-text files.
+
+    Yields ``(token_ids, file_ended)``; chunks hold at most ``chunk_tokens`` tokens, a file's
+    last chunk may be shorter. Lines are tokenized one at a time (newline kept), so a
+    position is a byte offset plus a token offset inside that line.
+    """
+
+    def __init__(self, root: str | os.PathLike, tokenizer, *, chunk_tokens: int, slot: int,
+                 nslots: int, seed: int, min_tokens: int = 8):
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(f"text corpus {root} is not a directory")
+        files = sorted(str(p) for p in root.iterdir()
+                       if p.is_file() and p.suffix in (".txt", ".md", ".text"))
+        if not files:
+            raise FileNotFoundError(f"text corpus {root} holds no .txt/.md files")
+        if chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+        self.tok, self.chunk, self.min_tokens = tokenizer, chunk_tokens, min_tokens
+        self.slot, self.seed = slot, seed
+        self.files, self.stride = split_for_slot(files, slot, nslots)
+        self.offset = slot if self.stride > 1 else 0
+        self.epoch, self.file_pos, self.byte, self.tok_off, self.n_chunk = 0, 0, 0, 0, 0
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "file_pos": self.file_pos, "byte": self.byte,
+                "tok_off": self.tok_off, "n_chunk": self.n_chunk}
+
+    def load(self, s: dict) -> None:
+        self.epoch, self.file_pos, self.byte = s["epoch"], s["file_pos"], s["byte"]
+        self.tok_off, self.n_chunk = s["tok_off"], s["n_chunk"]
+
+    def _chunks(self, path: str) -> Iterator[tuple[list[int], bool]]:
+        """Chunks of one file from the current (byte, tok_off) on; updates the position."""
+        buf: list[int] = []
+        with open(path, "rb") as f:
+            f.seek(self.byte)
+            line_start, pos = self.byte, self.tok_off
+            for line in iter(f.readline, b""):
+                ids = self.tok.encode(line.decode("utf-8", errors="replace"))
+                while pos < len(ids):
+                    take = min(self.chunk - len(buf), len(ids) - pos)
+                    buf.extend(ids[pos:pos + take])
+                    pos += take
+                    if len(buf) == self.chunk:
+                        # Position = next unconsumed token: rest of this line, or next line.
+                        if pos == len(ids):
+                            self.byte, self.tok_off = line_start + len(line), 0
+                        else:
+                            self.byte, self.tok_off = line_start, pos
+                        yield buf, False
+                        buf = []
+                line_start, pos = line_start + len(line), 0
+                self.byte, self.tok_off = line_start, 0
+        if len(buf) >= self.min_tokens:
+            yield buf, True
+
+    def __iter__(self) -> Iterator[tuple[list[int], bool]]:
+        while True:
+            order = list(self.files)
+            stable_rng(self.seed, "text_corpus", self.slot, "files", self.epoch).shuffle(order)
+            while self.file_pos < len(order):
+                for chunk in self._chunks(order[self.file_pos]):
+                    n, self.n_chunk = self.n_chunk, self.n_chunk + 1
+                    if n % self.stride == self.offset:
+                        yield chunk
+                self.file_pos, self.byte, self.tok_off = self.file_pos + 1, 0, 0
+            self.epoch, self.file_pos = self.epoch + 1, 0

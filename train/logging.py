@@ -1,0 +1,180 @@
+"""Training metrics: wandb (offline by default), a JSONL file and rich console lines. Rank 0 only.
+
+``MetricsLogger(cfg, out_dir, total_steps)`` is created on every rank and is a no-op off rank
+0, so trainers call it unconditionally. Metrics are plain floats keyed like
+``loss``, ``loss/source/ocr``, ``loss/mode/gundam``, ``aux_loss``, ``lr``, ``grad_norm``,
+``tokens_per_s``, ``samples_per_s``, ``expert_load/...``.
+
+wandb runs offline unless the user sets ``WANDB_MODE`` (``wandb sync <run dir>`` uploads
+later); its files go under the run's output directory. ``logging.wandb.mode=disabled`` turns
+it off. ``metrics.jsonl`` is always written: it is what tests and scripts read back.
+
+Helpers that turn per-token losses / router counts into those metrics live here too, so
+stage 1 and stage 2 report the same names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .common import _get, to_container, world_info
+
+
+def token_loss_breakdown(
+    token_loss: torch.Tensor,
+    label_mask: torch.Tensor,
+    group_ids: torch.Tensor,
+    names: Sequence[str],
+    prefix: str,
+) -> dict[str, tuple[float, int]]:
+    """Mean loss per group: {f"{prefix}/{name}": (sum of token losses, token count)}.
+
+    token_loss, label_mask, group_ids: (B, T') aligned with the *predicted* tokens. Sums and
+    counts (not means) are returned so callers can all-reduce / accumulate before dividing.
+    """
+    out: dict[str, tuple[float, int]] = {}
+    token_loss = token_loss.detach().float()
+    for i, name in enumerate(names):
+        sel = label_mask & (group_ids == i)
+        n = int(sel.sum())
+        if n:
+            out[f"{prefix}/{name}"] = (float(token_loss[sel].sum()), n)
+    return out
+
+
+def reduce_breakdowns(parts: Sequence[Mapping[str, tuple[float, int]]]) -> dict[str, float]:
+    """Merge several (sum, count) dicts (micro-batches, and ranks if gathered) into means."""
+    acc: dict[str, list[float]] = {}
+    for p in parts:
+        for k, (s, n) in p.items():
+            a = acc.setdefault(k, [0.0, 0])
+            a[0] += s
+            a[1] += n
+    return {k: s / n for k, (s, n) in acc.items() if n}
+
+
+def expert_load_metrics(counts: torch.Tensor, prefix: str = "expert_load") -> dict[str, float]:
+    """Router load balance from token counts per expert, counts (L, E) for L MoE layers.
+
+    Reports per layer the max / mean load ratio (1.0 = perfectly balanced; E = all tokens on
+    one expert) and the coefficient of variation, plus their mean over layers.
+    """
+    counts = counts.detach().float()
+    if counts.ndim == 1:
+        counts = counts[None]
+    mean = counts.mean(dim=-1).clamp_min(1e-9)  # (L,)
+    max_ratio = counts.max(dim=-1).values / mean
+    cv = counts.std(dim=-1, unbiased=False) / mean
+    out = {f"{prefix}/layer{i}/max_over_mean": float(r) for i, r in enumerate(max_ratio)}
+    out.update({f"{prefix}/layer{i}/cv": float(c) for i, c in enumerate(cv)})
+    out[f"{prefix}/max_over_mean"] = float(max_ratio.mean())
+    out[f"{prefix}/cv"] = float(cv.mean())
+    return out
+
+
+class MetricsLogger:
+    """wandb + ``metrics.jsonl`` + console. Call ``log(step, metrics)`` on every rank."""
+
+    def __init__(self, cfg: Any, out_dir: str | Path, total_steps: int, *,
+                 run_config: Any = None) -> None:
+        self.rank = world_info()[0]
+        self.enabled = self.rank == 0
+        self.total_steps = int(total_steps)
+        self.out_dir = Path(out_dir)
+        log_cfg = _get(cfg, "logging")
+        self.console_every = int(_get(log_cfg, "log_every", 0) or _get(_get(cfg, "train"), "log_every", 10))
+        self._wandb_run = None
+        self._jsonl = None
+        self._t0 = time.perf_counter()
+        if not self.enabled:
+            return
+        from rich.console import Console
+
+        self.console = Console(highlight=False)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self._init_wandb(log_cfg, run_config if run_config is not None else cfg)
+
+    def _init_wandb(self, log_cfg: Any, run_config: Any) -> None:
+        wb = _get(log_cfg, "wandb", {})
+        # the user's WANDB_MODE wins; otherwise the config (offline by default)
+        mode = os.environ.get("WANDB_MODE") or str(_get(wb, "mode", "offline"))
+        if mode == "disabled":
+            return
+        import wandb
+
+        wdir = Path(_get(wb, "dir", None) or self.out_dir)
+        wdir.mkdir(parents=True, exist_ok=True)
+        self._wandb_run = wandb.init(
+            project=str(_get(wb, "project", "ocrflow")),
+            name=_get(wb, "name", None),
+            dir=str(wdir),
+            mode=mode,
+            config=to_container(run_config) if run_config is not None else None,
+            settings=wandb.Settings(console="off", silent=True),
+        )
+
+    @property
+    def wandb_dir(self) -> str | None:
+        return self._wandb_run.dir if self._wandb_run is not None else None
+
+    def log(self, step: int, metrics: Mapping[str, float], *, console: bool | None = None) -> None:
+        if not self.enabled:
+            return
+        metrics = {k: float(v) for k, v in metrics.items()}
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+            self._jsonl.flush()
+        if self._wandb_run is not None:
+            self._wandb_run.log(metrics, step=step)
+        if console is None:
+            console = step == 1 or step % max(1, self.console_every) == 0 or step == self.total_steps
+        if console:
+            self.console.print(self._format(step, metrics))
+
+    def _format(self, step: int, m: Mapping[str, float]) -> str:
+        elapsed = time.perf_counter() - self._t0
+        eta = elapsed / max(step, 1) * max(self.total_steps - step, 0)
+        parts = [f"[bold]step {step}/{self.total_steps}[/bold]"]
+        for key, fmt in (("loss", "{:.4f}"), ("aux_loss", "{:.4f}"), ("lr", "{:.2e}"),
+                         ("grad_norm", "{:.3f}"), ("tokens_per_s", "{:.0f}"),
+                         ("samples_per_s", "{:.2f}"), ("step_time_s", "{:.2f}")):
+            if key in m:
+                parts.append(f"{key} " + fmt.format(m[key]))
+        srcs = [f"{k.rsplit('/', 1)[-1]}={v:.3f}" for k, v in m.items() if k.startswith("loss/source/")]
+        if srcs:
+            parts.append("src " + " ".join(srcs))
+        parts.append(f"eta {eta / 60:.1f}m")
+        return " | ".join(parts)
+
+    def info(self, msg: str) -> None:
+        if self.enabled:
+            self.console.print(msg)
+
+    def summary(self, values: Mapping[str, Any]) -> None:
+        if self.enabled and self._wandb_run is not None:
+            for k, v in values.items():
+                self._wandb_run.summary[k] = v
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._wandb_run is not None:
+            self._wandb_run.finish()
+            self._wandb_run = None
+
+    def __enter__(self) -> "MetricsLogger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

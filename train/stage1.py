@@ -1,0 +1,357 @@
+"""Stage 1: train the DeepEncoder with a compact causal LM (paper section 3.5.1).
+
+The paper trains DeepEncoder (SAM-base + 16x compressor + CLIP-L + projector) by next-token
+prediction through a small OPT-125M-size language model (the Vary recipe): AdamW, cosine
+schedule, lr 5e-5, sequence length 4096, global batch 1280, 2 epochs. Here:
+
+* ``Stage1Model``: ``encoder`` = ``models.deepencoder.DeepEncoder`` whose projector outputs
+  the LM width, ``lm`` = ``transformers.OPTForCausalLM`` built from config (no download).
+  Vision embeddings are scattered, in order, into the ``<image>`` token positions of the LM's
+  input embeddings; packed samples attend only inside their segment (block-diagonal causal
+  mask) and positions restart per segment.
+* ``run_stage1(cfg)``: DeepSpeed data parallel (ZeRO stage from ``cfg.deepspeed``), torch
+  AdamW + warmup/cosine, checkpoints with exact resume (train/common.py), metrics
+  (train/logging.py), and at the end ``<out_dir>/encoder.safetensors`` for stage 2
+  (``model.encoder_from``): ``sam_model.*`` and ``vision_model.*`` always; ``projector.*``,
+  ``image_newline`` and ``view_seperator`` only when the LM width equals the stage-2 decoder
+  width (otherwise stage 2 initialises them fresh, as their shapes differ).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.config import DeepseekOCRConfig, get_preset
+from models.deepencoder import DeepEncoder
+from models.image_processing import ImageInput
+
+from .common import (CKPT_DIRNAME, _get, build_ds_config, build_lr_scheduler, build_optimizer,
+                     find_resume_path, init_distributed, resume_checkpoint, save_checkpoint,
+                     seed_everything, to_container, world_info)
+from .logging import MetricsLogger, reduce_breakdowns, token_loss_breakdown
+
+IGNORE_INDEX = -100
+ENCODER_FILE = "encoder.safetensors"
+# always handed to stage 2; the rest only when widths match
+_ENCODER_CORE = ("sam_model.", "vision_model.")
+
+
+def packed_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T) segment ids -> (B, 1, T, T) additive mask: causal inside a segment only.
+
+    Padding (segment 0) attends to itself alone, so no softmax row is empty (NaN-free); its
+    outputs carry no loss.
+    """
+    B, T = segment_ids.shape
+    causal = torch.ones(T, T, dtype=torch.bool, device=segment_ids.device).tril()
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, T, T)
+    real = (segment_ids > 0)[:, :, None]
+    allowed = (same & causal & real) | torch.eye(T, dtype=torch.bool, device=segment_ids.device)
+    mask = torch.zeros(B, 1, T, T, dtype=dtype, device=segment_ids.device)
+    return mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+
+
+def opt_config(lm_cfg: Any, vocab_size: int, *, pad_token_id: int, bos_token_id: int,
+               eos_token_id: int, min_positions: int = 0):
+    """An OPT config (OPT-125M layout: pre-LN, ReLU FFN, learned positions, tied head)."""
+    from transformers import OPTConfig
+
+    d = int(_get(lm_cfg, "hidden_size", 768))
+    return OPTConfig(
+        vocab_size=vocab_size,
+        hidden_size=d,
+        word_embed_proj_dim=d,
+        num_hidden_layers=int(_get(lm_cfg, "num_layers", 12)),
+        num_attention_heads=int(_get(lm_cfg, "num_heads", 12)),
+        ffn_dim=int(_get(lm_cfg, "ffn_dim", 4 * d)),
+        max_position_embeddings=max(int(_get(lm_cfg, "max_position_embeddings", 2048)), min_positions),
+        dropout=float(_get(lm_cfg, "dropout", 0.1)),
+        attention_dropout=0.0,
+        activation_function="relu",
+        do_layer_norm_before=True,
+        layerdrop=0.0,
+        enable_bias=True,
+        tie_word_embeddings=True,
+        pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+    )
+
+
+class Stage1Model(nn.Module):
+    """DeepEncoder + OPT causal LM. ``forward`` returns (loss, token_loss (B, T-1), label_mask)."""
+
+    def __init__(self, ocr_cfg: DeepseekOCRConfig, lm_config) -> None:
+        super().__init__()
+        from transformers import OPTForCausalLM
+
+        width = lm_config.hidden_size
+        # the projector maps to the LM width (768 for OPT-125M, not the MoE decoder's 1280)
+        enc_cfg = ocr_cfg.replace(decoder=dataclasses.replace(ocr_cfg.decoder, hidden_size=width))
+        self.encoder = DeepEncoder(enc_cfg)
+        lm_config._attn_implementation = "sdpa"
+        self.lm = OPTForCausalLM(lm_config)
+        self.image_token_id = int(ocr_cfg.image_token_id)
+        self.width = width
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        self.encoder.set_gradient_checkpointing(enabled)
+        if enabled:
+            self.lm.gradient_checkpointing_enable()
+        else:
+            self.lm.gradient_checkpointing_disable()
+
+    def embed(self, input_ids: torch.Tensor, images: list[ImageInput]) -> torch.Tensor:
+        """(B, T) ids -> (B, T, D) input embeddings with vision tokens at ``<image>`` ids."""
+        embeds = self.lm.get_input_embeddings()(input_ids)  # (B, T, D)
+        slots = input_ids == self.image_token_id  # (B, T)
+        n_slots = int(slots.sum())
+        vision = self.encoder(list(images))  # list of (num_tokens_i, D)
+        n_vision = sum(v.shape[0] for v in vision)
+        if n_slots != n_vision:
+            raise ValueError(
+                f"{n_slots} <image> token positions but the {len(images)} image(s) give {n_vision} "
+                "vision tokens: the prompt expansion and the images disagree"
+            )
+        if n_vision:
+            flat = torch.cat(vision).to(embeds.dtype)  # (N, D), row-major = order of <image> runs
+            embeds = embeds.masked_scatter(slots[..., None], flat)
+        return embeds
+
+    def forward(self, input_ids: torch.Tensor, images: list[ImageInput] = (),
+                labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                segment_ids: torch.Tensor | None = None):
+        embeds = self.embed(input_ids, images)  # (B, T, D)
+        if segment_ids is None:
+            segment_ids = torch.ones_like(input_ids)
+        if position_ids is None:
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        mask = packed_causal_mask(segment_ids, embeds.dtype)
+        logits = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
+                         use_cache=False).logits  # (B, T, V)
+        if labels is None:
+            return logits
+        # next-token loss: position t predicts labels[t + 1] (labels aligned with input_ids)
+        target = labels[:, 1:]  # (B, T-1)
+        token_loss = F.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE_INDEX,
+            reduction="none",
+        ).view_as(target)  # (B, T-1)
+        label_mask = target != IGNORE_INDEX
+        loss = token_loss.sum() / label_mask.sum().clamp_min(1)
+        return loss, token_loss, label_mask
+
+
+def build_stage1_model(cfg: Any, vocab_size: int | None = None, *,
+                       special_ids: dict[str, int] | None = None,
+                       seq_len: int = 0) -> Stage1Model:
+    """Stage1Model from ``cfg.model`` (preset + ``stage1_lm``) sized for a tokenizer.
+
+    ``vocab_size``/``special_ids`` (bos, eos, pad, image) come from the tokenizer; without them
+    the preset's values are used (e.g. building the paper model on the meta device).
+    """
+    mcfg = _get(cfg, "model")
+    ocr_cfg = get_preset(str(_get(mcfg, "preset", "tiny")))
+    ids = {"bos_token_id": ocr_cfg.bos_token_id, "eos_token_id": ocr_cfg.eos_token_id,
+           "pad_token_id": ocr_cfg.pad_token_id, "image_token_id": ocr_cfg.image_token_id}
+    ids.update(special_ids or {})
+    vocab = int(vocab_size or ocr_cfg.decoder.vocab_size)
+    ocr_cfg = ocr_cfg.with_vocab(vocab, **ids)
+    lm = opt_config(_get(mcfg, "stage1_lm", {}), vocab, pad_token_id=ids["pad_token_id"],
+                    bos_token_id=ids["bos_token_id"], eos_token_id=ids["eos_token_id"],
+                    min_positions=seq_len)
+    return Stage1Model(ocr_cfg, lm)
+
+
+def encoder_state_for_stage2(model: Stage1Model, stage2_width: int) -> dict[str, torch.Tensor]:
+    """The encoder tensors stage 2 can load (DeepseekOCRModel names, see module docstring)."""
+    state = model.encoder.state_dict()
+    keep_all = model.width == stage2_width
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()
+            if keep_all or k.startswith(_ENCODER_CORE)}
+
+
+def save_encoder(model: Stage1Model, path: str | Path, stage2_width: int, meta: dict | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = encoder_state_for_stage2(model, stage2_width)
+    metadata = {"format": "pt", "producer": "ocrflow.train.stage1",
+                "stage1_lm_width": str(model.width), "stage2_width": str(stage2_width),
+                **{k: str(v) for k, v in (meta or {}).items()}}
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def _group_sums(token_loss, label_mask, batch) -> dict[str, tuple[float, int]]:
+    from .data import MODES, SOURCES
+
+    src = batch.source_ids[:, 1:]  # group of the *predicted* token
+    mode = batch.mode_ids[:, 1:]
+    out = token_loss_breakdown(token_loss, label_mask, src, SOURCES, "loss/source")
+    out.update(token_loss_breakdown(token_loss, label_mask, mode, MODES, "loss/mode"))
+    return out
+
+
+def _all_reduce_sums(parts: dict[str, tuple[float, int]], extra: list[float], device) -> tuple[dict, list[float]]:
+    """Sum (loss-sum, count) pairs and extra counters over ranks (fixed key order)."""
+    import torch.distributed as dist
+
+    from .data import MODES, SOURCES
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return parts, extra
+    keys = [f"loss/source/{s}" for s in SOURCES] + [f"loss/mode/{m}" for m in MODES]
+    vec = torch.tensor([v for k in keys for v in parts.get(k, (0.0, 0))] + extra,
+                       dtype=torch.float64, device=device)
+    dist.all_reduce(vec)
+    vals = vec.tolist()
+    out = {k: (vals[2 * i], int(vals[2 * i + 1])) for i, k in enumerate(keys) if vals[2 * i + 1] > 0}
+    return out, vals[2 * len(keys):]
+
+
+def run_stage1(cfg: Any) -> dict:
+    """Train stage 1 per ``cfg`` (see conf/); returns a summary dict (paths, losses, speed)."""
+    import deepspeed
+
+    from models.tokenizer import load_tokenizer
+
+    from .data import build_train_loader
+
+    tcfg, mcfg, dcfg = _get(cfg, "train"), _get(cfg, "model"), _get(cfg, "data")
+    rank, world, device = init_distributed(cfg)
+    seed = int(_get(tcfg, "seed", 0))
+    seed_everything(seed)
+    steps = int(_get(tcfg, "steps"))
+    out_dir = Path(str(_get(tcfg, "out_dir", "runs/stage1")))
+    ckpt_dir = out_dir / CKPT_DIRNAME
+    seq_len = int(_get(dcfg, "seq_len"))
+
+    tok_path = _get(mcfg, "tokenizer")
+    if not tok_path:
+        raise ValueError("model.tokenizer must name a directory with tokenizer.json")
+    tok = load_tokenizer(tok_path)
+    special = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+               "pad_token_id": tok.pad_token_id, "image_token_id": tok.image_token_id}
+    model = build_stage1_model(cfg, tok.vocab_size, special_ids=special, seq_len=seq_len)
+    if _get(mcfg, "gradient_checkpointing", False):
+        model.set_gradient_checkpointing(True)
+    stage2_width = get_preset(str(_get(mcfg, "preset", "tiny"))).decoder.hidden_size
+
+    ds_config = build_ds_config(cfg, world)
+    accum = ds_config["gradient_accumulation_steps"]
+    optimizer = build_optimizer(model, _get(cfg, "optim"))
+    scheduler = build_lr_scheduler(optimizer, _get(cfg, "optim"), steps)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                           lr_scheduler=scheduler, config=ds_config)
+    loader = build_train_loader(dcfg, tok, seq_len=seq_len,
+                                micro_batch_size=ds_config["train_micro_batch_size_per_gpu"],
+                                seed=seed, rank=rank, world_size=world)
+
+    step = 0
+    resume = find_resume_path(_get(tcfg, "resume", None), ckpt_dir)
+    if resume is not None:
+        state = resume_checkpoint(engine, resume)
+        step = int(state["step"])
+        loader.load_state_dict(state["data"])
+
+    n_params = sum(p.numel() for p in model.parameters())
+    logger = MetricsLogger(cfg, out_dir, steps, run_config=cfg)
+    logger.info(f"stage 1: {n_params / 1e6:.1f}M params (encoder "
+                f"{sum(p.numel() for p in model.encoder.parameters()) / 1e6:.1f}M), world {world}, "
+                f"micro {ds_config['train_micro_batch_size_per_gpu']} x accum {accum} x dp {world} "
+                f"= {ds_config['train_batch_size']}, seq {seq_len}, ZeRO-{ds_config['zero_optimization']['stage']}"
+                + (f", resumed at step {step} from {resume}" if resume else ""))
+
+    save_every = int(_get(tcfg, "save_every", 0))
+    keep_last = _get(tcfg, "keep_last", None)
+    losses: list[float] = []
+    step_times: list[float] = []
+    tokens_seen = 0
+    it = iter(loader)
+    engine.train()
+    while step < steps:
+        t0 = time.perf_counter()
+        parts, loss_sum, n_label, n_tokens, n_samples = [], 0.0, 0, 0, 0
+        for _ in range(accum):
+            batch = next(it).to(device)
+            loss, token_loss, label_mask = engine(
+                input_ids=batch.input_ids, images=batch.images, labels=batch.labels,
+                position_ids=batch.position_ids, segment_ids=batch.segment_ids)
+            engine.backward(loss)
+            engine.step()
+            parts.append(_group_sums(token_loss, label_mask, batch))
+            loss_sum += float(token_loss.detach()[label_mask].sum())
+            n_label += int(label_mask.sum())
+            n_tokens += int((batch.segment_ids > 0).sum())
+            n_samples += int(batch.segment_ids.max(dim=1).values.sum())
+        step += 1
+        merged, (loss_sum, n_label, n_tokens, n_samples) = _all_reduce_sums(
+            reduce_pairs(parts), [loss_sum, n_label, n_tokens, n_samples], device)
+        dt = time.perf_counter() - t0
+        step_loss = loss_sum / max(n_label, 1)
+        losses.append(step_loss)
+        step_times.append(dt)
+        tokens_seen += int(n_tokens)
+        gn = engine.get_global_grad_norm()
+        metrics = {"loss": step_loss, "lr": scheduler.get_last_lr()[0],
+                   "tokens_per_s": n_tokens / dt, "samples_per_s": n_samples / dt, "step_time_s": dt,
+                   **reduce_breakdowns([merged])}
+        if gn is not None:
+            metrics["grad_norm"] = float(gn)
+        logger.log(step, metrics)
+        if (save_every and step % save_every == 0) or step == steps:
+            save_checkpoint(engine, ckpt_dir, step, {"data": loader.state_dict()}, keep_last=keep_last)
+
+    encoder_path = out_dir / ENCODER_FILE
+    _save_encoder_collective(engine, model, encoder_path, stage2_width, rank,
+                             meta={"preset": _get(mcfg, "preset", "tiny"), "steps": step})
+    # steady-state speed: skip the first step (allocator / lazy init warm-up) when we can
+    timed = step_times[1:] if len(step_times) > 1 else step_times
+    result = {
+        "stage": 1, "out_dir": str(out_dir), "checkpoint_dir": str(ckpt_dir),
+        "encoder_path": str(encoder_path), "steps": step, "losses": losses,
+        "final_loss": losses[-1] if losses else None,
+        "mean_step_time_s": sum(timed) / len(timed) if timed else None,
+        "tokens_seen": tokens_seen, "params": n_params, "data_stats": loader.stats,
+    }
+    if rank == 0:
+        (out_dir / "stage1_result.json").write_text(json.dumps(
+            {k: v for k, v in result.items() if k != "data_stats"}, indent=1))
+    logger.summary({"final_loss": result["final_loss"], "mean_step_time_s": result["mean_step_time_s"]})
+    logger.close()
+    return result
+
+
+def reduce_pairs(parts: list[dict[str, tuple[float, int]]]) -> dict[str, tuple[float, int]]:
+    """Sum (loss-sum, count) pairs of several micro-batches."""
+    acc: dict[str, tuple[float, int]] = {}
+    for p in parts:
+        for k, (s, n) in p.items():
+            s0, n0 = acc.get(k, (0.0, 0))
+            acc[k] = (s0 + s, n0 + n)
+    return acc
+
+
+def _save_encoder_collective(engine, model: Stage1Model, path: Path, stage2_width: int, rank: int,
+                             meta: dict) -> None:
+    """Rank 0 writes the encoder; under ZeRO-3 the shards are gathered first (collective)."""
+    import torch.distributed as dist
+
+    if engine.zero_optimization_stage() == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.encoder.parameters()), modifier_rank=None):
+            if rank == 0:
+                save_encoder(model, path, stage2_width, meta)
+    elif rank == 0:
+        save_encoder(model, path, stage2_width, meta)
+    if dist.is_initialized():
+        dist.barrier()
