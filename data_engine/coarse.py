@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 
 # Skip reasons (also used as report keys).
@@ -54,11 +55,19 @@ def _is_bad_char(ch: str) -> bool:
     return cat == "Co" or (cat == "Cc" and ch not in "\n\t")
 
 
+def _char_counts(text: str) -> tuple[int, int]:
+    """(non-space chars, bad chars); Counter runs in C, the checks run once per distinct char."""
+    non_space = bad = 0
+    for ch, n in Counter(text).items():
+        if not ch.isspace():
+            non_space += n
+            bad += n if _is_bad_char(ch) else 0
+    return non_space, bad
+
+
 def bad_char_ratio(text: str) -> float:
-    chars = [c for c in text if not c.isspace()]
-    if not chars:
-        return 0.0
-    return sum(map(_is_bad_char, chars)) / len(chars)
+    non_space, bad = _char_counts(text)
+    return bad / non_space if non_space else 0.0
 
 
 def _is_wide(ch: str) -> bool:
@@ -93,10 +102,10 @@ class CoarseFilter:
 
     def reason(self, text: str) -> str | None:
         """Why `text` cannot be a coarse label, or None when it can."""
-        n_chars = sum(not c.isspace() for c in text)
+        n_chars, n_bad = _char_counts(text)
         if n_chars == 0:
             return NO_TEXT_LAYER
-        if bad_char_ratio(text) > self.max_bad_char_ratio:
+        if n_bad / n_chars > self.max_bad_char_ratio:
             return GARBLED_TEXT
         if n_chars < self.min_chars:
             return TOO_LITTLE_TEXT

@@ -66,7 +66,7 @@ class EngineConfig:
     max_count: int = 1000             # samples per shard
     max_size: int = 1_000_000_000     # payload bytes per shard
     keep_units: bool = True           # keep work/units after assembly (needed for incremental re-runs)
-    fine: dict = field(default_factory=dict)  # passed to data_engine.layout.get_layout_source
+    fine: dict = field(default_factory=dict)  # kwargs of data_engine.layout.get_layout_source
     max_crash_retries: int = 2
     progress: bool = True
     print_summary: bool = True
@@ -128,7 +128,7 @@ def _init_worker(cfg: EngineConfig, prompts: dict) -> None:
         from data_engine.labels import fine_label
         from data_engine.layout import get_layout_source
 
-        layout = get_layout_source(cfg.fine)
+        layout = get_layout_source(**cfg.fine)  # e.g. {name: paddle, model_dir: ...}; {} = textlayer
     _W.update(cfg=cfg, prompts=prompts, store=queue.UnitStore(cfg.work_dir), layout=layout,
               fine_label=fine_label, digest=cfg.digest(),
               filter=coarse.CoarseFilter(cfg.min_chars, cfg.max_bad_char_ratio, cfg.max_tokens, tok))

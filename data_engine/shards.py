@@ -4,7 +4,9 @@ Format (docs/INTERFACES.md "Shard format"): `{out}/shards/{name}-{NNNNNN}.tar`, 
 page, key `{doc_hash16}_{page:05d}`, members `<key>.jpg` (or `.png`) and `<key>.json`.
 
 Every tar member is written with pinned metadata (mtime 0, uid/gid 0, fixed user/group names,
-mode 0444) through `webdataset.TarWriter`, so equal samples give equal bytes on every run.
+mode 0444), so equal samples give equal bytes on every run. `SampleTarWriter` writes exactly
+what `webdataset.TarWriter(mtime=...)` writes, with the standard library only: importing
+webdataset imports torch (~2-10 s per process), which engine workers do not need.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import tarfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import webdataset as wds
 from PIL import Image
 
 # Pinned tar metadata: equal content -> equal bytes, whoever runs the engine and whenever.
@@ -32,17 +33,41 @@ def encode_meta(meta: dict) -> bytes:
     return json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def tar_writer(fileobj) -> wds.TarWriter:
-    """A webdataset TarWriter with pinned metadata that takes members as bytes (no encoder)."""
-    return wds.TarWriter(fileobj, encoder=False, **TAR_META)
+class SampleTarWriter:
+    """Writes samples {"__key__": key, ext: bytes, ...} as `<key>.<ext>` members, extensions sorted."""
+
+    def __init__(self, fileobj):
+        self.tar = tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.USTAR_FORMAT)
+
+    def write(self, sample: dict) -> int:
+        key, total = sample["__key__"], 0
+        for ext in sorted(k for k in sample if not k.startswith("_")):
+            data = sample[ext]
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(f"member {key}.{ext} must be bytes, got {type(data).__name__}")
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), TAR_META["mtime"], TAR_META["mode"]
+            info.uname, info.gname = TAR_META["user"], TAR_META["group"]
+            self.tar.addfile(info, io.BytesIO(data))
+            total += len(data)
+        return total
+
+    def close(self) -> None:
+        self.tar.close()
 
 
-def open_shard_writer(pattern: str, max_count: int = 1000, max_size: float = 1 << 30) -> wds.ShardWriter:
+def tar_writer(fileobj) -> SampleTarWriter:
+    return SampleTarWriter(fileobj)
+
+
+def open_shard_writer(pattern: str, max_count: int = 1000, max_size: float = 1 << 30):
     """Size-bounded `webdataset.ShardWriter` with pinned metadata, e.g. pattern ".../name-%06d.tar".
 
     For writers that stream samples in a fixed order themselves (the engine assembles its
     shards with `write_shard` instead, to stay deterministic under parallel workers).
     """
+    import webdataset as wds
+
     return wds.ShardWriter(pattern, maxcount=max_count, maxsize=max_size, verbose=0, encoder=False, **TAR_META)
 
 
@@ -89,6 +114,8 @@ def iter_samples(urls: str | list[str]) -> Iterator[dict]:
         urls = str(urls)
     else:
         urls = [str(u) for u in urls]
+    import webdataset as wds
+
     ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
     for sample in ds:
         img_bytes = sample.get("jpg", sample.get("png"))

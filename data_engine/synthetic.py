@@ -135,7 +135,8 @@ class TextSource:
             return ["".join(self.rng.choice(alpha) for _ in range(self.rng.randint(lo, hi)))
                     for _ in range(n)]
         words = self._next_para().split()
-        if not self.info.spaced:  # CJK: "words" are character runs
+        # CJK, and Thai/Lao/Khmer/Myanmar lines (no spaces between words): character runs.
+        if not self.info.spaced or sum(map(len, words)) > 15 * len(words):
             text = "".join(words)
             k = self.rng.randint(0, max(0, len(text) - 2 * n))
             return list(text[k:k + 2 * n])
@@ -151,7 +152,8 @@ class TextSource:
         return ("" if not self.info.spaced else " ").join(words)
 
     def phrase(self, lo: int = 2, hi: int = 7) -> str:
-        return self.join(self._words(self.rng.randint(lo, hi))).strip() or "x"
+        text = self.join(self._words(self.rng.randint(lo, hi))).strip() or "x"
+        return text[:60].strip()  # titles/cells must fit a line-wrappable width
 
     def paragraph(self, max_chars: int) -> str:
         if self.lang.pseudo:
@@ -388,14 +390,16 @@ def make_document(lang: Language, out_path: Path, n_pages: int, seed: int,
                 for i, b in enumerate(placed):
                     gt.append(_placed_block(b, f"p{pno}c{c}_{i}", pos, pno, deferred, rng, font, body_size, rtl))
             # Running header (the doc title) and page-number footer inside the margin bands.
-            hb = pymupdf.Rect(mx, 0.025 * H, W - mx, HEADER_BAND * H)
+            # The rects reach past the text so the paragraph's bottom margin never blocks it.
+            hb = pymupdf.Rect(mx, 0.015 * H, W - mx, my - 2)
             pos = writer.draw(dev, hb, [Block("text", doc_title)], f"p{pno}h")
-            if f"p{pno}h0" in pos:
+            if f"p{pno}h0" in pos and pos[f"p{pno}h0"].height > 0:
                 gt.insert(0, ("header", _tight(pos[f"p{pno}h0"], doc_title, font, body_size, rtl), doc_title))
             foot = str(pno + 1)
-            fb = pymupdf.Rect(W / 2 - 30, H - 0.05 * H, W / 2 + 30, H - 0.01 * H)
+            fb = pymupdf.Rect(W / 2 - 40, H - 0.06 * H, W / 2 + 40, H)
             pos = writer.draw(dev, fb, [Block("text", foot)], f"p{pno}f", center=True)
-            gt.append(("footer", _tight(pos[f"p{pno}f0"], foot, font, body_size, rtl, center=True), foot))
+            if f"p{pno}f0" in pos and pos[f"p{pno}f0"].height > 0:
+                gt.append(("footer", _tight(pos[f"p{pno}f0"], foot, font, body_size, rtl, center=True), foot))
             dw.end_page()
             pages.append({
                 "page": pno, "page_size": [W, H],

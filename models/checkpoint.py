@@ -382,17 +382,15 @@ def load_published_weights(model: nn.Module, path: str | Path, strict: bool = Tr
     the encoder of a full checkpoint into a ``DeepEncoder`` (with ``strict=False``).
     Values are cast to each parameter's dtype.
     """
-    files = checkpoint_files(path)
-    if prefix:
-        files = {n[len(prefix):]: f for n, f in files.items() if n.startswith(prefix)}
-    have = _checkpoint_shapes(files)
+    files = checkpoint_files(path)  # full names
+    have = {n[len(prefix):]: s for n, s in _checkpoint_shapes(files).items() if n.startswith(prefix)}
     own = model.state_dict(keep_vars=True)
     targets = _published_targets({n: t.shape for n, t in own.items()})
     missing, unexpected = _check_match(path, have, targets, strict)
 
     by_file: dict[Path, list[str]] = {}
     for n in sorted(set(have) & set(targets)):
-        by_file.setdefault(files[n], []).append(n)
+        by_file.setdefault(files[prefix + n], []).append(n)
     for f, names in by_file.items():
         with safe_open(str(f), framework="pt") as h:
             for n in names:
@@ -403,7 +401,7 @@ def load_published_weights(model: nn.Module, path: str | Path, strict: bool = Tr
 
 
 def import_checkpoint(path: str | Path, cfg: DeepseekOCRConfig | None = None, device: str | torch.device = "cpu",
-                      dtype: torch.dtype | None = None) -> nn.Module:
+                      dtype: torch.dtype | str | None = None) -> nn.Module:
     """Build ``DeepseekOCRForCausalLM`` from a checkpoint directory and load it strictly.
 
     ``cfg`` defaults to the checkpoint's config.json (exact if written by ``export_checkpoint``,
@@ -412,27 +410,45 @@ def import_checkpoint(path: str | Path, cfg: DeepseekOCRConfig | None = None, de
     is validated against the model's expected shapes (meta device) before anything is built.
     """
     p = Path(path)
-    cj = json.loads((p / CONFIG_FILE).read_text()) if (p / CONFIG_FILE).is_file() else {}
+    cfg_file = (p if p.is_dir() else p.parent) / CONFIG_FILE  # path may be a .safetensors file
+    cj = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
     if cfg is None:
-        cfg = load_config(p)
+        cfg = load_config(cfg_file)
+    if isinstance(dtype, str):
+        dtype = _DTYPES[dtype.removeprefix("torch.")]
     if dtype is None:
         dtype = _DTYPES.get(cj.get("torch_dtype", "float32"), torch.float32)
 
     # Fail fast, before allocating anything: compare with the model built on the meta device.
-    meta_sd = build_meta_model(cfg).state_dict()
+    meta = build_meta_model(cfg)
+    meta_sd = meta.state_dict()
     _check_match(p, _checkpoint_shapes(checkpoint_files(p)),
                  _published_targets({n: t.shape for n, t in meta_sd.items()}), strict=True)
 
-    with torch.device(device), _skip_init():
+    # Allocate parameters directly in the stored dtype (one model copy of memory: 6.7 GB for
+    # the bf16 3.3B model instead of 13.3 GB fp32 + a cast) unless a non-persistent floating
+    # buffer (computed in __init__, not loaded) would lose precision that way.
+    float_buffers = [n for n, b in meta.named_buffers() if n not in meta_sd and b.is_floating_point()]
+    build_dtype = dtype if not float_buffers else torch.float32
+    del meta, meta_sd
+    with torch.device(device), _skip_init(), _default_dtype(build_dtype):
         model = _model_cls()(cfg)
-    # Parameters (and persistent floating buffers) take the stored dtype; non-persistent
-    # buffers such as RoPE tables keep the precision the model built them in.
     persistent = set(model.state_dict(keep_vars=True))
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         if name in persistent and t.is_floating_point() and t.dtype != dtype:
             t.data = t.data.to(dtype)
     load_published_weights(model, p, strict=True)
     return model.eval()
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(prev)
 
 
 __all__ = [

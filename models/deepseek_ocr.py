@@ -161,9 +161,11 @@ class DeepseekOCRModel(DeepEncoder):
         attention_mask: Tensor | None = None,
         past_key_values: KVCache | None = None,
         use_cache: bool = False,
+        vision_embeds: Sequence[Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, KVCache | None]:
         """-> (final hidden states (B, T, D) after ``norm``, aux_loss, cache or None).
-        (The encoder-only forward stays available as ``encode_images``.)"""
+        ``vision_embeds``: already encoded images (``encode_images`` output), instead of
+        ``images``. (The encoder-only forward stays available as ``encode_images``.)"""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (B, T), got {tuple(input_ids.shape)}")
         B, T = input_ids.shape
@@ -171,7 +173,9 @@ class DeepseekOCRModel(DeepEncoder):
         if use_cache and cache is None:
             cache = KVCache(len(self.layers))
         past_len = cache.seq_len if cache is not None else 0
-        vision = self.encode_images(images) if len(images) else None
+        if len(images) and vision_embeds is not None:
+            raise ValueError("pass images or vision_embeds, not both")
+        vision = self.encode_images(images) if len(images) else vision_embeds
         h = self.embed(input_ids, vision)  # (B, T, D)
         if position_ids is None:
             position_ids = default_position_ids(T, past_len, segment_ids, attention_mask, input_ids.device)
@@ -214,10 +218,12 @@ class DeepseekOCRForCausalLM(nn.Module):
         attention_mask: Tensor | None = None,
         past_key_values: KVCache | None = None,
         use_cache: bool = False,
+        vision_embeds: Sequence[Tensor] | None = None,
     ) -> CausalLMOutput:
         h, aux, cache = self.model(
             input_ids, images, position_ids=position_ids, segment_ids=segment_ids,
             attention_mask=attention_mask, past_key_values=past_key_values, use_cache=use_cache,
+            vision_embeds=vision_embeds,
         )
         logits = self.lm_head(h)  # (B, T, V)
         loss = None

@@ -5,8 +5,8 @@ no-repeat n-gram logits processor over a sliding window (with whitelisted ids su
 table-cell tags that legitimately repeat), stop at EOS. Pages that hit ``max_new_tokens``
 without EOS are the paper's "repetition failures"; ``GenerationOutput.finished`` says which.
 
-``use_cache=False`` re-runs the whole sequence every step (images included): slow, but an
-independent path used to test the cached one.
+``use_cache=False`` re-runs the whole token sequence every step (images are encoded once):
+slow, but an independent path used to test the cached one.
 """
 
 from __future__ import annotations
@@ -93,7 +93,9 @@ def generate(
 
     am = attention_mask.long()
     cache = KVCache(len(model.model.layers), max_len=T + max_new_tokens) if use_cache else None
-    out = model(input_ids, images=images, attention_mask=am, past_key_values=cache, use_cache=use_cache)
+    # Encode the images once; the uncached path re-reads the same embeddings every step.
+    vision = model.model.encode_images(images) if len(images) else None
+    out = model(input_ids, vision_embeds=vision, attention_mask=am, past_key_values=cache, use_cache=use_cache)
     logits = out.logits[:, -1]  # (B, V)
     generated = torch.empty(B, 0, dtype=torch.long, device=dev)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
@@ -111,6 +113,6 @@ def generate(
         if use_cache:
             out = model(nxt[:, None], attention_mask=am, past_key_values=cache, use_cache=True)
         else:
-            out = model(torch.cat([input_ids, generated], dim=1), images=images, attention_mask=am)
+            out = model(torch.cat([input_ids, generated], dim=1), vision_embeds=vision, attention_mask=am)
         logits = out.logits[:, -1]
     return GenerationOutput(sequences=generated, finished=done)

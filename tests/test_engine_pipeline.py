@@ -168,3 +168,23 @@ def test_bad_config_and_input_errors(tmp_path):
         run_engine({"input": "x", "out": str(tmp_path), "labels": ["ocr"]})
     with pytest.raises(FileNotFoundError, match="nothing_here"):
         run_engine({"input": str(tmp_path / "nothing_here*.pdf"), "out": str(tmp_path), "progress": False})
+
+
+def test_fine_labels_on_synthetic_pages(tmp_path):
+    """coarse + fine labels through engineer E's layout source, on E's synthetic generator's pages."""
+    from data_engine.layout import LABELS
+    from data_engine.synthetic import generate_corpus
+
+    pdfs = generate_corpus(tmp_path / "syn", languages=["Latn"], n_docs=1, pages_per_doc=1, seed=1)
+    rep = run_engine(dict(input=str(tmp_path / "syn"), out=str(tmp_path / "out"), workers=1, labels=["coarse", "fine"],
+                          progress=False, print_summary=False))
+    assert rep["pages"]["written"] == 1
+    assert rep["per_label_kind"]["fine"]["written"] == rep["per_label_kind"]["coarse"]["written"] == 1
+    (s,) = iter_samples(str(p) for p in (tmp_path / "out" / "shards").glob("*.tar"))
+    meta = s["meta"]
+    assert meta["source"] == "synthetic" and Path(meta["source_path"]) == pdfs[0].resolve()
+    fine = meta["labels"]["fine"]
+    assert fine["prompt"] == "<image>\n<|grounding|>Convert the document to markdown."
+    assert fine["boxes"] and all(b["label"] in LABELS for b in fine["boxes"])
+    assert all(0 <= v <= 999 for b in fine["boxes"] for v in b["bbox"])
+    assert fine["text"].count("<|ref|>") == len(fine["boxes"])

@@ -4,7 +4,6 @@ rows, packing == separate samples, the loss, and the full-size parameter count /
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import pytest
 import torch
@@ -68,8 +67,6 @@ def _check_grads(m):
                  "model.projector.layers.weight", "model.image_newline", "model.view_seperator",
                  "model.embed_tokens.weight", "model.layers.1.mlp.experts.gate_proj",
                  "model.layers.1.mlp.gate.weight", "lm_head.weight"]:
-        if name not in p:  # encoder naming is engineer A's; tolerate a different CLIP key
-            continue
         assert p[name].grad is not None and torch.isfinite(p[name].grad).all(), name
         assert p[name].grad.abs().sum() > 0, name
     assert all(q.grad is None for q in m.model.sam_model.parameters())  # frozen
@@ -202,3 +199,27 @@ def test_full_size_on_meta_device_matches_published_checkpoint(manifest):
         else:
             ours[k] = list(v.shape)
     assert ours == {k: list(s) for k, s in manifest["tensors"].items()}
+
+
+def test_gradient_checkpointing_same_loss_and_grads():
+    m = _model()
+    ids, labels = _sample(m.cfg, [], 24, seed=7)
+    grads = []
+    for ckpt in (False, True):
+        m.zero_grad()
+        m.model.set_gradient_checkpointing(ckpt)
+        out = m(ids[None], labels=labels[None])
+        out.loss.backward()
+        grads.append((out.loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(grads[1][0], grads[0][0])
+    assert grads[0][1].keys() == grads[1][1].keys()
+    for n in grads[0][1]:
+        torch.testing.assert_close(grads[1][1][n], grads[0][1][n], msg=n)
+
+
+def test_bf16_forward_keeps_dtypes():
+    m = _model().to(torch.bfloat16)
+    ids, labels = _sample(m.cfg, [], 16, seed=8)
+    out = m(ids[None], labels=labels[None])
+    assert out.logits.dtype == torch.bfloat16 and out.loss.dtype == torch.float32
+    assert torch.isfinite(out.loss)

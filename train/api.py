@@ -57,6 +57,10 @@ def as_config(cfg: DictConfig | Mapping[str, Any], merge_defaults: bool = True) 
 def train(cfg: DictConfig | Mapping[str, Any]) -> dict:
     """Run the stage named by ``cfg.train.stage`` (1 or 2); returns the trainer's result dict."""
     cfg = as_config(cfg)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ValueError(f"config values required but not set (???): {missing}; pass them as overrides, "
+                         "e.g. model.init_from=/path")
     stage = int(cfg.train.stage)
     if stage == 1:
         from .stage1 import run_stage1

@@ -34,8 +34,7 @@ Images of any resolution mode mix in one micro-batch: all views (global views an
 tiles) are flattened into one pixel vector; ``image_meta`` rows ``[side, tile_side, n_tiles,
 cols, rows]`` rebuild them. Views of equal size are batched through SAM and CLIP together, in
 the same order ``DeepEncoder.forward`` uses, so the math equals the unpipelined model's.
-Shapes change between micro-batches, hence the ``dynamic_shape`` pipeline option (set by
-``train.common.build_ds_config``). Text-only micro-batches carry empty pixel/feature tensors.
+Shapes change between micro-batches, hence ``PipelineModule(dynamic_shape=True)``. Text-only micro-batches carry empty pixel/feature tensors.
 
 MoE aux loss: an fp32 accumulator travels with the hidden states; each MoE layer adds its
 load-balance loss, the last stage adds it to the CE loss, so its gradient flows back through
@@ -408,7 +407,10 @@ def build_pipeline_module(
     layers, bounds = build_units(model, parts, vision_max_batch, checkpoint_layers)
     cls = _pipeline_module_cls()
     kw = dict(topology=topology) if topology is not None else dict(num_stages=pp)
-    return cls(layers, bounds, loss_fn=loss_fn if loss_fn is not None else PipelineLoss(), **kw)
+    # dynamic_shape is a PipelineModule argument: DeepSpeed 0.19 ignores a config key of that
+    # name. With it, tensor shapes are re-sent for every micro-batch (a few ints per tensor).
+    return cls(layers, bounds, loss_fn=loss_fn if loss_fn is not None else PipelineLoss(),
+               dynamic_shape=True, **kw)
 
 
 def sequential_forward(model: DeepseekOCRForCausalLM, batch, loss_fn: PipelineLoss | None = None,
