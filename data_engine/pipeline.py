@@ -118,6 +118,7 @@ _W: dict = {}  # per-process state, set by _init_worker
 
 def _init_worker(cfg: EngineConfig, prompts: dict) -> None:
     render.quiet_mupdf()
+    langid.detect_language("load the language model once per process, not inside a unit")
     tok = None
     if cfg.tokenizer:
         from tokenizers import Tokenizer
@@ -205,7 +206,7 @@ def _process_pages(doc, unit: dict, record: dict, writer) -> None:
 
 def process_unit(unit: dict) -> dict:
     """Process one document and commit its outputs; returns the committed unit record."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     store: queue.UnitStore = _W["store"]
     record = {"doc_id": unit["doc_id"], "path": unit["path"], "config": _W["digest"], "status": "ok",
               "reason": None, "detail": None, "num_pages": 0, "pages_seen": 0,
@@ -245,6 +246,7 @@ def process_unit(unit: dict) -> dict:
             finally:
                 doc.close()
     record["seconds"] = round(time.perf_counter() - t0, 4)
+    record["cpu_seconds"] = round(time.process_time() - c0, 4)  # load-independent per-core cost
     store.commit(unit["doc_id"], record, has_tar)
     return record
 
@@ -392,7 +394,8 @@ def run_engine(cfg: "EngineConfig | Mapping") -> dict:
     t_start = time.perf_counter()
 
     files = queue.discover_inputs(cfg.input)
-    _init_worker(cfg, prompts)  # the driver also runs units itself when n_workers == 1
+    if n_workers == 1:  # one worker: the driver runs the units itself (no process start-up)
+        _init_worker(cfg, prompts)
     pool = _make_pool(cfg, n_workers, prompts) if n_workers > 1 else None
     try:
         hashes = _hash_inputs(files, Path(cfg.work_dir), pool)

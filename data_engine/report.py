@@ -42,6 +42,7 @@ def build_report(records: list[dict], new_records: list[dict], shard_summary: li
     new_pages = sum(r.get("pages_seen", 0) for r in new_records)
     new_written = sum(len(r.get("samples", ())) for r in new_records)
     busy_s = sum(r.get("seconds", 0.0) for r in new_records)  # summed worker time spent in units
+    cpu_s = sum(r.get("cpu_seconds", 0.0) for r in new_records)
     wall = timings.get("process_s", 0.0)
     throughput = {
         "units_processed": len(new_records),
@@ -53,6 +54,8 @@ def build_report(records: list[dict], new_records: list[dict], shard_summary: li
         "written_pages_per_s": round(new_written / wall, 2) if wall > 0 else None,
         # Per busy worker-second: the per-core speed without pool start-up and tail effects.
         "pages_per_worker_s": round(new_pages / busy_s, 2) if busy_s > 0 else None,
+        # Per CPU-second of unit work: what one dedicated core delivers, whatever else runs.
+        "pages_per_cpu_s": round(new_pages / cpu_s, 2) if cpu_s > 0 else None,
     }
     return {
         "docs": {"total": len(records), **{k: v for k, v in sorted(docs_by_status.items())},
@@ -120,7 +123,7 @@ def format_summary(rep: dict) -> str:
     if t["pages_per_s"] is not None:
         lines.append(f"  throughput: {t['pages_processed']} pages in {t['process_wall_s']:.1f} s = {t['pages_per_s']} pages/s, "
                      f"{t['pages_per_s_per_worker']} pages/s/worker ({rep['workers']} workers); "
-                     f"{t['pages_per_worker_s']} pages per busy worker-second")
+                     f"{t['pages_per_worker_s']} pages per busy worker-second, {t['pages_per_cpu_s']} per CPU-second")
     else:
         lines.append("  throughput: nothing new to process (all units already committed)")
     return "\n".join(lines)

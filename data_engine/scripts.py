@@ -7,6 +7,9 @@ installs them). ``exact`` was measured on the UDHR corpus with the Noto fonts be
 (``tests/test_synthetic.py`` re-checks it): simple scripts round-trip through the PDF text layer
 exactly after NFKC; complex-shaping scripts (Indic, Southeast Asian, Arabic-family, ...) lose or
 reorder some characters because the ToUnicode map of a shaped glyph cannot always be inverted.
+Measured on real UDHR text (small pages): Armenian, Ethiopic, Tifinagh and Hebrew/Yiddish are
+close but not exact (CER 0.4-6%: ligatures like Armenian "և", combining points); Thai 2%,
+Myanmar 4%, Arabic ~12%, Khmer ~42%, Sinhala ~45%, Tamil ~58%.
 """
 
 from __future__ import annotations
@@ -47,15 +50,15 @@ SCRIPTS: dict[str, ScriptInfo] = {s.code: s for s in [
     _s("Latn", "NotoSans-Regular.ttf", [(0x41, 0x5A), (0x61, 0x7A), (0xC0, 0x17F)], exact=True),
     _s("Cyrl", "NotoSans-Regular.ttf", [(0x410, 0x44F)], exact=True),
     _s("Grek", "NotoSans-Regular.ttf", [(0x391, 0x3C9)], exact=True),
-    _s("Armn", "NotoSansArmenian-Regular.ttf", [(0x531, 0x587)], exact=True),
+    _s("Armn", "NotoSansArmenian-Regular.ttf", [(0x531, 0x587)]),
     _s("Geor", "NotoSansGeorgian-Regular.ttf", [(0x10D0, 0x10FA)], exact=True),
-    _s("Ethi", "NotoSansEthiopic-Regular.ttf", [(0x1200, 0x135A)], exact=True),
+    _s("Ethi", "NotoSansEthiopic-Regular.ttf", [(0x1200, 0x135A)]),
     _s("Cher", "NotoSansCherokee-Regular.ttf", [(0x13A0, 0x13F5)], exact=True),
     _s("Cans", "NotoSansCanadianAboriginal-Regular.ttf", [(0x1401, 0x166C)], exact=True),
     _s("Vaii", "NotoSansVai-Regular.ttf", [(0xA500, 0xA60B)], bold=False, exact=True),
     _s("Yiii", "NotoSansYi-Regular.ttf", [(0xA000, 0xA48C)], bold=False, exact=True),
-    _s("Tfng", "NotoSansTifinagh-Regular.ttf", [(0x2D30, 0x2D67)], bold=False, exact=True),
-    _s("Hebr", "NotoSansHebrew-Regular.ttf", [(0x5D0, 0x5EA)], direction="rtl", exact=True),
+    _s("Tfng", "NotoSansTifinagh-Regular.ttf", [(0x2D30, 0x2D67)], bold=False),
+    _s("Hebr", "NotoSansHebrew-Regular.ttf", [(0x5D0, 0x5EA)], direction="rtl"),
     _s("Hans", _CJK, [(0x4E00, 0x62FF)], bold=False, exact=True, spaced=False, face=2),
     _s("Hant", _CJK, [(0x4E00, 0x62FF)], bold=False, exact=True, spaced=False, face=3),
     _s("Hani", _CJK, [(0x4E00, 0x62FF)], bold=False, exact=True, spaced=False, face=3),

@@ -228,7 +228,7 @@ def test_config_round_trip_variants(tiny_cfg, tmp_path):
 
 
 @pytest.mark.parametrize("preset", ["tiny", pytest.param("deepseek-ocr", marks=pytest.mark.slow)])
-def test_real_weights_export_import_streaming(preset, tmp_path, shared_dir):
+def test_real_weights_export_import_streaming(preset, tmp_path, request):
     """Export -> import of a model holding real (filled) bf16 weights, compared tensor by tensor
     against the file without holding two copies of the model at once. The full-size run writes
     the 6.7 GB published-layout file and needs ~14 GB RAM (marked slow)."""
@@ -245,9 +245,7 @@ def test_real_weights_export_import_streaming(preset, tmp_path, shared_dir):
     out = export_checkpoint(model, tmp_path / preset)
     want = expected_published_shapes(cfg)
     if preset == "deepseek-ocr":
-        import json as _json
-
-        man = _json.loads((shared_dir / "reference" / "deepseek_ocr_checkpoint_manifest.json").read_text())
+        man = request.getfixturevalue("manifest")
         assert want == {k: tuple(v) for k, v in man["tensors"].items()}
         assert (out / SINGLE_FILE).is_file()  # 6.7 GB fits the default shard limit, like the published file
     pub = state_dict_to_published(model.state_dict())

@@ -19,8 +19,10 @@ from data_engine.synthetic import generate_corpus, guess_script
 
 SMALL_PAGE = (300.0, 420.0)
 # Complex scripts: the PDF text layer cannot always invert shaped glyphs (ligatures,
-# reordered vowel signs). Measured worst page CER on UDHR text ~0.15; bound with headroom.
-MAX_CER_COMPLEX = 0.35
+# reordered vowel signs). Measured page CER on UDHR text: Thai 0.02, Myanmar 0.04, Arabic 0.12,
+# Khmer 0.42, Sinhala 0.45, Tamil 0.58. The bound catches broken rendering (missing glyphs,
+# wrong font: CER -> 1.0), not the text layer's known shaping losses.
+MAX_CER_COMPLEX = 0.7
 
 try:
     from rapidfuzz.distance import Levenshtein

@@ -58,6 +58,9 @@ def train(cfg: DictConfig | Mapping[str, Any]) -> dict:
     """Run the stage named by ``cfg.train.stage`` (1 or 2); returns the trainer's result dict."""
     cfg = as_config(cfg)
     missing = sorted(OmegaConf.missing_keys(cfg))
+    # recipes name keys they cannot run without (train.required); "???" cannot express this
+    # in an override recipe because merging "???" over a value keeps the value
+    missing += [k for k in cfg.train.get("required", []) or [] if OmegaConf.select(cfg, k) in (None, "")]
     if missing:
         raise ValueError(f"config values required but not set (???): {missing}; pass them as overrides, "
                          "e.g. model.init_from=/path")

@@ -68,6 +68,8 @@ DEFAULTS: dict = {
     "num_workers": 2,
     "prefetch_factor": 2,
     "log_bad_samples": 20,  # per worker and reason at WARNING, then DEBUG (all are counted)
+    "seed": None,  # overrides the ``seed`` argument when set
+    "seq_len": None,  # informational: the ``seq_len`` argument is authoritative
 }
 
 
@@ -443,6 +445,8 @@ def build_train_loader(data_cfg, tokenizer, *, seq_len: int, micro_batch_size: i
         raise ValueError(f"rank {rank} outside world size {world_size}")
     if int(cfg["pack_buffer"]) < 1:
         raise ValueError("data.pack_buffer must be >= 1")
+    if cfg["seed"] is not None:
+        seed = int(cfg["seed"])
     nw = int(cfg["num_workers"])
     ds = PackedDataset(cfg, tokenizer, seq_len=seq_len, micro_batch_size=micro_batch_size,
                        seed=seed, rank=rank, world_size=world_size, num_workers=nw)

@@ -24,14 +24,8 @@ from pathlib import Path
 import torch
 
 
-def levenshtein(a: Sequence, b: Sequence) -> int:
-    """Edit distance (insert / delete / substitute, cost 1), O(len(a) * len(b)) time."""
-    try:  # a C implementation when installed (pages of thousands of characters)
-        from rapidfuzz.distance import Levenshtein
-
-        return int(Levenshtein.distance(a, b))
-    except ImportError:
-        pass
+def levenshtein_dp(a: Sequence, b: Sequence) -> int:
+    """Edit distance (insert / delete / substitute, cost 1): plain dynamic programming."""
     if len(a) < len(b):
         a, b = b, a
     prev = list(range(len(b) + 1))
@@ -41,6 +35,15 @@ def levenshtein(a: Sequence, b: Sequence) -> int:
             cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
         prev = cur
     return prev[-1]
+
+
+def levenshtein(a: Sequence, b: Sequence) -> int:
+    """Edit distance; RapidFuzz's C implementation when installed (pages of thousands of chars)."""
+    try:
+        from rapidfuzz.distance import Levenshtein
+    except ImportError:
+        return levenshtein_dp(a, b)
+    return int(Levenshtein.distance(a, b))
 
 
 def normalized_edit_distance(pred: str, ref: str) -> float:

@@ -253,7 +253,7 @@ def run_stage1(cfg: Any) -> dict:
                                            lr_scheduler=scheduler, config=ds_config)
     loader = build_train_loader(dcfg, tok, seq_len=seq_len,
                                 micro_batch_size=ds_config["train_micro_batch_size_per_gpu"],
-                                seed=seed, rank=rank, world_size=world)
+                                seed=int(_get(dcfg, "seed", seed)), rank=rank, world_size=world)
 
     step = 0
     resume = find_resume_path(_get(tcfg, "resume", None), ckpt_dir)
