@@ -124,16 +124,16 @@ run_demo() {
   echo "[demo 4/7] stage 1 (DeepEncoder + tiny OPT, ZeRO-1, gloo) -> $dir/stage1"
   run_train smoke "${common[@]}" "train.out_dir=$dir/stage1" "train.steps=${DEMO_STAGE1_STEPS:-30}" "$@"
 
-  echo "[demo 5/7] stage 2 (tiny DeepSeek-OCR, PP=2 over 2 CPU processes) -> $dir/stage2"
+  echo "[demo 5/7] stage 2 (tiny DeepSeek-OCR, PP=2 over 2 CPU processes, ZeRO-1, gloo) -> $dir/stage2"
   run_train smoke_stage2 "${common[@]}" "train.out_dir=$dir/stage2" \
     "model.encoder_from=$dir/stage1/encoder.safetensors" "train.steps=${DEMO_STAGE2_STEPS:-30}" "$@"
 
-  echo "[demo 6/7] export -> $dir/export"
-  python -m train.export_stage2 "$dir/stage2" "$dir/export" 2>/dev/null || [[ -f "$dir/export/config.json" ]] || {
-    echo "[demo] stage 2 did not leave an export at $dir/export" >&2; exit 1; }
+  echo "[demo 6/7] export (stage 2 writes the final model in the published layout)"
+  local export="$dir/stage2/export"
+  [[ -f "$export/config.json" ]] || { echo "[demo] no exported model at $export" >&2; exit 1; }
 
   echo "[demo 7/7] evaluation on held-out pages"
-  python -m train.evaluate --model "$dir/export" --tokenizer "$dir/tokenizer" \
+  python -m train.evaluate --model "$export" --tokenizer "$dir/tokenizer" \
     --shards "$dir/heldout/shards/*.tar" --pages "${DEMO_EVAL_PAGES:-4}" --mode tiny \
     --max-new-tokens "${DEMO_EVAL_TOKENS:-96}" --out "$dir/eval.json"
 
@@ -141,7 +141,7 @@ run_demo() {
 
 [demo] done in $(( SECONDS - t0 ))s
   run (stage 1 / stage 2, metrics.jsonl, wandb offline): $dir/stage1  $dir/stage2
-  checkpoint (published layout + config.json):           $dir/export
+  checkpoint (published layout + config.json):           $export
   evaluation report:                                     $dir/eval.json
   data: $dir/engine/shards (report.json), tokenizer: $dir/tokenizer
 EOF

@@ -161,7 +161,7 @@ def main() -> None:
                       f"pages/s/worker, {th['pages_per_worker_s']:6.1f} pages per busy worker-s, "
                       f"{th['pages_per_cpu_s']:6.1f} pages per CPU-s of unit work; "
                       f"{rep['pages']['written']}/{rep['pages']['seen']} pages written; total wall {wall:.1f} s "
-                      f"(incl. start-up, hashing, assembly); {rep['pages']['seen'] / cpu:.1f} pages per CPU-s "
+                      f"(incl. start-up, hashing, assembly {rep['timings_s']['assemble_s']:.1f} s); {rep['pages']['seen'] / cpu:.1f} pages per CPU-s "
                       f"over the whole run incl. worker start-up")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -23,7 +23,9 @@ from fontTools.unicodedata import script as _char_script
 
 # Characters looked at per page: enough for a stable decision, cheap at any page length.
 MAX_CHARS = 2000
-LANG_CHARS = 1000  # langid cost is linear in length; 1000 chars is already a confident sample
+# langid's feature counting is a Python loop (~3 us/char): 500 chars from the middle of the page
+# (away from running headers and page numbers) are a confident sample at ~1.5 ms.
+LANG_CHARS = 500
 UNDETERMINED = "und"
 NO_SCRIPT = "Zyyy"  # ISO 15924 "Common": no letters at all
 _IGNORED_SCRIPTS = {"Zyyy", "Zinh", "Zzzz"}
@@ -47,7 +49,8 @@ def _identifier():
 
 def detect_language(text: str, min_prob: float = 0.5, min_chars: int = 20) -> tuple[str, float]:
     """Return (ISO 639-3 code, probability); `und` when too short or not confident."""
-    sample = text[:LANG_CHARS]
+    start = max(0, len(text) // 2 - LANG_CHARS // 2)
+    sample = text[start:start + LANG_CHARS]
     if len(sample) - sum(n for c, n in Counter(sample).items() if c.isspace()) < min_chars:
         return UNDETERMINED, 0.0
     code, prob = _identifier().classify(sample)

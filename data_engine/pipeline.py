@@ -67,7 +67,7 @@ class EngineConfig:
     max_size: int = 1_000_000_000     # payload bytes per shard
     keep_units: bool = True           # keep work/units after assembly (needed for incremental re-runs)
     fine: dict = field(default_factory=dict)  # kwargs of data_engine.layout.get_layout_source
-    max_crash_retries: int = 2
+    max_crash_retries: int = 1         # a unit that kills its worker alone more often is failed
     progress: bool = True
     print_summary: bool = True
 
@@ -277,7 +277,14 @@ def _hash_inputs(files: list[queue.InputFile], work: Path, pool) -> dict[str, tu
             out[f.path] = (e["doc_id"], e["size"], None)
         else:
             todo.append((f.path, st.st_mtime_ns))
-    results = pool.map(_hash_worker, [p for p, _ in todo], chunksize=16) if pool else map(_hash_worker, [p for p, _ in todo])
+    results = None
+    if pool is not None:
+        try:
+            results = list(pool.map(_hash_worker, [p for p, _ in todo], chunksize=16))
+        except BrokenProcessPool:  # a worker died: hash in the driver; the caller replaces the pool
+            results = None
+    if results is None:
+        results = [_hash_worker(p) for p, _ in todo]
     for (path, mtime), res in zip(todo, results):
         out[path] = res
         if res[2] is None:
@@ -294,35 +301,46 @@ def _make_pool(cfg: EngineConfig, n: int, prompts: dict):
 
 
 def _run_units(cfg: EngineConfig, units: list[dict], n_workers: int, prompts: dict, pool, bar) -> tuple[list[dict], Any]:
-    """Process `units`, tolerating worker crashes (a unit that kills its worker twice is failed)."""
+    """Process `units` on the pool, surviving worker deaths (MuPDF segfault, OOM killer).
+
+    A dead worker fails every in-flight future, so the culprit is unknown: all of them become
+    suspects and are re-run one at a time on a fresh pool. A suspect that kills its worker
+    while running alone more than `max_crash_retries` times is recorded as `worker_crash`;
+    the innocent ones are simply processed.
+    """
     done: list[dict] = []
     crashes: dict[str, int] = {}
     pending = list(reversed(units))  # pop() from the end keeps submission in doc-id order
-    in_flight: dict = {}
+    suspects: list[dict] = []
+    in_flight: dict = {}  # future -> (unit, ran alone)
     window = 4 * n_workers  # bounded submission: millions of units never sit in memory as futures
-    while pending or in_flight:
-        while pending and len(in_flight) < window:
-            u = pending.pop()
-            in_flight[pool.submit(process_unit, u)] = u
+    while pending or suspects or in_flight:
+        if suspects:
+            if not in_flight:
+                u = suspects.pop()
+                in_flight[pool.submit(process_unit, u)] = (u, True)
+        else:
+            while pending and len(in_flight) < window:
+                u = pending.pop()
+                in_flight[pool.submit(process_unit, u)] = (u, False)
         finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
         broken = False
         for fut in finished:
-            u = in_flight.pop(fut)
+            u, alone = in_flight.pop(fut)
             try:
                 rec = fut.result()
             except BrokenProcessPool:
                 broken = True
-                crashes[u["doc_id"]] = crashes.get(u["doc_id"], 0) + 1
-                if crashes[u["doc_id"]] > cfg.max_crash_retries:
-                    rec = _commit_failure(cfg, u, WORKER_CRASH, "worker process died (e.g. a MuPDF crash)")
-                else:
-                    pending.append(u)
+                if alone:
+                    crashes[u["doc_id"]] = crashes.get(u["doc_id"], 0) + 1
+                if crashes.get(u["doc_id"], 0) <= cfg.max_crash_retries:
+                    suspects.append(u)
                     continue
+                rec = _commit_failure(cfg, u, WORKER_CRASH, f"killed its worker process {crashes[u['doc_id']]} times")
             done.append(rec)
             _tick(bar, rec)
-        if broken:  # every in-flight future of a broken pool fails too: requeue them, restart the pool
-            for fut, u in in_flight.items():
-                pending.append(u)
+        if broken:  # the pool is unusable: every other in-flight unit is a suspect too
+            suspects.extend(u for u, _ in in_flight.values())
             in_flight.clear()
             pool.shutdown(wait=False, cancel_futures=True)
             pool = _make_pool(cfg, n_workers, prompts)
@@ -356,12 +374,17 @@ def _assemble(cfg: EngineConfig, records: list[dict], pool) -> tuple[list[dict],
             return summary, False
     store = queue.UnitStore(cfg.work_dir)
     jobs = [(shard_dir / sp.filename, [(store.tar_path(d), keys) for d, keys in sp.parts]) for sp in plan]
-    if pool is None:
+    written = False
+    if pool is not None and jobs:
+        try:
+            paths, parts = zip(*jobs)
+            list(pool.map(shards.write_shard, paths, parts))
+            written = True
+        except BrokenProcessPool:  # a worker died during assembly: finish in the driver
+            pass
+    if not written:
         for path, parts in jobs:
             shards.write_shard(path, parts)
-    else:
-        paths, parts = zip(*jobs) if jobs else ((), ())
-        list(pool.map(shards.write_shard, paths, parts))
     # Shards of an earlier, larger plan would otherwise be read as part of this dataset.
     keep = {sp.filename for sp in plan}
     for p in shard_dir.glob(f"{cfg.name}-*.tar*"):
@@ -399,6 +422,9 @@ def run_engine(cfg: "EngineConfig | Mapping") -> dict:
     pool = _make_pool(cfg, n_workers, prompts) if n_workers > 1 else None
     try:
         hashes = _hash_inputs(files, Path(cfg.work_dir), pool)
+        if pool is not None and getattr(pool, "_broken", False):  # a worker died while hashing
+            pool.shutdown(wait=False, cancel_futures=True)
+            pool = _make_pool(cfg, n_workers, prompts)
         units, dup_records, missing = [], [], []
         seen: dict[str, str] = {}
         for f in files:
@@ -424,8 +450,14 @@ def run_engine(cfg: "EngineConfig | Mapping") -> dict:
         digest = cfg.digest()
         records, todo = {}, []
         for u in units:
-            rec = store.load(u["doc_id"]) if store.is_done(u["doc_id"]) else None
-            if rec is not None and rec.get("config") == digest and rec.get("path") == u["path"]:
+            try:
+                rec = store.load(u["doc_id"]) if store.is_done(u["doc_id"]) else None
+            except (OSError, ValueError):  # unreadable record: redo the unit
+                rec = None
+            # Reuse a committed unit only if it was made from this path with these settings and
+            # its samples are still there (keep_units: false deletes them after assembly).
+            if (rec is not None and rec.get("config") == digest and rec.get("path") == u["path"]
+                    and (not rec["samples"] or store.tar_path(u["doc_id"]).is_file())):
                 records[u["doc_id"]] = rec
             else:
                 todo.append(u)

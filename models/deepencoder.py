@@ -82,6 +82,9 @@ class DeepEncoder(nn.Module):
         self.vision_model.transformer.gradient_checkpointing = enabled
 
     # ------------------------------------------------------------------ stages
+    # sam_features / project / arrange read only the attributes they name (sam_model;
+    # vision_model + projector; image_newline + view_seperator): train/pipeline.py borrows them
+    # as plain functions on its pipeline-stage modules.
     def sam_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) pixels -> (B, C, S/64, S/64): SAM + neck + compressor (PP0)."""
         w = self.sam_model.patch_embed.proj.weight

@@ -11,7 +11,7 @@ from PIL import Image
 
 from models.config import RESOLUTION_MODES, get_preset
 from models.deepencoder import DeepEncoder
-from models.image_processing import ImageInput, num_vision_tokens, preprocess_image
+from models.image_processing import num_vision_tokens, preprocess_image
 
 _TINY = get_preset("tiny")
 # the tiny preset with a 2-block SAM (one windowed, one global block, one head): the same code

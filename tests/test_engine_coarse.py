@@ -135,3 +135,17 @@ def test_synthetic_pages_round_trip(tmp_path):
         got = Counter(c for c in unicodedata.normalize("NFKC", text) if not c.isspace())
         assert got == want, (pdf.name, (got - want).most_common(5), (want - got).most_common(5))
         assert langid.detect_script(text) == gt["script"]
+
+
+# UDHR files (real text, 451 languages) whose language py3langid covers; (file, ISO 639-3, ISO 15924).
+_UDHR = [("eng", "eng", "Latn"), ("rus", "rus", "Cyrl"), ("ukr", "ukr", "Cyrl"), ("ell_monotonic", "ell", "Grek"),
+         ("deu_1901", "deu", "Latn"), ("pol", "pol", "Latn"), ("tur", "tur", "Latn"), ("vie", "vie", "Latn"),
+         ("hin", "hin", "Deva"), ("tha", "tha", "Thai"), ("jpn", "jpn", "Jpan"), ("kor", "kor", "Hang"),
+         ("cmn_hans", "zho", "Hani")]  # py3langid answers the macrolanguage (zh -> zho) for Mandarin
+
+
+@pytest.mark.parametrize("name,lang,script", _UDHR)
+def test_language_and_script_on_udhr(udhr_dir, name, lang, script):
+    text = (udhr_dir / f"{name}.txt").read_text(encoding="utf-8")[:3000]
+    assert langid.detect_language(text)[0] == lang
+    assert langid.detect_script(text) == script

@@ -90,3 +90,59 @@ def test_kill9_then_rerun_is_identical(corpus, tmp_path):
     assert len(_shard_bytes(out)) == -(-N_DOCS * N_PAGES // 5)
     assert not list(out.glob("**/*.tmp"))
     assert json.loads((out / "report.json").read_text())["pages"] == ref["pages"]
+
+
+def test_worker_killed_mid_run_is_recovered(corpus, tmp_path):
+    """A worker dying (OOM killer, MuPDF crash) breaks the pool: the engine restarts it, requeues
+    the in-flight units and still writes every page, byte-identical to a clean run."""
+    import multiprocessing
+    import threading
+
+    ref_out, out = tmp_path / "ref", tmp_path / "crashed"
+    run_engine(dict(input=str(corpus), out=str(ref_out), workers=1, progress=False, print_summary=False))
+    killed = []
+
+    def kill_one_worker():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            units = out / "work" / "units"
+            children = multiprocessing.active_children()
+            if children and units.is_dir() and any(units.glob("*/*.json")):
+                os.kill(children[0].pid, signal.SIGKILL)
+                killed.append(children[0].pid)
+            time.sleep(0.005)
+
+    t = threading.Thread(target=kill_one_worker, daemon=True)
+    t.start()
+    rep = run_engine(dict(input=str(corpus), out=str(out), workers=2, progress=False, print_summary=False))
+    t.join()
+    assert killed, "no worker was killed: the run finished too early to test recovery"
+    assert rep["docs"]["failed_by_reason"] == {}
+    assert rep["pages"]["written"] == N_DOCS * N_PAGES
+    assert _shard_bytes(out) == _shard_bytes(ref_out)
+
+
+def _crash_on_doc_03(unit):
+    # Stands in for a MuPDF segfault on one document: the worker process dies on the spot.
+    if unit["path"].endswith("doc_03.pdf"):
+        os._exit(139)
+    return _real_process_unit(unit)
+
+
+_real_process_unit = None
+
+
+def test_document_that_kills_its_worker_is_isolated(corpus, tmp_path, monkeypatch):
+    """Only the culprit is recorded as worker_crash; every other page is written."""
+    global _real_process_unit
+    from data_engine import pipeline
+
+    _real_process_unit = pipeline.process_unit
+    # fork: the workers inherit the patched module attribute the pool pickles by name.
+    monkeypatch.setattr(pipeline, "process_unit", _crash_on_doc_03)
+    rep = run_engine(dict(input=str(corpus), out=str(tmp_path / "o"), workers=2, start_method="fork",
+                          progress=False, print_summary=False))
+    assert rep["docs"]["failed_by_reason"] == {"worker_crash": 1}
+    assert rep["pages"]["written"] == (N_DOCS - 1) * N_PAGES
+    rows = [json.loads(line) for line in (tmp_path / "o" / "failures.jsonl").read_text().splitlines()]
+    assert [(Path(r["path"]).name, r["reason"]) for r in rows] == [("doc_03.pdf", "worker_crash")]

@@ -9,7 +9,6 @@ the lr schedules; the DeepSpeed config builder's batch arithmetic.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -96,11 +95,6 @@ def stage1_cfg(tiny_data, out_dir: Path, **train):
     ]
     over += [f"train.{k}={v}" for k, v in train.items()]
     return compose("smoke", over)
-
-
-def _losses(out_dir: Path) -> dict[int, float]:
-    rows = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows}
 
 
 def test_resume_reproduces_losses_and_encoder_loads_into_stage2(tiny_data, tmp_path):

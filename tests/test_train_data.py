@@ -340,18 +340,23 @@ def test_text_corpus_chunks_resume_mid_file(data_dir, tok):
     assert got == ref
 
 
-def test_overlong_truncate_or_skip(data_dir, tok):
-    # Base page: 1 + 273 + prompt tokens; seq_len leaves room for only part of the label.
-    p = _pipe(data_dir, tok, seq_len=290, mode_weights={"base": 1}, label_kind_weights={"fine": 1})
+def test_overlong_truncate_or_skip(data_dir, tok, monkeypatch):
+    monkeypatch.setattr("train.data.MAX_CONSECUTIVE_SKIPS", 4)
+    n_fixed = len(tok.encode_prompt(PROMPT_FINE, [preprocess_image(Image.new("RGB", (160, 208)), "base")]))
+    kw = dict(mode_weights={"base": 1}, label_kind_weights={"fine": 1})
+    # Room for the prompt/image span and only part of the label.
+    p = _pipe(data_dir, tok, seq_len=n_fixed + 5, **kw)
     s = _sample_n(p, 1)[0]
-    assert len(s.input_ids) == 290 and p.stats["truncated"] == 1
-    assert s.input_ids.count(tok.image_token_id) == 273
-    p = _pipe(data_dir, tok, seq_len=290, mode_weights={"base": 1}, label_kind_weights={"fine": 1},
-              overlong="skip")
+    assert len(s.input_ids) == n_fixed + 5 and p.stats["truncated"] == 1
+    assert s.input_ids.count(tok.image_token_id) == 273 and s.labels[-1] != tok.eos_token_id
+    p = _pipe(data_dir, tok, seq_len=n_fixed + 5, overlong="skip", **kw)
     assert p._draw() is None and p.stats["skipped/overlong"] == 1
-    # The image span itself never fits: skipped even under "truncate".
-    p = _pipe(data_dir, tok, seq_len=200, mode_weights={"base": 1})
+    # The image span itself never fits: skipped even under "truncate", and a loader that can
+    # never fit anything fails loudly instead of spinning.
+    p = _pipe(data_dir, tok, seq_len=n_fixed - 1, **kw)
     assert p._draw() is None and p.stats["skipped/overlong"] == 1
+    with pytest.raises(RuntimeError, match="consecutive samples were too long"):
+        p._fill()
 
 
 def test_text_from_shard_labels(data_dir, tok):

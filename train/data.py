@@ -51,6 +51,7 @@ SOURCES: tuple[str, ...] = ("ocr", "vision", "text")
 MODES: tuple[str, ...] = tuple(RESOLUTION_MODES)  # tiny, small, base, large, gundam, gundam_m
 IGNORE_INDEX = -100
 STATE_VERSION = 1
+MAX_CONSECUTIVE_SKIPS = 1000
 _warned_dropped = False  # the dropped-source warning is logged once per process tree
 
 DEFAULTS: dict = {
@@ -184,6 +185,7 @@ class _WorkerPipeline:
         self.buffer: list[Sample] = []
         self.packed: set[int] = set()  # indices already packed that are newer than buffer[0]
         self._skip_on_redraw: set[int] = set()  # after a restore: packed before the save
+        self._misses = 0  # consecutive unusable samples: fail loudly instead of spinning
 
     # ---- state -------------------------------------------------------------------------
 
@@ -220,6 +222,10 @@ class _WorkerPipeline:
 
     def _bad(self, reason: str, key: str, url: str, detail: str) -> None:
         self.stats[f"skipped/{reason}"] += 1
+        self._misses += 1
+        if self._misses >= MAX_CONSECUTIVE_SKIPS:
+            raise RuntimeError(f"{self._misses} consecutive samples were unusable (last: {key} in "
+                               f"{url}: {reason} {detail}); check the shards. Stats {dict(self.stats)}")
         self._logged[reason] += 1
         level = logging.WARNING if self._logged[reason] <= self.cfg["log_bad_samples"] else logging.DEBUG
         log.log(level, "skipping sample %s (%s): %s %s [%d so far]", key, url, reason, detail,
@@ -296,7 +302,14 @@ class _WorkerPipeline:
         while len(self.buffer) < self.cfg["pack_buffer"]:
             s = self._draw()
             if s is None:
+                self._misses += 1
+                if self._misses >= MAX_CONSECUTIVE_SKIPS:
+                    raise RuntimeError(
+                        f"{self._misses} consecutive samples were too long for seq_len={self.seq_len} "
+                        f"(overlong={self.cfg['overlong']!r}): raise seq_len or lower the weight of "
+                        f"large modes; stats {dict(self.stats)}")
                 continue
+            self._misses = 0
             if s.index in self._skip_on_redraw:  # packed before the restore
                 self._skip_on_redraw.discard(s.index)
                 continue

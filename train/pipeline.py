@@ -138,6 +138,19 @@ def _buckets(views) -> dict[int, list[int]]:
 # ---------------------------------------------------------------------------------------
 
 
+def _touch(x: Tensor, *parts: nn.Module | nn.Parameter) -> Tensor:
+    """x + 0 * (one element of every trainable parameter in ``parts``): unused parameters
+    (vision tower on a text-only micro-batch) get a zero gradient instead of none. ZeRO-1
+    reduces the gradients of all DP ranks in flat buckets of the parameters that have one;
+    if one rank's set differs (its micro-batches were text-only), the buckets mismatch."""
+    params = [q for part in parts
+              for q in ([part] if isinstance(part, nn.Parameter) else part.parameters()) if q.requires_grad]
+    if not params or not torch.is_grad_enabled():
+        return x
+    zero = torch.stack([q.reshape(-1)[0] for q in params]).sum() * 0
+    return x + zero.to(x.dtype)
+
+
 class VisionTokenizer(nn.Module):
     """PP0: SAM + neck + 16x compressor over every view, batched by view size."""
 
@@ -166,6 +179,8 @@ class VisionTokenizer(nn.Module):
         a = self.pipe_anchor
         features = torch.cat(feats) if feats else pixels.new_zeros(0, dtype=a.dtype)
         features = features.to(a.dtype) + a * 0  # (F,) attached to the graph even when frozen
+        if not views and not frozen:
+            features = _touch(features, self.sam_model)
         aux = (a.sum() * 0).float()  # () MoE aux-loss accumulator, fp32 on every stage
         return (features, aux, meta, *text)
 
@@ -206,8 +221,9 @@ class VisionEmbedding(nn.Module):
             tiles = next((tokens[k] for k, v in enumerate(views) if v[0] == i and v[2]), None)
             per_image.append(self.arrange(glob, tiles, (cols, rows)))
         h = self.embed(input_ids, per_image)  # (B, T, D)
-        if not views:
+        if not views:  # text-only micro-batch
             h = h + features.sum().to(h.dtype) * 0  # an unused received input still needs a grad
+            h = _touch(h, self.vision_model, self.projector, self.image_newline, self.view_seperator)
         return (h, aux, position_ids, segment_ids, labels, src, mode)
 
 
@@ -353,6 +369,13 @@ def _pipeline_module_cls():
         def __init__(self, layers, parts, **kw):
             object.__setattr__(self, "_explicit_parts", list(parts))
             super().__init__(layers, partition_method="uniform", **kw)
+            # DeepSpeed's fp32 (non-ZeRO) gradient clipping counts only the parameters of
+            # "model-parallel rank 0" = pipeline stage 0 unless a parameter is marked model
+            # parallel, so the clipping norm would miss every later stage. Each parameter
+            # lives on exactly one stage, so mark them all: the norm is then summed over the
+            # stages (ZeRO and tensor-parallel paths use the tensor-parallel rank: unaffected).
+            for p in self.parameters():
+                p.model_parallel = True
 
         def _partition_layers(self, method="uniform"):
             self.parts = list(self._explicit_parts)
