@@ -7,7 +7,8 @@ model with the same seed, wrap it with ``train.pipeline.build_pipeline_module``,
 
 Scenarios:
   pp4     PP=4 x DP=1: 4 steps, checkpoint after step 2, then a fresh engine resumes from it
-          and runs steps 3-4 again ("killed after step 2, resumed").
+          and runs steps 3-4 again ("killed after step 2, resumed"), then exports the model
+          (train.stage2.export_pipeline) to <dir of out.json>/model.
   pp2dp2  PP=2 x DP=2 with ZeRO-1: 3 steps; DP rank r reads micro-batches r, r+2, ...
 
 Also importable: ``make_batch`` / ``fixed_batches`` build the synthetic batches (random token
@@ -177,6 +178,11 @@ def _worker(rank: int, world: int, port: int, scenario: str, out: str, ckpt_dir:
         state = resume_checkpoint(eng2, ckpt_dir)
         res["resumed_losses"], _ = _run_steps(eng2, _Cycle(batches, 0, 1, state["data_pos"]), 2)
         res["resumed_step"] = int(state["step"])
+        # the export (published layout) of the resumed engine, read back by the test
+        from models.config import get_preset
+        from train.stage2 import export_pipeline
+
+        export_pipeline(eng2, get_preset("tiny"), Path(out).parent, torch.float32)
     elif scenario == "pp2dp2":
         cfg = train_cfg(2, world, 1)
         eng = _engine(cfg, 3)

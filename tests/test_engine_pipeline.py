@@ -188,3 +188,14 @@ def test_fine_labels_on_synthetic_pages(tmp_path):
     assert fine["boxes"] and all(b["label"] in LABELS for b in fine["boxes"])
     assert all(0 <= v <= 999 for b in fine["boxes"] for v in b["bbox"])
     assert fine["text"].count("<|ref|>") == len(fine["boxes"])
+
+
+def test_keep_units_false_still_reruns_correctly(corpus, tmp_path):
+    first = _run(corpus, tmp_path / "o", keep_units=False)
+    assert not list((tmp_path / "o" / "work" / "units").glob("*/*.tar"))
+    shard = (tmp_path / "o" / "shards" / "pages-000000.tar").read_bytes()
+    again = _run(corpus, tmp_path / "o", keep_units=False)
+    # Units with samples had their tars deleted, so they are redone; the failed ones are reused.
+    assert again["throughput"]["units_processed"] == 2 and again["docs"]["resumed_units"] == 7
+    assert (tmp_path / "o" / "shards" / "pages-000000.tar").read_bytes() == shard
+    assert again["pages"] == first["pages"]

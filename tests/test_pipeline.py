@@ -35,7 +35,7 @@ def _model_loss(model, b):
                  segment_ids=b.segment_ids).loss
 
 
-def reference_losses(steps: list[list], cfg: dict) -> list[float]:
+def reference_losses(steps: list[list], cfg: dict, return_model: bool = False):
     """Plain model, no DeepSpeed: mean loss over each step's micro-batches, the same AdamW
     param groups, global-norm clipping and lr schedule as the DeepSpeed runs."""
     from train.common import build_lr_scheduler, build_optimizer
@@ -53,12 +53,12 @@ def reference_losses(steps: list[list], cfg: dict) -> list[float]:
         for b in micro:
             loss = _model_loss(model, b) / len(micro)
             loss.backward()
-            total += float(loss)
+            total += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, cfg["optim"]["grad_clip"])
         opt.step()
         sched.step()
         out.append(total)
-    return out
+    return (out, model) if return_model else out
 
 
 def _launch(scenario: str, out: Path, world: int = 4) -> subprocess.Popen:
@@ -159,7 +159,8 @@ def test_pp4_matches_unpipelined_and_resumes(tmp_path):
     proc = _launch("pp4", out)
     batches = W.fixed_batches()
     # GAS=2 over the cycle b0 b1 | b2 b3 | b0 b1 | b2 b3, computed while the workers run
-    ref = reference_losses([batches[0:2], batches[2:4], batches[0:2], batches[2:4]], W.train_cfg(4, 4, 0))
+    ref, ref_model = reference_losses([batches[0:2], batches[2:4], batches[0:2], batches[2:4]],
+                                      W.train_cfg(4, 4, 0), return_model=True)
     ranks = _collect(proc, out)
     r0 = ranks[0]
     print(f"\nPP=4 losses {r0['losses']}\nreference   {ref}\nstep times (s) {r0['step_times']}"
@@ -177,6 +178,14 @@ def test_pp4_matches_unpipelined_and_resumes(tmp_path):
     assert extra["aux"] > 0
     assert extra["n/source/ocr"] > 0 and extra["n/source/text"] > 0
     assert extra["n/source/ocr"] + extra["n/source/text"] == pytest.approx(extra["loss_tokens"])
+    # the export of the 4-step pipeline (published layout, strict import) is the trained model
+    from models.checkpoint import import_checkpoint
+
+    exported = import_checkpoint(tmp_path / "model")
+    assert not any("anchor" in n for n, _ in exported.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(_model_loss(exported, batches[0]), _model_loss(ref_model, batches[0]),
+                                   rtol=0, atol=1e-4)
 
 
 def test_pp2_dp2_zero1_matches_global_batch(tmp_path):

@@ -212,7 +212,7 @@ def test_source_and_mode_frequencies_follow_weights(data_dir, tok):
               text_corpus=str(data_dir / "corpus"), text_chunk_tokens=32,
               source_weights={"ocr": 0.7, "vision": 0.2, "text": 0.1},
               mode_weights={"tiny": 3, "small": 1}, label_kind_weights={"coarse": 1, "fine": 1})
-    n = 600
+    n = 400
     samples = _sample_n(p, n)
     for src, w in (("ocr", 0.7), ("vision", 0.2), ("text", 0.1)):
         f = sum(s.source == SOURCES.index(src) for s in samples) / n
@@ -367,6 +367,5 @@ def test_text_from_shard_labels(data_dir, tok):
     assert s.images == [] and s.mode == -1 and tok.image_token_id not in s.input_ids
     assert s.input_ids[0] == tok.bos_token_id and s.input_ids[-1] == tok.eos_token_id
     assert s.labels == [IGNORE_INDEX] + s.input_ids[1:]
-    assert tok.decode(s.input_ids[1:-1]).split() == tok.decode(s.input_ids[1:-1]).split()
     words = tok.decode(s.input_ids[1:-1]).split()
     assert words and all(w in WORDS for w in words)

@@ -266,7 +266,7 @@ class LMHead(nn.Module):
 
 def stat_names() -> list[str]:
     """Fixed keys of ``PipelineLoss.stats`` (DeepSpeed needs the same keys on every stage)."""
-    names = ["ce", "aux", "loss_tokens", "tokens"]
+    names = ["ce", "aux", "loss_tokens", "tokens", "samples"]
     for kind, values in (("source", SOURCES), ("mode", MODES)):
         for v in values:
             names += [f"ce_sum/{kind}/{v}", f"n/{kind}/{v}"]
@@ -301,6 +301,7 @@ class PipelineLoss:
             s["ce"], s["aux"] = ce.detach().float(), aux.detach().float()
             s["loss_tokens"] += float(tok.numel())
             s["tokens"] += float((segment_ids != 0).sum())
+            s["samples"] += float(segment_ids.max(dim=1).values.sum())  # segments are 1..k per row
             for kind, ids, values in (("source", source_ids, SOURCES), ("mode", mode_ids, MODES)):
                 g = ids[:, 1:][valid]  # group of each target token
                 for j, v in enumerate(values):

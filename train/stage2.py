@@ -1,0 +1,275 @@
+"""Stage 2: train the whole DeepSeek-OCR with DeepSpeed pipeline parallelism (paper section 3.5).
+
+PP stages from ``train/pipeline.py`` (paper: SAM + compressor frozen | CLIP + projector + merge
+| decoder 0-5 | decoder 6-11 + head), data parallelism with ZeRO-1 across DP groups (dp =
+world / pp), AdamW with the step (or cosine) schedule of ``train.common``. The loop is
+``engine.train_batch``: one call runs grad-accum micro-batches through the 1F1B schedule.
+
+* Data: only the first stage of each pipeline reads ``train.data.build_train_loader`` (with
+  rank = DP rank, world = DP size); labels and source/mode ids ride along the activations.
+* Logging (rank 0): loss, CE, aux loss, per data source / resolution mode CE, lr, grad norm,
+  tokens/s, samples/s, step time, expert load (every ``log_every`` steps).
+* Checkpoints: ``train.common.save_checkpoint`` every ``save_every`` steps and at the end
+  (DeepSpeed layer files + optimizer + scheduler, per-rank RNG and data position), exact
+  resume with ``train.resume`` (auto | path).
+* Export: at the end the stages' parameters are collected under the model's names and written
+  in the published safetensors layout (``models.checkpoint.export_checkpoint``) to
+  ``<out_dir>/model``, loadable by ``models.checkpoint.import_checkpoint``.
+
+Init: ``model.init_from`` (published / exported checkpoint, strict) and/or
+``model.encoder_from`` (stage-1 ``encoder.safetensors``: SAM, CLIP and, when widths match,
+projector / newline / separator), else the model's own init with ``train.seed`` (identical on
+every rank, so DP replicas start equal). Every rank builds the full model on the CPU first
+(fp32: ~13 GB for the 3.3B model) and keeps only its stage's units.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .common import (CKPT_DIRNAME, _get, build_ds_config, build_lr_scheduler, build_optimizer,
+                     find_resume_path, init_distributed, resume_checkpoint, save_checkpoint,
+                     seed_everything)
+from .logging import MetricsLogger, expert_load_metrics
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+EXPORT_DIRNAME = "model"
+
+
+def build_stage2_model(cfg: Any, tokenizer=None):
+    """``DeepseekOCRForCausalLM`` for ``cfg.model``: the config of ``init_from`` if given, else
+    the preset sized for the tokenizer; then published weights and/or the stage-1 encoder."""
+    from models.checkpoint import load_config, load_published_weights
+    from models.config import get_preset
+    from models.deepseek_ocr import DeepseekOCRForCausalLM
+
+    mcfg = _get(cfg, "model")
+    init_from, encoder_from = _get(mcfg, "init_from"), _get(mcfg, "encoder_from")
+    if init_from:
+        mc = load_config(init_from)
+    else:
+        mc = get_preset(str(_get(mcfg, "preset", "tiny")))
+        if tokenizer is not None:
+            mc = mc.with_vocab(tokenizer.vocab_size, bos_token_id=tokenizer.bos_token_id,
+                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                               image_token_id=tokenizer.image_token_id)
+    if tokenizer is not None and tokenizer.vocab_size > mc.decoder.vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens, the model's vocabulary only "
+                         f"{mc.decoder.vocab_size}: model.tokenizer does not belong to model.init_from")
+    dec = dataclasses.replace(mc.decoder, moe_impl=str(_get(mcfg, "moe_impl", mc.decoder.moe_impl)),
+                              aux_loss_alpha=float(_get(mcfg, "aux_loss_alpha", mc.decoder.aux_loss_alpha)))
+    model = DeepseekOCRForCausalLM(mc.replace(decoder=dec))
+    if init_from:
+        load_published_weights(model, init_from, strict=True)
+    if encoder_from:
+        load_encoder(model, encoder_from)
+    return model
+
+
+@torch.no_grad()
+def load_encoder(model, path: str | Path) -> list[str]:
+    """Load a stage-1 encoder file (``DeepEncoder`` names) into ``model.model``; returns the
+    names loaded. Shapes must match; names outside the encoder are an error."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    own = model.model.state_dict()
+    encoder_prefixes = ("sam_model.", "vision_model.", "projector.", "image_newline", "view_seperator")
+    bad = [k for k in tensors if k not in own or not k.startswith(encoder_prefixes)]
+    if bad:
+        raise ValueError(f"{path}: {len(bad)} tensors are not DeepEncoder parameters of this model, "
+                         f"e.g. {bad[:5]}")
+    for k, v in tensors.items():
+        if own[k].shape != v.shape:
+            raise ValueError(f"{path}: {k} has shape {tuple(v.shape)}, the model {tuple(own[k].shape)}")
+        own[k].copy_(v)
+    return sorted(tensors)
+
+
+def _stats_metrics(extra: dict[str, float]) -> dict[str, float]:
+    """DeepSpeed-averaged PipelineLoss stats -> logged metrics (per-group mean CE)."""
+    m = {"ce": extra["ce"], "aux_loss": extra["aux"]}
+    for k, v in extra.items():
+        if k.startswith("ce_sum/"):
+            _, kind, name = k.split("/")
+            n = extra[f"n/{kind}/{name}"]
+            if n > 0:
+                m[f"loss/{kind}/{name}"] = v / n
+    return m
+
+
+def _expert_load(engine, num_layers: int, n_experts: int) -> torch.Tensor | None:
+    """(L_moe, E) tokens per routed expert in the last micro-batch, summed over the pipeline
+    stages (each holds its own layers). Collective over the pipe group."""
+    import torch.distributed as dist
+
+    from .pipeline import DecoderBlock
+
+    counts = torch.zeros(num_layers, n_experts, dtype=torch.float64)
+    moe = torch.zeros(num_layers, dtype=torch.float64)
+    for unit in engine.module.forward_funcs:
+        if isinstance(unit, DecoderBlock):
+            for i, layer in unit.layers.items():
+                if layer.is_moe:
+                    counts[int(i)] = layer.mlp.last_expert_load.double().cpu()
+                    moe[int(i)] = 1
+    if engine.is_pipe_parallel:
+        group = engine.grid.get_pipe_parallel_group()
+        dist.all_reduce(counts, group=group)
+        dist.all_reduce(moe, group=group)
+    keep = moe > 0
+    return counts[keep] if keep.any() else None
+
+
+def export_pipeline(engine, mcfg, out_dir: Path, dtype: torch.dtype | None) -> Path:
+    """Collective: the first DP replica of every stage writes its parameters (model names) to
+    ``out_dir/_parts``, rank 0 merges them and exports the published layout. Needs a file
+    system all ranks see (the usual shared run directory)."""
+    import torch.distributed as dist
+
+    from models.checkpoint import export_checkpoint
+
+    parts = out_dir / "_export_parts"
+    rank = dist.get_rank()
+    if rank == 0:
+        parts.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    if engine.grid.get_data_parallel_rank() == 0:
+        sd = {k: v.detach().cpu() for k, v in engine.module.model_state_dict().items()}
+        torch.save(sd, parts / f"stage_{engine.stage_id:03d}.pt")
+    dist.barrier()
+    dest = out_dir / EXPORT_DIRNAME
+    if rank == 0:
+        sd = {}
+        for f in sorted(parts.glob("stage_*.pt")):
+            sd.update(torch.load(f, map_location="cpu", weights_only=True))
+        export_checkpoint(sd, dest, dtype=dtype, cfg=mcfg)
+        shutil.rmtree(parts, ignore_errors=True)
+    dist.barrier()
+    return dest
+
+
+def run_stage2(cfg: Any) -> dict:
+    """Train stage 2 per ``cfg`` (see conf/, experiment/paper_stage2.yaml); returns a summary."""
+    import deepspeed
+
+    from models.tokenizer import load_tokenizer
+
+    from .data import build_train_loader
+    from .pipeline import PipelineBatches, build_pipeline_module
+
+    tcfg, mcfg, dcfg = _get(cfg, "train"), _get(cfg, "model"), _get(cfg, "data")
+    rank, world, device = init_distributed(cfg)
+    seed = int(_get(tcfg, "seed", 0))
+    seed_everything(seed)
+    steps = int(_get(tcfg, "steps"))
+    pp = int(_get(tcfg, "pp", 1))
+    out_dir = Path(str(_get(tcfg, "out_dir", "runs/stage2")))
+    ckpt_dir = out_dir / CKPT_DIRNAME
+    seq_len = int(_get(dcfg, "seq_len"))
+
+    tok_path = _get(mcfg, "tokenizer")
+    if not tok_path:
+        raise ValueError("model.tokenizer must name a directory with tokenizer.json")
+    tok = load_tokenizer(tok_path)
+    model = build_stage2_model(cfg, tok)
+    model_cfg = model.cfg
+    if _get(mcfg, "gradient_checkpointing", False):
+        model.model.set_gradient_checkpointing(True)  # SAM / CLIP blocks
+    n_params = model.num_parameters()
+    dec = model_cfg.decoder
+    partition = _get(tcfg, "partition", None)
+    module = build_pipeline_module(
+        model, pp, partition=list(partition) if partition is not None else None,
+        freeze_sam=bool(_get(tcfg, "freeze_sam", True)),
+        vision_max_batch=_get(tcfg, "vision_max_batch", None),
+        checkpoint_layers=bool(_get(mcfg, "gradient_checkpointing", False)),
+    )
+    del model  # this rank keeps its stage's units only
+
+    ds_config = build_ds_config(cfg, world)
+    accum = ds_config["gradient_accumulation_steps"]
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    optimizer = build_optimizer(trainable, _get(cfg, "optim"))
+    scheduler = build_lr_scheduler(optimizer, _get(cfg, "optim"), steps)
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
+                                           lr_scheduler=scheduler, config=ds_config)
+    dp, dp_rank = engine.dp_world_size, engine.grid.get_data_parallel_rank()
+
+    loader = None
+    if engine.is_first_stage():
+        loader = build_train_loader(dcfg, tok, seq_len=seq_len,
+                                    micro_batch_size=ds_config["train_micro_batch_size_per_gpu"],
+                                    seed=int(_get(dcfg, "seed", seed)), rank=dp_rank, world_size=dp)
+
+    step = 0
+    resume = find_resume_path(_get(tcfg, "resume", None), ckpt_dir)
+    if resume is not None:
+        state = resume_checkpoint(engine, resume)
+        step = int(state["step"])
+        if loader is not None:
+            loader.load_state_dict(state["data"])
+
+    logger = MetricsLogger(cfg, out_dir, steps, run_config=cfg)
+    logger.info(f"stage 2: {n_params / 1e6:.1f}M params, pp {pp} x dp {dp} (partition "
+                f"{module.parts}), micro {ds_config['train_micro_batch_size_per_gpu']} x accum {accum} "
+                f"x dp {dp} = {ds_config['train_batch_size']}, seq {seq_len}, "
+                f"ZeRO-{ds_config['zero_optimization']['stage']}"
+                + (f", resumed at step {step} from {resume}" if resume else ""))
+
+    data = PipelineBatches(iter(loader) if loader is not None else None, engine.is_first_stage())
+    save_every = int(_get(tcfg, "save_every", 0))
+    keep_last = _get(tcfg, "keep_last", None)
+    log_every = int(_get(tcfg, "log_every", 10))
+    losses, step_times = [], []
+    tokens_seen = 0
+    while step < steps:
+        t0 = time.perf_counter()
+        loss = float(engine.train_batch(data))
+        dt = time.perf_counter() - t0
+        step += 1
+        # stats are means over micro-batches and DP ranks: x accum x dp gives totals
+        extra = {k: float(v) for k, v in (engine.agg_additional_losses or {}).items()}
+        n_tokens = extra.get("tokens", 0.0) * accum * dp
+        tokens_seen += int(round(n_tokens))
+        losses.append(loss)
+        step_times.append(dt)
+        metrics = {"loss": loss, "lr": scheduler.get_last_lr()[0], "step_time_s": dt,
+                   "tokens_per_s": n_tokens / dt, "samples_per_s": extra.get("samples", 0.0) * accum * dp / dt,
+                   **_stats_metrics(extra)}
+        gn = engine.get_global_grad_norm()
+        if gn is not None:
+            metrics["grad_norm"] = float(gn)
+        if step == 1 or step % max(1, log_every) == 0 or step == steps:
+            load = _expert_load(engine, dec.num_hidden_layers, dec.n_routed_experts)  # collective
+            if load is not None:
+                metrics.update(expert_load_metrics(load))
+        logger.log(step, metrics)
+        if (save_every and step % save_every == 0) or step == steps:
+            save_checkpoint(engine, ckpt_dir, step,
+                            {"data": loader.state_dict() if loader is not None else None},
+                            keep_last=keep_last)
+
+    export_dtype = _DTYPES.get(str(_get(mcfg, "dtype", "bf16")).lower(), torch.bfloat16)
+    export_dir = export_pipeline(engine, model_cfg, out_dir, export_dtype)
+    timed = step_times[1:] if len(step_times) > 1 else step_times
+    result = {
+        "stage": 2, "out_dir": str(out_dir), "checkpoint_dir": str(ckpt_dir),
+        "export_dir": str(export_dir), "steps": step, "losses": losses,
+        "final_loss": losses[-1] if losses else None,
+        "mean_step_time_s": sum(timed) / len(timed) if timed else None,
+        "tokens_seen": tokens_seen, "params": n_params, "pp": pp, "dp": dp,
+    }
+    if rank == 0:
+        (out_dir / "stage2_result.json").write_text(json.dumps(result, indent=1))
+    logger.summary({"final_loss": result["final_loss"], "mean_step_time_s": result["mean_step_time_s"]})
+    logger.close()
+    return result
