@@ -129,7 +129,7 @@ run_demo() {
     "model.encoder_from=$dir/stage1/encoder.safetensors" "train.steps=${DEMO_STAGE2_STEPS:-30}" "$@"
 
   echo "[demo 6/7] export (stage 2 writes the final model in the published layout)"
-  local export="$dir/stage2/export"
+  local export="$dir/stage2/model"
   [[ -f "$export/config.json" ]] || { echo "[demo] no exported model at $export" >&2; exit 1; }
 
   echo "[demo 7/7] evaluation on held-out pages"

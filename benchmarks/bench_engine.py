@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import resource
 import shutil
 import sys
@@ -23,16 +24,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import os
-
 import numpy as np
 import pymupdf
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_engine import coarse, langid, queue, render  # noqa: E402
-from data_engine.pipeline import run_engine  # noqa: E402
+from data_engine import coarse, langid, queue, render
+from data_engine.pipeline import run_engine
 
 LOREM = ("Data engines turn document collections into training pages; each page keeps its text in "
          "reading order and its image at a fixed resolution. ")
@@ -80,44 +79,58 @@ def raw_loop(paths: list[Path], dpi: float) -> tuple[int, float, float]:
     return n, time.perf_counter() - t0, cpu_seconds() - c0
 
 
+class _Timer:
+    """Accumulates CPU time per stage name: `with timer("render"): ...`."""
+
+    def __init__(self):
+        self.acc: dict[str, float] = {}
+        self.name = ""
+
+    def __call__(self, name: str) -> _Timer:
+        self.name = name
+        return self
+
+    def __enter__(self):
+        self.t0 = time.process_time()
+
+    def __exit__(self, *exc):
+        self.acc[self.name] = self.acc.get(self.name, 0.0) + time.process_time() - self.t0
+
+
 def stage_times(paths: list[Path], dpi: float, limit: int = 30) -> dict[str, float]:
-    acc: dict[str, float] = {}
-    n = 0
-
-    def timed(name, fn):
-        t = time.perf_counter()
-        r = fn()
-        acc[name] = acc.get(name, 0.0) + time.perf_counter() - t
-        return r
-
+    """CPU ms per page of each engine stage (plus alternative JPEG encoders) on up to `limit` pages."""
+    timer, n, mupdf_jpeg = _Timer(), 0, []
     flt = coarse.CoarseFilter()
     langid.detect_language("warm up the language model once " * 3)
+    zoom = pymupdf.Matrix(dpi / 72, dpi / 72)
     for p in paths:
         with pymupdf.open(p) as doc:
             for page in doc:
                 if n >= limit:
                     break
-                d = timed("extract dict", lambda: render.extract_text(page))
-                text = timed("coarse text+filters", lambda: (t := coarse.text_from_dict(d), flt.reason(t))[0])
-                timed("lang+script", lambda: (langid.detect_language(text), langid.detect_script(text)))
-                pix = timed("render (get_pixmap)", lambda: page.get_pixmap(
-                    matrix=pymupdf.Matrix(dpi / 72, dpi / 72), colorspace=pymupdf.csRGB, alpha=False))
-                timed("encode simplejpeg q90", lambda: render.encode_rgb(pix, "jpg", 90))
+                with timer("extract dict"):
+                    d = render.extract_text(page)
+                with timer("coarse text+filters"):
+                    text = coarse.text_from_dict(d)
+                    flt.reason(text)
+                with timer("lang+script"):
+                    langid.detect_language(text)
+                    langid.detect_script(text)
+                with timer("render (get_pixmap)"):
+                    pix = page.get_pixmap(matrix=zoom, colorspace=pymupdf.csRGB, alpha=False)
+                with timer("encode simplejpeg q90"):
+                    render.encode_rgb(pix, "jpg", 90)
                 rgb = np.frombuffer(pix.samples_mv, np.uint8).reshape(pix.height, pix.width, 3)
-
-                def pil_jpeg():
-                    buf = io.BytesIO()
-                    Image.fromarray(rgb).save(buf, "JPEG", quality=90)
-                    return buf
-
-                timed("encode PIL q90", pil_jpeg)
+                with timer("encode PIL q90"):
+                    Image.fromarray(rgb).save(io.BytesIO(), "JPEG", quality=90)
                 if n < 3:  # MuPDF's own JPEG path is ~20x slower: sample it on a few pages only
-                    t = time.perf_counter()
+                    t = time.process_time()
                     pix.tobytes("jpg", jpg_quality=90)
-                    acc["encode mupdf tobytes(jpg) [3 pages]"] = acc.get("encode mupdf tobytes(jpg) [3 pages]", 0) + (
-                        time.perf_counter() - t) * limit / 3
+                    mupdf_jpeg.append(time.process_time() - t)
                 n += 1
-    return {k: v / max(n, 1) * 1e3 for k, v in acc.items()}
+    out = {k: v / max(n, 1) * 1e3 for k, v in timer.acc.items()}
+    out["encode mupdf tobytes(jpg) [3 pages]"] = sum(mupdf_jpeg) / max(len(mupdf_jpeg), 1) * 1e3
+    return out
 
 
 def main() -> None:
@@ -147,7 +160,7 @@ def main() -> None:
             print(f"\n== {name}: {len(paths)} docs, {n} pages, {args.dpi:g} DPI; load average {os.getloadavg()[0]:.1f} "
                   f"on {os.cpu_count()} cores")
             print(f"raw PyMuPDF render+extract, 1 process : {n / dt:7.1f} pages/s wall, {n / cpu:7.1f} pages/CPU-s")
-            print("per-page stage times (ms):")
+            print("per-page stage CPU times (ms):")
             for k, v in stage_times(paths, args.dpi).items():
                 print(f"  {k:<38}{v:8.2f}")
             for w in [int(x) for x in args.workers.split(",")]:

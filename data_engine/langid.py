@@ -31,7 +31,7 @@ NO_SCRIPT = "Zyyy"  # ISO 15924 "Common": no letters at all
 _IGNORED_SCRIPTS = {"Zyyy", "Zinh", "Zzzz"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def to_iso639_3(code: str) -> str:
     """ISO 639-1/639-3 code -> ISO 639-3 (macrolanguage codes kept, e.g. 'zh' -> 'zho')."""
     code = code.lower()

@@ -21,11 +21,12 @@ import multiprocessing as mp
 import os
 import re
 import time
+from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pymupdf
 from tqdm import tqdm
@@ -72,7 +73,7 @@ class EngineConfig:
     print_summary: bool = True
 
     @classmethod
-    def from_any(cls, cfg: "EngineConfig | Mapping") -> "EngineConfig":
+    def from_any(cls, cfg: EngineConfig | Mapping) -> EngineConfig:
         if isinstance(cfg, cls):
             return cfg
         if hasattr(cfg, "_metadata"):  # omegaconf DictConfig, without importing omegaconf here
@@ -143,7 +144,7 @@ def _fine_labels(page, tdict, w: float, h: float) -> tuple[dict | None, str | No
     try:
         blocks = _W["layout"].blocks(page, tdict)
         text, boxes = _W["fine_label"](blocks, w, h)
-    except Exception as e:  # a layout failure costs the fine label, not the page
+    except Exception as e:  # noqa: BLE001 - a layout failure costs the fine label, not the page
         return None, f"{FINE_ERROR}: {type(e).__name__}"
     if not text or not boxes:
         return None, FINE_EMPTY
@@ -162,7 +163,7 @@ def _process_pages(doc, unit: dict, record: dict, writer) -> None:
         try:
             page = doc.load_page(i)
             tdict = render.extract_text(page, sort=cfg.sort_text)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - bad input is recorded, never fatal
             record["skipped"].append({"page": i, "reason": EXTRACT_ERROR, "detail": f"{type(e).__name__}: {e}"[:300]})
             continue
         text = coarse.text_from_dict(tdict)
@@ -184,7 +185,7 @@ def _process_pages(doc, unit: dict, record: dict, writer) -> None:
             continue
         try:
             img = render.render_page(page, cfg.dpi, cfg.max_side, cfg.image_format, cfg.jpeg_quality)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - bad input is recorded, never fatal
             record["skipped"].append({"page": i, "reason": RENDER_ERROR, "detail": f"{type(e).__name__}: {e}"[:300]})
             continue
         lang, _ = langid.detect_language(text, cfg.min_lang_prob)
@@ -224,7 +225,7 @@ def process_unit(unit: dict) -> dict:
     else:
         try:
             doc = pymupdf.open(unit["path"])
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - bad input is recorded, never fatal
             doc = None
             fail(CORRUPT, f"{type(e).__name__}: {e}"[:300])
         if doc is not None:
@@ -240,7 +241,7 @@ def process_unit(unit: dict) -> dict:
                         _process_pages(doc, unit, record, writer)
                         writer.close()
                     has_tar = True
-            except Exception as e:  # anything MuPDF throws mid-document: record, move on
+            except Exception as e:  # noqa: BLE001 - anything MuPDF throws mid-document: record, move on
                 fail(UNIT_ERROR, f"{type(e).__name__}: {e}"[:300])
                 has_tar = False
             finally:
@@ -404,7 +405,7 @@ def _prompts() -> dict:
     return {"coarse": PROMPTS["coarse"], "fine": PROMPTS["fine"]}
 
 
-def run_engine(cfg: "EngineConfig | Mapping") -> dict:
+def run_engine(cfg: EngineConfig | Mapping) -> dict:
     """Run the engine end to end; returns the report dict (also written to {out}/report.json)."""
     cfg = EngineConfig.from_any(cfg)
     cfg.validate()

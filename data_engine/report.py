@@ -20,7 +20,7 @@ def _sorted_counts(c: Counter) -> dict:
 def build_report(records: list[dict], new_records: list[dict], shard_summary: list[dict], timings: dict,
                  workers: int, resumed_units: int = 0, shards_rewritten: bool = True, config: dict | None = None) -> dict:
     docs_by_status, doc_fail = Counter(), Counter()
-    page_skip, langs, scripts, sources = Counter(), Counter(), Counter(), Counter()
+    page_skip, langs, scripts = Counter(), Counter(), Counter()
     kinds_written, kinds_skipped = Counter(), {}
     pages_seen = pages_written = 0
     for rec in records:
@@ -109,8 +109,8 @@ def format_summary(rep: dict) -> str:
     d, p, t = rep["docs"], rep["pages"], rep["throughput"]
     lines = [
         "data engine summary",
-        f"  documents : {d['total']} total, {d.get('ok', 0)} ok, {d['resumed_units']} resumed; "
-        f"failed/skipped: {_top(d['failed_by_reason'])}",
+        (f"  documents : {d['total']} total, {d.get('ok', 0)} ok, {d['resumed_units']} resumed; "
+         f"failed/skipped: {_top(d['failed_by_reason'])}"),
         f"  pages     : {p['seen']} seen, {p['written']} written, {p['skipped']} skipped: {_top(p['skipped_by_reason'])}",
         f"  languages : {_top(rep['per_language'])}",
         f"  scripts   : {_top(rep['per_script'])}",

@@ -15,8 +15,8 @@ import io
 import json
 import os
 import tarfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from PIL import Image
 
@@ -37,7 +37,7 @@ class SampleTarWriter:
     """Writes samples {"__key__": key, ext: bytes, ...} as `<key>.<ext>` members, extensions sorted."""
 
     def __init__(self, fileobj):
-        self.tar = tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.USTAR_FORMAT)
+        self.tar = tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 - closed by close()
 
     def write(self, sample: dict) -> int:
         key, total = sample["__key__"], 0

@@ -41,9 +41,10 @@ MODEL_SEED = 1234
 def make_batch(rows: list[list[tuple]], seq_len: int = SEQ_LEN, seed: int = 0):
     """PackedBatch from row specs. A segment is ("text", n) (text-only sample of n tokens) or
     (mode, (w, h), n) (an OCR page: bos + <image> run + n label tokens + eos)."""
+    from PIL import Image
+
     from models.config import get_preset
     from models.image_processing import preprocess_image
-    from PIL import Image
     from train.data import MODES, SOURCES, PackedBatch
 
     cfg = get_preset("tiny")
@@ -115,6 +116,7 @@ def train_cfg(pp: int, world: int, zero_stage: int) -> dict:
 
 def _engine(cfg: dict, steps: int):
     import deepspeed
+
     from train.common import build_ds_config, build_lr_scheduler, build_optimizer
     from train.pipeline import build_pipeline_module
 
@@ -197,6 +199,7 @@ def _worker(rank: int, world: int, port: int, scenario: str, out: str, ckpt_dir:
 
 def main() -> None:
     import torch.multiprocessing as mp
+
     from train.common import _free_port
 
     scenario, out = sys.argv[1], sys.argv[2]

@@ -42,7 +42,7 @@ def test_demo_end_to_end(tmp_path):
     s1 = json.loads((d / "stage1" / "stage1_result.json").read_text())
     assert (d / "stage1" / "encoder.safetensors").is_file()
     assert min(s1["losses"][-5:]) < s1["losses"][0]
-    assert (d / "stage2" / "export" / "config.json").is_file()
+    assert (d / "stage2" / "model" / "config.json").is_file()
     ev = json.loads((d / "eval.json").read_text())
     assert ev["pages"] > 0 and 0 <= ev["edit_distance"] <= 1 and 0 <= ev["word_precision"] <= 1
-    assert "evaluation:" in proc.stdout and str(d / "stage2" / "export") in proc.stdout
+    assert "evaluation:" in proc.stdout and str(d / "stage2" / "model") in proc.stdout

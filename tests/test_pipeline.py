@@ -22,10 +22,16 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import dist_pipeline_worker as W  # noqa: E402
+import dist_pipeline_worker as W
 
-from train.pipeline import (PipelineLoss, build_units, check_partition,  # noqa: E402
-                            default_partition, pack_images, sequential_forward)
+from train.pipeline import (
+    PipelineLoss,
+    build_units,
+    check_partition,
+    default_partition,
+    pack_images,
+    sequential_forward,
+)
 
 WORKER = Path(__file__).resolve().parent / "dist_pipeline_worker.py"
 
@@ -130,10 +136,14 @@ def test_units_match_model_loss_and_grads():
         loss.backward()
         torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
         grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
-        assert grads.keys() == ref_grads.keys()
         assert not any(n.startswith("model.sam_model") for n in grads)  # frozen
-        for n in grads:
-            torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-5, atol=1e-7, msg=n)
+        # text-only micro-batch: the vision tower gets zero gradients (not none, for ZeRO)
+        vision = ("model.vision_model.", "model.projector.", "model.image_newline", "model.view_seperator")
+        for n in grads.keys() - ref_grads.keys():
+            assert not b.images and n.startswith(vision) and not grads[n].any(), n
+        assert ref_grads.keys() <= grads.keys()
+        for n, g in ref_grads.items():
+            torch.testing.assert_close(grads[n], g, rtol=1e-5, atol=1e-7, msg=n)
         # aux loss reached the loss; per-source counts add up
         assert float(loss_fn.stats["aux"]) > 0
         n_src = sum(float(loss_fn.stats[f"n/source/{s}"]) for s in ("ocr", "vision", "text"))
@@ -188,6 +198,7 @@ def test_pp4_matches_unpipelined_and_resumes(tmp_path):
                                    rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow  # ~60 s of 4 CPU processes; the PP=4 test above covers the pipeline itself
 def test_pp2_dp2_zero1_matches_global_batch(tmp_path):
     out = tmp_path / "pp2dp2.json"
     proc = _launch("pp2dp2", out)

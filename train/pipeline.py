@@ -51,17 +51,21 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from models.deepencoder import DeepEncoder
 from models.decoder import build_attention_mask
+from models.deepencoder import DeepEncoder
 from models.deepseek_ocr import IGNORE_INDEX, DeepseekOCRForCausalLM, DeepseekOCRModel
 from models.image_processing import ImageInput
-from train.data import MODES, SOURCES  # index spaces of PackedBatch.source_ids / mode_ids
+from train.data import (  # index spaces of PackedBatch.source_ids / mode_ids
+    MODES,
+    SOURCES,
+)
 
 META_COLS = 5  # image_meta row: side, tile_side, n_tiles, cols, rows
 ANCHOR = "pipe_anchor"
@@ -330,7 +334,7 @@ def default_partition(num_layers: int, pp: int) -> list[int]:
 def check_partition(partition: Sequence[int], pp: int, num_units: int) -> list[int]:
     parts = [int(p) for p in partition]
     if len(parts) != pp + 1 or parts[0] != 0 or parts[-1] != num_units or any(
-        b <= a for a, b in zip(parts, parts[1:])
+        b <= a for a, b in pairwise(parts)
     ):
         raise ValueError(
             f"partition {parts} must be {pp + 1} strictly increasing unit boundaries from 0 to "
@@ -345,7 +349,7 @@ def build_units(model: DeepseekOCRForCausalLM, parts: Sequence[int], vision_max_
     Decoder layers of one stage become one ``DecoderBlock``."""
     U = model.cfg.decoder.num_hidden_layers
     layers, bounds = [], [0]
-    for a, b in zip(parts, parts[1:]):
+    for a, b in pairwise(parts):
         units = list(range(a, b))
         if 0 in units:
             layers.append(VisionTokenizer(model, vision_max_batch))
@@ -430,7 +434,7 @@ def build_pipeline_module(
         model.model.sam_model.requires_grad_(False)
     layers, bounds = build_units(model, parts, vision_max_batch, checkpoint_layers)
     cls = _pipeline_module_cls()
-    kw = dict(topology=topology) if topology is not None else dict(num_stages=pp)
+    kw = {"topology": topology} if topology is not None else {"num_stages": pp}
     # dynamic_shape is a PipelineModule argument: DeepSpeed 0.19 ignores a config key of that
     # name. With it, tensor shapes are re-sent for every micro-batch (a few ints per tensor).
     return cls(layers, bounds, loss_fn=loss_fn if loss_fn is not None else PipelineLoss(),

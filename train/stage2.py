@@ -34,9 +34,18 @@ from typing import Any
 
 import torch
 
-from .common import (CKPT_DIRNAME, _get, build_ds_config, build_lr_scheduler, build_optimizer,
-                     find_resume_path, init_distributed, resume_checkpoint, save_checkpoint,
-                     seed_everything)
+from .common import (
+    CKPT_DIRNAME,
+    _get,
+    build_ds_config,
+    build_lr_scheduler,
+    build_optimizer,
+    find_resume_path,
+    init_distributed,
+    resume_checkpoint,
+    save_checkpoint,
+    seed_everything,
+)
 from .logging import MetricsLogger, expert_load_metrics
 
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
@@ -167,7 +176,7 @@ def run_stage2(cfg: Any) -> dict:
     from .pipeline import PipelineBatches, build_pipeline_module
 
     tcfg, mcfg, dcfg = _get(cfg, "train"), _get(cfg, "model"), _get(cfg, "data")
-    rank, world, device = init_distributed(cfg)
+    rank, world, _ = init_distributed(cfg)
     seed = int(_get(tcfg, "seed", 0))
     seed_everything(seed)
     steps = int(_get(tcfg, "steps"))
@@ -239,7 +248,7 @@ def run_stage2(cfg: Any) -> dict:
         # stats are means over micro-batches and DP ranks: x accum x dp gives totals
         extra = {k: float(v) for k, v in (engine.agg_additional_losses or {}).items()}
         n_tokens = extra.get("tokens", 0.0) * accum * dp
-        tokens_seen += int(round(n_tokens))
+        tokens_seen += round(n_tokens)
         losses.append(loss)
         step_times.append(dt)
         metrics = {"loss": loss, "lr": scheduler.get_last_lr()[0], "step_time_s": dt,
