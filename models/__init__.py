@@ -1,8 +1,9 @@
 """ocrflow models: DeepEncoder + DeepSeek-3B-MoE (DeepSeek-OCR), tokenizer, prompts, checkpoints.
 
-Configs, tokenizer, prompts and checkpoint functions are imported eagerly (they are light and
-have no sibling dependencies). Model classes are resolved lazily on first attribute access, so
-``import models`` stays cheap and an import error inside a model file surfaces with that file's
+Configs, tokenizer and prompts are imported eagerly (they are light and do not import torch,
+so data-engine workers that only need the prompt format stay cheap). Model classes and the
+checkpoint functions are resolved lazily on first attribute access, so ``import models`` stays
+cheap and an import error inside a model file surfaces with that file's
 own traceback (``from models import DeepseekOCRForCausalLM`` names the failing module).
 """
 
@@ -10,18 +11,6 @@ from __future__ import annotations
 
 import importlib
 
-from .checkpoint import (
-    build_meta_model,
-    config_from_json,
-    expected_published_shapes,
-    export_checkpoint,
-    import_checkpoint,
-    load_config,
-    load_published_weights,
-    published_config,
-    published_to_state_dict,
-    state_dict_to_published,
-)
 from .config import (
     PRESETS,
     RESOLUTION_MODES,
@@ -54,6 +43,16 @@ _LAZY = {
     "ImageInput": "image_processing",
     "preprocess_image": "image_processing",
     "num_vision_tokens": "image_processing",
+    "build_meta_model": "checkpoint",
+    "config_from_json": "checkpoint",
+    "expected_published_shapes": "checkpoint",
+    "export_checkpoint": "checkpoint",
+    "import_checkpoint": "checkpoint",
+    "load_config": "checkpoint",
+    "load_published_weights": "checkpoint",
+    "published_config": "checkpoint",
+    "published_to_state_dict": "checkpoint",
+    "state_dict_to_published": "checkpoint",
 }
 
 
@@ -78,10 +77,6 @@ __all__ = [
     "OCRTokenizer", "load_tokenizer", "SPECIAL_TOKENS",
     "PROMPT_COARSE", "PROMPT_FINE", "PROMPT_FIGURE", "PROMPT_LOCATE", "PROMPTS",
     "format_grounded_block", "format_grounded_page", "locate_prompt", "parse_grounded_output",
-    # checkpoint
-    "export_checkpoint", "import_checkpoint", "load_published_weights", "load_config",
-    "state_dict_to_published", "published_to_state_dict", "expected_published_shapes",
-    "build_meta_model", "published_config", "config_from_json",
-    # models (lazy)
+    # models and checkpoint functions (lazy)
     *_LAZY,
 ]
