@@ -31,7 +31,7 @@ from typing import Any
 import pymupdf
 from tqdm import tqdm
 
-from data_engine import coarse, langid, queue, render, report, shards
+from data_engine import coarse, langid, metrics, queue, render, report, shards
 
 ENGINE_VERSION = 1  # bump when sample bytes change for the same config (forces re-processing)
 LABEL_KINDS = ("coarse", "fine")
@@ -155,10 +155,23 @@ def _fine_labels(page, tdict, w: float, h: float) -> tuple[dict | None, str | No
     return {"prompt": _W["prompts"]["fine"], "text": text, "boxes": boxes}, None
 
 
+def _ground_truth_pages(unit: dict) -> dict[int, tuple[str, str]]:
+    """page -> (language, source text) from a synthetic document's ``.gt.json`` sidecar."""
+    if unit["source"] != "synthetic":
+        return {}
+    try:
+        gt = json.loads(Path(unit["path"]).with_suffix(".gt.json").read_text(encoding="utf-8"))
+        return {pg["page"]: (gt.get("lang", "und"), "\n".join(b["text"] for b in pg["blocks"]))
+                for pg in gt["pages"]}
+    except (OSError, ValueError, KeyError, TypeError):  # a broken sidecar costs the score, not the page
+        return {}
+
+
 def _process_pages(doc, unit: dict, record: dict, writer) -> None:
     cfg: EngineConfig = _W["cfg"]
     n_pages = doc.page_count if cfg.max_pages_per_doc is None else min(doc.page_count, cfg.max_pages_per_doc)
     kind_skips: dict[str, dict[str, int]] = {k: {} for k in cfg.labels}
+    truth = _ground_truth_pages(unit)
     for i in range(n_pages):
         try:
             page = doc.load_page(i)
@@ -199,8 +212,14 @@ def _process_pages(doc, unit: dict, record: dict, writer) -> None:
         }
         meta_bytes = shards.encode_meta(meta)
         writer.write({"__key__": key, img.fmt: img.data, "json": meta_bytes})
-        record["samples"].append({"key": key, "page": i, "size": len(img.data) + len(meta_bytes),
-                                  "lang": lang, "script": script, "labels": sorted(labels)})
+        sample = {"key": key, "page": i, "size": len(img.data) + len(meta_bytes),
+                  "lang": lang, "script": script, "labels": sorted(labels)}
+        if i in truth and "coarse" in labels:
+            # Synthetic page: score the coarse label against the text the generator placed.
+            gt_lang, gt_text = truth[i]
+            sample["gt_lang"] = gt_lang
+            sample["gt_edits"], sample["gt_chars"] = metrics.cer_counts(gt_text, labels["coarse"]["text"])
+        record["samples"].append(sample)
     record["kind_skips"] = kind_skips
     record["pages_seen"] = n_pages
 

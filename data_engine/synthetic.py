@@ -372,6 +372,12 @@ def make_document(lang: Language, out_path: Path, n_pages: int, seed: int,
         pages, deferred = [], []  # deferred: tables to rule and images to paint after writing
         for pno, (mx, my, n_cols, gap, col_w, stream) in enumerate(plans):
             gt, dev = [], dw.begin_page(pymupdf.Rect(0, 0, W, H))
+            # Running header (the doc title) in the top margin band, drawn first so that the
+            # content stream (what text extraction follows) is in reading order like the GT.
+            hb = pymupdf.Rect(mx, 0.015 * H, W - mx, my - 2)
+            pos = writer.draw(dev, hb, [Block("text", doc_title)], f"p{pno}h")
+            if f"p{pno}h0" in pos and pos[f"p{pno}h0"].height > 0:
+                gt.append(("header", _tight(pos[f"p{pno}h0"], doc_title, font, body_size, rtl), doc_title))
             top = my
             if stream[0].label == "title":  # the document title spans all columns
                 pos = writer.draw(dev, pymupdf.Rect(mx, top, W - mx, H - my), stream[:1], f"p{pno}t")
@@ -389,12 +395,8 @@ def make_document(lang: Language, out_path: Path, n_pages: int, seed: int,
                 pos = writer.draw(dev, rect, placed, f"p{pno}c{c}_")
                 for i, b in enumerate(placed):
                     gt.append(_placed_block(b, f"p{pno}c{c}_{i}", pos, pno, deferred, rng, font, body_size, rtl))
-            # Running header (the doc title) and page-number footer inside the margin bands.
-            # The rects reach past the text so the paragraph's bottom margin never blocks it.
-            hb = pymupdf.Rect(mx, 0.015 * H, W - mx, my - 2)
-            pos = writer.draw(dev, hb, [Block("text", doc_title)], f"p{pno}h")
-            if f"p{pno}h0" in pos and pos[f"p{pno}h0"].height > 0:
-                gt.insert(0, ("header", _tight(pos[f"p{pno}h0"], doc_title, font, body_size, rtl), doc_title))
+            # Page-number footer inside the bottom margin band (the rect reaches past the text
+            # so the paragraph's bottom margin never blocks it).
             foot = str(pno + 1)
             fb = pymupdf.Rect(W / 2 - 40, H - 0.06 * H, W / 2 + 40, H)
             pos = writer.draw(dev, fb, [Block("text", foot)], f"p{pno}f", center=True)

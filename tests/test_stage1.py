@@ -147,7 +147,7 @@ def test_loss_decreases_on_fixed_batch(tiny_data, tmp_path):
     from train.data import build_train_loader
     from train.stage1 import build_stage1_model
 
-    cfg = stage1_cfg(tiny_data, tmp_path, steps=10)
+    cfg = stage1_cfg(tiny_data, tmp_path, steps=12)
     OmegaConf.update(cfg, "deepspeed.zero_stage", 2)
     OmegaConf.update(cfg, "optim.warmup_steps", 0)
     OmegaConf.update(cfg, "optim.lr", 5e-3)
@@ -159,19 +159,20 @@ def test_loss_decreases_on_fixed_batch(tiny_data, tmp_path):
         "pad_token_id": tok.pad_token_id, "image_token_id": tok.image_token_id})
     opt = build_optimizer(model, cfg.optim)
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=build_ds_config(cfg, 1),
-                                      lr_scheduler=build_lr_scheduler(opt, cfg.optim, 10))
+                                      lr_scheduler=build_lr_scheduler(opt, cfg.optim, 12))
     batch = next(iter(build_train_loader(cfg.data, tok, seq_len=160, micro_batch_size=2, seed=0)))
     assert len(batch.images) >= 2 and batch.num_loss_tokens > 10
+    sam_w0 = model.encoder.sam_model.patch_embed.proj.weight.detach().clone()
     losses = []
-    for _ in range(10):
+    for _ in range(12):
         loss, _, _ = engine(input_ids=batch.input_ids, images=batch.images, labels=batch.labels,
                             position_ids=batch.position_ids, segment_ids=batch.segment_ids)
         engine.backward(loss)
         engine.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.6 * losses[0], losses
-    # vision gets gradient: the encoder's parameters moved
-    assert engine.get_global_grad_norm() is not None
+    assert losses[-1] < 0.7 * losses[0] and losses[-1] == min(losses), losses
+    # the loss reaches the vision tower: SAM's first layer was updated
+    assert not torch.equal(model.encoder.sam_model.patch_embed.proj.weight.detach(), sam_w0)
 
 
 def test_packed_mask_blocks_cross_segment_attention():
