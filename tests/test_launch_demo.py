@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from train.evaluate import levenshtein, levenshtein_dp, normalized_edit_distance, word_precision
+from data_engine.metrics import levenshtein, levenshtein_dp
+from train.evaluate import normalized_edit_distance, word_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,27 +23,7 @@ from pathlib import Path
 
 import torch
 
-
-def levenshtein_dp(a: Sequence, b: Sequence) -> int:
-    """Edit distance (insert / delete / substitute, cost 1): plain dynamic programming."""
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
-def levenshtein(a: Sequence, b: Sequence) -> int:
-    """Edit distance; RapidFuzz's C implementation when installed (pages of thousands of chars)."""
-    try:
-        from rapidfuzz.distance import Levenshtein
-    except ImportError:
-        return levenshtein_dp(a, b)
-    return int(Levenshtein.distance(a, b))
+from data_engine.metrics import levenshtein
 
 
 def normalized_edit_distance(pred: str, ref: str) -> float:
