@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 
 from train.api import CONF_DIR, build_model, compose, launch_plan
 from train.common import build_ds_config

@@ -370,3 +370,25 @@ def resume_checkpoint(engine, path: str | Path) -> dict:
         )
     set_rng_state(state["rng"])
     return state
+
+
+def load_run_tokenizer(model_cfg: Any):
+    """The tokenizer named by ``model.tokenizer`` (a dir with tokenizer.json), with a clear error."""
+    from models.tokenizer import load_tokenizer
+
+    path = _get(model_cfg, "tokenizer")
+    if not path:
+        raise ValueError("model.tokenizer must name a directory with tokenizer.json")
+    return load_tokenizer(path)
+
+
+def resume_if_requested(engine, train_cfg: Any, ckpt_dir: Path, loader=None) -> tuple[int, Path | None]:
+    """Apply ``train.resume`` (auto | path | null): restore engine, RNG and the loader's exact
+    data position. Returns (step to continue from, checkpoint path or None)."""
+    path = find_resume_path(_get(train_cfg, "resume", None), ckpt_dir)
+    if path is None:
+        return 0, None
+    state = resume_checkpoint(engine, path)
+    if loader is not None:
+        loader.load_state_dict(state["data"])
+    return int(state["step"]), path

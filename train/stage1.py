@@ -34,8 +34,8 @@ from models.deepencoder import DeepEncoder
 from models.image_processing import ImageInput
 
 from .common import (CKPT_DIRNAME, _get, build_ds_config, build_lr_scheduler, build_optimizer,
-                     find_resume_path, init_distributed, resume_checkpoint, save_checkpoint,
-                     seed_everything, to_container, world_info)
+                     init_distributed, load_run_tokenizer, resume_if_requested, save_checkpoint,
+                     seed_everything)
 from .logging import MetricsLogger, reduce_breakdowns, token_loss_breakdown
 
 IGNORE_INDEX = -100
@@ -221,8 +221,6 @@ def run_stage1(cfg: Any) -> dict:
     """Train stage 1 per ``cfg`` (see conf/); returns a summary dict (paths, losses, speed)."""
     import deepspeed
 
-    from models.tokenizer import load_tokenizer
-
     from .data import build_train_loader
 
     tcfg, mcfg, dcfg = _get(cfg, "train"), _get(cfg, "model"), _get(cfg, "data")
@@ -234,10 +232,7 @@ def run_stage1(cfg: Any) -> dict:
     ckpt_dir = out_dir / CKPT_DIRNAME
     seq_len = int(_get(dcfg, "seq_len"))
 
-    tok_path = _get(mcfg, "tokenizer")
-    if not tok_path:
-        raise ValueError("model.tokenizer must name a directory with tokenizer.json")
-    tok = load_tokenizer(tok_path)
+    tok = load_run_tokenizer(mcfg)
     special = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
                "pad_token_id": tok.pad_token_id, "image_token_id": tok.image_token_id}
     model = build_stage1_model(cfg, tok.vocab_size, special_ids=special, seq_len=seq_len)
@@ -255,12 +250,7 @@ def run_stage1(cfg: Any) -> dict:
                                 micro_batch_size=ds_config["train_micro_batch_size_per_gpu"],
                                 seed=int(_get(dcfg, "seed", seed)), rank=rank, world_size=world)
 
-    step = 0
-    resume = find_resume_path(_get(tcfg, "resume", None), ckpt_dir)
-    if resume is not None:
-        state = resume_checkpoint(engine, resume)
-        step = int(state["step"])
-        loader.load_state_dict(state["data"])
+    step, resume = resume_if_requested(engine, tcfg, ckpt_dir, loader)
 
     n_params = sum(p.numel() for p in model.parameters())
     logger = MetricsLogger(cfg, out_dir, steps, run_config=cfg)

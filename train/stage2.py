@@ -40,9 +40,9 @@ from .common import (
     build_ds_config,
     build_lr_scheduler,
     build_optimizer,
-    find_resume_path,
     init_distributed,
-    resume_checkpoint,
+    load_run_tokenizer,
+    resume_if_requested,
     save_checkpoint,
     seed_everything,
 )
@@ -170,8 +170,6 @@ def run_stage2(cfg: Any) -> dict:
     """Train stage 2 per ``cfg`` (see conf/, experiment/paper_stage2.yaml); returns a summary."""
     import deepspeed
 
-    from models.tokenizer import load_tokenizer
-
     from .data import build_train_loader
     from .pipeline import PipelineBatches, build_pipeline_module
 
@@ -185,10 +183,7 @@ def run_stage2(cfg: Any) -> dict:
     ckpt_dir = out_dir / CKPT_DIRNAME
     seq_len = int(_get(dcfg, "seq_len"))
 
-    tok_path = _get(mcfg, "tokenizer")
-    if not tok_path:
-        raise ValueError("model.tokenizer must name a directory with tokenizer.json")
-    tok = load_tokenizer(tok_path)
+    tok = load_run_tokenizer(mcfg)
     model = build_stage2_model(cfg, tok)
     model_cfg = model.cfg
     if _get(mcfg, "gradient_checkpointing", False):
@@ -219,13 +214,7 @@ def run_stage2(cfg: Any) -> dict:
                                     micro_batch_size=ds_config["train_micro_batch_size_per_gpu"],
                                     seed=int(_get(dcfg, "seed", seed)), rank=dp_rank, world_size=dp)
 
-    step = 0
-    resume = find_resume_path(_get(tcfg, "resume", None), ckpt_dir)
-    if resume is not None:
-        state = resume_checkpoint(engine, resume)
-        step = int(state["step"])
-        if loader is not None:
-            loader.load_state_dict(state["data"])
+    step, resume = resume_if_requested(engine, tcfg, ckpt_dir, loader)
 
     logger = MetricsLogger(cfg, out_dir, steps, run_config=cfg)
     logger.info(f"stage 2: {n_params / 1e6:.1f}M params, pp {pp} x dp {dp} (partition "
