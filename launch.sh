@@ -113,14 +113,18 @@ run_demo() {
   python -m data_engine.synthetic --out "$dir/pdfs_heldout" "${corpus_args[@]}" --docs 2 --pages 2 --seed 1
 
   echo "[demo 2/7] data engine -> $dir/engine/shards, $dir/heldout/shards"
-  python -m data_engine.cli "input=$dir/pdfs" "out=$dir/engine" data_engine.progress=false data_engine.dpi=72
+  # coarse + fine (layout boxes + text) labels: the trainers draw a label kind per page
+  python -m data_engine.cli "input=$dir/pdfs" "out=$dir/engine" data_engine.progress=false data_engine.dpi=72 \
+    "data_engine.labels=[coarse,fine]"
   python -m data_engine.cli "input=$dir/pdfs_heldout" "out=$dir/heldout" data_engine.progress=false data_engine.dpi=72
 
   echo "[demo 3/7] BPE tokenizer -> $dir/tokenizer"
   python -m data_engine.tokenizer_train --shards "$dir/engine/shards/*.tar" --out "$dir/tokenizer" \
     --vocab-size "${DEMO_VOCAB:-1024}"
 
-  local common=("model.tokenizer=$dir/tokenizer" "data.shards=[$dir/engine/shards/*.tar]")
+  # OCR pages plus their label text as the text-only source (the paper mixes in 10% text-only)
+  local common=("model.tokenizer=$dir/tokenizer" "data.shards=[$dir/engine/shards/*.tar]"
+                "data.text_shards=[$dir/engine/shards/*.tar]")
   echo "[demo 4/7] stage 1 (DeepEncoder + tiny OPT, ZeRO-1, gloo) -> $dir/stage1"
   run_train smoke "${common[@]}" "train.out_dir=$dir/stage1" "train.steps=${DEMO_STAGE1_STEPS:-30}" "$@"
 
