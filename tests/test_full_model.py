@@ -72,7 +72,7 @@ def _check_grads(m):
     assert all(q.grad is None for q in m.model.sam_model.parameters())  # frozen
 
 
-@pytest.mark.parametrize("with_gundam", [False, pytest.param(True, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("with_gundam", [False, True])
 def test_mixed_batch_forward_backward(with_gundam):
     """Images of different modes in one batch (two in one row), plus a text-only row. The
     default run keeps to the cheap 512/640 modes; 1024+ views cost seconds each on CPU."""
@@ -95,12 +95,7 @@ def test_mixed_batch_forward_backward(with_gundam):
     assert all(v.sum() == am.numel() * cfg.decoder.num_experts_per_tok for v in load.values())
 
 
-@pytest.mark.parametrize("mode", [
-    "tiny", "small", "base",
-    pytest.param("large", marks=pytest.mark.slow),  # 1280 views: seconds on CPU
-    pytest.param("gundam", marks=pytest.mark.slow),
-    pytest.param("gundam_m", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize("mode", ["tiny", "small", "base", "large", "gundam", "gundam_m"])
 def test_every_resolution_mode_forward_backward(mode):
     m = _model()
     img = _image(mode, size=(1500, 1100), max_tiles=2 if RESOLUTION_MODES[mode].tiled else None)

@@ -198,7 +198,6 @@ def test_pp4_matches_unpipelined_and_resumes(tmp_path):
                                    rtol=0, atol=1e-4)
 
 
-@pytest.mark.slow  # ~60 s of 4 CPU processes; the PP=4 test above covers the pipeline itself
 def test_pp2_dp2_zero1_matches_global_batch(tmp_path):
     out = tmp_path / "pp2dp2.json"
     proc = _launch("pp2dp2", out)
