@@ -82,8 +82,15 @@ def estimate_tokens(text: str) -> int:
     ~2 Cyrillic/Greek letters (4 bytes) per token; CJK is ~1 char per token. It errs slightly
     high, which is the safe side for a max-length filter.
     """
-    wide = sum(map(_is_wide, text))
-    other_bytes = len(text.encode("utf-8")) - 3 * wide
+    # Per distinct character (Counter runs in C). Wide characters outside the BMP (CJK
+    # extension B+, emoji) take 4 UTF-8 bytes, not 3, so their real byte length is removed:
+    # the estimate then never exceeds len(text), which CoarseFilter.too_many_tokens relies on.
+    wide = wide_bytes = 0
+    for ch, n in Counter(text).items():
+        if _is_wide(ch):
+            wide += n
+            wide_bytes += n * len(ch.encode("utf-8"))
+    other_bytes = len(text.encode("utf-8")) - wide_bytes
     return wide + math.ceil(other_bytes / 4)
 
 
@@ -100,6 +107,11 @@ class CoarseFilter:
         ids = self.tokenizer.encode(text)
         return len(getattr(ids, "ids", ids))  # tokenizers.Encoding or a plain list
 
+    def too_many_tokens(self, text: str) -> bool:
+        # The estimate never exceeds len(text), so short texts skip it; a real tokenizer can
+        # spend several byte tokens on one rare character, so it always runs.
+        return (self.tokenizer is not None or len(text) > self.max_tokens) and self.count_tokens(text) > self.max_tokens
+
     def reason(self, text: str) -> str | None:
         """Why `text` cannot be a coarse label, or None when it can."""
         n_chars, n_bad = _char_counts(text)
@@ -109,8 +121,6 @@ class CoarseFilter:
             return GARBLED_TEXT
         if n_chars < self.min_chars:
             return TOO_LITTLE_TEXT
-        # The estimate never exceeds len(text), so short pages skip it; a real tokenizer can
-        # spend several byte tokens on one rare character, so it always runs.
-        if (self.tokenizer is not None or len(text) > self.max_tokens) and self.count_tokens(text) > self.max_tokens:
+        if self.too_many_tokens(text):
             return TOO_MANY_TOKENS
         return None

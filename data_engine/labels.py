@@ -12,8 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from data_engine.coarse import normalize_text
 from models.prompts import (
-    DET_END, DET_START, NUM_BINS, REF_END, REF_START, format_grounded_page, parse_grounded_output,
+    DET_END,
+    DET_START,
+    NUM_BINS,
+    REF_END,
+    REF_START,
+    format_grounded_page,
+    parse_grounded_output,
 )
 
 _MARKERS = (REF_START, REF_END, DET_START, DET_END)
@@ -29,8 +36,7 @@ def to_bins(bbox: Sequence[float], page_w: float, page_h: float) -> list[int]:
     def b(v, size):
         return min(top, max(0, int(v / size * top)))
 
-    out = [b(min(x0, x1), page_w), b(min(y0, y1), page_h), b(max(x0, x1), page_w), b(max(y0, y1), page_h)]
-    return out
+    return [b(min(x0, x1), page_w), b(min(y0, y1), page_h), b(max(x0, x1), page_w), b(max(y0, y1), page_h)]
 
 
 def from_bins(box: Sequence[int], page_w: float, page_h: float) -> list[float]:
@@ -40,11 +46,12 @@ def from_bins(box: Sequence[int], page_w: float, page_h: float) -> list[float]:
 
 
 def _clean(text: str) -> str:
-    # A literal marker in the page text would make the label unparsable; blank lines inside a
-    # block are harmless but we keep blocks compact.
+    # A literal marker in the page text would make the label unparsable. The text is then
+    # normalised like the coarse label (NFC, whitespace runs -> one space, <= 1 blank line),
+    # so both label kinds of a page spell its text the same way.
     for m in _MARKERS:
         text = text.replace(m, "")
-    return text.strip()
+    return normalize_text(text)
 
 
 def fine_label(blocks, page_w: float, page_h: float) -> tuple[str, list[dict]]:

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from data_engine import coarse, langid, metrics, queue, render, report, shards
 
-ENGINE_VERSION = 1  # bump when sample bytes change for the same config (forces re-processing)
+ENGINE_VERSION = 2  # bump when sample bytes change for the same config (forces re-processing)
 LABEL_KINDS = ("coarse", "fine")
 
 # Unit-level failure reasons (the whole document is skipped); page-level reasons live in coarse.py.
@@ -103,6 +103,31 @@ class EngineConfig:
             raise ValueError(f"image_format must be one of {render.IMAGE_FORMATS}, got {self.image_format!r}")
         if not re.fullmatch(r"[A-Za-z0-9_.]+", self.name):
             raise ValueError(f"shard name must match [A-Za-z0-9_.]+, got {self.name!r}")
+        # Checked here, before any work: a bad value found in a worker's initializer would
+        # instead break every pool and record each document as a worker crash.
+        positive = {"dpi": self.dpi, "max_count": self.max_count, "max_size": self.max_size,
+                    "max_tokens": self.max_tokens}
+        if self.max_side is not None:
+            positive["max_side"] = self.max_side
+        bad = {k: v for k, v in positive.items() if not v > 0}
+        if bad:
+            raise ValueError(f"data engine settings must be positive: {bad}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        if self.min_chars < 0 or not 0 <= self.max_bad_char_ratio <= 1 or not 0 <= self.min_lang_prob <= 1:
+            raise ValueError("min_chars must be >= 0, max_bad_char_ratio and min_lang_prob in [0, 1]")
+        if (self.workers is not None and self.workers < 0) or self.max_crash_retries < 0:
+            raise ValueError(f"workers and max_crash_retries must be >= 0, got {self.workers}, {self.max_crash_retries}")
+        if self.max_pages_per_doc is not None and self.max_pages_per_doc < 1:
+            raise ValueError(f"max_pages_per_doc must be >= 1 or null, got {self.max_pages_per_doc}")
+        if self.start_method not in mp.get_all_start_methods():
+            raise ValueError(f"start_method must be one of {mp.get_all_start_methods()}, got {self.start_method!r}")
+        if self.tokenizer and not Path(self.tokenizer).is_file():
+            raise FileNotFoundError(f"tokenizer file not found: {self.tokenizer}")
+        if "fine" in self.labels:
+            from data_engine.layout import check_layout_config
+
+            check_layout_config(**(self.fine or {}))
 
     def digest(self) -> str:
         """Hash of every setting that changes sample bytes; a committed unit with another digest is redone."""
@@ -150,7 +175,7 @@ def _fine_labels(page, tdict, w: float, h: float) -> tuple[dict | None, str | No
         return None, FINE_EMPTY
     if coarse.bad_char_ratio(text) > _W["cfg"].max_bad_char_ratio:
         return None, coarse.GARBLED_TEXT
-    if _W["filter"].count_tokens(text) > _W["cfg"].max_tokens:
+    if _W["filter"].too_many_tokens(text):
         return None, coarse.TOO_MANY_TOKENS
     return {"prompt": _W["prompts"]["fine"], "text": text, "boxes": boxes}, None
 
@@ -228,7 +253,7 @@ def process_unit(unit: dict) -> dict:
     """Process one document and commit its outputs; returns the committed unit record."""
     t0, c0 = time.perf_counter(), time.process_time()
     store: queue.UnitStore = _W["store"]
-    record = {"doc_id": unit["doc_id"], "path": unit["path"], "config": _W["digest"], "status": "ok",
+    record = {"doc_id": unit["doc_id"], "path": unit["path"], "source": unit["source"], "config": _W["digest"], "status": "ok",
               "reason": None, "detail": None, "num_pages": 0, "pages_seen": 0,
               "samples": [], "skipped": [], "kind_skips": {}}
 
@@ -291,7 +316,11 @@ def _hash_inputs(files: list[queue.InputFile], work: Path, pool) -> dict[str, tu
     for f in files:
         if not f.exists:
             continue
-        st = os.stat(f.path)
+        try:
+            st = os.stat(f.path)
+        except OSError:  # gone since discovery: hash_file records the error (unreadable_file)
+            todo.append((f.path, 0))
+            continue
         e = cache.get(f.path)
         if e and e["size"] == st.st_size and e["mtime_ns"] == st.st_mtime_ns:
             out[f.path] = (e["doc_id"], e["size"], None)
@@ -374,7 +403,7 @@ def _tick(bar, rec: dict) -> None:
 
 
 def _commit_failure(cfg: EngineConfig, u: dict, reason: str, detail: str) -> dict:
-    rec = {"doc_id": u["doc_id"], "path": u["path"], "config": cfg.digest(), "status": "failed", "reason": reason,
+    rec = {"doc_id": u["doc_id"], "path": u["path"], "source": u["source"], "config": cfg.digest(), "status": "failed", "reason": reason,
            "detail": detail, "num_pages": 0, "pages_seen": 0, "samples": [], "skipped": [], "kind_skips": {}}
     queue.UnitStore(cfg.work_dir).commit(u["doc_id"], rec, has_tar=False)
     return rec
@@ -384,8 +413,12 @@ def _assemble(cfg: EngineConfig, records: list[dict], pool) -> tuple[list[dict],
     """Write the shards for `records` (skipped when the previous plan is identical). Returns (shards, rewritten)."""
     shard_dir = Path(cfg.out) / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
-    plan = queue.plan_shards([r for r in records if r["samples"]], cfg.name, cfg.max_count, cfg.max_size)
-    digest = queue.plan_digest(plan, extra=cfg.digest())
+    with_samples = [r for r in records if r["samples"]]
+    plan = queue.plan_shards(with_samples, cfg.name, cfg.max_count, cfg.max_size)
+    # The sample bytes also hold each document's path and source kind: a moved file (same
+    # keys, new source_path) must rewrite the shards, not reuse them.
+    docs = json.dumps(sorted((r["doc_id"], r["path"], r.get("source")) for r in with_samples))
+    digest = queue.plan_digest(plan, extra=cfg.digest() + docs)
     index_path = shard_dir / f"{cfg.name}.index.json"
     summary = [{"file": sp.filename, "count": sp.count, "size": sp.size} for sp in plan]
     if index_path.is_file():
@@ -474,9 +507,11 @@ def run_engine(cfg: EngineConfig | Mapping) -> dict:
                 rec = store.load(u["doc_id"]) if store.is_done(u["doc_id"]) else None
             except (OSError, ValueError):  # unreadable record: redo the unit
                 rec = None
-            # Reuse a committed unit only if it was made from this path with these settings and
-            # its samples are still there (keep_units: false deletes them after assembly).
+            # Reuse a committed unit only if it was made from this path and source kind (both are
+            # in the sample bytes) with these settings and its samples are still there
+            # (keep_units: false deletes them after assembly).
             if (rec is not None and rec.get("config") == digest and rec.get("path") == u["path"]
+                    and rec.get("source") == u["source"]
                     and (not rec["samples"] or store.tar_path(u["doc_id"]).is_file())):
                 records[u["doc_id"]] = rec
             else:

@@ -138,6 +138,7 @@ def build_attention_mask(
     attention_mask: Tensor | None,
     T: int,
     past_len: int = 0,
+    device: torch.device | str | None = None,
 ) -> Tensor | None:
     """Boolean attention mask (B|1, 1, T, past_len + T), True = may attend; None when a plain
     causal mask suffices (then SDPA runs with ``is_causal`` and can pick flash kernels).
@@ -147,12 +148,15 @@ def build_attention_mask(
     attention_mask (B, S): 1 = real token, 0 = padding (left or right padding).
     Every query may always attend to itself, so padding rows are never fully masked (a fully
     masked row would make SDPA emit NaN, which then leaks through 0 * NaN in later layers).
+    device: where to build the mask when neither segment_ids nor attention_mask is given
+    (a multi-token chunk on a non-empty cache); otherwise theirs.
     """
     S = past_len + T
     if segment_ids is None and attention_mask is None and (past_len == 0 or T == 1):
         return None
     ref = segment_ids if segment_ids is not None else attention_mask
-    device = ref.device if ref is not None else None
+    if ref is not None:
+        device = ref.device
     q_pos = torch.arange(past_len, S, device=device)  # (T,) absolute positions of queries
     k_pos = torch.arange(S, device=device)  # (S,)
     mask = (k_pos[None, :] <= q_pos[:, None])[None, None]  # (1, 1, T, S) causal

@@ -48,13 +48,14 @@ def default_position_ids(
     """Positions when none are given: restart at 0 for each packed segment; skip padding
     (left padding: the first real token is position 0); else past_len .. past_len + T - 1."""
     if segment_ids is not None:
-        seg = segment_ids[:, -T:]  # (B, T)
-        idx = torch.arange(T, device=seg.device).expand_as(seg)
+        # over all keys (B, past_len + T): a segment that began before a cached chunk keeps counting
+        seg = segment_ids
+        idx = torch.arange(seg.shape[1], device=seg.device).expand_as(seg)
         starts = torch.ones_like(seg, dtype=torch.bool)
         starts[:, 1:] = seg[:, 1:] != seg[:, :-1]
         # index of the current segment's first token, carried forward with a running max
         first = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values
-        return idx - first
+        return (idx - first)[:, -T:]
     if attention_mask is not None:
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
     return torch.arange(past_len, past_len + T, device=device)[None]  # (1, T)
@@ -180,7 +181,7 @@ class DeepseekOCRModel(DeepEncoder):
         if position_ids is None:
             position_ids = default_position_ids(T, past_len, segment_ids, attention_mask, input_ids.device)
         cos, sin = self.rotary_emb(position_ids)  # (B|1, T, hd)
-        mask = build_attention_mask(segment_ids, attention_mask, T, past_len)
+        mask = build_attention_mask(segment_ids, attention_mask, T, past_len, device=input_ids.device)
         h, aux = self.run_layers(h, cos, sin, mask, cache)
         return self.norm(h), aux, cache
 

@@ -57,6 +57,14 @@ class NoRepeatNGramLogitsProcessor:
         return scores.masked_fill(ban, float("-inf"))
 
 
+def _last_logits(model, input_ids: Tensor, **kwargs) -> Tensor:
+    """Next-token logits (B, V) of the last position only: the (B, T, V) logits of a long
+    prompt (T x 129280 per row) are never built. ``kwargs`` go to ``model.model``; a cache
+    passed there is updated in place."""
+    h, _, _ = model.model(input_ids, **kwargs)
+    return model.lm_head(h[:, -1])
+
+
 @dataclass
 class GenerationOutput:
     sequences: Tensor  # (B, n_new) generated ids; pad_token_id after a row's EOS
@@ -95,8 +103,7 @@ def generate(
     cache = KVCache(len(model.model.layers), max_len=T + max_new_tokens) if use_cache else None
     # Encode the images once; the uncached path re-reads the same embeddings every step.
     vision = model.model.encode_images(images) if len(images) else None
-    out = model(input_ids, vision_embeds=vision, attention_mask=am, past_key_values=cache, use_cache=use_cache)
-    logits = out.logits[:, -1]  # (B, V)
+    logits = _last_logits(model, input_ids, vision_embeds=vision, attention_mask=am, past_key_values=cache)  # (B, V)
     generated = torch.empty(B, 0, dtype=torch.long, device=dev)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     for step in range(max_new_tokens):
@@ -111,8 +118,7 @@ def generate(
             break
         am = torch.cat([am, am.new_ones(B, 1)], dim=1)  # (B, T + step + 1)
         if use_cache:
-            out = model(nxt[:, None], attention_mask=am, past_key_values=cache, use_cache=True)
+            logits = _last_logits(model, nxt[:, None], attention_mask=am, past_key_values=cache)
         else:
-            out = model(torch.cat([input_ids, generated], dim=1), vision_embeds=vision, attention_mask=am)
-        logits = out.logits[:, -1]
+            logits = _last_logits(model, torch.cat([input_ids, generated], dim=1), vision_embeds=vision, attention_mask=am)
     return GenerationOutput(sequences=generated, finished=done)

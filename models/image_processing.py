@@ -140,9 +140,13 @@ class ImageInput:
         cols, rows = self.tile_grid
         if self.tiles.shape[0] != cols * rows:
             raise ValueError(f"{self.tiles.shape[0]} tiles do not fill a {cols}x{rows} grid")
-        if self.global_view.ndim != 3 or self.global_view.shape[-1] % PIXELS_PER_TOKEN:
+        g = self.global_view
+        if g.ndim != 3 or g.shape[0] != 3 or g.shape[1] != g.shape[2] or g.shape[-1] % PIXELS_PER_TOKEN:
             raise ValueError(f"global view must be (3, S, S) with S % {PIXELS_PER_TOKEN} == 0, "
-                             f"got {tuple(self.global_view.shape)}")
+                             f"got {tuple(g.shape)}")
+        t = self.tiles
+        if t.shape[0] and (t.ndim != 4 or t.shape[1] != 3 or t.shape[2] != t.shape[3] or t.shape[-1] % PIXELS_PER_TOKEN):
+            raise ValueError(f"tiles must be (n, 3, t, t) with t % {PIXELS_PER_TOKEN} == 0, got {tuple(t.shape)}")
 
     @property
     def num_tokens(self) -> int:

@@ -162,6 +162,7 @@ def test_build_attention_mask_semantics():
     assert torch.equal(m, torch.tensor([[0, 0, 1, 1, 0], [0, 0, 1, 1, 1]], dtype=torch.bool))
     causal_offset = build_attention_mask(None, None, 2, past_len=3)[0, 0]
     assert torch.equal(causal_offset, torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool))
+    assert build_attention_mask(None, None, 2, past_len=3, device="meta").device.type == "meta"
     with pytest.raises(ValueError, match="attention_mask"):
         build_attention_mask(None, am, 4, past_len=3)
 

@@ -103,6 +103,10 @@ def test_estimate_tokens():
     assert coarse.estimate_tokens("中文文本") == 4          # one per wide char
     assert coarse.estimate_tokens("abcdefgh") == 2          # 8 bytes / 4
     assert coarse.estimate_tokens("абвг") == 2              # 8 UTF-8 bytes / 4
+    # 4-byte wide chars (CJK ext. B, emoji): still one each, never more tokens than chars
+    assert coarse.estimate_tokens("\U00020000\U0001F600a") == 3
+    for text in ("\U00020000" * 9, "x\U0001F600" * 7, "中a" * 5):
+        assert coarse.estimate_tokens(text) <= len(text)
 
 
 def test_render_dpi_cap_and_jpeg():

@@ -168,6 +168,16 @@ def test_bad_config_and_input_errors(tmp_path):
         run_engine({"input": "x", "out": str(tmp_path), "labels": ["ocr"]})
     with pytest.raises(FileNotFoundError, match="nothing_here"):
         run_engine({"input": str(tmp_path / "nothing_here*.pdf"), "out": str(tmp_path), "progress": False})
+    # Bad values fail before any work, not after processing everything (shard plan) or inside
+    # every worker's initializer (where they would read as worker crashes).
+    for bad, match in [({"max_count": 0}, "positive"), ({"dpi": -1}, "positive"), ({"jpeg_quality": 0}, "jpeg_quality"),
+                       ({"start_method": "thread"}, "start_method"), ({"max_pages_per_doc": 0}, "max_pages_per_doc")]:
+        with pytest.raises(ValueError, match=match):
+            run_engine({"input": "x", "out": str(tmp_path), **bad})
+    with pytest.raises(FileNotFoundError, match="tokenizer"):
+        run_engine({"input": "x", "out": str(tmp_path), "tokenizer": str(tmp_path / "no.json")})
+    with pytest.raises(ValueError, match="layout source"):
+        run_engine({"input": "x", "out": str(tmp_path), "labels": ["fine"], "fine": {"name": "yolo"}})
 
 
 def test_fine_labels_on_synthetic_pages(tmp_path):
@@ -199,3 +209,17 @@ def test_keep_units_false_still_reruns_correctly(corpus, tmp_path):
     assert again["throughput"]["units_processed"] == 2 and again["docs"]["resumed_units"] == 7
     assert (tmp_path / "o" / "shards" / "pages-000000.tar").read_bytes() == shard
     assert again["pages"] == first["pages"]
+
+
+def test_moved_document_rewrites_shards(corpus, tmp_path):
+    """Same bytes under a new path: same sample keys, but source_path in the shard must follow."""
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(corpus / "russian.pdf", src / "a.pdf")
+    out = tmp_path / "o"
+    run_engine(dict(input=str(src), out=str(out), workers=1, progress=False, print_summary=False))
+    (src / "a.pdf").rename(src / "b.pdf")
+    rep = run_engine(dict(input=str(src), out=str(out), workers=1, progress=False, print_summary=False))
+    assert rep["shards"]["rewritten"] and rep["throughput"]["units_processed"] == 1
+    (s,) = iter_samples(str(out / "shards" / "pages-000000.tar"))
+    assert s["meta"]["source_path"] == str((src / "b.pdf").resolve())

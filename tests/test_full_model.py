@@ -164,6 +164,9 @@ def test_default_position_ids():
     assert default_position_ids(5, attention_mask=am).tolist() == [[0, 0, 0, 1, 2]]
     assert default_position_ids(1, past_len=4, attention_mask=am).tolist() == [[2]]
     assert default_position_ids(3, past_len=2).tolist() == [[2, 3, 4]]
+    # segment ids cover the cached keys too: a segment begun before the chunk keeps counting
+    assert default_position_ids(3, past_len=5, segment_ids=seg).tolist() == [[0, 0, 1]]
+    assert default_position_ids(2, past_len=1, segment_ids=seg[:, :3]).tolist() == [[1, 2]]
 
 
 def test_causal_lm_loss_shift_and_segments():
@@ -218,3 +221,15 @@ def test_bf16_forward_keeps_dtypes():
     out = m(ids[None], labels=labels[None])
     assert out.logits.dtype == torch.bfloat16 and out.loss.dtype == torch.float32
     assert torch.isfinite(out.loss)
+
+
+def test_chunked_prefill_on_a_cache_equals_one_pass():
+    """A multi-token chunk on a non-empty cache (no mask given): causal with an offset."""
+    m = _model().eval()
+    ids, _ = _sample(m.cfg, [], 12, seed=9)
+    with torch.no_grad():
+        full = m(ids[None]).logits
+        first = m(ids[None, :7], use_cache=True)
+        second = m(ids[None, 7:], past_key_values=first.past_key_values, use_cache=True)
+    assert second.past_key_values.seq_len == 13
+    torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), full, rtol=1e-4, atol=1e-5)

@@ -192,3 +192,7 @@ def test_errors():
         preprocess_image(gradient_image(2000, 1000), "gundam", max_tiles=1)
     with pytest.raises(ValueError, match="tiles do not fill"):
         ImageInput("gundam", torch.zeros(3, 1024, 1024), torch.zeros(3, 3, 640, 640), (2, 1), 256)
+    with pytest.raises(ValueError, match="global view"):  # not square: the token layout needs S x S
+        ImageInput("base", torch.zeros(3, 1024, 512), torch.zeros(0, 3, 0, 0), (0, 0), 256)
+    with pytest.raises(ValueError, match="tiles must be"):
+        ImageInput("gundam", torch.zeros(3, 1024, 1024), torch.zeros(2, 3, 640, 600), (2, 1), 256)

@@ -8,9 +8,16 @@ import os
 import pymupdf
 import pytest
 
+from data_engine.coarse import normalize_text
 from data_engine.labels import fine_label, from_bins, parse_fine_label, to_bins
-from data_engine.layout import LABELS, LayoutBlock, get_layout_source
+from data_engine.layout import (
+    LABELS,
+    LayoutBlock,
+    check_layout_config,
+    get_layout_source,
+)
 from data_engine.layout.paddle import PaddleLayout, map_detections
+from data_engine.layout.textlayer import reading_order
 from data_engine.scripts import SCRIPTS, find_font
 from data_engine.synthetic import generate_corpus
 
@@ -73,7 +80,7 @@ def test_fine_labels_round_trip(corpus):
     parsed = parse_fine_label(text)
     assert [b["label"] for b in parsed] == [b.label for b in blocks]
     assert [b["bbox"] for b in parsed] == [b["bbox"] for b in boxes]
-    assert [b["text"] for b in parsed] == [b.text.strip() for b in blocks]
+    assert [b["text"] for b in parsed] == [normalize_text(b.text) for b in blocks]
     for b, orig in zip(parsed, blocks):
         assert all(0 <= v <= 999 for v in b["bbox"])
         back = from_bins(b["bbox"], page.rect.width, page.rect.height)
@@ -89,6 +96,23 @@ def test_to_bins_clamps_and_orders():
         to_bins((0, 0, 1, 1), 0, 10)
     text, _ = fine_label([LayoutBlock("text", (0, 0, 10, 10), "a <|ref|>b")], 100, 100)
     assert parse_fine_label(text)[0]["text"] == "a b"  # markers in page text cannot break labels
+    # block text is normalised like the coarse label (NFC, whitespace runs -> one space)
+    text, boxes = fine_label([LayoutBlock("text", (0, 0, 10, 10), " e\u0301te\t \u00a0x ")], 100, 100)
+    assert boxes[0]["text"] == "\u00e9te x" and text.endswith("\n\u00e9te x")
+
+
+def test_reading_order_bands_and_columns():
+    R = pymupdf.Rect
+    # one column: a centred caption between narrow left-aligned items stays in its place
+    items = [("list", R(50, 100, 200, 110)), ("list", R(50, 120, 200, 130)), ("image_caption", R(250, 140, 350, 150)),
+             ("list", R(50, 160, 200, 170)), ("text", R(50, 180, 545, 220)), ("footer", R(290, 800, 300, 810)),
+             ("header", R(50, 20, 100, 30))]
+    assert [b[1].y0 for b in reading_order(items, 595)] == [20, 100, 120, 140, 160, 180, 800]
+    # two columns: left column first (right column first for RTL), then the next band
+    cols = [("text", R(50, 100, 290, 300)), ("text", R(305, 100, 545, 300)), ("text", R(50, 310, 290, 400)),
+            ("text", R(305, 310, 545, 400)), ("title", R(50, 420, 545, 440))]
+    assert [(b[1].x0, b[1].y0) for b in reading_order(cols, 595)] == [(50, 100), (50, 310), (305, 100), (305, 310), (50, 420)]
+    assert [(b[1].x0, b[1].y0) for b in reading_order(cols, 595, rtl=True)][:2] == [(305, 100), (305, 310)]
 
 
 def test_paddle_mapping_documented_structure():
@@ -112,6 +136,16 @@ def test_paddle_mapping_documented_structure():
 def test_paddle_requires_local_model_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="model_dir"):
         PaddleLayout(model_dir=tmp_path / "missing")
+    # the engine's up-front check gives the same errors without loading anything
+    with pytest.raises(FileNotFoundError, match="model_dir"):
+        check_layout_config("paddle", model_dir=str(tmp_path / "missing"))
+    with pytest.raises(TypeError):
+        check_layout_config("paddle", model_dir=str(tmp_path), typo=1)
+    with pytest.raises(ValueError, match="unknown layout source"):
+        check_layout_config("yolo")
+    with pytest.raises(TypeError):
+        check_layout_config("textlayer", bandd=0.1)
+    check_layout_config("textlayer", band=0.1)
 
 
 @pytest.mark.weights

@@ -213,3 +213,25 @@ def test_ds_config_batch_arithmetic():
         build_ds_config({**cfg, "train": {**cfg["train"], "global_batch_size": 100}}, world_size=160)
     with pytest.raises(ValueError, match="ZeRO"):
         build_ds_config({**cfg, "deepspeed": {"zero_stage": 2}}, world_size=160)
+
+
+def test_text_only_batch_gives_every_parameter_a_gradient():
+    """A text-only micro-batch still yields (zero) encoder gradients, so ZeRO-1/2 DP ranks
+    reduce the same parameter buckets whether or not their micro-batch had images; and the
+    loss never predicts across a packed-segment boundary."""
+    from train.stage1 import build_stage1_model
+
+    torch.manual_seed(0)
+    model = build_stage1_model({"model": {"preset": "tiny", "stage1_lm": {
+        "hidden_size": 64, "num_layers": 1, "num_heads": 4, "ffn_dim": 128}}}, 300, seq_len=16)
+    ids = torch.randint(10, 300, (1, 8))
+    labels = ids.clone()
+    seg = torch.tensor([[1, 1, 1, 1, 2, 2, 2, 2]])
+    loss, token_loss, label_mask = model(ids, [], labels=labels, segment_ids=seg,
+                                         position_ids=torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3]]))
+    assert label_mask.tolist() == [[True, True, True, False, True, True, True]]
+    assert float(token_loss.detach()[0, 3]) == 0.0
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, no_grad[:5]
+    assert not model.encoder.sam_model.patch_embed.proj.weight.grad.any()

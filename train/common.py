@@ -189,10 +189,10 @@ def build_ds_config(cfg: Any, world_size: int | None = None) -> dict:
             reduce_scatter=True,
         )
     if pp > 1:
+        # (dynamic shapes are a PipelineModule argument, set in train/pipeline.py: DeepSpeed
+        # ignores a config key of that name)
         conf["pipeline"] = {
             "activation_checkpoint_interval": int(_get(train_cfg, "activation_checkpoint_interval", 0)),
-            # mixed resolution modes change activation shapes between micro-batches
-            "dynamic_shape": True,
         }
     extra = to_container(_get(ds_cfg, "extra", {})) or {}
     return _deep_merge(conf, extra)
@@ -317,6 +317,9 @@ def save_checkpoint(engine, out_dir: str | Path, step: int, client_state: Mappin
     tag = _tag(step)
     engine.save_checkpoint(str(out_dir), tag=tag, client_state={"step": step, "world_size": world})
     state = {"step": step, "world_size": world, "rng": rng_state(), **dict(client_state or {})}
+    # DeepSpeed creates the tag folder only on ranks that write engine files (not on DP
+    # ranks > 0 under ZeRO-0, nor on a node without a shared file system)
+    (out_dir / tag).mkdir(parents=True, exist_ok=True)
     torch.save(state, out_dir / tag / f"rank_{rank:05d}_client_state.pt")
     if dist.is_initialized():
         dist.barrier()
@@ -370,6 +373,20 @@ def resume_checkpoint(engine, path: str | Path) -> dict:
         )
     set_rng_state(state["rng"])
     return state
+
+
+def touch_params(x: torch.Tensor, *parts: torch.nn.Module | torch.nn.Parameter) -> torch.Tensor:
+    """x + 0 * (one element of every trainable parameter in ``parts``): parameters unused by
+    this micro-batch (the vision tower on a text-only batch) get a zero gradient instead of
+    none. ZeRO-1/2 reduce the gradients of the DP ranks in flat buckets of the parameters that
+    have one; if one rank's set differs (its micro-batch was text-only), the buckets mismatch."""
+    params = [q for part in parts
+              for q in ([part] if isinstance(part, torch.nn.Parameter) else part.parameters())
+              if q.requires_grad]
+    if not params or not torch.is_grad_enabled():
+        return x
+    zero = torch.stack([q.reshape(-1)[0] for q in params]).sum() * 0
+    return x + zero.to(x.dtype)
 
 
 def load_run_tokenizer(model_cfg: Any):

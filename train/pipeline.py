@@ -62,6 +62,7 @@ from models.decoder import build_attention_mask
 from models.deepencoder import DeepEncoder
 from models.deepseek_ocr import IGNORE_INDEX, DeepseekOCRForCausalLM, DeepseekOCRModel
 from models.image_processing import ImageInput
+from train.common import touch_params as _touch
 from train.data import (  # index spaces of PackedBatch.source_ids / mode_ids
     MODES,
     SOURCES,
@@ -140,19 +141,6 @@ def _buckets(views) -> dict[int, list[int]]:
 # ---------------------------------------------------------------------------------------
 # pipeline units
 # ---------------------------------------------------------------------------------------
-
-
-def _touch(x: Tensor, *parts: nn.Module | nn.Parameter) -> Tensor:
-    """x + 0 * (one element of every trainable parameter in ``parts``): unused parameters
-    (vision tower on a text-only micro-batch) get a zero gradient instead of none. ZeRO-1
-    reduces the gradients of all DP ranks in flat buckets of the parameters that have one;
-    if one rank's set differs (its micro-batches were text-only), the buckets mismatch."""
-    params = [q for part in parts
-              for q in ([part] if isinstance(part, nn.Parameter) else part.parameters()) if q.requires_grad]
-    if not params or not torch.is_grad_enabled():
-        return x
-    zero = torch.stack([q.reshape(-1)[0] for q in params]).sum() * 0
-    return x + zero.to(x.dtype)
 
 
 class VisionTokenizer(nn.Module):

@@ -35,7 +35,7 @@ from models.image_processing import ImageInput
 
 from .common import (CKPT_DIRNAME, _get, build_ds_config, build_lr_scheduler, build_optimizer,
                      init_distributed, load_run_tokenizer, resume_if_requested, save_checkpoint,
-                     seed_everything)
+                     seed_everything, touch_params)
 from .logging import MetricsLogger, reduce_breakdowns, token_loss_breakdown
 
 IGNORE_INDEX = -100
@@ -122,6 +122,8 @@ class Stage1Model(nn.Module):
         if n_vision:
             flat = torch.cat(vision).to(embeds.dtype)  # (N, D), row-major = order of <image> runs
             embeds = embeds.masked_scatter(slots[..., None], flat)
+        else:  # text-only micro-batch: zero grads for the encoder (ZeRO buckets, see touch_params)
+            embeds = touch_params(embeds, self.encoder)
         return embeds
 
     def forward(self, input_ids: torch.Tensor, images: list[ImageInput] = (),
@@ -137,8 +139,9 @@ class Stage1Model(nn.Module):
                          use_cache=False).logits  # (B, T, V)
         if labels is None:
             return logits
-        # next-token loss: position t predicts labels[t + 1] (labels aligned with input_ids)
-        target = labels[:, 1:]  # (B, T-1)
+        # next-token loss: position t predicts labels[t + 1] (labels aligned with input_ids),
+        # never across a packed-segment boundary (same rule as train.pipeline.PipelineLoss)
+        target = labels[:, 1:].masked_fill(segment_ids[:, 1:] != segment_ids[:, :-1], IGNORE_INDEX)
         token_loss = F.cross_entropy(
             logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE_INDEX,
             reduction="none",
@@ -269,6 +272,7 @@ def run_stage1(cfg: Any) -> dict:
     engine.train()
     while step < steps:
         t0 = time.perf_counter()
+        lr = scheduler.get_last_lr()[0]  # the lr this step uses (the scheduler steps with it)
         parts, loss_sum, n_label, n_tokens, n_samples = [], 0.0, 0, 0, 0
         for _ in range(accum):
             batch = next(it).to(device)
@@ -291,7 +295,7 @@ def run_stage1(cfg: Any) -> dict:
         step_times.append(dt)
         tokens_seen += int(n_tokens)
         gn = engine.get_global_grad_norm()
-        metrics = {"loss": step_loss, "lr": scheduler.get_last_lr()[0],
+        metrics = {"loss": step_loss, "lr": lr,
                    "tokens_per_s": n_tokens / dt, "samples_per_s": n_samples / dt, "step_time_s": dt,
                    **reduce_breakdowns([merged])}
         if gn is not None:

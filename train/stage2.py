@@ -231,6 +231,7 @@ def run_stage2(cfg: Any) -> dict:
     tokens_seen = 0
     while step < steps:
         t0 = time.perf_counter()
+        lr = scheduler.get_last_lr()[0]  # the lr this step uses (the scheduler steps with it)
         loss = float(engine.train_batch(data))
         dt = time.perf_counter() - t0
         step += 1
@@ -240,7 +241,7 @@ def run_stage2(cfg: Any) -> dict:
         tokens_seen += round(n_tokens)
         losses.append(loss)
         step_times.append(dt)
-        metrics = {"loss": loss, "lr": scheduler.get_last_lr()[0], "step_time_s": dt,
+        metrics = {"loss": loss, "lr": lr, "step_time_s": dt,
                    "tokens_per_s": n_tokens / dt, "samples_per_s": extra.get("samples", 0.0) * accum * dp / dt,
                    **_stats_metrics(extra)}
         gn = engine.get_global_grad_norm()

@@ -52,4 +52,24 @@ def get_layout_source(name: str = "textlayer", **kwargs) -> LayoutSource:
     raise ValueError(f"unknown layout source {name!r}; known: 'textlayer', 'paddle'")
 
 
-__all__ = ["LABELS", "LayoutBlock", "LayoutSource", "get_layout_source"]
+def check_layout_config(name: str = "textlayer", **kwargs) -> None:
+    """Raise the error ``get_layout_source(name, **kwargs)`` would raise, without loading a model
+    (the engine calls it in the driver, before starting workers)."""
+    import inspect
+
+    if name == "textlayer":
+        get_layout_source(name, **kwargs)  # cheap: no model
+        return
+    if name != "paddle":
+        raise ValueError(f"unknown layout source {name!r}; known: 'textlayer', 'paddle'")
+    from pathlib import Path
+
+    from data_engine.layout.paddle import PaddleLayout
+
+    inspect.signature(PaddleLayout).bind(**kwargs)  # TypeError on unknown / missing arguments
+    model_dir = kwargs.get("model_dir")
+    if not model_dir or not Path(model_dir).is_dir():
+        raise FileNotFoundError(f"PP-DocLayout needs a local model_dir (got {model_dir}); weights are never downloaded.")
+
+
+__all__ = ["LABELS", "LayoutBlock", "LayoutSource", "check_layout_config", "get_layout_source"]

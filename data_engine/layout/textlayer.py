@@ -64,6 +64,7 @@ def reading_order(items: list[tuple], page_w: float, rtl: bool = False) -> list[
     left = min(b[1].x0 for b in body)
     right = max(b[1].x1 for b in body)
     mid, full = (left + right) / 2, 0.6 * (right - left)
+    tol = 0.02 * (right - left)
     out, band = [], []
 
     def flush():
@@ -74,7 +75,10 @@ def reading_order(items: list[tuple], page_w: float, rtl: bool = False) -> list[
         band.clear()
 
     for b in body:
-        if b[1].width >= full:
+        # A wide block, or one crossing the centre line (a centred heading or caption on a
+        # one-column page), belongs to no column: it ends the band. Otherwise it would be
+        # sorted into a column and read after later blocks of the same band.
+        if b[1].width >= full or (b[1].x0 < mid - tol and b[1].x1 > mid + tol):
             flush()
             out.append(b)
         else:
