@@ -108,6 +108,10 @@ run_demo() {
   if [[ -n "${DEMO_CORPUS:-}" ]]; then corpus_args=(--corpus "$DEMO_CORPUS" --languages "${DEMO_LANGS:-eng}"); fi
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(cpu_threads 1)}"
 
+  if ! python -c "import sys; from data_engine.scripts import find_font; sys.exit(find_font('NotoSans-Regular.ttf') is None)"; then
+    echo "[demo] Noto Sans not found: installing the Noto fonts with scripts/setup_fonts.sh (or set OCRFLOW_FONT_DIRS)"
+    bash scripts/setup_fonts.sh
+  fi
   echo "[demo 1/7] synthetic PDFs -> $dir/pdfs (train) and $dir/pdfs_heldout"
   python -m data_engine.synthetic --out "$dir/pdfs" "${corpus_args[@]}" --docs "${DEMO_DOCS:-6}" --pages 2 --seed 0
   python -m data_engine.synthetic --out "$dir/pdfs_heldout" "${corpus_args[@]}" --docs 2 --pages 2 --seed 1
