@@ -24,7 +24,7 @@ import shutil
 import socket
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -409,3 +409,31 @@ def resume_if_requested(engine, train_cfg: Any, ckpt_dir: Path, loader=None) -> 
     if loader is not None:
         loader.load_state_dict(state["data"])
     return int(state["step"]), path
+
+
+class RunSetup(NamedTuple):
+    """What both training stages set up first (see ``start_run``)."""
+
+    train: Any
+    model: Any
+    data: Any
+    rank: int
+    world: int
+    device: torch.device
+    seed: int
+    steps: int
+    seq_len: int
+    out_dir: Path
+    ckpt_dir: Path
+    tokenizer: Any
+
+
+def start_run(cfg: Any, default_out_dir: str) -> RunSetup:
+    """Config groups, process group, seeds, output paths and tokenizer of one training run."""
+    tcfg, mcfg, dcfg = _get(cfg, "train"), _get(cfg, "model"), _get(cfg, "data")
+    rank, world, device = init_distributed(cfg)
+    seed = int(_get(tcfg, "seed", 0))
+    seed_everything(seed)
+    out_dir = Path(str(_get(tcfg, "out_dir", default_out_dir)))
+    return RunSetup(tcfg, mcfg, dcfg, rank, world, device, seed, int(_get(tcfg, "steps")),
+                    int(_get(dcfg, "seq_len")), out_dir, out_dir / CKPT_DIRNAME, load_run_tokenizer(mcfg))

@@ -33,9 +33,8 @@ from models.config import DeepseekOCRConfig, get_preset
 from models.deepencoder import DeepEncoder
 from models.image_processing import ImageInput
 
-from .common import (CKPT_DIRNAME, _get, build_ds_config, build_lr_scheduler, build_optimizer,
-                     init_distributed, load_run_tokenizer, resume_if_requested, save_checkpoint,
-                     seed_everything, touch_params)
+from .common import (_get, build_ds_config, build_lr_scheduler, build_optimizer,
+                     resume_if_requested, save_checkpoint, start_run, touch_params)
 from .logging import MetricsLogger, reduce_breakdowns, token_loss_breakdown
 
 IGNORE_INDEX = -100
@@ -226,16 +225,8 @@ def run_stage1(cfg: Any) -> dict:
 
     from .data import build_train_loader
 
-    tcfg, mcfg, dcfg = _get(cfg, "train"), _get(cfg, "model"), _get(cfg, "data")
-    rank, world, device = init_distributed(cfg)
-    seed = int(_get(tcfg, "seed", 0))
-    seed_everything(seed)
-    steps = int(_get(tcfg, "steps"))
-    out_dir = Path(str(_get(tcfg, "out_dir", "runs/stage1")))
-    ckpt_dir = out_dir / CKPT_DIRNAME
-    seq_len = int(_get(dcfg, "seq_len"))
-
-    tok = load_run_tokenizer(mcfg)
+    (tcfg, mcfg, dcfg, rank, world, device, seed, steps, seq_len,
+     out_dir, ckpt_dir, tok) = start_run(cfg, "runs/stage1")
     special = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
                "pad_token_id": tok.pad_token_id, "image_token_id": tok.image_token_id}
     model = build_stage1_model(cfg, tok.vocab_size, special_ids=special, seq_len=seq_len)

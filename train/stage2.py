@@ -35,16 +35,13 @@ from typing import Any
 import torch
 
 from .common import (
-    CKPT_DIRNAME,
     _get,
     build_ds_config,
     build_lr_scheduler,
     build_optimizer,
-    init_distributed,
-    load_run_tokenizer,
     resume_if_requested,
     save_checkpoint,
-    seed_everything,
+    start_run,
 )
 from .logging import MetricsLogger, expert_load_metrics
 
@@ -173,17 +170,9 @@ def run_stage2(cfg: Any) -> dict:
     from .data import build_train_loader
     from .pipeline import PipelineBatches, build_pipeline_module
 
-    tcfg, mcfg, dcfg = _get(cfg, "train"), _get(cfg, "model"), _get(cfg, "data")
-    rank, world, _ = init_distributed(cfg)
-    seed = int(_get(tcfg, "seed", 0))
-    seed_everything(seed)
-    steps = int(_get(tcfg, "steps"))
+    (tcfg, mcfg, dcfg, rank, world, _, seed, steps, seq_len,
+     out_dir, ckpt_dir, tok) = start_run(cfg, "runs/stage2")
     pp = int(_get(tcfg, "pp", 1))
-    out_dir = Path(str(_get(tcfg, "out_dir", "runs/stage2")))
-    ckpt_dir = out_dir / CKPT_DIRNAME
-    seq_len = int(_get(dcfg, "seq_len"))
-
-    tok = load_run_tokenizer(mcfg)
     model = build_stage2_model(cfg, tok)
     model_cfg = model.cfg
     if _get(mcfg, "gradient_checkpointing", False):
