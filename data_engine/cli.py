@@ -3,8 +3,9 @@
     python -m data_engine.cli input=/data/pdfs out=/data/shards data_engine.workers=16
     python -m data_engine.cli input=[a.pdf,more/,list.txt] out=o data_engine.labels=[coarse,fine]
 
-Primary config `conf/engine.yaml` (input/out at the top level) composes the self-contained
-group `conf/data_engine/default.yaml`; `run_engine` receives the `data_engine` node.
+Primary config `conf/engine.yaml` (input/out at the top level) composes the group
+`conf/data_engine/`; `run_engine` receives the `data_engine` node. Keys, types, ranges and
+defaults: `data_engine/config.py` (registered with Hydra's ConfigStore as `engine_schema`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from data_engine.config import EngineConfig, register
 from data_engine.pipeline import run_engine
+
+register()
 
 
 @hydra.main(config_path="../conf", config_name="engine", version_base=None)
 def _main(cfg: DictConfig) -> None:
-    rep = run_engine(cfg.data_engine)
+    rep = run_engine(EngineConfig.from_any(cfg.data_engine))  # ranges checked before any work
     # A run that wrote nothing is almost always a configuration error (wrong input, all filtered).
     if rep["pages"]["written"] == 0:
         raise SystemExit("data engine wrote no pages; see report.json / failures.jsonl")

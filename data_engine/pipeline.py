@@ -15,7 +15,6 @@ reason and never stops a run. Callable without Hydra; data_engine/cli.py is the 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -24,7 +23,6 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +30,8 @@ import pymupdf
 from tqdm import tqdm
 
 from data_engine import coarse, langid, metrics, queue, render, report, shards
+from data_engine.config import ENGINE_VERSION, LABEL_KINDS, EngineConfig  # noqa: F401 (re-exported)
 
-ENGINE_VERSION = 2  # bump when sample bytes change for the same config (forces re-processing)
-LABEL_KINDS = ("coarse", "fine")
 
 # Unit-level failure reasons (the whole document is skipped); page-level reasons live in coarse.py.
 MISSING_FILE, EMPTY_FILE, UNREADABLE = "missing_file", "empty_file", "unreadable_file"
@@ -42,99 +39,6 @@ CORRUPT, ENCRYPTED, ZERO_PAGES = "corrupt_file", "encrypted", "zero_pages"
 UNIT_ERROR, WORKER_CRASH, DUPLICATE = "unit_error", "worker_crash", "duplicate"
 RENDER_ERROR, EXTRACT_ERROR = "render_error", "extract_error"
 FINE_EMPTY, FINE_ERROR = "fine_empty", "fine_error"
-
-
-@dataclass
-class EngineConfig:
-    input: Any = None                 # path | dir | glob | list file, or a list of them
-    out: str | None = None            # output root: shards/, work/, report.json, failures.jsonl
-    name: str = "pages"               # shard prefix: {out}/shards/{name}-{NNNNNN}.tar
-    work_dir: str | None = None       # unit outputs + caches; default {out}/work
-    workers: int | None = None        # None or 0: all available cores
-    start_method: str = "spawn"       # spawn: MuPDF state is never forked
-    labels: list = field(default_factory=lambda: ["coarse"])
-    dpi: float = 144.0
-    max_side: int | None = 3000       # cap on the rendered longest side (px)
-    image_format: str = "jpg"
-    jpeg_quality: int = 90
-    sort_text: bool = False           # False: content-stream order (see render.extract_text)
-    min_chars: int = 10
-    max_bad_char_ratio: float = 0.01
-    max_tokens: int = 7168
-    tokenizer: str | None = None      # tokenizer.json for exact token counts; None: estimate
-    min_lang_prob: float = 0.5
-    max_pages_per_doc: int | None = None
-    max_count: int = 1000             # samples per shard
-    max_size: int = 1_000_000_000     # payload bytes per shard
-    keep_units: bool = True           # keep work/units after assembly (needed for incremental re-runs)
-    fine: dict = field(default_factory=dict)  # kwargs of data_engine.layout.get_layout_source
-    max_crash_retries: int = 1         # a unit that kills its worker alone more often is failed
-    progress: bool = True
-    print_summary: bool = True
-
-    @classmethod
-    def from_any(cls, cfg: EngineConfig | Mapping) -> EngineConfig:
-        if isinstance(cfg, cls):
-            return cfg
-        if hasattr(cfg, "_metadata"):  # omegaconf DictConfig, without importing omegaconf here
-            from omegaconf import OmegaConf
-
-            cfg = OmegaConf.to_container(cfg, resolve=True)
-        cfg = dict(cfg)
-        if "data_engine" in cfg and isinstance(cfg["data_engine"], Mapping):
-            cfg = dict(cfg["data_engine"])
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"unknown data engine config keys {unknown}; known: {sorted(known)}")
-        return cls(**cfg)
-
-    def validate(self) -> None:
-        if not self.input:
-            raise ValueError("data engine: `input` is required (file, directory, glob or list file)")
-        if not self.out:
-            raise ValueError("data engine: `out` (output directory) is required")
-        if isinstance(self.labels, str):
-            self.labels = [self.labels]
-        bad = [k for k in self.labels if k not in LABEL_KINDS]
-        if bad or not self.labels:
-            raise ValueError(f"labels must be a non-empty subset of {LABEL_KINDS}, got {self.labels}")
-        if self.image_format not in render.IMAGE_FORMATS:
-            raise ValueError(f"image_format must be one of {render.IMAGE_FORMATS}, got {self.image_format!r}")
-        if not re.fullmatch(r"[A-Za-z0-9_.]+", self.name):
-            raise ValueError(f"shard name must match [A-Za-z0-9_.]+, got {self.name!r}")
-        # Checked here, before any work: a bad value found in a worker's initializer would
-        # instead break every pool and record each document as a worker crash.
-        positive = {"dpi": self.dpi, "max_count": self.max_count, "max_size": self.max_size,
-                    "max_tokens": self.max_tokens}
-        if self.max_side is not None:
-            positive["max_side"] = self.max_side
-        bad = {k: v for k, v in positive.items() if not v > 0}
-        if bad:
-            raise ValueError(f"data engine settings must be positive: {bad}")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
-        if self.min_chars < 0 or not 0 <= self.max_bad_char_ratio <= 1 or not 0 <= self.min_lang_prob <= 1:
-            raise ValueError("min_chars must be >= 0, max_bad_char_ratio and min_lang_prob in [0, 1]")
-        if (self.workers is not None and self.workers < 0) or self.max_crash_retries < 0:
-            raise ValueError(f"workers and max_crash_retries must be >= 0, got {self.workers}, {self.max_crash_retries}")
-        if self.max_pages_per_doc is not None and self.max_pages_per_doc < 1:
-            raise ValueError(f"max_pages_per_doc must be >= 1 or null, got {self.max_pages_per_doc}")
-        if self.start_method not in mp.get_all_start_methods():
-            raise ValueError(f"start_method must be one of {mp.get_all_start_methods()}, got {self.start_method!r}")
-        if self.tokenizer and not Path(self.tokenizer).is_file():
-            raise FileNotFoundError(f"tokenizer file not found: {self.tokenizer}")
-        if "fine" in self.labels:
-            from data_engine.layout import check_layout_config
-
-            check_layout_config(**(self.fine or {}))
-
-    def digest(self) -> str:
-        """Hash of every setting that changes sample bytes; a committed unit with another digest is redone."""
-        keys = ("labels", "dpi", "max_side", "image_format", "jpeg_quality", "sort_text", "min_chars",
-                "max_bad_char_ratio", "max_tokens", "tokenizer", "min_lang_prob", "max_pages_per_doc", "fine")
-        blob = json.dumps({k: getattr(self, k) for k in keys} | {"v": ENGINE_VERSION}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- worker side

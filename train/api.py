@@ -4,8 +4,10 @@
     cfg = compose("smoke", ["train.steps=20"])      # Hydra compose API over conf/
     result = train(cfg)                               # dispatches on cfg.train.stage
 
-``train`` also takes a plain dict: it is merged over the composed defaults (``conf/config.yaml``)
-when the ``conf/`` folder is available, so ``train({"train": {"steps": 5}, ...})`` works.
+``train`` also takes a plain, partial dict: its values are set onto the typed schema
+(``train/config.py``, the one place of every default; no Hydra, no ``conf/`` needed), so
+``train({"train": {"steps": 5}, "model": {"tokenizer": ...}, ...})`` works. A dict value such as
+``data.mode_weights`` replaces the default as a whole. Types and ranges are checked either way.
 ``python -m train.api plan experiment=paper_stage2`` prints the process layout ``launch.sh``
 uses (processes per node, pipeline degree, backend).
 """
@@ -18,16 +20,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from .config import Config, ConfigError, register, typed
 
 CONF_DIR = Path(os.environ.get("OCRFLOW_CONF", Path(__file__).resolve().parents[1] / "conf"))
 
 
 def compose(experiment: str | None = None, overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose ``conf/config.yaml`` (+ ``experiment/<name>.yaml``) with Hydra overrides."""
+    """Compose ``conf/config.yaml`` (+ ``experiment/<name>.yaml``) with Hydra overrides.
+
+    Types are checked while composing (OmegaConf), ranges right after (``typed``): a bad
+    override fails here with an error that names the key."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import ConfigCompositionException
 
     if not (CONF_DIR / "config.yaml").is_file():
         raise FileNotFoundError(f"no config.yaml in {CONF_DIR} (set OCRFLOW_CONF to the conf/ folder)")
@@ -36,35 +44,41 @@ def compose(experiment: str | None = None, overrides: Sequence[str] = ()) -> Dic
         overrides = [f"experiment={experiment}", *overrides]
     if GlobalHydra.instance().is_initialized():  # e.g. inside a Hydra app or a previous call
         GlobalHydra.instance().clear()
+    register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return hydra_compose(config_name="config", overrides=overrides)
+        try:
+            cfg = hydra_compose(config_name="config", overrides=overrides)
+        except ConfigCompositionException as e:  # "Error merging override train.steps=abc" + why
+            why = str(e.__cause__).splitlines()[0] if e.__cause__ else ""
+            raise ConfigError(f"{e}: {why}" if why else str(e)) from e
+    typed(cfg, Config)
+    return cfg
 
 
-def as_config(cfg: DictConfig | Mapping[str, Any], merge_defaults: bool = True) -> DictConfig:
-    """DictConfig from a DictConfig (as is) or a dict (merged over the composed defaults)."""
-    if isinstance(cfg, DictConfig):
-        return cfg
-    if not isinstance(cfg, Mapping):
-        raise TypeError(f"train config must be a dict or DictConfig, got {type(cfg).__name__}")
-    user = OmegaConf.create(dict(cfg))
-    if merge_defaults and (CONF_DIR / "config.yaml").is_file():
-        base = compose()
-        OmegaConf.set_struct(base, False)  # user dicts may add keys (e.g. data options)
-        return OmegaConf.merge(base, user)
-    return user
+def as_config(cfg: Config | DictConfig | Mapping[str, Any]) -> Config:
+    """The validated ``Config`` of a composed DictConfig, a (partial) dict or a ``Config``."""
+    return typed(cfg, Config)
 
 
-def train(cfg: DictConfig | Mapping[str, Any]) -> dict:
+def _select(cfg: Config, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not hasattr(node, part):
+            raise ConfigError(f"train.required names {dotted!r}, which is not a config key")
+        node = getattr(node, part)
+    return node
+
+
+def train(cfg: Config | DictConfig | Mapping[str, Any]) -> dict:
     """Run the stage named by ``cfg.train.stage`` (1 or 2); returns the trainer's result dict."""
     cfg = as_config(cfg)
-    missing = sorted(OmegaConf.missing_keys(cfg))
     # recipes name keys they cannot run without (train.required); "???" cannot express this
     # in an override recipe because merging "???" over a value keeps the value
-    missing += [k for k in cfg.train.get("required", []) or [] if OmegaConf.select(cfg, k) in (None, "")]
+    missing = [k for k in cfg.train.required if _select(cfg, k) in (None, "")]
     if missing:
-        raise ValueError(f"config values required but not set (???): {missing}; pass them as overrides, "
-                         "e.g. model.init_from=/path")
-    stage = int(cfg.train.stage)
+        raise ConfigError(f"config values required but not set: {missing}; pass them as overrides, "
+                          "e.g. model.init_from=/path")
+    stage = cfg.train.stage
     if stage == 1:
         from .stage1 import run_stage1
 
@@ -73,10 +87,10 @@ def train(cfg: DictConfig | Mapping[str, Any]) -> dict:
         from .stage2 import run_stage2
 
         return run_stage2(cfg)
-    raise ValueError(f"train.stage must be 1 or 2, got {cfg.train.stage!r}")
+    raise AssertionError(f"train.stage={stage} passed the schema")  # unreachable: choices (1, 2)
 
 
-def build_model(cfg: DictConfig | Mapping[str, Any], device: str | None = "meta"):
+def build_model(cfg: Config | DictConfig | Mapping[str, Any], device: str | None = "meta"):
     """The model the config trains, without data or DeepSpeed (``meta``: no memory).
 
     Stage 1: ``Stage1Model`` (DeepEncoder + OPT); stage 2: ``DeepseekOCRForCausalLM``. The
@@ -87,37 +101,35 @@ def build_model(cfg: DictConfig | Mapping[str, Any], device: str | None = "meta"
     cfg = as_config(cfg)
     ctx = torch.device(device) if device else torch.device("cpu")
     with ctx:
-        if int(cfg.train.stage) == 1:
+        if cfg.train.stage == 1:
             from .stage1 import build_stage1_model
 
-            return build_stage1_model(cfg, seq_len=int(cfg.data.seq_len))
+            return build_stage1_model(cfg, seq_len=cfg.data.seq_len)
         import dataclasses
 
         from models.config import get_preset
         from models.deepseek_ocr import DeepseekOCRForCausalLM
 
-        mc = get_preset(str(cfg.model.preset))
-        dec = dataclasses.replace(mc.decoder, moe_impl=str(cfg.model.moe_impl),
-                                  aux_loss_alpha=float(cfg.model.aux_loss_alpha))
+        mc = get_preset(cfg.model.preset)
+        dec = dataclasses.replace(mc.decoder, moe_impl=cfg.model.moe_impl, aux_loss_alpha=cfg.model.aux_loss_alpha)
         return DeepseekOCRForCausalLM(mc.replace(decoder=dec))
 
 
-def launch_plan(cfg: DictConfig | Mapping[str, Any], gpus_per_node: int | None = None) -> dict:
+def launch_plan(cfg: Config | DictConfig | Mapping[str, Any], gpus_per_node: int | None = None) -> dict:
     """Processes per node for ``launch.sh``: ``train.nproc_per_node`` if set, else every GPU
     of the node, else (CPU) one process per pipeline stage (dp = 1)."""
     cfg = as_config(cfg)
-    pp = int(cfg.train.get("pp", 1) or 1)
+    pp = cfg.train.pp
     if gpus_per_node is None:
         import torch
 
         gpus_per_node = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    nproc = cfg.train.get("nproc_per_node")
+    nproc = cfg.train.nproc_per_node
     if nproc is None:
         nproc = gpus_per_node if gpus_per_node > 0 else pp
-    nproc = int(nproc)
-    backend = cfg.train.get("backend") or ("nccl" if gpus_per_node > 0 else "gloo")
-    return {"nproc_per_node": nproc, "pp": pp, "backend": backend, "stage": int(cfg.train.stage),
-            "out_dir": str(cfg.train.out_dir)}
+    backend = cfg.train.backend or ("nccl" if gpus_per_node > 0 else "gloo")
+    return {"nproc_per_node": nproc, "pp": pp, "backend": backend, "stage": cfg.train.stage,
+            "out_dir": cfg.train.out_dir}
 
 
 def _main(argv: list[str]) -> None:

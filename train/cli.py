@@ -16,6 +16,9 @@ import hydra
 from omegaconf import DictConfig
 
 from .api import train
+from .config import register
+
+register()  # the typed schema (train/config.py) that conf/config.yaml names first in its defaults
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")

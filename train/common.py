@@ -17,6 +17,7 @@ checkpoint API of ``DeepSpeedEngine``; schedule shapes follow nanoGPT / torchtit
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -29,30 +30,20 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from .config import Config, ModelConfig, OptimConfig, TrainConfig, typed
+
 CKPT_DIRNAME = "checkpoints"
 _TAG_PREFIX = "step_"
 
 
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    """``cfg.key`` for DictConfig / dict / dataclass-like objects, ``default`` when absent."""
-    if cfg is None:
-        return default
-    if isinstance(cfg, Mapping):
-        val = cfg.get(key, default)
-    else:
-        val = getattr(cfg, key, default)
-    return default if val is None else val
-
-
 def to_container(x: Any) -> Any:
-    """OmegaConf node -> plain python (dict/list); other values unchanged."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
+    """OmegaConf node or config dataclass -> plain python (dict/list); other values unchanged."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
 
-        if isinstance(x, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(x, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
+    if isinstance(x, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(x, resolve=True)
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return dataclasses.asdict(x)
     return x
 
 
@@ -92,7 +83,7 @@ def init_distributed(cfg: Any = None) -> tuple[int, int, torch.device]:
     import deepspeed
     import torch.distributed as dist
 
-    backend = _get(_get(cfg, "train"), "backend") or default_backend()
+    backend = typed(cfg, Config).train.backend or default_backend()
     if backend == "nccl" and not torch.cuda.is_available():
         raise RuntimeError("train.backend=nccl needs CUDA; use gloo on CPU")
     if not dist.is_initialized():
@@ -130,14 +121,11 @@ def batch_geometry(train_cfg: Any, world_size: int) -> tuple[int, int, int, int]
 
     dp = world_size / pp: pipeline stages share one data-parallel replica.
     """
-    pp = int(_get(train_cfg, "pp", 1))
+    tcfg = typed(train_cfg, TrainConfig)  # batch sizes >= 1: checked by the schema
+    pp, micro, glob = tcfg.pp, tcfg.micro_batch_size, tcfg.global_batch_size
     if world_size % pp:
         raise ValueError(f"world size {world_size} is not a multiple of train.pp={pp}")
     dp = world_size // pp
-    micro = int(_get(train_cfg, "micro_batch_size", 1))
-    glob = int(_get(train_cfg, "global_batch_size", micro * dp))
-    if micro < 1 or glob < 1:
-        raise ValueError(f"batch sizes must be >= 1 (micro={micro}, global={glob})")
     if glob % (micro * dp):
         raise ValueError(
             f"train.global_batch_size={glob} must be a multiple of micro_batch_size x dp "
@@ -153,17 +141,11 @@ def build_ds_config(cfg: Any, world_size: int | None = None) -> dict:
     ``deepspeed.initialize`` (client optimizer), so the schedule logic lives in one place.
     ``cfg.deepspeed.extra`` (raw DeepSpeed keys) is deep-merged last and wins.
     """
-    train_cfg, ds_cfg, optim_cfg = _get(cfg, "train"), _get(cfg, "deepspeed"), _get(cfg, "optim")
+    cfg = typed(cfg, Config)  # dtype and zero_stage ranges: checked by the schema
     if world_size is None:
         world_size = world_info()[1]
-    micro, glob, accum, _ = batch_geometry(train_cfg, world_size)
-    dtype = str(_get(ds_cfg, "dtype", "fp32")).lower()
-    if dtype not in ("bf16", "fp16", "fp32"):
-        raise ValueError(f"deepspeed.dtype must be bf16|fp16|fp32, got {dtype!r}")
-    zero_stage = int(_get(ds_cfg, "zero_stage", 0))
-    if zero_stage not in (0, 1, 2, 3):
-        raise ValueError(f"deepspeed.zero_stage must be 0..3, got {zero_stage}")
-    pp = int(_get(train_cfg, "pp", 1))
+    micro, glob, accum, _ = batch_geometry(cfg.train, world_size)
+    dtype, zero_stage, pp = cfg.deepspeed.dtype, cfg.deepspeed.zero_stage, cfg.train.pp
     if pp > 1 and zero_stage > 1:
         # DeepSpeed's pipeline engine only supports ZeRO-0/1 (paper: PP=4 + ZeRO-1).
         raise ValueError(f"pipeline parallelism (pp={pp}) supports ZeRO stage 0 or 1, got {zero_stage}")
@@ -172,7 +154,7 @@ def build_ds_config(cfg: Any, world_size: int | None = None) -> dict:
         "train_micro_batch_size_per_gpu": micro,
         "train_batch_size": glob,
         "gradient_accumulation_steps": accum,
-        "gradient_clipping": float(_get(optim_cfg, "grad_clip", 1.0)),
+        "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": {"stage": zero_stage},
         "bf16": {"enabled": dtype == "bf16"},
         "fp16": {"enabled": dtype == "fp16", "loss_scale": 0, "initial_scale_power": 16},
@@ -192,10 +174,9 @@ def build_ds_config(cfg: Any, world_size: int | None = None) -> dict:
         # (dynamic shapes are a PipelineModule argument, set in train/pipeline.py: DeepSpeed
         # ignores a config key of that name)
         conf["pipeline"] = {
-            "activation_checkpoint_interval": int(_get(train_cfg, "activation_checkpoint_interval", 0)),
+            "activation_checkpoint_interval": cfg.train.activation_checkpoint_interval,
         }
-    extra = to_container(_get(ds_cfg, "extra", {})) or {}
-    return _deep_merge(conf, extra)
+    return _deep_merge(conf, cfg.deepspeed.extra)
 
 
 # ---------------------------------------------------------------------------------------
@@ -245,38 +226,32 @@ def build_optimizer(params: Iterable | torch.nn.Module, optim_cfg: Any) -> torch
     plist = [p for p in plist if p.requires_grad]
     if not plist:
         raise ValueError("build_optimizer: no trainable parameters")
-    wd = float(_get(optim_cfg, "weight_decay", 0.0))
+    ocfg = typed(optim_cfg, OptimConfig)
+    wd = ocfg.weight_decay
     groups = [
         {"params": [p for p in plist if p.ndim >= 2], "weight_decay": wd},
         {"params": [p for p in plist if p.ndim < 2], "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
-    betas = tuple(float(b) for b in _get(optim_cfg, "betas", (0.9, 0.95)))
-    return torch.optim.AdamW(
-        groups, lr=float(_get(optim_cfg, "lr", 1e-4)), betas=betas,
-        eps=float(_get(optim_cfg, "eps", 1e-8)),
-    )
+    return torch.optim.AdamW(groups, lr=ocfg.lr, betas=tuple(ocfg.betas), eps=ocfg.eps)
 
 
 def lr_multiplier(step: int, optim_cfg: Any, total_steps: int) -> float:
     """Multiplier on the peak lr after ``step`` optimizer steps (0-based)."""
-    warmup = int(_get(optim_cfg, "warmup_steps", 0))
+    ocfg = typed(optim_cfg, OptimConfig)  # the schedule name is checked by the schema
+    warmup, schedule = ocfg.warmup_steps, ocfg.schedule
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
-    schedule = str(_get(optim_cfg, "schedule", "cosine"))
     if schedule == "cosine":
-        min_ratio = float(_get(optim_cfg, "min_lr_ratio", 0.1))
+        min_ratio = ocfg.min_lr_ratio
         span = max(1, total_steps - warmup)
         progress = min(1.0, (step - warmup) / span)
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
     if schedule == "step":
-        gamma = float(_get(optim_cfg, "step_gamma", 0.1))
         # milestones < 1 are fractions of the run, >= 1 absolute optimizer steps
-        milestones = [m * total_steps if m < 1 else m for m in _get(optim_cfg, "step_milestones", [])]
-        return gamma ** sum(step >= m for m in milestones)
-    if schedule == "constant":
-        return 1.0
-    raise ValueError(f"optim.schedule must be cosine|step|constant, got {schedule!r}")
+        milestones = [m * total_steps if m < 1 else m for m in ocfg.step_milestones]
+        return ocfg.step_gamma ** sum(step >= m for m in milestones)
+    return 1.0  # constant
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Any,
@@ -286,10 +261,8 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Any,
     Stepped once per optimizer step (DeepSpeed calls ``scheduler.step()`` inside
     ``engine.step()`` at gradient-accumulation boundaries).
     """
-    lr_multiplier(0, optim_cfg, total_steps)  # validate the schedule name eagerly
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_multiplier(s, optim_cfg, total_steps)
-    )
+    ocfg = typed(optim_cfg, OptimConfig)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, ocfg, total_steps))
 
 
 # ---------------------------------------------------------------------------------------
@@ -333,7 +306,7 @@ def save_checkpoint(engine, out_dir: str | Path, step: int, client_state: Mappin
 def find_resume_path(resume: Any, out_dir: str | Path) -> Path | None:
     """``train.resume``: "auto" -> ``out_dir`` if it holds a ``latest`` file, a path as is,
     null/false/"none" -> None."""
-    if resume in (None, False, "none", "null", ""):
+    if resume is None or str(resume).lower() in ("false", "none", "null", ""):
         return None
     if resume == "auto":
         return Path(out_dir) if (Path(out_dir) / "latest").is_file() else None
@@ -393,7 +366,7 @@ def load_run_tokenizer(model_cfg: Any):
     """The tokenizer named by ``model.tokenizer`` (a dir with tokenizer.json), with a clear error."""
     from models.tokenizer import load_tokenizer
 
-    path = _get(model_cfg, "tokenizer")
+    path = typed(model_cfg, ModelConfig).tokenizer
     if not path:
         raise ValueError("model.tokenizer must name a directory with tokenizer.json")
     return load_tokenizer(path)
@@ -402,7 +375,7 @@ def load_run_tokenizer(model_cfg: Any):
 def resume_if_requested(engine, train_cfg: Any, ckpt_dir: Path, loader=None) -> tuple[int, Path | None]:
     """Apply ``train.resume`` (auto | path | null): restore engine, RNG and the loader's exact
     data position. Returns (step to continue from, checkpoint path or None)."""
-    path = find_resume_path(_get(train_cfg, "resume", None), ckpt_dir)
+    path = find_resume_path(typed(train_cfg, TrainConfig).resume, ckpt_dir)
     if path is None:
         return 0, None
     state = resume_checkpoint(engine, path)
@@ -414,9 +387,9 @@ def resume_if_requested(engine, train_cfg: Any, ckpt_dir: Path, loader=None) -> 
 class RunSetup(NamedTuple):
     """What both training stages set up first (see ``start_run``)."""
 
-    train: Any
-    model: Any
-    data: Any
+    train: TrainConfig
+    model: ModelConfig
+    data: Any  # DataConfig
     rank: int
     world: int
     device: torch.device
@@ -428,12 +401,11 @@ class RunSetup(NamedTuple):
     tokenizer: Any
 
 
-def start_run(cfg: Any, default_out_dir: str) -> RunSetup:
+def start_run(cfg: Config) -> RunSetup:
     """Config groups, process group, seeds, output paths and tokenizer of one training run."""
-    tcfg, mcfg, dcfg = _get(cfg, "train"), _get(cfg, "model"), _get(cfg, "data")
+    tcfg, mcfg, dcfg = cfg.train, cfg.model, cfg.data
     rank, world, device = init_distributed(cfg)
-    seed = int(_get(tcfg, "seed", 0))
-    seed_everything(seed)
-    out_dir = Path(str(_get(tcfg, "out_dir", default_out_dir)))
-    return RunSetup(tcfg, mcfg, dcfg, rank, world, device, seed, int(_get(tcfg, "steps")),
-                    int(_get(dcfg, "seq_len")), out_dir, out_dir / CKPT_DIRNAME, load_run_tokenizer(mcfg))
+    seed_everything(tcfg.seed)
+    out_dir = Path(tcfg.out_dir)
+    return RunSetup(tcfg, mcfg, dcfg, rank, world, device, tcfg.seed, tcfg.steps,
+                    dcfg.seq_len, out_dir, out_dir / CKPT_DIRNAME, load_run_tokenizer(mcfg))

@@ -31,6 +31,7 @@ tar iteration, decode, log-and-skip bad samples), adapted to DeepSeek-OCR traini
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -42,6 +43,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from models.config import RESOLUTION_MODES
 from models.image_processing import ImageInput, preprocess_image
 
+from .config import DataConfig, typed
 from .data_sources import (BadSample, ShardStream, TextCorpusStream, decode_json, decode_page,
                            expand_urls, stable_rng)
 
@@ -54,38 +56,8 @@ STATE_VERSION = 1
 MAX_CONSECUTIVE_SKIPS = 1000
 _warned_dropped = False  # the dropped-source warning is logged once per process tree
 
-DEFAULTS: dict = {
-    "shards": [], "vision_shards": [], "text_shards": [], "text_corpus": None,
-    "source_weights": {"ocr": 0.7, "vision": 0.2, "text": 0.1},
-    # Gundam-M is a continuation of a trained model (paper), so it is off by default.
-    "mode_weights": {"tiny": 1.0, "small": 1.0, "base": 1.0, "large": 1.0, "gundam": 1.0, "gundam_m": 0.0},
-    "label_kind_weights": {"coarse": 0.5, "fine": 0.5},
-    "text_label_kind": "coarse",  # which label of text_shards becomes text-only data
-    "text_chunk_tokens": None,  # corpus chunk length; None = seq_len - 2 (room for bos/eos)
-    "overlong": "truncate",  # truncate | skip
-    "pack_buffer": 8,  # look-ahead samples for first-fit packing (1 = plain sequential)
-    "shuffle_window": 256,  # records permuted together inside a shard
-    "max_tiles": None,  # Gundam tile budget override (None = mode default, 6)
-    "num_workers": 2,
-    "prefetch_factor": 2,
-    "log_bad_samples": 20,  # per worker and reason at WARNING, then DEBUG (all are counted)
-    "seed": None,  # overrides the ``seed`` argument when set
-    "seq_len": None,  # informational: the ``seq_len`` argument is authoritative
-}
-
-
-def _plain(cfg) -> dict:
-    if cfg is None:
-        return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    if not isinstance(cfg, Mapping):
-        raise TypeError(f"data config must be a dict or DictConfig, got {type(cfg).__name__}")
-    return dict(cfg)
+# The schema's defaults as a plain dict (what the workers receive); one default per key: train/config.py.
+DEFAULTS: dict = dataclasses.asdict(DataConfig())
 
 
 def _weights(name: str, given: Mapping | None, known: tuple[str, ...] | None) -> dict[str, float]:
@@ -449,19 +421,18 @@ class ResumableLoader:
 def build_train_loader(data_cfg, tokenizer, *, seq_len: int, micro_batch_size: int, seed: int,
                        rank: int = 0, world_size: int = 1) -> ResumableLoader:
     """Build the packed, resumable training loader from the ``data`` config group."""
-    cfg = {**DEFAULTS, **_plain(data_cfg)}
+    dcfg = typed(data_cfg, DataConfig)  # types and ranges checked; a dict replaces only the keys it names
+    cfg = dataclasses.asdict(dcfg)
     if seq_len < 16:
         raise ValueError(f"seq_len must be >= 16, got {seq_len}")
     if micro_batch_size < 1:
         raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world size {world_size}")
-    if int(cfg["pack_buffer"]) < 1:
-        raise ValueError("data.pack_buffer must be >= 1")
-    if cfg["seed"] is not None:
-        seed = int(cfg["seed"])
-    nw = int(cfg["num_workers"])
+    if dcfg.seed is not None:
+        seed = dcfg.seed
+    nw = dcfg.num_workers
     ds = PackedDataset(cfg, tokenizer, seq_len=seq_len, micro_batch_size=micro_batch_size,
                        seed=seed, rank=rank, world_size=world_size, num_workers=nw)
     ds.pipeline(0)  # validate the config and shard lists now, in the main process
-    return ResumableLoader(ds, nw, int(cfg["prefetch_factor"]))
+    return ResumableLoader(ds, nw, dcfg.prefetch_factor)

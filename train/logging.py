@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from .common import _get, to_container, world_info
+from .common import to_container, world_info
+from .config import Config, typed
 
 
 def token_loss_breakdown(
@@ -88,8 +89,9 @@ class MetricsLogger:
         self.enabled = self.rank == 0
         self.total_steps = int(total_steps)
         self.out_dir = Path(out_dir)
-        log_cfg = _get(cfg, "logging")
-        self.console_every = int(_get(log_cfg, "log_every", 0) or _get(_get(cfg, "train"), "log_every", 10))
+        cfg = typed(cfg, Config)
+        log_cfg = cfg.logging
+        self.console_every = log_cfg.log_every or cfg.train.log_every
         self._wandb_run = None
         self._jsonl = None
         self._t0 = time.perf_counter()
@@ -103,18 +105,18 @@ class MetricsLogger:
         self._init_wandb(log_cfg, run_config if run_config is not None else cfg)
 
     def _init_wandb(self, log_cfg: Any, run_config: Any) -> None:
-        wb = _get(log_cfg, "wandb", {})
+        wb = log_cfg.wandb
         # the user's WANDB_MODE wins; otherwise the config (offline by default)
-        mode = os.environ.get("WANDB_MODE") or str(_get(wb, "mode", "offline"))
+        mode = os.environ.get("WANDB_MODE") or wb.mode
         if mode == "disabled":
             return
         import wandb
 
-        wdir = Path(_get(wb, "dir", None) or self.out_dir)
+        wdir = Path(wb.dir or self.out_dir)
         wdir.mkdir(parents=True, exist_ok=True)
         self._wandb_run = wandb.init(
-            project=str(_get(wb, "project", "ocrflow")),
-            name=_get(wb, "name", None),
+            project=wb.project,
+            name=wb.name,
             dir=str(wdir),
             mode=mode,
             config=to_container(run_config) if run_config is not None else None,

@@ -33,8 +33,9 @@ from models.config import DeepseekOCRConfig, get_preset
 from models.deepencoder import DeepEncoder
 from models.image_processing import ImageInput
 
-from .common import (_get, build_ds_config, build_lr_scheduler, build_optimizer,
+from .common import (build_ds_config, build_lr_scheduler, build_optimizer,
                      resume_if_requested, save_checkpoint, start_run, touch_params)
+from .config import Config, Stage1LMConfig, typed
 from .logging import MetricsLogger, reduce_breakdowns, token_loss_breakdown
 
 IGNORE_INDEX = -100
@@ -63,16 +64,17 @@ def opt_config(lm_cfg: Any, vocab_size: int, *, pad_token_id: int, bos_token_id:
     """An OPT config (OPT-125M layout: pre-LN, ReLU FFN, learned positions, tied head)."""
     from transformers import OPTConfig
 
-    d = int(_get(lm_cfg, "hidden_size", 768))
+    lm_cfg = typed(lm_cfg, Stage1LMConfig)
+    d = lm_cfg.hidden_size
     return OPTConfig(
         vocab_size=vocab_size,
         hidden_size=d,
         word_embed_proj_dim=d,
-        num_hidden_layers=int(_get(lm_cfg, "num_layers", 12)),
-        num_attention_heads=int(_get(lm_cfg, "num_heads", 12)),
-        ffn_dim=int(_get(lm_cfg, "ffn_dim", 4 * d)),
-        max_position_embeddings=max(int(_get(lm_cfg, "max_position_embeddings", 2048)), min_positions),
-        dropout=float(_get(lm_cfg, "dropout", 0.1)),
+        num_hidden_layers=lm_cfg.num_layers,
+        num_attention_heads=lm_cfg.num_heads,
+        ffn_dim=lm_cfg.ffn_dim or 4 * d,
+        max_position_embeddings=max(lm_cfg.max_position_embeddings, min_positions),
+        dropout=lm_cfg.dropout,
         attention_dropout=0.0,
         activation_function="relu",
         do_layer_norm_before=True,
@@ -158,14 +160,14 @@ def build_stage1_model(cfg: Any, vocab_size: int | None = None, *,
     ``vocab_size``/``special_ids`` (bos, eos, pad, image) come from the tokenizer; without them
     the preset's values are used (e.g. building the paper model on the meta device).
     """
-    mcfg = _get(cfg, "model")
-    ocr_cfg = get_preset(str(_get(mcfg, "preset", "tiny")))
+    mcfg = typed(cfg, Config).model
+    ocr_cfg = get_preset(mcfg.preset)
     ids = {"bos_token_id": ocr_cfg.bos_token_id, "eos_token_id": ocr_cfg.eos_token_id,
            "pad_token_id": ocr_cfg.pad_token_id, "image_token_id": ocr_cfg.image_token_id}
     ids.update(special_ids or {})
     vocab = int(vocab_size or ocr_cfg.decoder.vocab_size)
     ocr_cfg = ocr_cfg.with_vocab(vocab, **ids)
-    lm = opt_config(_get(mcfg, "stage1_lm", {}), vocab, pad_token_id=ids["pad_token_id"],
+    lm = opt_config(mcfg.stage1_lm, vocab, pad_token_id=ids["pad_token_id"],
                     bos_token_id=ids["bos_token_id"], eos_token_id=ids["eos_token_id"],
                     min_positions=seq_len)
     return Stage1Model(ocr_cfg, lm)
@@ -225,24 +227,25 @@ def run_stage1(cfg: Any) -> dict:
 
     from .data import build_train_loader
 
+    cfg = typed(cfg, Config)
     (tcfg, mcfg, dcfg, rank, world, device, seed, steps, seq_len,
-     out_dir, ckpt_dir, tok) = start_run(cfg, "runs/stage1")
+     out_dir, ckpt_dir, tok) = start_run(cfg)
     special = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
                "pad_token_id": tok.pad_token_id, "image_token_id": tok.image_token_id}
     model = build_stage1_model(cfg, tok.vocab_size, special_ids=special, seq_len=seq_len)
-    if _get(mcfg, "gradient_checkpointing", False):
+    if mcfg.gradient_checkpointing:
         model.set_gradient_checkpointing(True)
-    stage2_width = get_preset(str(_get(mcfg, "preset", "tiny"))).decoder.hidden_size
+    stage2_width = get_preset(mcfg.preset).decoder.hidden_size
 
     ds_config = build_ds_config(cfg, world)
     accum = ds_config["gradient_accumulation_steps"]
-    optimizer = build_optimizer(model, _get(cfg, "optim"))
-    scheduler = build_lr_scheduler(optimizer, _get(cfg, "optim"), steps)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_lr_scheduler(optimizer, cfg.optim, steps)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                            lr_scheduler=scheduler, config=ds_config)
     loader = build_train_loader(dcfg, tok, seq_len=seq_len,
                                 micro_batch_size=ds_config["train_micro_batch_size_per_gpu"],
-                                seed=int(_get(dcfg, "seed", seed)), rank=rank, world_size=world)
+                                seed=seed, rank=rank, world_size=world)  # data.seed wins when set
 
     step, resume = resume_if_requested(engine, tcfg, ckpt_dir, loader)
 
@@ -254,8 +257,7 @@ def run_stage1(cfg: Any) -> dict:
                 f"= {ds_config['train_batch_size']}, seq {seq_len}, ZeRO-{ds_config['zero_optimization']['stage']}"
                 + (f", resumed at step {step} from {resume}" if resume else ""))
 
-    save_every = int(_get(tcfg, "save_every", 0))
-    keep_last = _get(tcfg, "keep_last", None)
+    save_every, keep_last = tcfg.save_every, tcfg.keep_last
     losses: list[float] = []
     step_times: list[float] = []
     tokens_seen = 0
@@ -297,7 +299,7 @@ def run_stage1(cfg: Any) -> dict:
 
     encoder_path = out_dir / ENCODER_FILE
     _save_encoder_collective(engine, model, encoder_path, stage2_width, rank,
-                             meta={"preset": _get(mcfg, "preset", "tiny"), "steps": step})
+                             meta={"preset": mcfg.preset, "steps": step})
     # steady-state speed: skip the first step (allocator / lazy init warm-up) when we can
     timed = step_times[1:] if len(step_times) > 1 else step_times
     result = {

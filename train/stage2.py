@@ -35,7 +35,6 @@ from typing import Any
 import torch
 
 from .common import (
-    _get,
     build_ds_config,
     build_lr_scheduler,
     build_optimizer,
@@ -43,10 +42,10 @@ from .common import (
     save_checkpoint,
     start_run,
 )
+from .config import Config, typed
 from .logging import MetricsLogger, expert_load_metrics
 
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # model.dtype (schema choices)
 EXPORT_DIRNAME = "model"
 
 
@@ -57,12 +56,12 @@ def build_stage2_model(cfg: Any, tokenizer=None):
     from models.config import get_preset
     from models.deepseek_ocr import DeepseekOCRForCausalLM
 
-    mcfg = _get(cfg, "model")
-    init_from, encoder_from = _get(mcfg, "init_from"), _get(mcfg, "encoder_from")
+    mcfg = typed(cfg, Config).model
+    init_from, encoder_from = mcfg.init_from, mcfg.encoder_from
     if init_from:
         mc = load_config(init_from)
     else:
-        mc = get_preset(str(_get(mcfg, "preset", "tiny")))
+        mc = get_preset(mcfg.preset)
         if tokenizer is not None:
             mc = mc.with_vocab(tokenizer.vocab_size, bos_token_id=tokenizer.bos_token_id,
                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
@@ -70,8 +69,7 @@ def build_stage2_model(cfg: Any, tokenizer=None):
     if tokenizer is not None and tokenizer.vocab_size > mc.decoder.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens, the model's vocabulary only "
                          f"{mc.decoder.vocab_size}: model.tokenizer does not belong to model.init_from")
-    dec = dataclasses.replace(mc.decoder, moe_impl=str(_get(mcfg, "moe_impl", mc.decoder.moe_impl)),
-                              aux_loss_alpha=float(_get(mcfg, "aux_loss_alpha", mc.decoder.aux_loss_alpha)))
+    dec = dataclasses.replace(mc.decoder, moe_impl=mcfg.moe_impl, aux_loss_alpha=mcfg.aux_loss_alpha)
     model = DeepseekOCRForCausalLM(mc.replace(decoder=dec))
     if init_from:
         load_published_weights(model, init_from, strict=True)
@@ -170,29 +168,27 @@ def run_stage2(cfg: Any) -> dict:
     from .data import build_train_loader
     from .pipeline import PipelineBatches, build_pipeline_module
 
+    cfg = typed(cfg, Config)
     (tcfg, mcfg, dcfg, rank, world, _, seed, steps, seq_len,
-     out_dir, ckpt_dir, tok) = start_run(cfg, "runs/stage2")
-    pp = int(_get(tcfg, "pp", 1))
+     out_dir, ckpt_dir, tok) = start_run(cfg)
+    pp = tcfg.pp
     model = build_stage2_model(cfg, tok)
     model_cfg = model.cfg
-    if _get(mcfg, "gradient_checkpointing", False):
+    if mcfg.gradient_checkpointing:
         model.model.set_gradient_checkpointing(True)  # SAM / CLIP blocks
     n_params = model.num_parameters()
     dec = model_cfg.decoder
-    partition = _get(tcfg, "partition", None)
     module = build_pipeline_module(
-        model, pp, partition=list(partition) if partition is not None else None,
-        freeze_sam=bool(_get(tcfg, "freeze_sam", True)),
-        vision_max_batch=_get(tcfg, "vision_max_batch", None),
-        checkpoint_layers=bool(_get(mcfg, "gradient_checkpointing", False)),
+        model, pp, partition=tcfg.partition, freeze_sam=tcfg.freeze_sam,
+        vision_max_batch=tcfg.vision_max_batch, checkpoint_layers=mcfg.gradient_checkpointing,
     )
     del model  # this rank keeps its stage's units only
 
     ds_config = build_ds_config(cfg, world)
     accum = ds_config["gradient_accumulation_steps"]
     trainable = [p for p in module.parameters() if p.requires_grad]
-    optimizer = build_optimizer(trainable, _get(cfg, "optim"))
-    scheduler = build_lr_scheduler(optimizer, _get(cfg, "optim"), steps)
+    optimizer = build_optimizer(trainable, cfg.optim)
+    scheduler = build_lr_scheduler(optimizer, cfg.optim, steps)
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
                                            lr_scheduler=scheduler, config=ds_config)
     dp, dp_rank = engine.dp_world_size, engine.grid.get_data_parallel_rank()
@@ -201,7 +197,7 @@ def run_stage2(cfg: Any) -> dict:
     if engine.is_first_stage():
         loader = build_train_loader(dcfg, tok, seq_len=seq_len,
                                     micro_batch_size=ds_config["train_micro_batch_size_per_gpu"],
-                                    seed=int(_get(dcfg, "seed", seed)), rank=dp_rank, world_size=dp)
+                                    seed=seed, rank=dp_rank, world_size=dp)  # data.seed wins when set
 
     step, resume = resume_if_requested(engine, tcfg, ckpt_dir, loader)
 
@@ -213,9 +209,7 @@ def run_stage2(cfg: Any) -> dict:
                 + (f", resumed at step {step} from {resume}" if resume else ""))
 
     data = PipelineBatches(iter(loader) if loader is not None else None, engine.is_first_stage())
-    save_every = int(_get(tcfg, "save_every", 0))
-    keep_last = _get(tcfg, "keep_last", None)
-    log_every = int(_get(tcfg, "log_every", 10))
+    save_every, keep_last, log_every = tcfg.save_every, tcfg.keep_last, tcfg.log_every
     losses, step_times = [], []
     tokens_seen = 0
     while step < steps:
@@ -246,7 +240,7 @@ def run_stage2(cfg: Any) -> dict:
                             {"data": loader.state_dict() if loader is not None else None},
                             keep_last=keep_last)
 
-    export_dtype = _DTYPES.get(str(_get(mcfg, "dtype", "bf16")).lower(), torch.bfloat16)
+    export_dtype = _DTYPES[mcfg.dtype]
     export_dir = export_pipeline(engine, model_cfg, out_dir, export_dtype)
     timed = step_times[1:] if len(step_times) > 1 else step_times
     result = {

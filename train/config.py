@@ -1,0 +1,216 @@
+"""Typed config schema of the trainers (``conf/config.yaml`` and its groups).
+
+One default per key, here and nowhere else: the YAML files under ``conf/`` hold recipe values
+only, and code reads ``cfg.<group>.<key>`` from a ``Config`` (``typed(cfg, Config)``), never
+with a fallback of its own. One dataclass per config group, in ``conf/`` order:
+
+    model -> ModelConfig (+ Stage1LMConfig)   data -> DataConfig      optim -> OptimConfig
+    deepspeed -> DeepSpeedConfig              logging -> LoggingConfig (+ WandbConfig)
+    train -> TrainConfig                      the whole primary config -> Config
+
+To add a key: add a field to its group's dataclass with the default and a trailing comment
+that documents it; use ``setting(default, ge=/gt=/le=/choices=)`` when it has a range (checked
+when the config is composed, the error names the key), and the group's ``check`` for rules
+that involve several keys. Put a value in a YAML file only where a recipe differs from the
+default. Types are checked by OmegaConf (an override of the wrong type fails at composition).
+
+``models/config.py`` keeps the architecture presets (no Hydra there); ``model.preset`` names one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
+
+from data_engine.config import ConfigError, Schema, group, register_schema, setting, typed
+from models.config import PRESETS
+
+__all__ = ["Config", "ConfigError", "DataConfig", "DeepSpeedConfig", "LoggingConfig", "ModelConfig",
+           "OptimConfig", "Stage1LMConfig", "TrainConfig", "WandbConfig", "register", "typed"]
+
+DTYPES = ("bf16", "fp16", "fp32")
+
+
+# --------------------------------------------------------------------------- model (conf/model/)
+
+
+@dataclass
+class Stage1LMConfig(Schema):
+    """Stage 1's compact causal LM (transformers OPT built from config, no download). Its width
+    is the projector output; when it equals the stage-2 decoder width the projector,
+    image_newline and view_seperator are handed to stage 2 too. Paper: OPT-125M size."""
+
+    _key: ClassVar[str] = "model.stage1_lm"
+
+    hidden_size: int = setting(64, ge=1)
+    num_layers: int = setting(2, ge=1)
+    num_heads: int = setting(4, ge=1)
+    ffn_dim: Optional[int] = setting(128, ge=1)  # null = 4 x hidden_size
+    max_position_embeddings: int = setting(2048, ge=1)  # raised to data.seq_len automatically
+    dropout: float = setting(0.0, ge=0, le=1)
+
+    def check(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"model.stage1_lm.hidden_size={self.hidden_size} must be a multiple of "
+                              f"model.stage1_lm.num_heads={self.num_heads}")
+
+
+@dataclass
+class ModelConfig(Schema):
+    """Training-side model settings; the architecture itself is the preset (models/config.py)."""
+
+    _key: ClassVar[str] = "model"
+
+    preset: str = setting("tiny", choices=tuple(PRESETS))  # models.config.PRESETS
+    tokenizer: Optional[str] = None   # dir with tokenizer.json (the engine's BPE or the official one; never downloaded)
+    init_from: Optional[str] = None   # published/exported checkpoint dir (stage 2 / Gundam-M continuation)
+    encoder_from: Optional[str] = None  # stage-1 encoder.safetensors (stage 2)
+    moe_impl: str = setting("auto", choices=("auto", "grouped", "loop"))
+    aux_loss_alpha: float = setting(0.001, ge=0)  # MoE load-balancing loss weight
+    dtype: str = setting("fp32", choices=DTYPES)  # parameter dtype outside DeepSpeed (export / eval)
+    gradient_checkpointing: bool = False
+    stage1_lm: Stage1LMConfig = group(Stage1LMConfig)
+
+
+# --------------------------------------------------------------------------- data (conf/data/)
+
+
+@dataclass
+class DataConfig(Schema):
+    """Training data (train/data.py build_train_loader). Paths are webdataset shards written by
+    the data engine (docs/INTERFACES.md "Shard format"); globs and {000000..000099} ranges expand."""
+
+    _key: ClassVar[str] = "data"
+
+    shards: list[str] = setting([])   # OCR pages (source "ocr")
+    vision_shards: list[str] = setting([])  # general-vision data in the same shard format (source "vision")
+    text_shards: list[str] = setting([])  # shards whose label text is used as text-only data (source "text")
+    text_corpus: Optional[str] = None  # dir of plain-text files (one per language), chunked (source "text")
+    seq_len: int = setting(4096, ge=16)  # packed row length (paper: 4096 stage 1, 8192 stage 2)
+    # Per-sample source probabilities (paper 70/20/10); a source without data is dropped and the
+    # rest renormalised (warned once).
+    source_weights: dict[str, float] = setting({"ocr": 0.7, "vision": 0.2, "text": 0.1}, ge=0)
+    # All native modes + Gundam trained together; Gundam-M is a continuation (experiment/paper_gundam_m).
+    mode_weights: dict[str, float] = setting(
+        {"tiny": 1.0, "small": 1.0, "base": 1.0, "large": 1.0, "gundam": 1.0, "gundam_m": 0.0}, ge=0)
+    label_kind_weights: dict[str, float] = setting({"coarse": 0.5, "fine": 0.5}, ge=0)  # among the kinds a page has
+    text_label_kind: str = setting("coarse", choices=("coarse", "fine"))  # label of text_shards used as text
+    text_chunk_tokens: Optional[int] = setting(None, ge=1)  # corpus chunk length in tokens; null = seq_len - 2
+    overlong: str = setting("truncate", choices=("truncate", "skip"))  # sample longer than seq_len
+    pack_buffer: int = setting(8, ge=1)  # look-ahead samples for first-fit packing (1 = sequential)
+    shuffle_window: int = setting(256, ge=1)  # records permuted together inside a shard
+    max_tiles: Optional[int] = setting(None, ge=1)  # Gundam tile budget override (null = mode default 6)
+    num_workers: int = setting(2, ge=0)  # DataLoader workers per rank (must match to resume exactly)
+    prefetch_factor: int = setting(2, ge=1)
+    log_bad_samples: int = setting(20, ge=0)  # per worker and reason logged at WARNING (all are counted)
+    seed: Optional[int] = None        # null = the seed the trainer passes (train.seed)
+
+
+# --------------------------------------------------------------------------- optim (conf/optim/)
+
+
+@dataclass
+class OptimConfig(Schema):
+    """AdamW (torch, handed to DeepSpeed as a client optimizer) + linear warmup + a decay schedule."""
+
+    _key: ClassVar[str] = "optim"
+
+    lr: float = setting(5.0e-5, gt=0)  # peak learning rate
+    betas: list[float] = setting([0.9, 0.95], ge=0, le=1)
+    eps: float = setting(1.0e-8, gt=0)
+    weight_decay: float = setting(0.1, ge=0)  # matrices only; norms / biases / vectors are not decayed
+    schedule: str = setting("cosine", choices=("cosine", "step", "constant"))
+    warmup_steps: int = setting(100, ge=0)
+    min_lr_ratio: float = setting(0.1, ge=0, le=1)  # cosine floor, as a fraction of lr
+    step_milestones: list[float] = setting([], ge=0)  # step schedule: <1 = fraction of train.steps, >=1 = absolute steps
+    step_gamma: float = setting(0.1, gt=0)  # step schedule: lr x gamma at each milestone
+    grad_clip: float = setting(1.0, ge=0)  # gradient norm clipping (0 = off)
+
+    def check(self) -> None:
+        if len(self.betas) != 2:
+            raise ConfigError(f"optim.betas must be two numbers, got {self.betas}")
+
+
+# --------------------------------------------------------------------------- deepspeed (conf/deepspeed/)
+
+
+@dataclass
+class DeepSpeedConfig(Schema):
+    """DeepSpeed engine settings; ``extra`` holds raw DeepSpeed config keys, deep-merged last
+    (e.g. extra.zero_optimization.offload_optimizer.device=cpu)."""
+
+    _key: ClassVar[str] = "deepspeed"
+
+    zero_stage: int = setting(1, choices=(0, 1, 2, 3))
+    dtype: str = setting("bf16", choices=DTYPES)
+    extra: dict[str, Any] = setting({})
+
+
+# --------------------------------------------------------------------------- logging (conf/logging/)
+
+
+@dataclass
+class WandbConfig(Schema):
+    """wandb runs offline unless WANDB_MODE is set (sync later with `wandb sync <out_dir>/wandb/...`)."""
+
+    _key: ClassVar[str] = "logging.wandb"
+
+    mode: str = setting("offline", choices=("offline", "online", "disabled"))  # env WANDB_MODE wins
+    project: str = "ocrflow"
+    name: Optional[str] = None
+    dir: Optional[str] = None         # null: the run's out_dir
+
+
+@dataclass
+class LoggingConfig(Schema):
+    _key: ClassVar[str] = "logging"
+
+    wandb: WandbConfig = group(WandbConfig)
+    log_every: int = setting(10, ge=0)  # console line every N optimizer steps (0: train.log_every); metrics.jsonl gets every step
+
+
+# --------------------------------------------------------------------------- train (conf/train/)
+
+
+@dataclass
+class TrainConfig(Schema):
+    _key: ClassVar[str] = "train"
+
+    stage: int = setting(1, choices=(1, 2))  # 1: DeepEncoder + compact OPT LM; 2: full DeepSeek-OCR (pipeline)
+    steps: int = setting(1000, ge=1)  # optimizer steps (paper: 2 epochs of the corpus / global batch)
+    micro_batch_size: int = setting(1, ge=1)  # packed sequences per GPU per micro-step
+    global_batch_size: int = setting(8, ge=1)  # = micro x grad_accum x dp (dp = world / pp); checked at start
+    pp: int = setting(1, ge=1)        # pipeline stages (stage 2: 1, 2 or 4)
+    partition: Optional[list[int]] = None  # stage 2 layer split, pp+1 unit boundaries (train/pipeline.py); null = paper split
+    activation_checkpoint_interval: int = setting(0, ge=0)
+    vision_max_batch: Optional[int] = setting(None, ge=1)  # stage 2: cap on views per SAM forward (memory); null = all
+    freeze_sam: bool = True           # stage 2: SAM + compressor frozen (the paper's "vision tokenizer")
+    save_every: int = setting(500, ge=0)  # checkpoint every N optimizer steps (and at the end); 0 = end only
+    keep_last: Optional[int] = setting(2, ge=0)  # checkpoints kept in <out_dir>/checkpoints (null / 0 = all)
+    out_dir: str = "runs/default"
+    resume: Optional[str] = "auto"    # auto: continue from <out_dir>/checkpoints if present | a path | null
+    seed: int = 42
+    log_every: int = setting(10, ge=1)  # stage 2 console line every N steps (and logging.log_every fallback)
+    backend: Optional[str] = setting(None, choices=("nccl", "gloo"))  # null: nccl with CUDA, gloo without
+    required: list[str] = setting([])  # dotted keys a recipe cannot run without (e.g. [model.init_from]); checked at start
+    nproc_per_node: Optional[int] = setting(None, ge=1)  # launch.sh: processes per node (null: #GPUs, or pp on CPU)
+
+
+# --------------------------------------------------------------------------- the primary config
+
+
+@dataclass
+class Config(Schema):
+    """``conf/config.yaml``: one field per config group."""
+
+    model: ModelConfig = group(ModelConfig)
+    data: DataConfig = group(DataConfig)
+    optim: OptimConfig = group(OptimConfig)
+    deepspeed: DeepSpeedConfig = group(DeepSpeedConfig)
+    logging: LoggingConfig = group(LoggingConfig)
+    train: TrainConfig = group(TrainConfig)
+
+
+def register() -> None:
+    """Register ``Config`` as ``train_schema`` (``conf/config.yaml`` lists it first in defaults)."""
+    register_schema("train_schema", Config)
