@@ -36,7 +36,6 @@ ENGINE_VERSION = 2  # bump when sample bytes change for the same config (forces 
 LABEL_KINDS = ("coarse", "fine")
 
 
-
 class ConfigError(ValueError):
     """A config value out of its range; the message names the dotted key."""
 
@@ -77,7 +76,7 @@ class Schema:
 
     _key: ClassVar[str] = ""  # the group's dotted path in its primary config, for messages
 
-    def key(self, name: str) -> str:
+    def _dotted(self, name: str) -> str:
         return f"{self._key}.{name}" if self._key else name
 
     def __post_init__(self) -> None:
@@ -88,7 +87,7 @@ class Schema:
             items = (value.items() if isinstance(value, Mapping) else
                      enumerate(value) if isinstance(value, (list, tuple)) else [(None, value)])
             for sub, v in items:
-                key = self.key(f.name) if sub is None else f"{self.key(f.name)}.{sub}"
+                key = self._dotted(f.name) if sub is None else f"{self._dotted(f.name)}.{sub}"
                 if v is not None and (msg := _range_error(key, v, meta)):
                     raise ConfigError(msg)
         self.check()
