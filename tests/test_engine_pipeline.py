@@ -180,11 +180,12 @@ def test_bad_config_and_input_errors(tmp_path):
         run_engine({"input": "x", "out": str(tmp_path), "labels": ["fine"], "fine": {"name": "yolo"}})
 
 
-def test_fine_labels_on_synthetic_pages(tmp_path):
+def test_fine_labels_on_synthetic_pages(tmp_path, noto_fonts):
     """coarse + fine labels through engineer E's layout source, on E's synthetic generator's pages."""
     from data_engine.layout import LABELS
     from data_engine.synthetic import generate_corpus
 
+    noto_fonts("Latn")
     pdfs = generate_corpus(tmp_path / "syn", languages=["Latn"], n_docs=1, pages_per_doc=1, seed=1)
     rep = run_engine(dict(input=str(tmp_path / "syn"), out=str(tmp_path / "out"), workers=1, labels=["coarse", "fine"],
                           progress=False, print_summary=False))
