@@ -178,7 +178,9 @@ class EngineConfig(Schema):
     max_size: int = setting(1_000_000_000, gt=0)  # payload bytes per shard
     keep_units: bool = True           # keep work/units after assembly; false halves disk use but a re-run redoes every unit
     fine: dict[str, Any] = setting({})  # kwargs of data_engine.layout.get_layout_source ({} = text layer)
-    max_crash_retries: int = setting(1, ge=0)  # a unit that kills its worker alone more often is worker_crash
+    max_crash_retries: int = setting(1, ge=0)  # a unit that kills its worker more often is worker_crash
+    # wall-clock limit per document: its worker is stopped, the document recorded as timeout (None: no limit)
+    doc_timeout_s: Optional[float] = setting(900.0, gt=0)
     progress: bool = True
     print_summary: bool = True
 
