@@ -65,6 +65,9 @@ def die_with_parent(parent_pid: int) -> None:
 def _worker_init(parent_pid: int, initializer: Callable | None, initargs: tuple) -> None:
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    # The pool stops a worker over its time limit with SIGTERM; a Python-level handler would
+    # only run once MuPDF returns (never, for a stuck render), so the default action: exit now.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if initializer is not None:
         initializer(*initargs)
 

@@ -295,6 +295,8 @@ def _failure_record(path: str, reason: str, detail: str | None, status: str = "f
 
 def _commit_failure(cfg: EngineConfig, u: dict, reason: str, detail: str) -> dict:
     rec = _failure_record(u["path"], reason, detail, doc_id=u["doc_id"], source=u["source"], config=cfg.digest())
+    if reason == TIMEOUT:  # a later run with a larger limit retries the document
+        rec["limit_s"] = cfg.doc_timeout_s
     queue.UnitStore(cfg.work_dir).commit(u["doc_id"], rec, has_tar=False)
     return rec
 
@@ -398,8 +400,10 @@ def run_engine(cfg: EngineConfig | Mapping) -> dict:
         # Reuse a committed unit only if it was made from this path and source kind (both are
         # in the sample bytes) with these settings and its samples are still there
         # (keep_units: false deletes them after assembly).
+        timed_out = rec is not None and rec.get("reason") == TIMEOUT and (
+            cfg.doc_timeout_s is None or cfg.doc_timeout_s > rec.get("limit_s", 0))
         if (rec is not None and rec.get("config") == digest and rec.get("path") == u["path"]
-                and rec.get("source") == u["source"]
+                and rec.get("source") == u["source"] and not timed_out
                 and (not rec["samples"] or store.tar_path(u["doc_id"]).is_file())):
             records[u["doc_id"]] = rec
         else:
