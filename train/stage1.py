@@ -250,7 +250,7 @@ def run_stage1(cfg: Any) -> dict:
     step, resume = resume_if_requested(engine, tcfg, ckpt_dir, loader)
 
     n_params = sum(p.numel() for p in model.parameters())
-    logger = MetricsLogger(cfg, out_dir, steps, run_config=cfg)
+    logger = MetricsLogger(cfg, out_dir, steps, run_config=cfg, start_step=step)
     logger.info(f"stage 1: {n_params / 1e6:.1f}M params (encoder "
                 f"{sum(p.numel() for p in model.encoder.parameters()) / 1e6:.1f}M), world {world}, "
                 f"micro {ds_config['train_micro_batch_size_per_gpu']} x accum {accum} x dp {world} "

@@ -201,7 +201,7 @@ def run_stage2(cfg: Any) -> dict:
 
     step, resume = resume_if_requested(engine, tcfg, ckpt_dir, loader)
 
-    logger = MetricsLogger(cfg, out_dir, steps, run_config=cfg)
+    logger = MetricsLogger(cfg, out_dir, steps, run_config=cfg, start_step=step)
     logger.info(f"stage 2: {n_params / 1e6:.1f}M params, pp {pp} x dp {dp} (partition "
                 f"{module.parts}), micro {ds_config['train_micro_batch_size_per_gpu']} x accum {accum} "
                 f"x dp {dp} = {ds_config['train_batch_size']}, seq {seq_len}, "
