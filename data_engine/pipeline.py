@@ -345,6 +345,15 @@ def _prompts() -> dict:
     return {"coarse": PROMPTS["coarse"], "fine": PROMPTS["fine"]}
 
 
+def _source_kind(path: str) -> str:
+    if Path(path).suffix.lower() in queue.IMAGE_SUFFIXES:
+        return "image"
+    try:  # a synthetic document has a ground-truth sidecar
+        return "synthetic" if Path(path).with_suffix(".gt.json").is_file() else "pdf"
+    except (OSError, ValueError):  # e.g. the sidecar's name would be too long
+        return "pdf"
+
+
 def _units(cfg: EngineConfig, files: list[queue.InputFile]) -> tuple[list[dict], list[dict]]:
     """Work units (one per distinct content, doc-id order) and records of the inputs not processed."""
     hashes = _hash_inputs([f for f in files if f.exists], Path(cfg.work_dir), _num_workers(cfg))
@@ -360,10 +369,7 @@ def _units(cfg: EngineConfig, files: list[queue.InputFile]) -> tuple[list[dict],
                                            status="skipped", doc_id=doc_id))
             continue
         seen[doc_id] = f.path
-        sidecar = Path(f.path).with_suffix(".gt.json")
-        source = "image" if Path(f.path).suffix.lower() in queue.IMAGE_SUFFIXES else (
-            "synthetic" if sidecar.is_file() else "pdf")
-        units.append({"doc_id": doc_id, "path": f.path, "size": size, "hash_error": err, "source": source})
+        units.append({"doc_id": doc_id, "path": f.path, "size": size, "hash_error": err, "source": _source_kind(f.path)})
     units.sort(key=lambda u: u["doc_id"])
     return units, skipped
 

@@ -7,7 +7,6 @@ units processed by this run.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from pathlib import Path

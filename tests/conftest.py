@@ -53,6 +53,23 @@ def noto_fonts():
     return need
 
 
+@pytest.fixture
+def still_running():
+    """``still_running(procs, within_s)``: the psutil processes of ``procs`` that have not ended
+    within ``within_s`` seconds (zombies count as ended: a container's init may never reap)."""
+    psutil = pytest.importorskip("psutil")
+
+    def wait(procs, within_s: float = 20.0) -> list:
+        import time
+
+        deadline, alive = time.monotonic() + within_s, list(procs)
+        while alive and time.monotonic() < deadline:
+            alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+            time.sleep(0.1)
+        return alive
+    return wait
+
+
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU; none is visible")

@@ -173,7 +173,7 @@ run_engine(dict(input=sys.argv[1], out=sys.argv[2], workers=2, progress=False, p
 """
 
 
-def test_workers_die_with_a_killed_driver(tmp_path):
+def test_workers_die_with_a_killed_driver(tmp_path, still_running):
     psutil = pytest.importorskip("psutil")
     src = tmp_path / "in"
     src.mkdir()
@@ -197,11 +197,7 @@ def test_workers_die_with_a_killed_driver(tmp_path):
         assert busy is not None, f"no worker got busy with the slow document: {proc.stderr.read()[-2000:]}"
         os.kill(proc.pid, signal.SIGKILL)  # the driver only, not its process group
         proc.wait()
-        deadline = time.monotonic() + 20
-        alive = workers
-        while alive and time.monotonic() < deadline:
-            alive = [w for w in alive if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
-            time.sleep(0.1)
+        alive = still_running(workers)
         assert not alive, f"orphaned workers still running: {[(w.pid, w.name()) for w in alive]}"
     finally:
         try:

@@ -197,7 +197,7 @@ dist.barrier()  # rank 1 waits here for rank 0: blocked in a collective
 """
 
 
-def test_ranks_exit_when_their_launcher_dies(tmp_path):
+def test_ranks_exit_when_their_launcher_dies(tmp_path, still_running):
     psutil = pytest.importorskip("psutil")
     script = tmp_path / "rank.py"
     script.write_text(_RANK)
@@ -215,11 +215,7 @@ def test_ranks_exit_when_their_launcher_dies(tmp_path):
         assert len(pids) == 2, "the ranks did not start"
         ranks = [psutil.Process(p) for p in pids]
         os.killpg(proc.pid, signal.SIGKILL)  # the launcher's process group; ranks run in their own sessions
-        deadline = time.monotonic() + 20
-        alive = ranks
-        while alive and time.monotonic() < deadline:
-            alive = [r for r in alive if r.is_running() and r.status() != psutil.STATUS_ZOMBIE]
-            time.sleep(0.1)
+        alive = still_running(ranks)
         assert not alive, f"ranks still running after their launcher died: {[r.pid for r in alive]}"
     finally:
         for p in pids:
