@@ -328,18 +328,19 @@ def _tag_step(tag: str) -> int:
     return int(tag[len(_TAG_PREFIX):]) if tag.startswith(_TAG_PREFIX) and tag[len(_TAG_PREFIX):].isdigit() else -1
 
 
-def checkpoint_problem(tag_dir: Path, rank: int) -> str | None:
+def checkpoint_problem(tag_dir: Path, rank: int, world: int = 1) -> str | None:
     """Why the checkpoint folder ``tag_dir`` cannot be resumed on ``rank``, or None.
 
-    Every ``*.pt`` file must open (a truncated zip has no central directory; ``mmap`` reads the
-    structure without loading the tensors) and this rank's side file must exist.
+    This rank's side file must exist, and its share (every ``world``-th) of the ``*.pt`` files
+    must open: a truncated zip has no central directory; ``mmap`` reads the structure without
+    loading the tensors. With ``_agree`` over the ranks every file is checked once.
     """
     if not tag_dir.is_dir():
         return "the folder does not exist"
     side = tag_dir / f"rank_{rank:05d}_client_state.pt"
     if not side.is_file():
         return f"{side.name} is missing (unfinished save, or another world size)"
-    for f in sorted(tag_dir.rglob("*.pt")):
+    for f in sorted(tag_dir.rglob("*.pt"))[rank::world]:
         try:
             torch.load(f, map_location="cpu", mmap=True, weights_only=False)
         except Exception as e:  # noqa: BLE001 - any failure to read means damaged
@@ -367,9 +368,9 @@ def select_checkpoint(path: str | Path) -> Path:
     finish). No intact checkpoint: one clear error.
     """
     path = Path(path)
-    rank = world_info()[0]
+    rank, world, _ = world_info()
     if path.name.startswith(_TAG_PREFIX) and not (path / "latest").is_file():
-        problem = checkpoint_problem(path, rank) if path.is_dir() else "the folder does not exist"
+        problem = checkpoint_problem(path, rank, world)
         if not _agree(problem is None):
             raise RuntimeError(f"checkpoint {path} cannot be resumed: {problem or 'damaged on another rank'}")
         return path
@@ -381,12 +382,14 @@ def select_checkpoint(path: str | Path) -> Path:
                    key=_tag_step, reverse=True)
     damaged = []
     for tag in [latest, *older]:
-        problem = checkpoint_problem(path / tag, rank)
+        problem = checkpoint_problem(path / tag, rank, world)
+        if problem:  # logged by the rank that found it (each checks its share of the files)
+            log.warning("checkpoint %s is damaged: %s", path / tag, problem)
         if _agree(problem is None):
             if damaged and rank == 0:
-                log.warning("resuming from %s: %s", path / tag, "; ".join(damaged))
+                log.warning("resuming from %s instead of %s (damaged)", path / tag, path / latest)
             return path / tag
-        damaged.append(f"checkpoint {path / tag} is damaged: {problem or 'damaged on another rank'}")
+        damaged.append(f"checkpoint {path / tag} is damaged: {problem or 'see the warnings of the other ranks'}")
     raise FileNotFoundError(f"no intact checkpoint to resume in {path}: " + "; ".join(damaged))
 
 
