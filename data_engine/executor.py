@@ -10,8 +10,8 @@ run the same units with the same commits:
   was running, which is retried up to ``max_crash_retries`` times, then recorded as
   ``worker_crash``;
 - workers die with their driver, also after ``kill -9`` of the driver (``die_with_parent``);
-- the engine's own output errors (``queue.OutputError``) stop the run: they are re-raised,
-  never recorded on a document.
+- the engine's own output errors (``queue.OutputError``) and a failed worker set-up
+  (``WorkerStartError``) stop the run: they are re-raised, never recorded on a document.
 
 The pool is pebble's ``ProcessPool`` (per-task timeouts and per-task crash attribution, which
 ``concurrent.futures`` lacks).
@@ -62,6 +62,14 @@ def die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="driver-watch", daemon=True).start()
 
 
+class WorkerStartError(RuntimeError):
+    """A worker's set-up failed (e.g. a layout model that does not load): every unit would
+    fail the same way, so the run stops instead."""
+
+
+_START_ERROR: list[str] = []  # set in a worker whose initializer raised
+
+
 def _worker_init(parent_pid: int, initializer: Callable | None, initargs: tuple) -> None:
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
@@ -69,7 +77,16 @@ def _worker_init(parent_pid: int, initializer: Callable | None, initargs: tuple)
     # only run once MuPDF returns (never, for a stuck render), so the default action: exit now.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if initializer is not None:
-        initializer(*initargs)
+        try:
+            initializer(*initargs)
+        except Exception as e:  # noqa: BLE001 - reported by the first unit (an exiting worker would be restarted for ever)
+            _START_ERROR.append(f"{type(e).__name__}: {e}")
+
+
+def _call(fn: Callable, unit: dict) -> dict:
+    if _START_ERROR:
+        raise WorkerStartError(f"engine workers could not start: {_START_ERROR[0]}")
+    return fn(unit)
 
 
 def _err(e: BaseException) -> str:
@@ -101,7 +118,7 @@ class LocalExecutor:
         while pending or in_flight:
             while pending and len(in_flight) < window:
                 u = pending.pop()
-                in_flight[self.pool.schedule(fn, args=(u,), timeout=timeout_s)] = u
+                in_flight[self.pool.schedule(_call, args=(fn, u), timeout=timeout_s)] = u
             finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for fut in finished:
                 u = in_flight.pop(fut)
@@ -115,7 +132,7 @@ class LocalExecutor:
                         pending.append(u)
                         continue
                     yield fail(u, queue.WORKER_CRASH, f"killed its worker process {n} times (exit code {e.exitcode})")
-                except queue.OutputError:
+                except (queue.OutputError, WorkerStartError):
                     raise
                 except Exception as e:  # noqa: BLE001 - a bug in the unit code: recorded on the unit, run goes on
                     yield fail(u, queue.UNIT_ERROR, _err(e))

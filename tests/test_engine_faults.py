@@ -166,6 +166,18 @@ def test_output_faults_stop_the_run_and_a_rerun_completes_everything(tmp_path):
     assert _shards(out) == _shards(tmp_path / "ref")
 
 
+def test_workers_that_cannot_start_stop_the_run(tmp_path):
+    """A set-up that fails in every worker (here a tokenizer file that is not JSON) is one clear
+    error, not a pool restarting workers for ever nor every document blamed."""
+    from data_engine.executor import WorkerStartError
+
+    _text_pdf(tmp_path / "a.pdf", _lines("a"))
+    (tmp_path / "tokenizer.json").write_text("{ not json")
+    with pytest.raises(WorkerStartError, match="could not start"):
+        _run(tmp_path / "a.pdf", tmp_path / "out", tokenizer=str(tmp_path / "tokenizer.json"))
+    assert not list((tmp_path / "out" / "work" / "units").glob("*/*.json"))
+
+
 _RUNNER = """
 import sys
 from data_engine.pipeline import run_engine
