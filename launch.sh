@@ -145,12 +145,17 @@ run_demo() {
   # OCR pages plus their label text as the text-only source (the paper mixes in 10% text-only)
   local common=("model.tokenizer=$dir/tokenizer" "data.shards=[$dir/engine/shards/*.tar]"
                 "data.text_shards=[$dir/engine/shards/*.tar]")
+  # vision reliance on the held-out pages: held-out loss with real vs blank images
+  common+=("train.reliance.shards=[$dir/heldout/shards/*.tar]" "train.reliance.every=${DEMO_RELIANCE_EVERY:-10}")
   echo "[demo 4/7] stage 1 (DeepEncoder + tiny OPT, ZeRO-1, gloo) -> $dir/stage1"
   run_train smoke "${common[@]}" "train.out_dir=$dir/stage1" "train.steps=${DEMO_STAGE1_STEPS:-30}" "$@"
 
   echo "[demo 5/7] stage 2 (tiny DeepSeek-OCR, PP=2 over 2 CPU processes, ZeRO-1, gloo) -> $dir/stage2"
   run_train smoke_stage2 "${common[@]}" "train.out_dir=$dir/stage2" \
     "model.encoder_from=$dir/stage1/encoder.safetensors" "train.steps=${DEMO_STAGE2_STEPS:-30}" "$@"
+
+  python -m train.plots "$dir/stage1/metrics.jsonl" "$dir/stage2/metrics.jsonl" --out "$dir/loss_curve.png" \
+    >/dev/null && echo "[demo] loss curves (train, held-out real vs blank images): $dir/loss_curve.png"
 
   echo "[demo 6/7] export (stage 2 writes the final model in the published layout)"
   local export="$dir/stage2/model"

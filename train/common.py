@@ -223,25 +223,31 @@ def set_rng_state(state: Mapping) -> None:
 
 
 def build_optimizer(params: Iterable | torch.nn.Module, optim_cfg: Any) -> torch.optim.Optimizer:
-    """torch AdamW; matrices get weight decay, vectors (norms, biases, newline) do not.
+    """torch AdamW; matrices get weight decay, vectors (norms, biases, newline) do not;
+    parameters named ``*sam_model.*`` use ``lr * optim.sam_lr_scale``.
 
     ``params``: a module, an iterable of parameters, or of (name, parameter) pairs. Frozen
     parameters (requires_grad False) are skipped, so freezing happens before this call.
     """
     if isinstance(params, torch.nn.Module):
-        params = params.parameters()
-    plist = [p[1] if isinstance(p, tuple) else p for p in params]
-    plist = [p for p in plist if p.requires_grad]
-    if not plist:
+        params = params.named_parameters()
+    named = [p if isinstance(p, tuple) else ("", p) for p in params]
+    named = [(n, p) for n, p in named if p.requires_grad]
+    if not named:
         raise ValueError("build_optimizer: no trainable parameters")
     ocfg = typed(optim_cfg, OptimConfig)
-    wd = ocfg.weight_decay
-    groups = [
-        {"params": [p for p in plist if p.ndim >= 2], "weight_decay": wd},
-        {"params": [p for p in plist if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    groups = [g for g in groups if g["params"]]
-    return torch.optim.AdamW(groups, lr=ocfg.lr, betas=tuple(ocfg.betas), eps=ocfg.eps)
+    wd, lr = ocfg.weight_decay, ocfg.lr
+    # SAM (+ neck, compressor) gets its own lr: trained from scratch on white pages at the LM's
+    # lr, AdamW turns its tiny, noisy gradients into full-size steps that grow the patch
+    # embedding's response to white until LayerNorm erases the ink (benchmarks/probe_vision.py)
+    groups = []
+    for is_sam in (False, True):
+        for decay in (True, False):
+            ps = [p for n, p in named if ("sam_model." in n) == is_sam and (p.ndim >= 2) == decay]
+            if ps:
+                groups.append({"params": ps, "weight_decay": wd if decay else 0.0,
+                               "lr": lr * (ocfg.sam_lr_scale if is_sam else 1.0)})
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(ocfg.betas), eps=ocfg.eps)
 
 
 def lr_multiplier(step: int, optim_cfg: Any, total_steps: int) -> float:
