@@ -25,6 +25,7 @@ from pathlib import Path
 
 from data_engine.flywheel.linepages import SYLLABLE_SIGNS, LineLanguage, make_line_corpus
 from data_engine.flywheel.patches import Patch, cut_boxes, cut_text_layer, render_page, write_patch_shard
+from data_engine.metrics import corpus_cer
 from data_engine.scripts import letters, script_info
 
 
@@ -64,7 +65,7 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
         return json.loads((data_dir / "DONE").read_text())
     langs = {spec: LineLanguage.parse(spec) for spec in languages}
     seed, pool, gold = defaultdict(list), defaultdict(list), defaultdict(list)
-    truth, refused, pages_log = {}, [], []
+    truth, refused, pages_log, seed_truth = {}, [], [], defaultdict(list)
     for spec, lang in langs.items():
         rtl = script_info(lang.script).direction == "rtl"
         files = sorted(pdf_dir.glob(f"{lang.lang}_{lang.script}_*.pdf")) + \
@@ -91,6 +92,10 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
                 good, bad = cut_text_layer(page, img, rtl=rtl, **common)
                 if good or bad:  # a text layer: trusted lines seed, the others' boxes join the pool
                     seed[spec] += good
+                    for p in good:  # scored against the sidecar only (never used to train)
+                        t = match_truth(p.bbox, truth_blocks)
+                        if t is not None:
+                            seed_truth[spec].append((t, p.text))
                     refused += [dict(r, doc_id=path.stem, page=page.number, lang=lang.lang) for r in bad]
                     new = cut_boxes(img, page.rect, [r["bbox"] for r in bad], page=page.number,
                                     source="textlayer_box", start=500, **common)
@@ -114,10 +119,12 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
         counts[spec] = {"seed": write_patch_shard(data_dir / "seed" / f"{key}.tar", seed[spec]),
                         "pool": write_patch_shard(data_dir / "pool" / f"{key}.tar", pool[spec]),
                         "gold": write_patch_shard(data_dir / "gold" / f"{key}.tar", gold[spec]),
-                        "seed_refused": sum(r["lang"] == langs[spec].lang for r in refused)}
+                        "seed_refused": sum(r["lang"] == langs[spec].lang for r in refused),
+                        "seed_label_cer": corpus_cer(seed_truth[spec])}
         log(f"[flywheel] {spec}: {counts[spec]['seed']} seed patches (text layer), "
             f"{counts[spec]['seed_refused']} text-layer lines refused, {counts[spec]['pool']} to label, "
-            f"{counts[spec]['gold']} held-out gold")
+            f"{counts[spec]['gold']} held-out gold; seed-label CER vs ground truth "
+            f"{counts[spec]['seed_label_cer']}")
     _write_json(data_dir / "pool_truth.json", truth)
     (data_dir / "seed_refused.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in refused),
                                                  encoding="utf-8")

@@ -41,6 +41,8 @@ SYLLABLE_SIGNS = {
     "Thai": [0xE30, 0xE32, 0xE34, 0xE35, 0xE38, 0xE40, 0xE48],
     "Mymr": [0x102C, 0x102D, 0x102F, 0x1031, 0x1036],
 }
+# Virama / coeng: joins two consonants into a conjunct (shaped into one glyph cluster).
+VIRAMA = {"Deva": 0x94D, "Beng": 0x9CD, "Taml": 0xBCD, "Sinh": 0xDCA, "Khmr": 0x17D2, "Mymr": 0x1039}
 # Independent vowels / letters that do not take a sign (their ranges start with them).
 _NO_SIGN = {"Deva": range(0x904, 0x915), "Beng": range(0x985, 0x995), "Taml": range(0xB85, 0xB95),
             "Sinh": range(0xD85, 0xD9A)}
@@ -79,7 +81,11 @@ def lexicon(script: str, size: int = 300, seed: int = 0) -> tuple[str, ...]:
         parts = []
         for _ in range(rng.randint(lo, hi)):
             c = rng.choice(alpha)
-            if signs and c not in no_sign and rng.random() < 0.5:
+            if script in VIRAMA and c not in no_sign and rng.random() < 0.2:
+                nxt = rng.choice(alpha)
+                if nxt not in no_sign:  # a conjunct: consonant + virama + consonant
+                    c += chr(VIRAMA[script]) + nxt
+            if signs and c[-1] not in no_sign and rng.random() < 0.5:
                 c += rng.choice(signs)
             parts.append(c)
         words.add(unicodedata.normalize("NFC", "".join(parts)))

@@ -31,7 +31,7 @@ from data_engine.flywheel.accept import AcceptConfig, judge, length_range
 from data_engine.flywheel.linepages import LineLanguage
 from data_engine.flywheel.patches import Patch, read_patch_shard, write_patch_shard
 from data_engine.flywheel.reassemble import page_labels, write_page_shard
-from data_engine.metrics import cer_counts
+from data_engine.metrics import corpus_cer
 from data_engine.scripts import script_info
 
 from .recognizer import load_recognizer, read_patches, recognizer_config, train_recognizer
@@ -46,14 +46,6 @@ def _atomic_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=1), encoding="utf-8")
     os.replace(tmp, path)
-
-
-def _cer(pairs) -> tuple[float | None, int]:
-    e = n = 0
-    for ref, hyp in pairs:
-        a, b = cer_counts(ref, hyp)
-        e, n = e + a, n + b
-    return (e / n if n else None), n
 
 
 def read_label_batches(path: Path) -> dict[int, list[dict]]:
@@ -182,8 +174,8 @@ class RoundRunner:
                       no_repeat_ngram=int(lc.no_repeat_ngram), window=int(lc.window))
             reads = read_patches(model, tok, [p.image for p in gold], **kw)
             blank = read_patches(model, tok, [Image.new("RGB", p.image.size, "white") for p in gold], **kw)
-            out[s] = {"gold_n": len(gold), "cer": _cer((p.text, r[0]) for p, r in zip(gold, reads))[0],
-                      "cer_blind": _cer((p.text, r[0]) for p, r in zip(gold, blank))[0],
+            out[s] = {"gold_n": len(gold), "cer": corpus_cer((p.text, r[0]) for p, r in zip(gold, reads)),
+                      "cer_blind": corpus_cer((p.text, r[0]) for p, r in zip(gold, blank)),
                       "examples": [{"ref": p.text, "pred": r[0]} for p, r in zip(gold[:3], reads[:3])]}
         return out
 
@@ -203,7 +195,7 @@ class RoundRunner:
             elif code is None or not gold:
                 out[s] = {"cer": None, "note": why or "no gold patches"}
             else:
-                out[s] = {"cer": _cer((p.text, read_line(p.image, p.lang)) for p in gold)[0], "lang": code}
+                out[s] = {"cer": corpus_cer((p.text, read_line(p.image, p.lang)) for p in gold), "lang": code}
         _atomic_json(path, out)
         return out
 
@@ -237,8 +229,8 @@ class RoundRunner:
                 "labelled": len(lang_rows), "accepted": len(acc), "rejected": len(rej),
                 "rejected_by_reason": dict(Counter(r["reason"] for r in rej)),
                 "accepted_total": len(accepted.get(s, [])),
-                "accepted_label_cer": _cer((self.truth[r["key"]], r["text"]) for r in acc if r["key"] in self.truth)[0],
-                "rejected_label_cer": _cer((self.truth[r["key"]], r["text"]) for r in rej if r["key"] in self.truth)[0],
+                "accepted_label_cer": corpus_cer((self.truth[r["key"]], r["text"]) for r in acc if r["key"] in self.truth),
+                "rejected_label_cer": corpus_cer((self.truth[r["key"]], r["text"]) for r in rej if r["key"] in self.truth),
                 "recognizer": gold[s], "tesseract": tess[s],
                 "note": None if self.seed[s] else "no seed patches: the recognizer has not seen this script "
                                                   "in round 0; its labels are expected to be rejected",
