@@ -35,7 +35,13 @@ def run_flywheel(cfg: DictConfig | dict, log=_console) -> dict:
     out = Path(str(cfg.out))
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(int(fw.threads))
-    languages = {str(k): dict(v) for k, v in fw.languages.items()}
+    languages = {}
+    for item in fw.languages:  # [{lang: eng-Latn, digital: n, scan: n, gold: n}, ...]
+        item = dict(item)
+        spec = str(item.pop("lang", ""))
+        if not spec or spec in languages:
+            raise ValueError(f"flywheel.languages: every entry needs a distinct 'lang' (got {spec!r})")
+        languages[spec] = item
     if not languages:
         raise ValueError("flywheel.languages is empty: name at least one '<iso639-3>-<iso15924>' language")
     t0 = time.process_time()
