@@ -51,10 +51,17 @@ def _accepted(out: Path) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fw_full")
-    subprocess.run(_cmd(out), check=True, cwd=ROOT, env=_env(), capture_output=True, timeout=900)
-    return out
+def base(tmp_path_factory):
+    return tmp_path_factory.mktemp("fw")
+
+
+@pytest.fixture(scope="module")
+def full_run(base):
+    """An uninterrupted run, moved aside so the killed run can use the very same paths (shard
+    paths seed the trainer's data order, so equal paths are part of "the same command")."""
+    subprocess.run(_cmd(base / "run"), check=True, cwd=ROOT, env=_env(), capture_output=True, timeout=900)
+    (base / "run").rename(base / "ref")
+    return base / "ref"
 
 
 def test_one_round_end_to_end(full_run):
@@ -75,8 +82,8 @@ def test_one_round_end_to_end(full_run):
     assert all(("reason" in r and "confidence" in r) for r in rows)
 
 
-def test_kill_9_mid_round_then_resume_gives_same_result(full_run, tmp_path):
-    out = tmp_path / "killed"
+def test_kill_9_mid_round_then_resume_gives_same_result(full_run, base):
+    out = base / "run"
     proc = subprocess.Popen(_cmd(out), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     labels = out / "round_0" / "labels.jsonl"

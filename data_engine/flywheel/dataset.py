@@ -20,7 +20,7 @@ reason in ``data/pages.jsonl``, never crash the run.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from data_engine.flywheel.linepages import SYLLABLE_SIGNS, LineLanguage, make_line_corpus
@@ -120,6 +120,8 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
                         "pool": write_patch_shard(data_dir / "pool" / f"{key}.tar", pool[spec]),
                         "gold": write_patch_shard(data_dir / "gold" / f"{key}.tar", gold[spec]),
                         "seed_refused": sum(r["lang"] == langs[spec].lang for r in refused),
+                        "seed_refused_by_reason": dict(Counter(r["reason"] for r in refused
+                                                               if r["lang"] == langs[spec].lang)),
                         "seed_label_cer": corpus_cer(seed_truth[spec])}
         log(f"[flywheel] {spec}: {counts[spec]['seed']} seed patches (text layer), "
             f"{counts[spec]['seed_refused']} text-layer lines refused, {counts[spec]['pool']} to label, "

@@ -90,15 +90,15 @@ class RoundRunner:
         return self.spec_of_lang(p.lang)
 
     # ------------------------------------------------------------------ 1. train
-    def train(self, k: int, prior: dict[str, list[Patch]]) -> Path:
+    def train(self, k: int) -> Path:
         rd = self.rdir(k)
         model_dir = rd / "train" / "model"
         if (rd / "TRAINED").is_file():
             return model_dir
         shards = [self.data / "seed" / f"{_key(s)}.tar" for s in self.langs if self.seed[s]]
-        shards += [self.rdir(j) / "accepted" / f"{_key(s)}.tar" for j in range(k) for s in self.langs
-                   if (self.rdir(j) / "accepted" / f"{_key(s)}.tar").is_file()
-                   and any(p.extra.get("round") == j for p in prior.get(s, []))]
+        for j in range(k):  # accepted shards of earlier rounds that hold patches
+            counts = json.loads((self.rdir(j) / "ACCEPTED").read_text())
+            shards += [self.rdir(j) / "accepted" / f"{_key(s)}.tar" for s in self.langs if counts.get(s)]
         if not shards:
             raise ValueError("no seed patches in any language: nothing to train the recognizer on "
                              "(give born-digital pages with a trustworthy text layer)")
@@ -207,7 +207,7 @@ class RoundRunner:
         rd.mkdir(parents=True, exist_ok=True)
         t0 = time.process_time()
         prior = self.accepted_before(k)
-        model_dir = self.train(k, prior)
+        model_dir = self.train(k)
         model, tok = load_recognizer(model_dir, self.data / "tokenizer")
         taken = {p.key for ps in prior.values() for p in ps}
         pool = [p for s in self.langs for p in read_patch_shard(self.data / "pool" / f"{_key(s)}.tar")
