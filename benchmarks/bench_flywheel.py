@@ -25,7 +25,10 @@ def main(argv: list[str]) -> int:
     from hydra import compose, initialize_config_dir
 
     from train.flywheel import run_flywheel
+    from train.flywheel.config import register
     from train.flywheel.report import table
+
+    register()
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base=None):

@@ -121,3 +121,20 @@ def test_bad_input_clear_errors(tmp_path):
         run_flywheel({"out": str(tmp_path / "o"), "flywheel": {**OmegaConf.to_container(cfg), "input": str(empty)}})
     with pytest.raises(ValueError, match="languages is empty"):
         run_flywheel({"out": str(tmp_path / "o"), "flywheel": {**OmegaConf.to_container(cfg), "languages": []}})
+
+
+def test_config_schema_defaults_and_errors():
+    from hydra import compose, initialize_config_dir
+
+    from train.flywheel.config import ConfigError, FlywheelAppConfig, register, typed
+
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = typed(compose(config_name="flywheel"), FlywheelAppConfig)
+        assert [lp.lang for lp in cfg.flywheel.languages] == ["eng-Latn", "hin-Deva"]
+        assert cfg.flywheel.recognizer.experiment == "flywheel_recognizer"
+        with pytest.raises(ConfigError, match="flywheel.label.batch_size must be >= 1"):
+            typed(compose(config_name="flywheel", overrides=["flywheel.label.batch_size=0"]), FlywheelAppConfig)
+        with pytest.raises(ConfigError, match="flywheel.languages"):
+            typed(compose(config_name="flywheel", overrides=["flywheel.languages=[{lang: eng-Xxxx}]"]),
+                  FlywheelAppConfig)

@@ -20,21 +20,34 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
+from data_engine.config import Schema, setting
 from data_engine.flywheel.trust import line_problem
 
 EMPTY, UNFINISHED, REPETITION = "empty", "unfinished", "repetition"
 LENGTH_MISMATCH, LOW_CONFIDENCE = "length_mismatch", "low_confidence"
 
 
-@dataclass(frozen=True)
-class AcceptConfig:
-    min_confidence: float = -0.35  # mean log-prob per token (exp(-0.35) ~ 0.70 per token)
-    min_repeats: int = 4
-    max_unit: int = 10
-    loop_share: float = 0.5
-    length_slack: float = 1.5  # seed range [lo / slack, hi * slack]
-    default_chars_per_height: tuple[float, float] = (0.4, 4.0)  # without seed patches
+@dataclass
+class AcceptConfig(Schema):
+    """Settings of the filters (the ``flywheel.accept`` config group; one default per key)."""
+
+    _key: ClassVar[str] = "flywheel.accept"
+
+    min_confidence: float = -0.35     # mean log-prob per token (exp(-0.35) ~ 0.70 per token)
+    min_repeats: int = setting(4, ge=2)  # a loop: one unit repeated at least this often ...
+    max_unit: int = setting(10, ge=1)  # ... a unit of up to this many characters ...
+    loop_share: float = setting(0.5, gt=0, le=1)  # ... covering at least this share of the text
+    length_slack: float = setting(1.5, ge=1)  # seed chars-per-height range widened to [lo / slack, hi * slack]
+    default_chars_per_height: list[float] = setting([0.4, 4.0], ge=0)  # the range without seed patches
+
+    def check(self) -> None:
+        lo_hi = self.default_chars_per_height
+        if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
+            from data_engine.config import ConfigError
+
+            raise ConfigError(f"flywheel.accept.default_chars_per_height must be [lo, hi], got {lo_hi}")
 
 
 def loop_span(text: str, max_unit: int = 10, min_repeats: int = 4) -> int:

@@ -15,13 +15,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from .config import FlywheelAppConfig, as_app_config
+
 
 def _console(msg: str) -> None:
     print(msg, flush=True)
 
 
-def run_flywheel(cfg: DictConfig | dict, log=_console) -> dict:
-    """Prepare the data (once), then run ``flywheel.rounds`` rounds; returns the run report."""
+def run_flywheel(cfg: FlywheelAppConfig | DictConfig | dict, log=_console) -> dict:
+    """Prepare the data (once), then run ``flywheel.rounds`` rounds; returns the run report.
+    ``cfg``: ``conf/flywheel.yaml`` composed, or a (partial) dict set onto the schema defaults."""
     import torch
 
     from data_engine.flywheel.dataset import generate_default_corpus, prepare_data
@@ -30,44 +33,36 @@ def run_flywheel(cfg: DictConfig | dict, log=_console) -> dict:
     from .report import table, write_run_report
     from .rounds import RoundRunner
 
-    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    cfg = as_app_config(cfg)
     fw = cfg.flywheel
-    out = Path(str(cfg.out))
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(int(fw.threads))
-    languages = {}
-    for item in fw.languages:  # [{lang: eng-Latn, digital: n, scan: n, gold: n}, ...]
-        item = dict(item)
-        spec = str(item.pop("lang", ""))
-        if not spec or spec in languages:
-            raise ValueError(f"flywheel.languages: every entry needs a distinct 'lang' (got {spec!r})")
-        languages[spec] = item
+    torch.set_num_threads(fw.threads)
+    languages = {lp.lang: {"digital": lp.digital, "scan": lp.scan, "gold": lp.gold} for lp in fw.languages}
     if not languages:
         raise ValueError("flywheel.languages is empty: name at least one '<iso639-3>-<iso15924>' language")
     t0 = time.process_time()
     if fw.input:
-        pdf_dir = Path(str(fw.input))
+        pdf_dir = Path(fw.input)
         if not pdf_dir.is_dir() or not any(pdf_dir.glob("*.pdf")):
             raise FileNotFoundError(f"flywheel.input={pdf_dir}: no PDF files there (expected <lang>_<script>_*.pdf)")
     else:
         pdf_dir = out / "pdfs"
         log(f"[flywheel] generating the embedded default corpus -> {pdf_dir}")
-        generate_default_corpus(pdf_dir, languages, int(fw.pages_per_doc), int(fw.seed))
-    det_kw = {k: v for k, v in dict(fw.detector).items() if k != "name" and v is not None}
-    if str(fw.detector.name) == "ppocr_det":
-        det_kw.setdefault("threads", int(fw.threads))
-        det_kw.setdefault("dpi", int(fw.dpi))
-    detector = get_line_source(str(fw.detector.name), **det_kw)
-    counts = prepare_data(out / "data", languages, pdf_dir=pdf_dir, detector=detector, dpi=int(fw.dpi),
-                          tokenizer_vocab=int(fw.tokenizer_vocab), log=log)
+        generate_default_corpus(pdf_dir, languages, fw.pages_per_doc, fw.seed)
+    det_kw = {"model_path": fw.detector.model_path, "threads": fw.threads, "dpi": fw.dpi} \
+        if fw.detector.name == "ppocr_det" else {}
+    detector = get_line_source(fw.detector.name, **det_kw)
+    counts = prepare_data(out / "data", languages, pdf_dir=pdf_dir, detector=detector, dpi=fw.dpi,
+                          tokenizer_vocab=fw.tokenizer_vocab, log=log)
     if sum(c["pool"] for c in counts.values()) == 0:
         log("[flywheel] warning: nothing to label (no image-only pages and no refused text-layer lines)")
     runner = RoundRunner(fw, out, list(languages), log=log)
     rounds = []
-    for k in range(int(fw.rounds)):
+    for k in range(fw.rounds):
         log(f"[flywheel] round {k}: train -> label -> accept -> measure")
         rounds.append(runner.run_round(k))
-        write_run_report(out, rounds, {"data": counts, "config": OmegaConf.to_container(cfg, resolve=True)})
+        write_run_report(out, rounds, {"data": counts, "config": OmegaConf.to_container(OmegaConf.structured(cfg))})
     log(table(rounds))
     log(f"[flywheel] report: {out / 'report.json'}, {out / 'report.md'}, {out / 'report.png'} "
         f"({time.process_time() - t0:.0f} CPU-s in this process)")

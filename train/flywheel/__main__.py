@@ -5,6 +5,10 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from train.flywheel.config import register
+
+register()
+
 
 @hydra.main(config_path="../../conf", config_name="flywheel", version_base=None)
 def main(cfg: DictConfig) -> None:

@@ -16,8 +16,9 @@ from omegaconf import MISSING
 from data_engine.config import ConfigError, Schema, group, register_schema, setting, typed
 from data_engine.flywheel.accept import AcceptConfig
 from data_engine.flywheel.linepages import LineLanguage
+from data_engine.scripts import SCRIPTS
 
-__all__ = ["FlywheelAppConfig", "FlywheelConfig", "LanguagePlan", "register", "typed"]
+__all__ = ["FlywheelAppConfig", "FlywheelConfig", "LanguagePlan", "as_app_config", "register", "typed"]
 
 
 @dataclass
@@ -95,8 +96,9 @@ class FlywheelConfig(Schema):
             raise ConfigError(f"flywheel.languages: each lang may appear once, got {specs}")
         for s in specs:
             lang = LineLanguage.parse(s)
-            if not lang.lang or not lang.script:
-                raise ConfigError(f"flywheel.languages: lang must look like 'hin-Deva', got {s!r}")
+            if not lang.lang or lang.script not in SCRIPTS:
+                raise ConfigError(f"flywheel.languages: lang must look like 'hin-Deva' (ISO 639-3 - ISO 15924 "
+                                  f"script of {sorted(SCRIPTS)}), got {s!r}")
 
 
 @dataclass
@@ -105,6 +107,17 @@ class FlywheelAppConfig(Schema):
 
     out: str = "runs/flywheel"        # run directory: data/, round_<k>/, report.json/.md/.png
     flywheel: FlywheelConfig = group(FlywheelConfig)
+
+
+def as_app_config(cfg) -> FlywheelAppConfig:
+    """The validated config from a composed DictConfig, an instance or a (partial) plain dict
+    (whose ``flywheel.languages`` entries may be dicts)."""
+    from collections.abc import Mapping
+
+    if isinstance(cfg, Mapping) and isinstance(cfg.get("flywheel"), Mapping) and "languages" in cfg["flywheel"]:
+        langs = [LanguagePlan(**d) if isinstance(d, Mapping) else d for d in cfg["flywheel"]["languages"]]
+        cfg = {**cfg, "flywheel": {**cfg["flywheel"], "languages": langs}}
+    return typed(cfg, FlywheelAppConfig)
 
 
 def register() -> None:

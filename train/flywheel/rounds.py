@@ -27,7 +27,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from data_engine.flywheel.accept import AcceptConfig, judge, length_range
+from data_engine.flywheel.accept import judge, length_range
 from data_engine.flywheel.linepages import LineLanguage
 from data_engine.flywheel.patches import Patch, read_patch_shard, write_patch_shard
 from data_engine.flywheel.reassemble import page_labels, write_page_shard
@@ -67,7 +67,7 @@ class RoundRunner:
     def __init__(self, cfg, out_dir: Path, languages: list[str], log=print):
         self.cfg, self.out, self.langs, self.log = cfg, Path(out_dir), list(languages), log
         self.data = self.out / "data"
-        self.accept_cfg = AcceptConfig(**dict(cfg.accept))
+        self.accept_cfg = cfg.accept
         self.seed = {s: list(read_patch_shard(self.data / "seed" / f"{_key(s)}.tar")) for s in self.langs}
         self.truth = json.loads((self.data / "pool_truth.json").read_text(encoding="utf-8"))
         self.bounds = {s: length_range([(p.text, p.bbox) for p in self.seed[s]], self.accept_cfg.length_slack)
@@ -89,6 +89,11 @@ class RoundRunner:
     def spec_of(self, p: Patch) -> str:
         return self.spec_of_lang(p.lang)
 
+    def read_kw(self) -> dict:
+        lc = self.cfg.label
+        return dict(batch_size=lc.batch_size, max_new_tokens=lc.max_new_tokens,
+                    no_repeat_ngram=lc.no_repeat_ngram, window=lc.window)
+
     # ------------------------------------------------------------------ 1. train
     def train(self, k: int) -> Path:
         rd = self.rdir(k)
@@ -103,11 +108,10 @@ class RoundRunner:
             raise ValueError("no seed patches in any language: nothing to train the recognizer on "
                              "(give born-digital pages with a trustworthy text layer)")
         rc = self.cfg.recognizer
-        steps = list(rc.steps) if not isinstance(rc.steps, int) else [rc.steps]
         init = str(self.rdir(k - 1) / "train" / "model") if k > 0 and rc.continue_training else None
-        tcfg = recognizer_config(str(rc.experiment), list(rc.overrides), shards=[str(s) for s in shards],
+        tcfg = recognizer_config(rc.experiment, rc.overrides, shards=[str(s) for s in shards],
                                  tokenizer=str(self.data / "tokenizer"), out_dir=rd / "train",
-                                 steps=int(steps[min(k, len(steps) - 1)]), seed=int(self.cfg.seed) + k,
+                                 steps=rc.steps[min(k, len(rc.steps) - 1)], seed=self.cfg.seed + k,
                                  init_from=init)
         t0 = time.process_time()
         res = train_recognizer(tcfg)
@@ -119,7 +123,7 @@ class RoundRunner:
     # ------------------------------------------------------------------ 2.-3. label + accept
     def label(self, k: int, model, tok, pool: list[Patch]) -> list[dict]:
         lc = self.cfg.label
-        bs = int(lc.batch_size)
+        bs = lc.batch_size
         path = self.rdir(k) / "labels.jsonl"
         done = read_label_batches(path)
         rows = []
@@ -127,9 +131,7 @@ class RoundRunner:
             for b in range(0, -(-len(pool) // bs)):
                 chunk = pool[b * bs:(b + 1) * bs]
                 if b not in done:
-                    reads = read_patches(model, tok, [p.image for p in chunk], batch_size=bs,
-                                         max_new_tokens=int(lc.max_new_tokens),
-                                         no_repeat_ngram=int(lc.no_repeat_ngram), window=int(lc.window))
+                    reads = read_patches(model, tok, [p.image for p in chunk], **self.read_kw())
                     done[b] = []
                     for p, (text, conf, fin) in zip(chunk, reads):
                         why = judge(text, confidence=conf, finished=fin, bbox=p.bbox, script=p.script,
@@ -169,9 +171,7 @@ class RoundRunner:
             if not gold:
                 out[s] = {"gold_n": 0}
                 continue
-            lc = self.cfg.label
-            kw = dict(batch_size=int(lc.batch_size), max_new_tokens=int(lc.max_new_tokens),
-                      no_repeat_ngram=int(lc.no_repeat_ngram), window=int(lc.window))
+            kw = self.read_kw()
             reads = read_patches(model, tok, [p.image for p in gold], **kw)
             blank = read_patches(model, tok, [Image.new("RGB", p.image.size, "white") for p in gold], **kw)
             out[s] = {"gold_n": len(gold), "cer": corpus_cer((p.text, r[0]) for p, r in zip(gold, reads)),
