@@ -33,10 +33,11 @@ from PIL import Image
 from data_engine.flywheel.trust import line_problem
 from data_engine.render import extract_text
 from data_engine.shards import SampleTarWriter, encode_meta
+from models.prompts import PROMPT_COARSE
 
 CANVAS = 512  # side of the "tiny" resolution mode: the canvas is fed without resizing
 ROW = 64  # pixels per vision-token row (16 px SAM patches x 4 from the 16x compressor)
-PROMPT = "<image>\nFree OCR."  # models.prompts.PROMPT_COARSE (kept literal: no torch import here)
+PROMPT = PROMPT_COARSE  # patches carry coarse labels: the recognizer is asked for plain text
 
 
 @dataclass

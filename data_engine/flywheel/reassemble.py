@@ -15,8 +15,8 @@ from pathlib import Path
 from data_engine.flywheel.patches import Patch
 from data_engine.labels import fine_label
 from data_engine.shards import SampleTarWriter, encode_meta, sample_key
+from models.prompts import PROMPT_FINE
 
-PROMPT_FINE = "<image>\n<|grounding|>Convert the document to markdown."  # models.prompts.PROMPT_FINE
 
 
 def page_labels(patches: Iterable[Patch], rtl_scripts: frozenset[str] = frozenset()) -> dict[tuple[str, int], dict]:
