@@ -34,7 +34,7 @@ from data_engine.flywheel.reassemble import page_labels, write_page_shard
 from data_engine.metrics import corpus_cer
 from data_engine.scripts import script_info
 
-from .recognizer import load_recognizer, read_patches, recognizer_config, train_recognizer
+from .recognizer import load_recognizer, read_patches, recognizer_config, reference_nll, train_recognizer
 
 
 def _key(spec: str) -> str:
@@ -173,9 +173,13 @@ class RoundRunner:
                 continue
             kw = self.read_kw()
             reads = read_patches(model, tok, [p.image for p in gold], **kw)
-            blank = read_patches(model, tok, [Image.new("RGB", p.image.size, "white") for p in gold], **kw)
+            blanks = [Image.new("RGB", p.image.size, "white") for p in gold]
+            blank = read_patches(model, tok, blanks, **kw)
+            texts = [p.text for p in gold]
             out[s] = {"gold_n": len(gold), "cer": corpus_cer((p.text, r[0]) for p, r in zip(gold, reads)),
                       "cer_blind": corpus_cer((p.text, r[0]) for p, r in zip(gold, blank)),
+                      "loss": reference_nll(model, tok, [p.image for p in gold], texts, batch_size=kw["batch_size"]),
+                      "loss_blind": reference_nll(model, tok, blanks, texts, batch_size=kw["batch_size"]),
                       "examples": [{"ref": p.text, "pred": r[0]} for p, r in zip(gold[:3], reads[:3])]}
         return out
 
