@@ -138,3 +138,39 @@ def test_config_schema_defaults_and_errors():
         with pytest.raises(ConfigError, match="flywheel.languages"):
             typed(compose(config_name="flywheel", overrides=["flywheel.languages=[{lang: eng-Xxxx}]"]),
                   FlywheelAppConfig)
+
+
+def test_accepted_labels_feed_page_labels_and_next_round(full_run, tmp_path):
+    """Verdict rows (here: the ground truth as label, accepted) -> accepted patch shard ->
+    page-level fine labels in engine shard format -> round 1's training shards."""
+    import shutil
+
+    from data_engine.flywheel.patches import read_patch_shard
+    from data_engine.flywheel.reassemble import page_labels, write_page_shard
+    from data_engine.labels import parse_fine_label
+    from data_engine.shards import iter_samples
+    from train.flywheel.config import as_app_config
+    from train.flywheel.rounds import RoundRunner
+
+    out = tmp_path / "copy"
+    shutil.copytree(full_run / "data", out / "data")
+    cfg = as_app_config({"out": str(out), "flywheel": {"languages": [{"lang": "eng-Latn"}, {"lang": "khm-Khmr"}]}})
+    runner = RoundRunner(cfg.flywheel, out, ["eng-Latn", "khm-Khmr"], log=lambda m: None)
+    pool = list(read_patch_shard(out / "data" / "pool" / "eng_Latn.tar"))
+    rows = [{"key": p.key, "lang": p.lang, "text": runner.truth[p.key], "confidence": -0.01, "finished": True,
+             "reason": None} for p in pool if p.key in runner.truth]
+    assert rows
+    runner.write_accepted(0, pool, rows)
+    acc = list(read_patch_shard(out / "round_0" / "accepted" / "eng_Latn.tar"))
+    assert [p.key for p in acc] == sorted(r["key"] for r in rows)
+    assert all(p.extra == {"round": 0, "confidence": -0.01} and p.text for p in acc)
+    assert out / "round_0" / "accepted" / "eng_Latn.tar" in runner.training_shards(1)
+    assert out / "round_0" / "accepted" / "khm_Khmr.tar" not in runner.training_shards(1)  # empty
+    assert runner.accepted_before(1)["eng-Latn"][0].key == acc[0].key
+    n = write_page_shard(tmp_path / "pages.tar", page_labels(acc))
+    pages = list(iter_samples(str(tmp_path / "pages.tar")))
+    assert n == len(pages) >= 1
+    meta = pages[0]["meta"]
+    assert meta["source"] == "flywheel" and meta["labels"]["fine"]["prompt"].endswith("markdown.")
+    texts = [b["text"] for b in parse_fine_label(meta["labels"]["fine"]["text"])]
+    assert texts and set(texts) <= {runner.truth[p.key] for p in acc}

@@ -95,15 +95,20 @@ class RoundRunner:
                     no_repeat_ngram=lc.no_repeat_ngram, window=lc.window)
 
     # ------------------------------------------------------------------ 1. train
+    def training_shards(self, k: int) -> list[Path]:
+        """Seed shards plus the non-empty accepted shards of rounds < k."""
+        shards = [self.data / "seed" / f"{_key(s)}.tar" for s in self.langs if self.seed[s]]
+        for j in range(k):
+            counts = json.loads((self.rdir(j) / "ACCEPTED").read_text())
+            shards += [self.rdir(j) / "accepted" / f"{_key(s)}.tar" for s in self.langs if counts.get(s)]
+        return shards
+
     def train(self, k: int) -> Path:
         rd = self.rdir(k)
         model_dir = rd / "train" / "model"
         if (rd / "TRAINED").is_file():
             return model_dir
-        shards = [self.data / "seed" / f"{_key(s)}.tar" for s in self.langs if self.seed[s]]
-        for j in range(k):  # accepted shards of earlier rounds that hold patches
-            counts = json.loads((self.rdir(j) / "ACCEPTED").read_text())
-            shards += [self.rdir(j) / "accepted" / f"{_key(s)}.tar" for s in self.langs if counts.get(s)]
+        shards = self.training_shards(k)
         if not shards:
             raise ValueError("no seed patches in any language: nothing to train the recognizer on "
                              "(give born-digital pages with a trustworthy text layer)")
