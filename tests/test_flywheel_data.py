@@ -153,3 +153,19 @@ def test_flywheel_data_side_is_torch_free():
             "data_engine.flywheel.accept, data_engine.flywheel.baseline; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_tesseract_baseline_reads_a_latin_line(docs):
+    from data_engine.flywheel.baseline import availability, read_line
+    from data_engine.metrics import corpus_cer
+
+    code, why = availability("eng")
+    if code is None:
+        pytest.skip(why)
+    path, gt = docs[("eng-Latn", "scan")]
+    page = pymupdf.open(path)[0]
+    truth = gt["pages"][0]["blocks"][:3]
+    patches = cut_boxes(render_page(page), page.rect, [b["bbox"] for b in truth], doc_id="d", page=0, lang="eng",
+                        script="Latn", source="gold", texts=[b["text"] for b in truth])
+    assert corpus_cer((p.text, read_line(p.image, "eng")) for p in patches) < 0.2
+    assert availability("xyz")[0] is None and "tesseract-ocr-xyz" in availability("xyz")[1]
