@@ -64,6 +64,9 @@ def run_flywheel(cfg: FlywheelAppConfig | DictConfig | dict, log=_console) -> di
         rounds.append(runner.run_round(k))
         write_run_report(out, rounds, {"data": counts, "config": OmegaConf.to_container(OmegaConf.structured(cfg))})
     log(table(rounds))
+    for spec, d in rounds[-1]["languages"].items():
+        if d.get("note"):
+            log(f"[flywheel] note {spec}: {d['note']}")
     log(f"[flywheel] report: {out / 'report.json'}, {out / 'report.md'}, {out / 'report.png'} "
         f"({time.process_time() - t0:.0f} CPU-s in this process)")
     return json.loads((out / "report.json").read_text(encoding="utf-8"))

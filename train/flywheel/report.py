@@ -69,7 +69,9 @@ def write_run_report(out_dir: Path, rounds: list[dict], extra: dict | None = Non
     tmp = out_dir / "report.json.tmp"
     tmp.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
     tmp.replace(out_dir / "report.json")
-    (out_dir / "report.md").write_text("# Flywheel report\n\n" + table(rounds) + "\n", encoding="utf-8")
+    notes = sorted({f"- {spec}: {d['note']}" for r in rounds for spec, d in r["languages"].items() if d.get("note")})
+    (out_dir / "report.md").write_text("# Flywheel report\n\n" + table(rounds) + "\n\n" + "\n".join(notes) + "\n",
+                                       encoding="utf-8")
     if rounds:
         plot(rounds, out_dir / "report.png")
     return report
