@@ -33,6 +33,8 @@ Recipes (conf/experiment/<recipe>.yaml; any Hydra override may follow)
   paper_stage2         Paper stage 2: DeepSeek-OCR, PP=4 x DP, ZeRO-1, lr 3e-5 step, seq 8192,
                        global batch 640
   paper_gundam_m       Continue a trained model in Gundam-M mode (needs model.init_from=...)
+  flywheel_recognizer  The flywheel's line-patch recognizer (tiny, stage 2, one process); `flywheel`
+                       runs it per round with data.shards / model.tokenizer / train.out_dir set
 
   Examples
     ./launch.sh paper_stage1 model.tokenizer=/ckpt/deepseek-ocr data.shards='[/data/shards/*.tar]'
