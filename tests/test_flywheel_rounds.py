@@ -174,3 +174,12 @@ def test_accepted_labels_feed_page_labels_and_next_round(full_run, tmp_path):
     assert meta["source"] == "flywheel" and meta["labels"]["fine"]["prompt"].endswith("markdown.")
     texts = [b["text"] for b in parse_fine_label(meta["labels"]["fine"]["text"])]
     assert texts and set(texts) <= {runner.truth[p.key] for p in acc}
+
+
+def test_torn_label_line_is_cut_off(tmp_path):
+    from train.flywheel.rounds import read_label_batches
+
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"batch": 0, "rows": [{"key": "a"}]}\n{"batch": 1, "ro')
+    assert read_label_batches(path) == {0: [{"key": "a"}]}
+    assert path.read_text().endswith("}\n")  # the next batch starts on its own line

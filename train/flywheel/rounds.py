@@ -49,9 +49,14 @@ def _atomic_json(path: Path, obj) -> None:
 
 
 def read_label_batches(path: Path) -> dict[int, list[dict]]:
-    """Finished batches of a labels.jsonl (a torn last line from a kill is ignored)."""
+    """Finished batches of a labels.jsonl; a torn last line (a kill mid-write) is cut off so
+    that the batches appended next start on a line of their own."""
     done = {}
     if path.is_file():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 rec = json.loads(line)
