@@ -17,6 +17,10 @@ Commands
                        stage 1 -> stage 2 (pipeline parallel over CPU processes) -> export ->
                        evaluation on held-out pages. Output: runs/demo (DEMO_DIR=... to change).
                        Real text instead of pseudo-text: DEMO_CORPUS=/path/to/udhr ./launch.sh demo
+  flywheel [overrides] Model-flywheel rounds for minority languages on the embedded default
+                       (synthetic Latin + Devanagari line pages; CPU): fitz patches -> recognizer
+                       -> detector-cut patches labelled, accepted, reassembled; per-round report
+                       with CER plot. Output: runs/flywheel (out=... to change). docs/flywheel.md
   test [pytest args]   Create .venv if missing, install ocrflow[test], run pytest
                        (default: -m "not slow"; pass e.g. `-m slow` or a test path instead).
   help                 This text.
@@ -29,6 +33,8 @@ Recipes (conf/experiment/<recipe>.yaml; any Hydra override may follow)
   paper_stage2         Paper stage 2: DeepSeek-OCR, PP=4 x DP, ZeRO-1, lr 3e-5 step, seq 8192,
                        global batch 640
   paper_gundam_m       Continue a trained model in Gundam-M mode (needs model.init_from=...)
+  flywheel_recognizer  The flywheel's line-patch recognizer (tiny, stage 2, one process); `flywheel`
+                       runs it per round with data.shards / model.tokenizer / train.out_dir set
 
   Examples
     ./launch.sh paper_stage1 model.tokenizer=/ckpt/deepseek-ocr data.shards='[/data/shards/*.tar]'
@@ -189,6 +195,12 @@ case "$cmd" in
   demo)
     ensure_env
     run_demo "$@" ;;
+  flywheel)
+    ensure_env
+    scripts/setup_fonts.sh >/dev/null || echo "[flywheel] Noto fonts missing: see scripts/setup_fonts.sh" >&2
+    scripts/setup_tesseract.sh eng hin >/dev/null \
+      || echo "[flywheel] Tesseract not installed: the baseline column will say why" >&2
+    OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(cpu_threads 1)}" exec python -m train.flywheel "$@" ;;
   *)
     if [[ ! -f "conf/experiment/$cmd.yaml" ]]; then
       echo "unknown command or recipe '$cmd'" >&2
