@@ -167,17 +167,18 @@ run_demo() {
   local export="$dir/stage2/model"
   [[ -f "$export/config.json" ]] || { echo "[demo] no exported model at $export" >&2; exit 1; }
 
-  echo "[demo 7/7] evaluation on held-out pages"
+  echo "[demo 7/7] evaluation on held-out pages: before training, after training, image-blind"
+  # decoding length follows each page's reference length; report.md + plots in $dir/eval
   python -m train.evaluate --model "$export" --tokenizer "$dir/tokenizer" \
-    --shards "$dir/heldout/shards/*.tar" --pages "${DEMO_EVAL_PAGES:-4}" --mode tiny \
-    --max-new-tokens "${DEMO_EVAL_TOKENS:-96}" --out "$dir/eval.json"
+    --shards "$dir/heldout/shards/*.tar" --pages "${DEMO_EVAL_PAGES:-4}" --modes tiny \
+    --untrained --out "$dir/eval"
 
   cat <<EOF
 
 [demo] done in $(( SECONDS - t0 ))s
   run (stage 1 / stage 2, metrics.jsonl, wandb offline): $dir/stage1  $dir/stage2
   checkpoint (published layout + config.json):           $export
-  evaluation report:                                     $dir/eval.json
+  evaluation report (tables, plots):                     $dir/eval/report.md
   data: $dir/engine/shards (report.json), tokenizer: $dir/tokenizer
 EOF
 }

@@ -44,6 +44,9 @@ def test_demo_end_to_end(tmp_path):
     assert (d / "stage1" / "encoder.safetensors").is_file()
     assert min(s1["losses"][-5:]) < s1["losses"][0]
     assert (d / "stage2" / "model" / "config.json").is_file()
-    ev = json.loads((d / "eval.json").read_text())
-    assert ev["pages"] > 0 and 0 <= ev["edit_distance"] <= 1 and 0 <= ev["word_precision"] <= 1
-    assert "evaluation:" in proc.stdout and str(d / "stage2" / "model") in proc.stdout
+    ev = json.loads((d / "eval" / "report.json").read_text())
+    table = ev["summary"]["tiny"]["coarse"]
+    assert set(table) == {"untrained", "trained", "blind"} and all(0 <= v["ned"] <= 1 for v in table.values())
+    assert (d / "eval" / "report.md").is_file() and (d / "eval" / "compression.png").is_file()
+    assert "before training" in proc.stdout and "image-blind" in proc.stdout
+    assert str(d / "stage2" / "model") in proc.stdout

@@ -36,6 +36,7 @@ from models.image_processing import ImageInput
 from .common import (build_ds_config, build_lr_scheduler, build_optimizer,
                      resume_if_requested, save_checkpoint, start_run, touch_params)
 from .config import Config, Stage1LMConfig, typed
+from .eval.loading import save_run_config
 from .logging import MetricsLogger, reduce_breakdowns, token_loss_breakdown
 
 IGNORE_INDEX = -100
@@ -319,6 +320,7 @@ def run_stage1(cfg: Any) -> dict:
     if rank == 0:
         (out_dir / "stage1_result.json").write_text(json.dumps(
             {k: v for k, v in result.items() if k != "data_stats"}, indent=1))
+        save_run_config(cfg, out_dir)  # train.evaluate rebuilds the model from it
     logger.summary({"final_loss": result["final_loss"], "mean_step_time_s": result["mean_step_time_s"]})
     logger.close()
     return result
