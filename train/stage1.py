@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from models.config import DeepseekOCRConfig, get_preset
 from models.deepencoder import DeepEncoder
 from models.image_processing import ImageInput
+from models.pretrained import init_encoder_from_pretrained
 
 from .common import (build_ds_config, build_lr_scheduler, build_optimizer,
                      resume_if_requested, save_checkpoint, start_run, touch_params)
@@ -234,6 +235,8 @@ def run_stage1(cfg: Any) -> dict:
     special = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
                "pad_token_id": tok.pad_token_id, "image_token_id": tok.image_token_id}
     model = build_stage1_model(cfg, tok.vocab_size, special_ids=special, seq_len=seq_len)
+    # model.sam_from / model.clip_from: public SAM ViT-B / CLIP ViT-L/14 weights (refused, named, on mismatch)
+    pretrained = init_encoder_from_pretrained(model.encoder, mcfg.sam_from, mcfg.clip_from)
     if mcfg.gradient_checkpointing:
         model.set_gradient_checkpointing(True)
     stage2_width = get_preset(mcfg.preset).decoder.hidden_size
@@ -260,6 +263,8 @@ def run_stage1(cfg: Any) -> dict:
                 f"= {ds_config['train_batch_size']}, seq {seq_len}, ZeRO-{ds_config['zero_optimization']['stage']}"
                 + (f", resumed at step {step} from {resume}" if resume else ""))
 
+    for report in pretrained:
+        logger.info(report.summary())
     save_every, keep_last = tcfg.save_every, tcfg.keep_last
     losses: list[float] = []
     step_times: list[float] = []
