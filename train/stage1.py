@@ -321,6 +321,7 @@ def run_stage1(cfg: Any) -> dict:
         "mean_step_time_s": sum(timed) / len(timed) if timed else None,
         "tokens_seen": tokens_seen, "params": n_params, "data_stats": loader.stats,
         "reliance": reliance.history if reliance is not None else [],
+        "pretrained": [r.summary() for r in pretrained],
     }
     if rank == 0:
         (out_dir / "stage1_result.json").write_text(json.dumps(

@@ -70,8 +70,8 @@ def find_loop(text: str, *, max_period: int = 256, min_repeats: int = 3, min_spa
         if not eq[-1]:
             continue
         breaks = np.flatnonzero(~eq)
-        m = len(eq) - (breaks[-1] + 1 if len(breaks) else 0)  # trailing run of equalities
-        span = m + p
+        m = len(eq) - (int(breaks[-1]) + 1 if len(breaks) else 0)  # trailing run of equalities
+        span = int(m + p)
         if span >= min_span and span / p >= min_repeats and (best is None or span > best.span):
             best = Loop(text[n - p:], span / p, span)
     return best
