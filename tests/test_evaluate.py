@@ -223,15 +223,14 @@ def test_stage1_run_report_with_compression_table_and_plots(tmp_path, capsys, hf
     assert result["pretrained"][0].startswith("sam_model <- ") and "vision_model <- " in result["pretrained"][1]
 
     res = main(["--model", str(tmp_path / "run"), "--shards", held_glob, "--pages", "4", "--modes", "tiny,small",
-                "--labels", "coarse,fine", "--untrained", "--out", str(tmp_path / "eval"), "--budget-factor", "1.2"])
+                "--labels", "coarse", "--untrained", "--out", str(tmp_path / "eval"), "--budget-factor", "1.2"])
     out = capsys.readouterr().out
     assert "before training" in out and "after training" in out and "image-blind" in out
     rep = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert rep["model"]["kind"] == "stage1" and rep["variants"] == ["untrained", "trained", "blind"]
     for mode in ("tiny", "small"):
-        for kind in ("coarse", "fine"):
-            assert set(rep["summary"][mode][kind]) == {"untrained", "trained", "blind"}
-            assert all(v["pages"] == 4 for v in rep["summary"][mode][kind].values())
+        assert set(rep["summary"][mode]["coarse"]) == {"untrained", "trained", "blind"}
+        assert all(v["pages"] == 4 for v in rep["summary"][mode]["coarse"].values())
     # the compression table, checked against the per-page rows it is made of
     rows = [r for r in res["rows"] if r["kind"] == "coarse" and r["variant"] == "trained"]
     for mode, vision in (("tiny", 64), ("small", 100)):
@@ -240,7 +239,6 @@ def test_stage1_run_report_with_compression_table_and_plots(tmp_path, capsys, hf
         mine = [r for r in rows if r["mode"] == mode]
         assert sum(r["compression"] * r["pages"] for r in table) == pytest.approx(
             sum(r["ref_tokens"] / vision for r in mine))
-    assert set(rep["blocks"]["tiny"]["trained"]["per_type"]) == {"title", "text"}
     assert set(rep["by_language"]["tiny"]["coarse"]) == {"deu", "eng"}
     # budgets follow the reference length: 1.2 x reference tokens + 16
     assert all(r["budget"] == int(-(-1.2 * r["ref_tokens"] // 1)) + 16 for r in res["rows"])
@@ -251,8 +249,9 @@ def test_stage1_run_report_with_compression_table_and_plots(tmp_path, capsys, hf
             assert im.format == "PNG" and im.width > 200
 
 
-def test_checkpoint_dir_and_blind_control(tmp_path):
-    """A stage-2 style export loads; the image-blind variant's output cannot depend on the page."""
+def test_checkpoint_dir_fine_labels_and_blind_control(tmp_path):
+    """A stage-2 style export loads; fine labels give the block table; the image-blind
+    variant's output cannot depend on the page."""
     from models.checkpoint import export_checkpoint
     from models.config import get_preset
     from models.deepseek_ocr import DeepseekOCRForCausalLM
@@ -274,3 +273,9 @@ def test_checkpoint_dir_and_blind_control(tmp_path):
     res = evaluate_model(m, same, progress=None, no_repeat_ngram=0)
     blind = [r["pred"] for r in res["rows"] if r["variant"] == "blind"]
     assert len(blind) == 2 and blind[0] == blind[1]
+
+    fine = evaluate_model(m, heldout_pages(glob_, None, ("fine",)), label_kinds=("fine",), progress=None,
+                          budget_factor=1.0)["report"]
+    assert set(fine["summary"]["tiny"]["fine"]) == {"trained", "blind"}
+    per_type = fine["blocks"]["tiny"]["trained"]["per_type"]
+    assert set(per_type) == {"title", "text"} and per_type["title"]["blocks"] == 2

@@ -11,6 +11,8 @@ CLIP ViT-L/14 (built on the meta device: no memory) gives exactly the published 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -47,24 +49,22 @@ def hf_clip_config(clip=TINY.clip) -> CLIPVisionConfig:
                             hidden_act="quick_gelu", layer_norm_eps=clip.layer_norm_eps)
 
 
+def _save_random(model: torch.nn.Module, seed: int, folder: Path) -> tuple[torch.nn.Module, Path]:
+    randomize(model.eval(), seed=seed)  # non-trivial values everywhere (SAM's init is ~1e-10)
+    model.save_pretrained(folder)
+    return model, folder
+
+
 @pytest.fixture(scope="module")
 def hf_sam(tmp_path_factory):
     torch.manual_seed(0)
-    model = SamModel(hf_sam_config()).eval()
-    randomize(model, seed=5)
-    path = tmp_path_factory.mktemp("sam") / "sam-vit-b-random"
-    model.save_pretrained(path)
-    return model, path
+    return _save_random(SamModel(hf_sam_config()), 5, tmp_path_factory.mktemp("sam") / "sam-vit-b-random")
 
 
 @pytest.fixture(scope="module")
 def hf_clip(tmp_path_factory):
     torch.manual_seed(0)
-    model = CLIPVisionModel(hf_clip_config()).eval()
-    randomize(model, seed=6)
-    path = tmp_path_factory.mktemp("clip") / "clip-vit-l-14-random"
-    model.save_pretrained(path)
-    return model, path
+    return _save_random(CLIPVisionModel(hf_clip_config()), 6, tmp_path_factory.mktemp("clip") / "clip-vit-l-14-random")
 
 
 def _clip_sd(model: CLIPVisionModel) -> dict[str, torch.Tensor]:
