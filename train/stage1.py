@@ -14,7 +14,11 @@ schedule, lr 5e-5, sequence length 4096, global batch 1280, 2 epochs. Here:
   (train/logging.py), and at the end ``<out_dir>/encoder.safetensors`` for stage 2
   (``model.encoder_from``): ``sam_model.*`` and ``vision_model.*`` always; ``projector.*``,
   ``image_newline`` and ``view_seperator`` only when the LM width equals the stage-2 decoder
-  width (otherwise stage 2 initialises them fresh, as their shapes differ).
+  width (otherwise stage 2 initialises them fresh, as their shapes differ), and
+  ``<out_dir>/run_config.yaml`` (the resolved config ``python -m train.evaluate`` rebuilds the
+  run's model from).
+* ``model.sam_from`` / ``model.clip_from``: DeepEncoder starts from public SAM ViT-B / CLIP
+  ViT-L/14 weights (``models.pretrained``; the paper's init), refused with names on mismatch.
 """
 
 from __future__ import annotations
