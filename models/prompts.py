@@ -28,6 +28,8 @@ PROMPT_COARSE = "<image>\nFree OCR."  # text only (coarse labels)
 PROMPT_FINE = "<image>\n<|grounding|>Convert the document to markdown."  # layout + text
 PROMPT_FIGURE = "<image>\nParse the figure."  # charts -> HTML tables, formulas, geometry
 PROMPT_LOCATE = "<image>\nLocate <|ref|>{}<|/ref|> in the image."  # .format(query)
+PROMPT_OCR_GROUNDED = "<image>\n<|grounding|>OCR this image."  # scene text with boxes
+PROMPT_DESCRIBE = "<image>\nDescribe this image in detail."  # captions (general vision)
 
 PROMPTS = {
     "coarse": PROMPT_COARSE,
@@ -132,7 +134,8 @@ def parse_grounded_output(text: str) -> list[tuple[str, list[int], str]]:
 
 __all__ = [
     "IMAGE_TOKEN", "GROUNDING_TOKEN", "REF_START", "REF_END", "DET_START", "DET_END",
-    "PROMPT_COARSE", "PROMPT_FINE", "PROMPT_FIGURE", "PROMPT_LOCATE", "PROMPTS", "NUM_BINS",
+    "PROMPT_COARSE", "PROMPT_FINE", "PROMPT_FIGURE", "PROMPT_LOCATE", "PROMPT_OCR_GROUNDED",
+    "PROMPT_DESCRIBE", "PROMPTS", "NUM_BINS",
     "BLOCK_SEPARATOR", "locate_prompt", "format_box", "format_grounded_block",
     "format_grounded_page", "parse_boxes", "parse_grounded_output",
 ]
