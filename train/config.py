@@ -85,17 +85,33 @@ class DataConfig(Schema):
     _key: ClassVar[str] = "data"
 
     shards: list[str] = setting([])   # OCR pages (source "ocr")
-    vision_shards: list[str] = setting([])  # general-vision data in the same shard format (source "vision")
+    vision_shards: list[str] = setting([])  # general vision (source "vision"): captions, grounding (data_engine/sources, docs/sources.md)
+    # More OCR data by name -> shard globs (data_engine/sources, docs/sources.md); another name:
+    # +data.ocr_sources.NAME=[...] and +data.ocr_weights.NAME=w.
+    ocr_sources: dict[str, list[str]] = setting(
+        {"flywheel": [], "charts": [], "chemistry": [], "geometry": [], "formulas": [], "tables": [], "scene": []})
     text_shards: list[str] = setting([])  # shards whose label text is used as text-only data (source "text")
     text_corpus: Optional[str] = None  # dir of plain-text files (one per language), chunked (source "text")
     seq_len: int = setting(4096, ge=16)  # packed row length (paper: 4096 stage 1, 8192 stage 2)
     # Per-sample source probabilities (paper 70/20/10); a source without data is dropped and the
     # rest renormalised (warned once).
     source_weights: dict[str, float] = setting({"ocr": 0.7, "vision": 0.2, "text": 0.1}, ge=0)
+    # Sub-weights inside OCR (relative; train/mix.py): the paper's dataset sizes in millions
+    # (section 3.4): coarse 30M pages (fine 4M of them), flywheel 0.6M, Word documents 3M (formulas
+    # + tables), scene 20M, charts 10M, chemistry 5M, geometry 1M. coarse/fine come from `shards`
+    # (engine pages), the others from `ocr_sources.<name>`; a name without shards is dropped
+    # (warned once). null = engine pages split coarse/fine by label_kind_weights, every
+    # ocr_sources entry weighted like all pages together.
+    ocr_weights: Optional[dict[str, float]] = setting(
+        {"coarse": 30.0, "fine": 4.0, "flywheel": 0.6, "formulas": 1.5, "tables": 1.5, "scene": 20.0,
+         "charts": 10.0, "chemistry": 5.0, "geometry": 1.0}, ge=0)
+    mix_by: str = setting("samples", choices=("samples", "tokens"))  # what the weights are shares of (train/mix.py)
+    mix_log_every: int = setting(100, ge=0)  # batches between "realised data mix" log lines (0 = never)
     # All native modes + Gundam trained together; Gundam-M is a continuation (experiment/paper_gundam_m).
     mode_weights: dict[str, float] = setting(
         {"tiny": 1.0, "small": 1.0, "base": 1.0, "large": 1.0, "gundam": 1.0, "gundam_m": 0.0}, ge=0)
-    label_kind_weights: dict[str, float] = setting({"coarse": 0.5, "fine": 0.5}, ge=0)  # among the kinds a page has
+    # among the label kinds of a non-page sample (scene: coarse/fine; unlisted kinds weigh 1; 0 excludes a kind)
+    label_kind_weights: dict[str, float] = setting({"coarse": 0.5, "fine": 0.5}, ge=0)
     text_label_kind: str = setting("coarse", choices=("coarse", "fine"))  # label of text_shards used as text
     text_chunk_tokens: Optional[int] = setting(None, ge=1)  # corpus chunk length in tokens; null = seq_len - 2
     overlong: str = setting("truncate", choices=("truncate", "skip"))  # sample longer than seq_len

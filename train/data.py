@@ -4,14 +4,18 @@ open_clip-style reading (``get_wds_dataset``: shard list split by node and DataL
 tar iteration, decode, log-and-skip bad samples), adapted to DeepSeek-OCR training
 (paper section 3.5; docs/INTERFACES.md "Shard format" and "Training side"):
 
-* Sources (``SOURCES``): ``ocr`` (``data.shards``), ``vision`` (``data.vision_shards``, same
-  shard format; none exists in this project yet) and ``text`` (label text of
-  ``data.text_shards`` without the image, and/or ``data.text_corpus`` chunks). Each sample's
-  source is drawn by ``source_weights`` (per sample, paper: 70/20/10); a source without data
-  is dropped and the rest renormalised, with one warning.
-* Page samples: the label kind (coarse / fine) is drawn by ``label_kind_weights`` among the
-  kinds the page has, the resolution mode by ``mode_weights`` (native modes + Gundam trained
-  together). Tokens = ``encode_prompt(prompt, [image])`` (bos + prompt, ``<image>`` expanded
+* Sources (``SOURCES``): ``ocr`` (engine pages ``data.shards`` + ``data.ocr_sources``: charts,
+  chemistry, geometry, formulas, tables, scene, flywheel...), ``vision`` (``data.vision_shards``:
+  captions, grounding; data_engine/sources) and ``text`` (label text of ``data.text_shards``
+  without the image, and/or ``data.text_corpus`` chunks). The mix (``train/mix.py``):
+  ``source_weights`` (paper: 70/20/10) x ``ocr_weights`` (sub-weights inside OCR), by samples or
+  tokens (``mix_by``), drawn stratified and deterministic; a leaf without data is dropped and
+  the rest renormalised, with one warning. The realised mix is counted (``mix/samples/<leaf>``,
+  ``mix/tokens/<leaf>``) and logged every ``mix_log_every`` batches.
+* Page samples: engine pages give the label kind their mix leaf asks for (coarse / fine);
+  other samples draw their kind by ``label_kind_weights`` among the kinds they have (kinds not
+  listed weigh 1, 0 excludes a kind); the resolution mode by ``mode_weights`` (native modes +
+  Gundam trained together). Tokens = ``encode_prompt(prompt, [image])`` (bos + prompt, ``<image>`` expanded
   to ``image.num_tokens``) + label + eos; loss on label + eos only. Text samples: bos + text
   (+ eos at a document's end); loss on every token but bos.
 * Packing: samples are packed first-fit from a small look-ahead buffer (``pack_buffer``) into
@@ -46,13 +50,14 @@ from models.image_processing import ImageInput, preprocess_image
 from .config import DataConfig, typed
 from .data_sources import (BadSample, ShardStream, TextCorpusStream, decode_json, decode_page,
                            expand_urls, stable_rng)
+from .mix import MixScheduler, format_mix, leaf_source, mix_report, ocr_leaf_weights
 
 log = logging.getLogger(__name__)
 
 SOURCES: tuple[str, ...] = ("ocr", "vision", "text")
 MODES: tuple[str, ...] = tuple(RESOLUTION_MODES)  # tiny, small, base, large, gundam, gundam_m
 IGNORE_INDEX = -100
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the mix counts are part of the position
 MAX_CONSECUTIVE_SKIPS = 1000
 _warned_dropped = False  # the dropped-source warning is logged once per process tree
 
@@ -72,6 +77,11 @@ def _weights(name: str, given: Mapping | None, known: tuple[str, ...] | None) ->
 def _choose(rng, weights: Mapping[str, float]) -> str:
     names = [k for k, v in weights.items() if v > 0]
     return rng.choices(names, weights=[weights[k] for k in names])[0]
+
+
+def _kind_weights(kind_w: Mapping[str, float], labels: Mapping) -> dict[str, float]:
+    """The sample's label kinds with their weights (unlisted kinds weigh 1; 0 excludes)."""
+    return {k: kind_w.get(k, 1.0) for k, v in labels.items() if isinstance(v, dict) and kind_w.get(k, 1.0) > 0}
 
 
 @dataclass
@@ -105,6 +115,8 @@ class Sample:
     source: int
     mode: int
     images: list[ImageInput]
+    leaf: str  # mix leaf it was drawn for (train/mix.py), e.g. "ocr/charts"
+    realised: str  # leaf it counts as (an engine page asked for "fine" may only have "coarse")
     index: int  # position in the worker's sample stream
     pre_state: dict  # stream positions before this sample was drawn (for resume)
 
@@ -132,6 +144,12 @@ class _WorkerPipeline:
         self.streams: dict[str, object] = {}
         if urls := expand_urls(cfg["shards"]):
             self.streams["ocr"] = ShardStream(urls, name="ocr", **common)
+        ocr_sources = dict(cfg["ocr_sources"] or {})
+        for name, pats in sorted(ocr_sources.items()):
+            if name in ("coarse", "fine"):
+                raise ValueError(f"data.ocr_sources.{name}: coarse/fine come from data.shards (engine pages)")
+            if urls := expand_urls(pats):
+                self.streams[f"ocr/{name}"] = ShardStream(urls, name=f"ocr/{name}", **common)
         if urls := expand_urls(cfg["vision_shards"]):
             self.streams["vision"] = ShardStream(urls, name="vision", **common)
         if urls := expand_urls(cfg["text_shards"]):
@@ -140,19 +158,8 @@ class _WorkerPipeline:
             self.streams["text_corpus"] = TextCorpusStream(
                 cfg["text_corpus"], tokenizer, chunk_tokens=chunk, slot=slot, nslots=nslots, seed=seed)
         self.text_parts = [k for k in ("text_labels", "text_corpus") if k in self.streams]
-        have = {"ocr": "ocr" in self.streams, "vision": "vision" in self.streams, "text": bool(self.text_parts)}
-        w = _weights("source_weights", cfg["source_weights"], SOURCES)
-        dropped = [s for s in SOURCES if w.get(s, 0) > 0 and not have[s]]
-        self.source_w = {s: w.get(s, 0.0) for s in SOURCES if have[s] and w.get(s, 0) > 0}
-        if not self.source_w:
-            raise ValueError(f"no data source with both data and a positive weight: weights {w}, "
-                             f"configured {[s for s in SOURCES if have[s]]}")
-        global _warned_dropped
-        if dropped and slot == 0 and not _warned_dropped:
-            _warned_dropped = True
-            total = sum(self.source_w.values())
-            log.warning("data sources %s have a weight but no data configured; dropped, the rest "
-                        "renormalised to %s", dropped, {s: round(v / total, 4) for s, v in self.source_w.items()})
+        self.targets = self._mix_targets(cfg, ocr_sources, slot)
+        self.mix = MixScheduler(self.targets, by=cfg["mix_by"], seed=seed, slot=slot)
         self._iters: dict[str, Iterator] = {}
         self.n = 0  # index of the next sample drawn
         self.buffer: list[Sample] = []
@@ -160,10 +167,41 @@ class _WorkerPipeline:
         self._skip_on_redraw: set[int] = set()  # after a restore: packed before the save
         self._misses = 0  # consecutive unusable samples: fail loudly instead of spinning
 
+    def _mix_targets(self, cfg: dict, ocr_sources: dict, slot: int) -> dict[str, float]:
+        """Target share of every mix leaf that has data (train/mix.py)."""
+        has_ocr = {"coarse": "ocr" in self.streams, "fine": "ocr" in self.streams,
+                   **{n: f"ocr/{n}" in self.streams for n in ocr_sources}}
+        sub = ocr_leaf_weights(cfg["ocr_weights"], self.kind_w, ocr_sources)
+        w = _weights("source_weights", cfg["source_weights"], SOURCES)
+        have = {"ocr": any(has_ocr.get(k) and v > 0 for k, v in sub.items()), "vision": "vision" in self.streams,
+                "text": bool(self.text_parts)}
+        dropped = [s for s in SOURCES if w.get(s, 0) > 0 and not have[s]]
+        dropped += [f"ocr/{k}" for k, v in sub.items() if v > 0 and not has_ocr.get(k) and have["ocr"]]
+        self.source_w = {s: w.get(s, 0.0) for s in SOURCES if have[s] and w.get(s, 0) > 0}
+        if not self.source_w:
+            raise ValueError(f"no data source with both data and a positive weight: weights {w}, "
+                             f"configured {[s for s in SOURCES if have[s]]}")
+        ocr_sub = {k: v for k, v in sub.items() if v > 0 and has_ocr.get(k)}
+        targets: dict[str, float] = {}
+        for s, ws in self.source_w.items():
+            if s == "ocr":
+                total = sum(ocr_sub.values())
+                targets.update({f"ocr/{k}": ws * v / total for k, v in ocr_sub.items()})
+            else:
+                targets[s] = ws
+        total = sum(targets.values())
+        targets = {k: v / total for k, v in targets.items()}
+        global _warned_dropped
+        if dropped and slot == 0 and not _warned_dropped:
+            _warned_dropped = True
+            log.warning("data sources %s have a weight but no data configured; dropped, the rest "
+                        "renormalised to %s", dropped, {k: round(v, 4) for k, v in targets.items()})
+        return targets
+
     # ---- state -------------------------------------------------------------------------
 
     def _stream_state(self) -> dict:
-        return {"n": self.n, **{k: s.state() for k, s in self.streams.items()}}
+        return {"n": self.n, "mix": self.mix.state(), **{k: s.state() for k, s in self.streams.items()}}
 
     def state_dict(self) -> dict:
         if self.buffer:
@@ -177,6 +215,7 @@ class _WorkerPipeline:
     def load_state_dict(self, state: dict) -> None:
         pos = state["pos"]
         self.n = pos["n"]
+        self.mix.load(pos.get("mix"))
         for k, s in self.streams.items():
             if k not in pos:
                 raise ValueError(f"resume state lacks stream {k!r} (data sources changed since the save?)")
@@ -204,17 +243,22 @@ class _WorkerPipeline:
         log.log(level, "skipping sample %s (%s): %s %s [%d so far]", key, url, reason, detail,
                 self.stats[f"skipped/{reason}"])
 
-    def _page(self, source: str, rng) -> tuple[list[int], list[int], int, list[ImageInput]]:
+    def _page(self, leaf: str, rng) -> tuple[list[int], list[int], int, list[ImageInput], str]:
+        """A page sample for mix leaf ``leaf``; also returns the leaf it realises."""
+        stream = "ocr" if leaf in ("ocr/coarse", "ocr/fine") else leaf
+        want = leaf[4:] if stream == "ocr" else None
         while True:
-            rec = self._next(source)
+            rec = self._next(stream)
             key, url = rec.get("__key__", "?"), rec.get("__url__", "?")
             try:
                 image, meta = decode_page(rec)
                 labels = meta["labels"]
-                kinds = {k: w for k, w in self.kind_w.items() if w > 0 and isinstance(labels.get(k), dict)}
+                kinds = _kind_weights(self.kind_w, labels)
                 if not kinds:
                     raise BadSample("no_label", f"has {sorted(labels)}, weighted {sorted(self.kind_w)}")
-                label = labels[_choose(rng, kinds)]
+                kind = want if want in kinds else _choose(rng, kinds)
+                realised = f"ocr/{kind}" if want is not None and kind in ("coarse", "fine") else leaf
+                label = labels[kind]
                 prompt, text = label.get("prompt"), label.get("text")
                 if not isinstance(prompt, str) or not isinstance(text, str):
                     raise BadSample("bad_json", "label without string prompt/text")
@@ -229,7 +273,7 @@ class _WorkerPipeline:
                 continue
             label_ids = self.tok.encode(text) + [self.tok.eos_token_id]
             return (prompt_ids + label_ids, [IGNORE_INDEX] * len(prompt_ids) + label_ids,
-                    MODES.index(mode), [img])
+                    MODES.index(mode), [img], realised)
 
     def _text(self, rng) -> tuple[list[int], list[int]]:
         part = self.text_parts[0] if len(self.text_parts) == 1 else rng.choice(self.text_parts)
@@ -255,12 +299,13 @@ class _WorkerPipeline:
         pre, idx = self._stream_state(), self.n
         self.n += 1
         rng = stable_rng(self.seed, self.slot, "sample", idx)
-        source = _choose(rng, self.source_w)
+        leaf = self.mix.next()
+        source = leaf_source(leaf)
         if source == "text":
             ids, labels = self._text(rng)
-            mode, images, n_fixed = -1, [], 1
+            mode, images, n_fixed, realised = -1, [], 1, leaf
         else:
-            ids, labels, mode, images = self._page(source, rng)
+            ids, labels, mode, images, realised = self._page(leaf, rng)
             n_fixed = sum(1 for x in labels if x == IGNORE_INDEX)  # bos + prompt + image tokens
         if len(ids) > self.seq_len:
             # Never cut the prompt/image span: a partial image run cannot be embedded.
@@ -269,7 +314,8 @@ class _WorkerPipeline:
                 return None
             self.stats["truncated"] += 1
             ids, labels = ids[:self.seq_len], labels[:self.seq_len]
-        return Sample(ids, labels, SOURCES.index(source), mode, images, idx, pre)
+        self.mix.add(leaf, len(ids))
+        return Sample(ids, labels, SOURCES.index(source), mode, images, leaf, realised, idx, pre)
 
     def _fill(self) -> None:
         while len(self.buffer) < self.cfg["pack_buffer"]:
@@ -323,6 +369,8 @@ class _WorkerPipeline:
                 out["mode_ids"][b, t:t + n] = s.mode
                 images.extend(s.images)
                 self.stats[f"samples/{SOURCES[s.source]}"] += 1
+                self.stats[f"mix/samples/{s.realised}"] += 1
+                self.stats[f"mix/tokens/{s.realised}"] += n
                 if s.mode >= 0:
                     self.stats[f"samples/mode/{MODES[s.mode]}"] += 1
                 t += n
@@ -341,6 +389,7 @@ class PackedDataset(IterableDataset):
         self.kw = dict(seq_len=seq_len, micro_batch_size=micro_batch_size, seed=seed)
         self.rank, self.world_size, self.nw = rank, world_size, max(1, num_workers)
         self.worker_states: dict[int, dict] = {}
+        self.targets: dict[str, float] = {}  # mix leaf -> target share (train/mix.py)
         self.rotate = 0  # physical worker w plays logical worker (w + rotate) % nw
 
     def pipeline(self, logical: int) -> _WorkerPipeline:
@@ -390,7 +439,15 @@ class ResumableLoader:
                                    f"{self.batches % nw}: DataLoader worker order broke")
             self.worker_states[logical] = state
             self.batches += 1
+            every = int(self.dataset.cfg.get("mix_log_every") or 0)
+            if every and self.batches % every == 0 and self.dataset.rank == 0:
+                log.info("realised data mix after %d batches (by %s): %s", self.batches,
+                         self.dataset.cfg["mix_by"], format_mix(self.mix_report(), self.dataset.cfg["mix_by"]))
             yield batch
+
+    def mix_report(self) -> dict[str, dict]:
+        """Per mix leaf: target share and realised shares of samples and tokens (this rank)."""
+        return mix_report(self.stats, self.dataset.targets)
 
     @property
     def stats(self) -> dict[str, int]:
@@ -435,5 +492,5 @@ def build_train_loader(data_cfg, tokenizer, *, seq_len: int, micro_batch_size: i
     nw = dcfg.num_workers
     ds = PackedDataset(cfg, tokenizer, seq_len=seq_len, micro_batch_size=micro_batch_size,
                        seed=seed, rank=rank, world_size=world_size, num_workers=nw)
-    ds.pipeline(0)  # validate the config and shard lists now, in the main process
+    ds.targets = ds.pipeline(0).targets  # validates the config and shard lists now, in the main process
     return ResumableLoader(ds, nw, dcfg.prefetch_factor)

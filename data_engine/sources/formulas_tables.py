@@ -158,8 +158,10 @@ def random_table(rng: random.Random) -> tuple[list[list], str]:
     return rows, lang
 
 
-def render_table(table_html: str, lang: str, rng: random.Random) -> Image.Image:
-    """The table drawn by PyMuPDF's HTML Story with a random style, cropped to its bounds."""
+def render_table(table_html: str, lang: str, rng: random.Random, words: list | None = None) -> Image.Image:
+    """The table drawn by PyMuPDF's HTML Story with a random style, cropped to its bounds.
+
+    ``words``, when given, receives the drawn page's words inside the crop (MuPDF's text layer)."""
     import pymupdf
 
     from data_engine.sources.fonts import font_path
@@ -192,7 +194,10 @@ def render_table(table_html: str, lang: str, rng: random.Random) -> Image.Image:
     writer.end_page()
     writer.close()
     doc = pymupdf.open("pdf", buf.getvalue())
-    pix = doc[0].get_pixmap(dpi=rng.choice((96, 120, 144)), clip=pymupdf.Rect(filled) & rect, alpha=False)
+    clip = pymupdf.Rect(filled) & rect
+    if words is not None:
+        words.extend(w[4] for w in doc[0].get_text("words", clip=clip))
+    pix = doc[0].get_pixmap(dpi=rng.choice((96, 120, 144)), clip=clip, alpha=False)
     img = Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
     box = ImageOps.invert(img.convert("L")).getbbox()  # the drawn table (text and borders)
     if box is None:

@@ -66,7 +66,7 @@ class CaptionSource(Source):
             raise Skip("no_caption", "no txt member / json caption / .txt sidecar")
         img = decode_image(rec["image"], self.describe(index))
         return GeneratedSample(image=img, labels={"caption": {"prompt": PROMPT_DESCRIBE, "text": " ".join(caption.split())}},
-                               source_path=self.describe(index), doc_id=hash16(rec["image"]), kind="image")
+                               source_path=self.describe(index), doc_id=hash16(rec["image"], caption), kind="image")
 
 
 def locate_label(query: str, boxes: list[list[int]]) -> str:
