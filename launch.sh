@@ -144,13 +144,23 @@ run_demo() {
     "data_engine.labels=[coarse,fine]"
   python -m data_engine.cli "input=$dir/pdfs_heldout" "out=$dir/heldout" data_engine.progress=false data_engine.dpi=72
 
-  echo "[demo 3/7] BPE tokenizer -> $dir/tokenizer"
-  python -m data_engine.tokenizer_train --shards "$dir/engine/shards/*.tar" --out "$dir/tokenizer" \
-    --vocab-size "${DEMO_VOCAB:-1024}"
+  # OCR 2.0 (charts, chemistry, geometry), formulas, tables, scene text and grounding (general
+  # vision, from the engine's layout boxes): the rest of the paper's mix (docs/sources.md)
+  echo "[demo 2b/7] data sources -> $dir/sources"
+  local src_over
+  src_over="$(python -m data_engine.sources.embedded --out "$dir/sources" --count "${DEMO_SOURCE_COUNT:-24}" \
+    --scene-count "${DEMO_SCENE_COUNT:-8}" --engine-shards "$dir/engine/shards/*.tar")"
+  local -a src_args
+  mapfile -t src_args <<<"$src_over"
 
-  # OCR pages plus their label text as the text-only source (the paper mixes in 10% text-only)
+  echo "[demo 3/7] BPE tokenizer -> $dir/tokenizer"
+  python -m data_engine.tokenizer_train --shards "$dir/engine/shards/*.tar" --shards "$dir/sources/*/shards/*.tar" \
+    --out "$dir/tokenizer" --vocab-size "${DEMO_VOCAB:-1024}"
+
+  # OCR pages plus their label text as the text-only source (the paper mixes in 10% text-only),
+  # the sources above as OCR sub-sources and general vision: OCR 70 / vision 20 / text 10
   local common=("model.tokenizer=$dir/tokenizer" "data.shards=[$dir/engine/shards/*.tar]"
-                "data.text_shards=[$dir/engine/shards/*.tar]")
+                "data.text_shards=[$dir/engine/shards/*.tar]" "${src_args[@]}")
   # vision reliance on the held-out pages: held-out loss with real vs blank images
   common+=("train.reliance.shards=[$dir/heldout/shards/*.tar]" "train.reliance.every=${DEMO_RELIANCE_EVERY:-10}")
   echo "[demo 4/7] stage 1 (DeepEncoder + tiny OPT, ZeRO-1, gloo) -> $dir/stage1"

@@ -79,12 +79,14 @@ def save_tokenizer(tok: Tokenizer, out_dir: str | Path) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Train the embedded byte-level BPE on shard labels.")
-    ap.add_argument("--shards", required=True, help="shard glob ('out/shards/*.tar') or brace pattern")
+    ap.add_argument("--shards", required=True, action="append",
+                    help="shard glob ('out/shards/*.tar') or brace pattern; repeat for more shard sets")
     ap.add_argument("--out", required=True, help="output folder for tokenizer.json")
     ap.add_argument("--vocab-size", type=int, default=4096)
     ap.add_argument("--min-frequency", type=int, default=2)
     a = ap.parse_args(argv)
-    tok = train_tokenizer(texts_from_shards(a.shards), a.vocab_size, a.min_frequency)
+    texts = (t for pattern in a.shards for t in texts_from_shards(pattern))
+    tok = train_tokenizer(texts, a.vocab_size, a.min_frequency)
     path = save_tokenizer(tok, a.out)
     print(f"wrote {path} (vocab {tok.get_vocab_size()})")
 
