@@ -84,7 +84,7 @@ def random_spec(rng: random.Random) -> dict:
     n_series = 1 if kind == "pie" else rng.randint(1, 2 if kind == "scatter" else 4)
     series = rng.sample(series_pool, n_series)
     decimals = rng.choice((0, 0, 1, 2))
-    scale = rng.choice((1, 10, 100, 1000))
+    scale = rng.choice((10, 100, 1000) if decimals == 0 else (1, 10, 100, 1000))  # no 0/1-only integer charts
     if kind == "scatter":
         rows = []
         for s in series:
