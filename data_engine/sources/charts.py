@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 
-from data_engine.sources.base import GeneratedSample, Skip, Source, require
+from data_engine.sources.base import GeneratedSample, Skip, require
 from data_engine.sources.htmltable import html_table
+from data_engine.sources.inputs import LinesSource
 from models.prompts import PROMPT_FIGURE
 
 KINDS = ("bar", "hbar", "stacked_bar", "line", "scatter", "pie")
@@ -213,21 +213,12 @@ def render_chart(spec: dict):
     return Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
 
 
-class ChartSource(Source):
+class ChartSource(LinesSource):
     name = "charts"
 
     def __init__(self, input: str | None = None, **options):
+        require("matplotlib", "matplotlib", "sources")
         super().__init__(input=input, **options)
-        require("matplotlib", "matplotlib")
-        self.lines = None
-        if input:
-            self.lines = Path(input).read_text(encoding="utf-8").splitlines()
-
-    def num_items(self):
-        return None if self.lines is None else len(self.lines)
-
-    def describe(self, index):
-        return f"{self.options['input']}:{index + 1}" if self.lines is not None else super().describe(index)
 
     def make(self, index, rng):
         if self.lines is None:

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import random
 from functools import lru_cache
-from pathlib import Path
 
-from data_engine.sources.base import GeneratedSample, Skip, Source, hash16, require
+from data_engine.sources.base import GeneratedSample, Skip, hash16, require
+from data_engine.sources.inputs import LinesSource
 from models.prompts import PROMPT_FIGURE
 
 # Seeds of the embedded default (public, textbook molecules); only their fragments are used.
@@ -119,19 +119,12 @@ def draw_smiles(smiles: str, style: dict) -> bytes:
     return d.GetDrawingText()
 
 
-class ChemistrySource(Source):
+class ChemistrySource(LinesSource):
     name = "chemistry"
 
     def __init__(self, input: str | None = None, **options):
-        super().__init__(input=input, **options)
         require("rdkit", "rdkit", "sources")
-        self.lines = Path(input).read_text(encoding="utf-8").splitlines() if input else None
-
-    def num_items(self):
-        return None if self.lines is None else len(self.lines)
-
-    def describe(self, index):
-        return f"{self.options['input']}:{index + 1}" if self.lines is not None else super().describe(index)
+        super().__init__(input=input, **options)
 
     def make(self, index, rng):
         import io

@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from data_engine.sources.base import GeneratedSample, Skip, Source, hash16
-from data_engine.sources.inputs import ImageInputs, decode_image
+from data_engine.sources.base import GeneratedSample, Skip, hash16
+from data_engine.sources.inputs import ImageInputSource, decode_image
 from models.prompts import DET_END, DET_START, PROMPT_DESCRIBE, REF_END, REF_START, locate_prompt
 
 PREFERRED = ("image", "figure", "table", "chart", "formula")  # "boxes of figures and tables"
@@ -42,22 +42,11 @@ def caption_of(rec: dict) -> str | None:
     return None
 
 
-class CaptionSource(Source):
+class CaptionSource(ImageInputSource):
     name = "captions"
     data_source = "vision"
     image_format = "jpg"
-
-    def __init__(self, input=None, **options):
-        if not input:
-            raise ValueError("captions needs --input: img2dataset shards (jpg + txt/json) or an image folder")
-        super().__init__(input=input, **options)
-        self.inputs = ImageInputs(input)
-
-    def num_items(self):
-        return len(self.inputs)
-
-    def describe(self, index):
-        return self.inputs.describe(index)
+    input_help = "img2dataset shards (jpg + txt/json) or an image folder with .txt captions"
 
     def make(self, index, rng):
         rec = self.inputs.read(index)
@@ -74,22 +63,14 @@ def locate_label(query: str, boxes: list[list[int]]) -> str:
     return f"{REF_START}{query}{REF_END}{DET_START}{det}{DET_END}"
 
 
-class GroundingSource(Source):
+class GroundingSource(ImageInputSource):
     name = "grounding"
     data_source = "vision"
     image_format = "jpg"
+    input_help = "engine shards with fine labels (data_engine labels=[coarse,fine])"
 
     def __init__(self, input=None, preferred: float = 0.7, **options):
-        if not input:
-            raise ValueError("grounding needs --input: engine shards with fine labels (data_engine labels=[coarse,fine])")
         super().__init__(input=input, preferred=preferred, **options)
-        self.inputs = ImageInputs(input)
-
-    def num_items(self):
-        return len(self.inputs)
-
-    def describe(self, index):
-        return self.inputs.describe(index)
 
     def make(self, index, rng):
         rec = self.inputs.read(index)

@@ -18,7 +18,7 @@ import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from data_engine.sources.base import Skip
+from data_engine.sources.base import Skip, Source
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -118,3 +118,35 @@ def decode_image(data: bytes, what: str):
     if min(img.size) < 8:
         raise Skip("bad_image", f"{what}: image too small {img.size}")
     return img
+
+
+class LinesSource(Source):
+    """A source whose optional input is a text file with one item per line (None: a generator)."""
+
+    def __init__(self, input: str | None = None, **options):
+        super().__init__(input=input, **options)
+        self.lines = Path(input).read_text(encoding="utf-8").splitlines() if input else None
+
+    def num_items(self):
+        return None if self.lines is None else len(self.lines)
+
+    def describe(self, index):
+        return f"{self.options['input']}:{index + 1}" if self.lines is not None else super().describe(index)
+
+
+class ImageInputSource(Source):
+    """A source that reads images users have (``ImageInputs``); its input is required."""
+
+    input_help = "an image folder or webdataset shards"
+
+    def __init__(self, input=None, **options):
+        if not input:
+            raise ValueError(f"{self.name} needs --input: {self.input_help}")
+        super().__init__(input=input, **options)
+        self.inputs = ImageInputs(input)
+
+    def num_items(self):
+        return len(self.inputs)
+
+    def describe(self, index):
+        return self.inputs.describe(index)
