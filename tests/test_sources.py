@@ -253,12 +253,22 @@ def test_writer_resumes_to_identical_bytes_and_refuses_other_settings(tmp_path):
         assert all(i.mtime == 0 and i.uname == "ocrflow" for i in tf)
 
 
-def test_cli_writes_a_source(tmp_path, capsys):
-    from data_engine.sources.cli import main_argv
+def test_cli_hydra_config_and_worker_processes(tmp_path, capsys):
+    from hydra import compose, initialize_config_dir
 
-    main_argv(["geometry", "--out", str(tmp_path), "--count", "3", "--no-progress", "--option", "translations=1"])
+    from data_engine.sources.cli import main_argv, run_config
+
+    main_argv(["geometry", "--out", str(tmp_path / "a"), "--count", "6", "--shard-size", "2", "--no-progress",
+               "--option", "translations=1"])
     rep = json.loads(capsys.readouterr().out)
-    assert rep["written"] == 3 and (tmp_path / "shards" / "geometry.index.json").is_file()
+    assert rep["written"] == 6 and (tmp_path / "a" / "shards" / "geometry.index.json").is_file()
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base=None):
+        cfg = compose("sources", [f"out={tmp_path / 'b'}", "source=geometry", "source.translations=1", "count=6",
+                                  "shard_size=2", "workers=2", "progress=false"])
+    assert run_config(cfg)["written"] == 6
+    # two worker processes write the same bytes as one process
+    a = sorted((tmp_path / "a" / "shards").glob("*.tar"))
+    assert [p.read_bytes() for p in a] == [(tmp_path / "b" / "shards" / p.name).read_bytes() for p in a]
 
 
 # ------------------------------------------------------------------ scene text, vision

@@ -18,8 +18,7 @@ def run(name: str, out: str, count: int | None = None, seed: int = 0, shard_size
     """Build source ``name`` with ``options`` and write it under ``out``; returns the report."""
     opts = {k: v for k, v in dict(options or {}).items() if v is not None}
     src = get_source(name, **opts)
-    return write_source(src, out, count, seed, shard_size=shard_size, workers=workers,
-                        progress=progress, options=opts)
+    return write_source(src, out, count, seed, shard_size=shard_size, workers=workers, progress=progress)
 
 
 def _value(v: str):
@@ -57,16 +56,22 @@ def main_argv(argv: list[str] | None = None) -> None:
         sys.exit("no sample written; see failures.jsonl")
 
 
+def run_config(cfg) -> dict:
+    """Run the source described by a composed ``conf/sources.yaml`` (``source`` group + top keys)."""
+    from omegaconf import OmegaConf
+
+    s = OmegaConf.to_container(cfg.source, resolve=True)
+    name = s.pop("name")
+    return run(name, cfg.out, cfg.count, cfg.seed, cfg.shard_size, cfg.workers, cfg.progress, s)
+
+
 def main_hydra() -> None:
     import hydra
-    from omegaconf import DictConfig, OmegaConf
+    from omegaconf import DictConfig
 
     @hydra.main(config_path="../../conf", config_name="sources", version_base=None)
     def _main(cfg: DictConfig) -> None:
-        s = OmegaConf.to_container(cfg.source, resolve=True)
-        name = s.pop("name")
-        rep = run(name, cfg.out, cfg.count, cfg.seed, cfg.shard_size, cfg.workers, cfg.progress, s)
-        print(json.dumps(rep, indent=1, ensure_ascii=False))
+        print(json.dumps(run_config(cfg), indent=1, ensure_ascii=False))
 
     _main()
 

@@ -36,7 +36,7 @@ def write_embedded(out: str | Path, count: int, seed: int = 0, engine_shards: st
     if engine_shards:
         src = get_source("grounding", input=engine_shards)
         rep = write_source(src, out / "grounding", None, seed, shard_size=max(1, src.num_items() or 1),
-                           progress=progress, options={"input": engine_shards})
+                           progress=progress)
         result["reports"]["grounding"] = rep
         if rep["written"]:
             result["vision_shards"].append(str(out / "grounding" / "shards" / "grounding-*.tar"))

@@ -130,12 +130,11 @@ def config_digest(src: Source, seed: int, shard_size: int) -> str:
 
 
 def write_source(src: Source, out: str | os.PathLike, count: int | None, seed: int = 0, *,
-                 shard_size: int = 1000, workers: int = 1, progress: bool = True,
-                 options: dict | None = None) -> dict:
+                 shard_size: int = 1000, workers: int = 1, progress: bool = True) -> dict:
     """Write ``count`` items of ``src`` (None = all of its input) as shards under ``out``.
 
-    Returns the report (also ``{out}/report.json``). ``options`` re-create the source in worker
-    processes (``workers > 1``); they are the keyword arguments it was built with.
+    Returns the report (also ``{out}/report.json``). With ``workers > 1`` each worker process
+    re-creates the source from its name and options and writes whole shards (same bytes).
     """
     n_items = src.num_items()
     if count is None:
@@ -179,7 +178,7 @@ def write_source(src: Source, out: str | os.PathLike, count: int | None, seed: i
         bar.update(rec["items"][1] - rec["items"][0])
 
     if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(src.name, options or {})) as pool:
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(src.name, src.options)) as pool:
             for rec in pool.map(_worker_block, todo):
                 commit(rec)
     else:
