@@ -1,7 +1,7 @@
 """The training mix (train/mix.py + train/data.py) on the embedded default sources.
 
 * the loader's realised per-source shares over 2,000 samples are within 2 percentage points
-  of the configured weights (conf/data/default.yaml: OCR 70 / vision 20 / text 10 and the OCR
+  of the configured weights (train/config.py DataConfig: OCR 70 / vision 20 / text 10 and the OCR
   sub-weights), by samples and by tokens;
 * the position (including the mix counts) resumes exactly;
 * a short stage-1 run (tiny preset) on the embedded mix trains on every source.
@@ -16,12 +16,10 @@ import random
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 
 from models.prompts import PROMPT_COARSE, PROMPT_FINE, format_grounded_page
 
-REPO = Path(__file__).resolve().parents[1]
 WORDS = "page text line table figure title caption model data train vision token".split()
 
 
@@ -86,8 +84,7 @@ def mix_data(tmp_path_factory):
 def _data_cfg(mix_data, **kw) -> dict:
     from train.data import DEFAULTS
 
-    conf = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "data" / "default.yaml"))
-    cfg = {**DEFAULTS, **conf, "shards": [mix_data["pages"]], "text_shards": [mix_data["pages"]],
+    cfg = {**DEFAULTS, "shards": [mix_data["pages"]], "text_shards": [mix_data["pages"]],
            "ocr_sources": {k: [v] for k, v in mix_data["ocr_sources"].items()},
            "vision_shards": mix_data["vision_shards"], "num_workers": 0, "mix_log_every": 0,
            "mode_weights": {"tiny": 1.0}}

@@ -98,7 +98,8 @@ def tok(tmp_path_factory):
 
 
 def _cfg(data_dir, **kw) -> dict:
-    cfg = {**DEFAULTS, "shards": [str(data_dir / "ocr-*.tar")], "num_workers": 0,
+    # ocr_weights None: engine pages split coarse/fine by label_kind_weights (what these tests vary)
+    cfg = {**DEFAULTS, "shards": [str(data_dir / "ocr-*.tar")], "num_workers": 0, "ocr_weights": None,
            "source_weights": {"ocr": 1.0}, "mode_weights": {"tiny": 1.0}}
     cfg.update(kw)
     return cfg
