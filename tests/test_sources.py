@@ -262,6 +262,9 @@ def test_cli_hydra_config_and_worker_processes(tmp_path, capsys):
                "--option", "translations=1"])
     rep = json.loads(capsys.readouterr().out)
     assert rep["written"] == 6 and (tmp_path / "a" / "shards" / "geometry.index.json").is_file()
+    from data_engine.sources.config import register
+
+    register()
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base=None):
         cfg = compose("sources", [f"out={tmp_path / 'b'}", "source=geometry", "source.translations=1", "count=6",
                                   "shard_size=2", "workers=2", "progress=false"])

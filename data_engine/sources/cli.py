@@ -58,16 +58,22 @@ def main_argv(argv: list[str] | None = None) -> None:
 
 def run_config(cfg) -> dict:
     """Run the source described by a composed ``conf/sources.yaml`` (``source`` group + top keys)."""
-    from omegaconf import OmegaConf
+    from data_engine.config import typed
+    from data_engine.sources.config import SourcesConfig
 
-    s = OmegaConf.to_container(cfg.source, resolve=True)
+    c = typed(cfg, SourcesConfig)  # ranges checked, a missing `out` named
+    s = dict(c.source)
     name = s.pop("name")
-    return run(name, cfg.out, cfg.count, cfg.seed, cfg.shard_size, cfg.workers, cfg.progress, s)
+    return run(name, c.out, c.count, c.seed, c.shard_size, c.workers, c.progress, s)
 
 
 def main_hydra() -> None:
     import hydra
     from omegaconf import DictConfig
+
+    from data_engine.sources.config import register
+
+    register()
 
     @hydra.main(config_path="../../conf", config_name="sources", version_base=None)
     def _main(cfg: DictConfig) -> None:
