@@ -1,0 +1,289 @@
+"""Line text from PyMuPDF's per-character output (`page.get_text("rawdict")`), in logical order.
+
+MuPDF's own span text (`get_text("dict")`) is what many tools use, and on real born-digital
+PDFs it carries three systematic defects that the glyph positions resolve (poppler's
+`pdftotext` applies the same kind of geometry, which is why it gets these right):
+
+* **Word breaks made by positioning.** Producers that set inter-word space by moving the pen
+  (xdvipdfmx for Korean, pdfTeX at font/accent changes) draw no space glyph, and MuPDF often
+  synthesises none. A gap wider than `SPACE_GAP` x the font size between two glyphs of a line
+  is a word break. Between two Han/kana characters (scripts written without spaces) a gap is
+  justification, not a break, unless wider than `CJK_SPACE_GAP`.
+* **Spacing accents drawn as separate glyphs.** TeX's `\\accent` (OT1/LGR fonts) draws the
+  accent (´ ˛ ¸ ˜ ...) as its own glyph over the letter; the text layer reads "preparaci´on".
+  An accent whose box overlaps a letter's box by more than half its width is moved onto that
+  letter as the combining mark (from its compatibility decomposition), then NFC composes it.
+* **Right-to-left lines.** Glyph clusters (a ligature such as lam-alef maps to two characters
+  that MuPDF emits around a zero-width box; combining marks follow their base) are put back in
+  visual order by position and reordered to logical order by the Unicode bidi algorithm's
+  rules for resolved levels (UAX #9 W/N/I rules reduced to what a line of text needs, then
+  L2). `tests/test_text_assembly.py` checks it against python-bidi's reference
+  implementation. Kashida (U+0640, a stretching stroke, not a letter) is dropped after letters.
+
+Everything here works on plain dicts (`{"c", "bbox", "size"}`), so it is cheap to test.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from functools import lru_cache
+
+SPACE_GAP = 0.15        # x font size: TeX's narrowest inter-word space is ~0.22 em, kerns < 0.1 em
+CJK_SPACE_GAP = 1.0     # between Han/kana: justification stretches gaps, words are not spaced
+ACCENT_OVERLAP = 0.5    # share of the accent's width over the letter that makes it that letter's accent
+KASHIDA = "\u0640"
+# Spacing accents without a compatibility decomposition (TeX fonts map their accent glyphs to these).
+_EXTRA_ACCENTS = {"\u02c7": "\u030c", "\u02c6": "\u0302", "^": "\u0302", "`": "\u0300", "~": "\u0303"}
+_NUMERIC_SEP = set(".,:/-+\u066b\u066c\u060c")  # separators inside a number keep its direction
+
+
+@lru_cache(maxsize=None)
+def combining_form(ch: str) -> str | None:
+    """The combining mark(s) of a spacing accent ('´' -> U+0301), None for anything else."""
+    if ch in _EXTRA_ACCENTS:
+        return _EXTRA_ACCENTS[ch]
+    d = unicodedata.normalize("NFKD", ch)
+    if len(d) >= 2 and d[0] == " " and all(unicodedata.combining(c) for c in d[1:]):
+        return d[1:]
+    return None
+
+
+@lru_cache(maxsize=None)
+def _kind(ch: str) -> str:
+    """'R' right-to-left letter, 'L' left-to-right letter, 'D' digit, 'S' number separator,
+    'W' whitespace, 'N' other neutral, 'M' combining mark."""
+    if unicodedata.category(ch) in ("Mn", "Me"):
+        return "M"
+    b = unicodedata.bidirectional(ch)
+    if b in ("R", "AL"):
+        return "R"
+    if b == "L":
+        return "L"
+    if b in ("EN", "AN"):
+        return "D"
+    if b == "WS" or ch.isspace():
+        return "W"
+    return "S" if ch in _NUMERIC_SEP else "N"
+
+
+@lru_cache(maxsize=None)
+def _unspaced(ch: str) -> bool:
+    """Han, kana and CJK punctuation: written without spaces between words."""
+    if not ch or unicodedata.east_asian_width(ch) not in ("W", "F"):
+        return False
+    return not ("\uac00" <= ch <= "\ud7a3" or "\u1100" <= ch <= "\u11ff" or "\u3130" <= ch <= "\u318f")
+
+
+class _Glyph:
+    __slots__ = ("text", "x0", "x1", "size")
+
+    def __init__(self, text, x0, x1, size):
+        self.text, self.x0, self.x1, self.size = text, x0, x1, size
+
+
+def _compose_accents(chars: list[dict]) -> list[dict]:
+    """Move spacing accents drawn over a letter onto that letter (as combining marks)."""
+    out = list(chars)
+    for i, ch in enumerate(chars):
+        mark = combining_form(ch["c"])
+        if mark is None:
+            continue
+        ax0, ax1 = ch["bbox"][0], ch["bbox"][2]
+        width = ax1 - ax0
+        if width <= 0:
+            continue
+        for j in (i + 1, i - 1, i + 2, i - 2):  # the letter drawn next (TeX) or just before
+            if not 0 <= j < len(chars) or out[j] is None or not chars[j]["c"][:1].isalpha():
+                continue
+            lx0, lx1 = chars[j]["bbox"][0], chars[j]["bbox"][2]
+            if min(ax1, lx1) - max(ax0, lx0) > ACCENT_OVERLAP * width:
+                base = out[j]["c"]
+                if base == "\u0131" and unicodedata.combining(mark[0]) == 230:
+                    base = "i"  # dotless i under an accent above is TeX's way of writing í
+                elif base == "\u0237" and unicodedata.combining(mark[0]) == 230:
+                    base = "j"
+                out[j] = dict(out[j], c=base + mark)
+                out[i] = None
+                break
+    return [c for c in out if c is not None]
+
+
+def _clusters(chars: list[dict]) -> list[_Glyph]:
+    """Characters -> glyph clusters: combining marks join the preceding non-space glyph; the
+    extra characters of a ligature glyph (zero-width boxes at the glyph's edge) join it in their
+    original order."""
+    out: list[_Glyph] = []
+    pending: list[dict] = []  # zero-width characters waiting for the glyph they belong to
+    for ch in chars:
+        c, (x0, _, x1, _) = ch["c"], ch["bbox"]
+        if _kind(c[0]) == "M":
+            host = next((g for g in reversed(out) if not g.text.isspace()), None)
+            if host is not None:
+                host.text += c
+                continue
+        if x1 - x0 <= 1e-3 and _kind(c[0]) not in ("W", "M"):
+            if out and abs(out[-1].x1 - x0) < 0.05 and not out[-1].text.isspace() and not pending:
+                out[-1].text += c  # LTR ligature: base first, its extra characters after
+                continue
+            pending.append(ch)
+            continue
+        g = _Glyph(c, x0, x1, ch["size"])
+        if pending:
+            if all(abs(p["bbox"][0] - x1) < 0.05 for p in pending):
+                # emitted before their glyph (RTL lines): the glyph's own text comes first
+                g.text += "".join(p["c"] for p in reversed(pending))
+            else:
+                out.extend(_Glyph(p["c"], p["bbox"][0], p["bbox"][2], p["size"]) for p in pending)
+            pending = []
+        out.append(g)
+    out.extend(_Glyph(p["c"], p["bbox"][0], p["bbox"][2], p["size"]) for p in pending)
+    return out
+
+
+def _gap_is_break(a: _Glyph, b: _Glyph, gap: float) -> bool:
+    size = min(a.size, b.size) or 1.0
+    if _unspaced(a.text[-1]) and _unspaced(b.text[0]):
+        return gap > CJK_SPACE_GAP * size
+    return gap > SPACE_GAP * size
+
+
+def _with_spaces(glyphs: list[_Glyph], rtl: bool) -> list[_Glyph]:
+    """Insert a space glyph wherever two neighbours are further apart than a word gap.
+    `glyphs` are in visual order when `rtl`, else in the line's (left-to-right) order."""
+    out: list[_Glyph] = []
+    for g in glyphs:
+        if out:
+            p = out[-1]
+            if not p.text.isspace() and not g.text.isspace():
+                gap = g.x0 - p.x1
+                if _gap_is_break(p, g, gap):
+                    out.append(_Glyph(" ", p.x1, g.x0, g.size))
+        out.append(g)
+    return out
+
+
+def _levels(kinds: list[str], base: int) -> list[int]:
+    """Resolved embedding levels of a line without explicit embeddings (UAX #9 W1-W7, N1-N2,
+    I1-I2, reduced): digits and their separators/marks take the number's level, neutrals between
+    two runs of the same direction take it, other neutrals take the base level."""
+    n = len(kinds)
+    k = list(kinds)
+    for i in range(n):  # W4: a separator between two digits is part of the number
+        if k[i] == "S" and 0 < i < n - 1 and k[i - 1] == "D" and k[i + 1] == "D":
+            k[i] = "D"
+    for i in range(n):  # W7: a number right after left-to-right text belongs to that text
+        if k[i] == "D":
+            left = next((k[t] for t in range(i - 1, -1, -1) if k[t] in ("L", "R")), None)
+            right = next((k[t] for t in range(i + 1, n) if k[t] in ("L", "R")), None)
+            if left == "L" or (left is None and base == 0 and right != "R"):
+                k[i] = "L"
+    strong = ["R" if x in ("R", "D") else ("L" if x == "L" else None) for x in k]  # N1: numbers act as R
+    lvl = [0] * n
+    for i, x in enumerate(k):
+        if x == "R":
+            lvl[i] = 1
+        elif x == "L":
+            lvl[i] = 2 if base == 1 else 0
+        elif x == "D":
+            lvl[i] = 2
+    i = 0
+    while i < n:  # N1/N2: a neutral run between the same strong direction takes it, else the base
+        if strong[i] is not None:
+            i += 1
+            continue
+        j = i
+        while j < n and strong[j] is None:
+            j += 1
+        before = strong[i - 1] if i > 0 else ("R" if base else "L")
+        after = strong[j] if j < n else ("R" if base else "L")
+        d = before if before == after else ("R" if base else "L")
+        for t in range(i, j):
+            lvl[t] = (1 if base == 0 else base) if d == "R" else (2 if base == 1 else 0)
+        i = j
+    return lvl
+
+
+def _reorder(items: list, levels: list[int]) -> list:
+    """UAX #9 rule L2: from the highest level down to the lowest odd one, reverse every run at
+    that level or higher. The same permutation maps visual to logical order and back."""
+    items = list(items)
+    if not levels:
+        return items
+    top = max(levels)
+    low = min(lv for lv in levels if lv % 2) if any(lv % 2 for lv in levels) else top + 1
+    lv = list(levels)
+    for level in range(top, low - 1, -1):
+        i = 0
+        while i < len(items):
+            if lv[i] >= level:
+                j = i
+                while j < len(items) and lv[j] >= level:
+                    j += 1
+                items[i:j] = items[i:j][::-1]
+                lv[i:j] = lv[i:j][::-1]
+                i = j
+            else:
+                i += 1
+    return items
+
+
+def visual_to_logical(units: list[str], base: int | None = None) -> list[str]:
+    """Text units (glyph clusters) in left-to-right visual order -> logical order.
+    `base` 1 = right-to-left paragraph; None: right-to-left when its letters are mostly RTL."""
+    kinds = [_kind(u[0]) if u else "N" for u in units]
+    if base is None:
+        n_r, n_l = kinds.count("R"), kinds.count("L")
+        base = 1 if n_r >= n_l and n_r else 0
+    kinds = ["W" if x == "M" else x for x in kinds]
+    return _reorder(units, _levels(kinds, base))
+
+
+def _drop_kashida(text: str) -> str:
+    if KASHIDA not in text:
+        return text
+    out = []
+    for ch in text:
+        if ch == KASHIDA and out and _kind(out[-1]) in ("R", "M"):
+            continue
+        out.append(ch)
+    return "".join(out)
+
+
+def line_text(chars: list[dict]) -> str:
+    """The text of one line from its characters (`{"c", "bbox", "size"}` in MuPDF's order)."""
+    if not chars:
+        return ""
+    chars = _compose_accents(chars)
+    glyphs = _clusters(chars)
+    rtl = any(_kind(g.text[0]) == "R" for g in glyphs)
+    if rtl:
+        visual = sorted(glyphs, key=lambda g: (g.x0 + g.x1) / 2)
+        visual = _with_spaces(visual, True)
+        glyphs = visual_to_logical([g.text for g in visual])
+        text = _drop_kashida("".join(glyphs))
+    else:
+        text = "".join(g.text for g in _with_spaces(glyphs, False))
+    return unicodedata.normalize("NFC", text)
+
+
+def rawdict_lines(page_raw: dict):
+    """Yield (block, line, text) for every text line of a `get_text("rawdict")` result; also
+    sets each span's "text" (as `get_text("dict")` has it) so layout code can read spans."""
+    for block in page_raw.get("blocks", ()):
+        if block.get("type", 0) != 0:
+            continue
+        for line in block.get("lines", ()):
+            chars = []
+            for span in line["spans"]:
+                size = span.get("size", 10.0)
+                span_chars = span.get("chars")
+                if span_chars is None:  # already a "dict" span
+                    span_chars = [{"c": span["text"], "bbox": span["bbox"]}]
+                    span.setdefault("text", span["text"])
+                else:
+                    span["text"] = "".join(c["c"] for c in span_chars)
+                chars.extend({"c": c["c"], "bbox": c["bbox"], "size": size} for c in span_chars)
+            horizontal = abs(line.get("dir", (1.0, 0.0))[1]) < 1e-3 and line.get("dir", (1.0, 0.0))[0] > 0
+            text = line_text(chars) if horizontal else unicodedata.normalize("NFC", "".join(c["c"] for c in chars))
+            line["text"] = text
+            yield block, line, text
