@@ -132,6 +132,29 @@ def _script_share(text: str, script: str) -> float:
     return sum(n for ch, n in letters.items() if char_script(ch) == script) / total if total else 0.0
 
 
+MOJIBAKE_FIXED = "mojibake repaired: "
+
+
+def apply_repair(text: str, detail: str | None) -> str:
+    """Apply to another text of the same page (e.g. its fine label) the repair that
+    `CoarseFilter.check` made to its coarse text (named in `detail`)."""
+    if not detail:
+        return text
+    if detail.startswith(MOJIBAKE_FIXED + "Latin-1 -> "):
+        codec = detail.rsplit(" ", 1)[1]
+        try:
+            return text.encode("cp1252").decode(codec, errors="replace")
+        except UnicodeEncodeError:
+            return text.encode("latin-1", errors="replace").decode(codec, errors="replace")
+    if detail == MOJIBAKE_FIXED + "ftfy":
+        import ftfy
+
+        return ftfy.fix_encoding(text)
+    if detail.startswith("dropped "):
+        return "".join(ch for ch in text if not _is_bad_char(ch))
+    return text
+
+
 def repair_mojibake(text: str, min_share: float = 0.5) -> tuple[str | None, str | None]:
     """(repaired text, how) for a text layer that is a single-byte code page read as Latin-1,
     (None, why) when it is such mojibake but no code page repairs it, (text, None) when clean.
@@ -148,14 +171,14 @@ def repair_mojibake(text: str, min_share: float = 0.5) -> tuple[str | None, str 
         for codec, script in _CODEPAGES:
             fixed = raw.decode(codec, errors="replace")
             if "\ufffd" not in fixed and _script_share(fixed, script) > 0.9:
-                return fixed, f"mojibake repaired: Latin-1 -> {codec}"
+                return fixed, f"{MOJIBAKE_FIXED}Latin-1 -> {codec}"
         return None, "mojibake: mostly Latin-1 accented letters, no code page repairs it"
     import ftfy
 
     if ftfy.is_bad(text):
         fixed = ftfy.fix_encoding(text)
         if fixed != text:
-            return fixed, "mojibake repaired: ftfy"
+            return fixed, MOJIBAKE_FIXED + "ftfy"
     return text, None
 def _is_wide(ch: str) -> bool:
     # Han, kana, Hangul and fullwidth forms: BPE vocabularies spend about one token per char.

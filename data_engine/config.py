@@ -32,7 +32,7 @@ from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryV
 
 from data_engine.render import IMAGE_FORMATS
 
-ENGINE_VERSION = 2  # bump when sample bytes change for the same config (forces re-processing)
+ENGINE_VERSION = 3  # bump when sample bytes change for the same config (forces re-processing)
 LABEL_KINDS = ("coarse", "fine")
 
 
