@@ -264,7 +264,8 @@ class TextLayerLayout:
         near = None
         for kind, objs in (("image", images), ("table", tables)):
             for o in objs:
-                overlap_x = min(r.x1, o.x1) - max(r.x0, o.x0) > 0.3 * min(r.width, o.width)
+                # any horizontal overlap: a short caption set flush left under a centred figure counts
+                overlap_x = min(r.x1, o.x1) - max(r.x0, o.x0) > 0
                 dy = min(abs(r.y0 - o.y1), abs(o.y0 - r.y1))
                 if overlap_x and dy <= gap and (near is None or dy < near[1]):
                     near = (kind, dy)
