@@ -28,7 +28,7 @@ from __future__ import annotations
 import unicodedata
 from functools import lru_cache
 
-SPACE_GAP = 0.15        # x font size: TeX's narrowest inter-word space is ~0.22 em, kerns < 0.1 em
+SPACE_GAP = 0.1         # x font size: poppler's minWordBreakSpace; tight justified RTL lines go down to ~0.14 em
 CJK_SPACE_GAP = 1.0     # between Han/kana: justification stretches gaps, words are not spaced
 ACCENT_OVERLAP = 0.5    # share of the accent's width over the letter that makes it that letter's accent
 KASHIDA = "\u0640"

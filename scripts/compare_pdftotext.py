@@ -84,6 +84,8 @@ def _chars_and_breaks(text: str) -> tuple[str, list[bool]]:
 def page_metrics(ref: str, hyp: str) -> dict:
     from rapidfuzz.distance import Levenshtein
 
+    # spacing accents are counted before NFKC, which turns "´" into a space + combining acute
+    accents_ref, accents_hyp = len(_DETACHED.findall(ref)), len(_DETACHED.findall(hyp))
     ref, hyp = clean(ref), clean(hyp)
     r, rb = _chars_and_breaks(ref)
     h, hb = _chars_and_breaks(hyp)
@@ -103,7 +105,7 @@ def page_metrics(ref: str, hyp: str) -> dict:
     letters_h = sum(c.isalpha() for c in h) or 1
     letters_r = sum(c.isalpha() for c in r) or 1
     m.update(ref_breaks=ref_breaks, hyp_breaks=hyp_breaks, break_hits=hits,
-             accents_hyp=len(_DETACHED.findall(hyp)), accents_ref=len(_DETACHED.findall(ref)),
+             accents_hyp=accents_hyp, accents_ref=accents_ref,
              letters_hyp=letters_h, letters_ref=letters_r)
     n_rtl = sum(unicodedata.bidirectional(c) in ("R", "AL") for c in r)
     if n_rtl >= 20:
