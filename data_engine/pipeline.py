@@ -67,7 +67,8 @@ def _init_worker(cfg: EngineConfig, prompts: dict) -> None:
         layout = get_layout_source(**cfg.fine)  # e.g. {name: paddle, model_dir: ...}; {} = textlayer
     _W.update(cfg=cfg, prompts=prompts, store=queue.UnitStore(cfg.work_dir), layout=layout,
               fine_label=fine_label, digest=cfg.digest(),
-              filter=coarse.CoarseFilter(cfg.min_chars, cfg.max_bad_char_ratio, cfg.max_tokens, tok))
+              filter=coarse.CoarseFilter(cfg.min_chars, cfg.max_bad_char_ratio, cfg.max_tokens, tok,
+                                         cfg.max_isolated_bad_ratio))
 
 
 def _fine_labels(page, tdict, w: float, h: float, page_check: tuple) -> tuple[dict | None, str | None]:

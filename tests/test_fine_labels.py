@@ -181,3 +181,18 @@ def test_report_mixed_japanese_latin_and_garbled_page(tmp_path):
     assert rep2["throughput"]["pages_processed"] == 1
     assert rep2["throughput_total"]["pages_processed"] == 4 and rep2["throughput_total"]["runs"] == 2
     assert rep2["throughput_total"]["pages_per_cpu_s"] > 0
+
+
+def test_display_equation_in_math_font_is_an_equation():
+    from data_engine.scripts import find_font
+
+    math = find_font("NotoSansMath-Regular.ttf")
+    if math is None:
+        pytest.skip("Noto Sans Math not installed (scripts/setup_fonts.sh)")
+    doc, page = _doc()
+    page.insert_font(fontname="MA", fontfile=str(math))
+    page.insert_textbox(pymupdf.Rect(72, 72, 523, 160), BODY * 3, fontname="helv", fontsize=10)
+    page.insert_text((200, 200), "∑ 𝑥ᵢ² = ∫ 𝑓(𝑥) 𝑑𝑥 + 𝛼𝛽", fontname="MA", fontsize=12)
+    page.insert_textbox(pymupdf.Rect(72, 230, 523, 320), BODY * 3, fontname="helv", fontsize=10)
+    labels = [b.label for b in _rules().blocks(_reload(doc)[0])]
+    assert labels == ["text", "equation", "text"]

@@ -1,18 +1,25 @@
 """Rule-based layout from the PDF's own structure (PyMuPDF), no model weights.
 
-Per page: tables from ``page.find_tables()`` (their text becomes HTML and is not repeated as
-text blocks), images from ``page.get_image_info()``, text blocks from ``get_text("dict")``
-classified by simple, documented rules:
+Per page: tables from ``page.find_tables()`` (optional, slow) or from a detector's table
+regions (``regions()``, overridden by the ``picodet`` source; cell text then comes whole from
+the text layer's words, ``table_from_words``), images from ``page.get_image_info()`` plus a
+detector's figure regions, text blocks from the per-character text dict (each line's text as
+``coarse`` assembles it: word gaps, composed accents, logical RTL order), classified by simple,
+documented rules (a detector's label for a block, when it has one, wins):
 
+* text inside a figure (chart labels, annotations) is part of the figure, not a block.
 * header / footer: the block lies inside the top / bottom margin band (``band`` x page height),
   or is a bare page number near the top / bottom.
-* caption: right below or above an image / table (gap <= ``caption_gap`` x body size) and either
-  starts with a caption word ("Figure", "Fig.", "Table", "Tab.", "图", "表", ...) or is set
-  smaller or italic compared to the body text.
+* caption: right below or above an image / table (gap <= ``caption_gap`` x body size, any
+  horizontal overlap) and either starts with a caption word ("Figure", "Fig.", "Table", "Tab.",
+  "图", "表", ...) or is set smaller or italic compared to the body text.
+* equation: more than half of the block's characters in math fonts (CMMI, CMSY, ... Math).
 * title / sub_title: dominant span size >= ``title_ratio`` x body size (the largest on the page
-  with >= 1.6x is the title), or short bold lines at >= 1.1x.
-* list: first line starts with a bullet or an enumerator ("1.", "a)", "(iv)").
-* otherwise text.
+  with >= 1.6x is the title), or short bold lines at >= 1.1x, or a short bold block at body
+  size that does not read as a sentence. A title MuPDF split over several blocks is merged first.
+* list: first line starts with a bullet (with or without a space after it) or an enumerator
+  ("1.", "a)", "(iv)").
+* otherwise text. Lines are joined with a space; a word hyphenated at a line end is re-joined.
 
 The body size is the character-weighted most common span size. Reading order: header, then the
 body as horizontal bands split by full-width blocks, each band read column by column (right to
@@ -271,6 +278,8 @@ class TextLayerLayout:
                     near = (kind, dy)
         if near and n_lines <= 4 and (CAPTION_WORDS.match(text) or size < 0.95 * body or italic):
             return f"{near[0]}_caption"
+        if math and n_lines <= 4:  # set mostly in math fonts: a display equation, whatever its size
+            return "equation"
         if n_lines <= 3 and len(text) <= 200:
             if size >= self.title_ratio * body:
                 return "title" if size >= max(1.6 * body, max_size - 0.01) else "sub_title"
@@ -280,8 +289,6 @@ class TextLayerLayout:
         # short bold block that does not read as a sentence.
         if bold and n_lines <= 2 and len(text) <= 120 and size >= 0.95 * body and not text.rstrip().endswith((".", ",", ";")):
             return "sub_title"
-        if math and n_lines <= 4:
-            return "equation"
         if LIST_MARK.match(text):
             return "list"
         return "text"
