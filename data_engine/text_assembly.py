@@ -81,41 +81,38 @@ class _Glyph:
         self.text, self.x0, self.x1, self.size = text, x0, x1, size
 
 
-def _compose_accents(chars: list[dict]) -> list[dict]:
+def _compose_accents(chars: list[tuple]) -> list[tuple]:
     """Move spacing accents drawn over a letter onto that letter (as combining marks)."""
-    out = list(chars)
-    for i, ch in enumerate(chars):
-        mark = combining_form(ch["c"])
-        if mark is None:
+    out: list = list(chars)
+    for i, (c, ax0, ax1, _) in enumerate(chars):
+        mark = combining_form(c)
+        if mark is None or ax1 - ax0 <= 0:
             continue
-        ax0, ax1 = ch["bbox"][0], ch["bbox"][2]
         width = ax1 - ax0
-        if width <= 0:
-            continue
         for j in (i + 1, i - 1, i + 2, i - 2):  # the letter drawn next (TeX) or just before
-            if not 0 <= j < len(chars) or out[j] is None or not chars[j]["c"][:1].isalpha():
+            if not 0 <= j < len(chars) or out[j] is None or not chars[j][0][:1].isalpha():
                 continue
-            lx0, lx1 = chars[j]["bbox"][0], chars[j]["bbox"][2]
+            lx0, lx1 = chars[j][1], chars[j][2]
             if min(ax1, lx1) - max(ax0, lx0) > ACCENT_OVERLAP * width:
-                base = out[j]["c"]
+                base = out[j][0]
                 if base == "\u0131" and unicodedata.combining(mark[0]) == 230:
                     base = "i"  # dotless i under an accent above is TeX's way of writing í
                 elif base == "\u0237" and unicodedata.combining(mark[0]) == 230:
                     base = "j"
-                out[j] = dict(out[j], c=base + mark)
+                out[j] = (base + mark,) + tuple(out[j][1:])
                 out[i] = None
                 break
     return [c for c in out if c is not None]
 
 
-def _clusters(chars: list[dict]) -> list[_Glyph]:
+def _clusters(chars: list[tuple]) -> list[_Glyph]:
     """Characters -> glyph clusters: combining marks join the preceding non-space glyph; the
     extra characters of a ligature glyph (zero-width boxes at the glyph's edge) join it in their
     original order."""
     out: list[_Glyph] = []
-    pending: list[dict] = []  # zero-width characters waiting for the glyph they belong to
+    pending: list[tuple] = []  # zero-width characters waiting for the glyph they belong to
     for ch in chars:
-        c, (x0, _, x1, _) = ch["c"], ch["bbox"]
+        c, x0, x1, size = ch
         if _kind(c[0]) == "M":
             host = next((g for g in reversed(out) if not g.text.isspace()), None)
             if host is not None:
@@ -127,16 +124,16 @@ def _clusters(chars: list[dict]) -> list[_Glyph]:
                 continue
             pending.append(ch)
             continue
-        g = _Glyph(c, x0, x1, ch["size"])
+        g = _Glyph(c, x0, x1, size)
         if pending:
-            if all(abs(p["bbox"][0] - x1) < 0.05 for p in pending):
+            if all(abs(p[1] - x1) < 0.05 for p in pending):
                 # emitted before their glyph (RTL lines): the glyph's own text comes first
-                g.text += "".join(p["c"] for p in reversed(pending))
+                g.text += "".join(p[0] for p in reversed(pending))
             else:
-                out.extend(_Glyph(p["c"], p["bbox"][0], p["bbox"][2], p["size"]) for p in pending)
+                out.extend(_Glyph(*p) for p in pending)
             pending = []
         out.append(g)
-    out.extend(_Glyph(p["c"], p["bbox"][0], p["bbox"][2], p["size"]) for p in pending)
+    out.extend(_Glyph(*p) for p in pending)
     return out
 
 
@@ -249,10 +246,31 @@ def _drop_kashida(text: str) -> str:
     return "".join(out)
 
 
-def line_text(chars: list[dict]) -> str:
-    """The text of one line from its characters (`{"c", "bbox", "size"}` in MuPDF's order)."""
+def _simple_line(chars: list[tuple]) -> str:
+    """Left-to-right line without spacing accents: characters in order, a space at word gaps."""
+    out = []
+    pc, px1, psize = " ", 0.0, 0.0
+    for c, x0, x1, size in chars:
+        if not c.isspace() and not pc.isspace():
+            gap, s = x0 - px1, min(size, psize) or 1.0
+            if gap > SPACE_GAP * s and (gap > CJK_SPACE_GAP * s or not (_unspaced(pc[-1]) and _unspaced(c[0]))):
+                out.append(" ")
+        out.append(c)
+        pc, px1, psize = c, x1, size
+    return "".join(out)
+
+
+def line_text(chars: list) -> str:
+    """The text of one line from its characters in MuPDF's order: `(c, x0, x1, size)` tuples
+    or rawdict-like dicts `{"c", "bbox", "size"}`."""
     if not chars:
         return ""
+    if isinstance(chars[0], dict):
+        chars = [(c["c"], c["bbox"][0], c["bbox"][2], c.get("size", 10.0)) for c in chars]
+    plain = "".join(c[0] for c in chars)
+    special = _special_chars()
+    if not any(ch in special for ch in set(plain)):
+        return unicodedata.normalize("NFC", _simple_line(chars))
     chars = _compose_accents(chars)
     glyphs = _clusters(chars)
     rtl = any(_kind(g.text[0]) == "R" for g in glyphs)
@@ -266,9 +284,29 @@ def line_text(chars: list[dict]) -> str:
     return unicodedata.normalize("NFC", text)
 
 
+class _SpecialChars:
+    """Membership test for characters that need the full (slow) path: right-to-left letters
+    and spacing accents; cached per distinct character."""
+
+    def __init__(self):
+        self.cache: dict[str, bool] = {}
+
+    def __contains__(self, ch: str) -> bool:
+        v = self.cache.get(ch)
+        if v is None:
+            v = self.cache[ch] = _kind(ch) == "R" or combining_form(ch) is not None
+        return v
+
+
+@lru_cache(maxsize=1)
+def _special_chars() -> _SpecialChars:
+    return _SpecialChars()
+
+
 def rawdict_lines(page_raw: dict):
     """Yield (block, line, text) for every text line of a `get_text("rawdict")` result; also
-    sets each span's "text" (as `get_text("dict")` has it) so layout code can read spans."""
+    sets each span's "text" (as `get_text("dict")` has it) and each line's "text" so layout code
+    can read them."""
     for block in page_raw.get("blocks", ()):
         if block.get("type", 0) != 0:
             continue
@@ -277,13 +315,16 @@ def rawdict_lines(page_raw: dict):
             for span in line["spans"]:
                 size = span.get("size", 10.0)
                 span_chars = span.get("chars")
-                if span_chars is None:  # already a "dict" span
-                    span_chars = [{"c": span["text"], "bbox": span["bbox"]}]
-                    span.setdefault("text", span["text"])
-                else:
-                    span["text"] = "".join(c["c"] for c in span_chars)
-                chars.extend({"c": c["c"], "bbox": c["bbox"], "size": size} for c in span_chars)
-            horizontal = abs(line.get("dir", (1.0, 0.0))[1]) < 1e-3 and line.get("dir", (1.0, 0.0))[0] > 0
-            text = line_text(chars) if horizontal else unicodedata.normalize("NFC", "".join(c["c"] for c in chars))
+                if span_chars is None:  # already a "dict" span: one unit per span
+                    x0, _, x1, _ = span["bbox"]
+                    chars.append((span["text"], x0, x1, size))
+                    continue
+                span["text"] = "".join(c["c"] for c in span_chars)
+                chars.extend((c["c"], c["bbox"][0], c["bbox"][2], size) for c in span_chars)
+            d = line.get("dir", (1.0, 0.0))
+            if abs(d[1]) < 1e-3 and d[0] > 0:
+                text = line_text(chars)
+            else:  # vertical or rotated: no horizontal gaps to read
+                text = unicodedata.normalize("NFC", "".join(c[0] for c in chars))
             line["text"] = text
             yield block, line, text
