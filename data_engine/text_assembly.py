@@ -168,10 +168,21 @@ def _levels(kinds: list[str], base: int) -> list[int]:
     for i in range(n):  # W4: a separator between two digits is part of the number
         if k[i] == "S" and 0 < i < n - 1 and k[i - 1] == "D" and k[i + 1] == "D":
             k[i] = "D"
-    for i in range(n):  # W7: a number right after left-to-right text belongs to that text
+    # W7: a number right after left-to-right text belongs to that text (nearest letters on
+    # each side, found in one pass each way)
+    left_strong, last = [None] * n, None
+    for i in range(n):
+        left_strong[i] = last
+        if k[i] in ("L", "R"):
+            last = k[i]
+    right_strong, last = [None] * n, None
+    for i in range(n - 1, -1, -1):
+        right_strong[i] = last
+        if k[i] in ("L", "R"):
+            last = k[i]
+    for i in range(n):
         if k[i] == "D":
-            left = next((k[t] for t in range(i - 1, -1, -1) if k[t] in ("L", "R")), None)
-            right = next((k[t] for t in range(i + 1, n) if k[t] in ("L", "R")), None)
+            left, right = left_strong[i], right_strong[i]
             if left == "L" or (left is None and base == 0 and right != "R"):
                 k[i] = "L"
     strong = ["R" if x in ("R", "D") else ("L" if x == "L" else None) for x in k]  # N1: numbers act as R
