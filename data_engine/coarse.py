@@ -124,35 +124,41 @@ _CODEPAGES = (("cp1251", "Cyrl"), ("koi8_r", "Cyrl"), ("cp1253", "Grek"), ("cp12
 _LATIN1_LETTERS = re.compile("[\u00c0-\u00ff]")
 
 
-def _script_share(text: str, script: str) -> float:
-    from fontTools.unicodedata import script as char_script
-
-    letters = Counter(ch for ch in text if ch.isalpha())
-    total = sum(letters.values())
-    return sum(n for ch, n in letters.items() if char_script(ch) == script) / total if total else 0.0
-
-
 MOJIBAKE_FIXED = "mojibake repaired: "
 
 
 def apply_repair(text: str, detail: str | None) -> str:
     """Apply to another text of the same page (e.g. its fine label) the repair that
     `CoarseFilter.check` made to its coarse text (named in `detail`)."""
-    if not detail:
-        return text
-    if detail.startswith(MOJIBAKE_FIXED + "Latin-1 -> "):
-        codec = detail.rsplit(" ", 1)[1]
-        try:
-            return text.encode("cp1252").decode(codec, errors="replace")
-        except UnicodeEncodeError:
-            return text.encode("latin-1", errors="replace").decode(codec, errors="replace")
-    if detail == MOJIBAKE_FIXED + "ftfy":
-        import ftfy
+    for step in (detail or "").split("; "):  # in the order check() applied them
+        if step.startswith("dropped "):
+            text = "".join(ch for ch in text if not _is_bad_char(ch))
+        elif step.startswith(MOJIBAKE_FIXED + "Latin-1 -> "):
+            text = redecode(text, step.rsplit(" ", 1)[1])
+        elif step == MOJIBAKE_FIXED + "ftfy":
+            import ftfy
 
-        return ftfy.fix_encoding(text)
-    if detail.startswith("dropped "):
-        return "".join(ch for ch in text if not _is_bad_char(ch))
+            text = ftfy.fix_encoding(text)
     return text
+
+
+def _redecode_map(text: str, codec: str) -> dict[str, str]:
+    """Per distinct non-ASCII character: the character its cp1252 byte means in `codec`
+    (characters outside cp1252 stay as they are; bytes `codec` leaves undefined give U+FFFD)."""
+    out = {}
+    for ch in set(text):
+        if ord(ch) < 0x80:
+            continue
+        try:
+            out[ch] = ch.encode("cp1252").decode(codec, errors="replace")
+        except UnicodeEncodeError:
+            out[ch] = ch
+    return out
+
+
+def redecode(text: str, codec: str) -> str:
+    table = _redecode_map(text, codec)
+    return "".join(table.get(ch, ch) for ch in text)
 
 
 def repair_mojibake(text: str, min_share: float = 0.5) -> tuple[str | None, str | None]:
@@ -160,18 +166,22 @@ def repair_mojibake(text: str, min_share: float = 0.5) -> tuple[str | None, str 
     (None, why) when it is such mojibake but no code page repairs it, (text, None) when clean.
 
     No living language writes more than ~20% of its letters with Latin-1's accented block
-    (Vietnamese comes closest); cp1251 Russian read as Latin-1 ("Íå î÷åíü") is ~95%. UTF-8
-    read as cp1252 ("Ã©") is left to ftfy's detector."""
-    n_letters = sum(1 for ch in text if ch.isalpha())
-    if n_letters >= 20 and len(_LATIN1_LETTERS.findall(text)) > min_share * n_letters:
-        try:
-            raw = text.encode("cp1252")
-        except UnicodeEncodeError:
-            raw = text.encode("latin-1", errors="replace")
+    (Vietnamese comes closest); cp1251 Russian read as Latin-1 ("Íå î÷åíü") is ~95%. A code page
+    repairs it when >90% of those letters become letters of its script (ASCII, e.g. LaTeX
+    commands in a Russian manual, is the same in every code page). UTF-8 read as cp1252 ("Ã©")
+    is left to ftfy's detector."""
+    from fontTools.unicodedata import script as char_script
+
+    counts = Counter(text)
+    n_letters = sum(n for ch, n in counts.items() if ch.isalpha())
+    latin1 = {ch: n for ch, n in counts.items() if "\u00c0" <= ch <= "\u00ff"}
+    n_latin1 = sum(latin1.values())
+    if n_letters >= 20 and n_latin1 > min_share * n_letters:
         for codec, script in _CODEPAGES:
-            fixed = raw.decode(codec, errors="replace")
-            if "\ufffd" not in fixed and _script_share(fixed, script) > 0.9:
-                return fixed, f"{MOJIBAKE_FIXED}Latin-1 -> {codec}"
+            table = _redecode_map(text, codec)
+            good = sum(n for ch, n in latin1.items() if table[ch].isalpha() and char_script(table[ch]) == script)
+            if good > 0.9 * n_latin1 and not any(v == "\ufffd" for v in table.values()):
+                return "".join(table.get(ch, ch) for ch in text), f"{MOJIBAKE_FIXED}Latin-1 -> {codec}"
         return None, "mojibake: mostly Latin-1 accented letters, no code page repairs it"
     import ftfy
 
@@ -238,16 +248,19 @@ class CoarseFilter:
         g = garble(text)
         if g.chars == 0:
             return text, NO_TEXT_LAYER, None
-        detail = None
-        if g.bad == 0:
-            fixed, detail = repair_mojibake(text)
-            if fixed is None:
-                return text, GARBLED_TEXT, detail
+        details = []
+        if g.bad:
+            if (g.bad - g.isolated) / g.chars > self.max_bad_char_ratio or g.ratio > self.max_isolated_bad_ratio:
+                return text, GARBLED_TEXT, g.detail()
+            text = strip_bad_chars(text)
+            details.append(f"dropped {g.detail()}")
+        fixed, how = repair_mojibake(text)
+        if fixed is None:
+            return text, GARBLED_TEXT, how
+        if how:
             text = fixed
-        elif (g.bad - g.isolated) / g.chars > self.max_bad_char_ratio or g.ratio > self.max_isolated_bad_ratio:
-            return text, GARBLED_TEXT, g.detail()
-        else:
-            text, detail = strip_bad_chars(text), f"dropped {g.detail()}"
+            details.append(how)
+        detail = "; ".join(details) or None
         n_chars = g.chars - g.bad
         if n_chars < self.min_chars:
             return text, TOO_LITTLE_TEXT, detail

@@ -173,7 +173,11 @@ def run(paths: list[Path], pages_per_doc: int) -> list[dict]:
             if sum(not c.isspace() for c in ref) < 20:
                 continue  # nothing to compare (figure pages, blank pages)
             hyp, reason, lang, script = engine_page(doc[i], flt)
-            row = {"doc": str(path), "page": i, "script": writing_system(clean(ref)), "lang": _ref_language(clean(ref)),
+            letters = [c for c in ref if c.isalpha()]
+            # the reference itself is single-byte mojibake (cp1251 read as Latin-1): no yardstick
+            suspect = sum("\u00c0" <= c <= "\u00ff" for c in letters) > 0.5 * max(len(letters), 1)
+            row = {"doc": str(path), "page": i, "ref_mojibake": suspect,
+                   "script": writing_system(clean(ref)), "lang": _ref_language(clean(ref)),
                    "engine_reason": reason, "engine_lang": lang, "engine_script": script}
             row.update(page_metrics(ref, hyp))
             rows.append(row)
@@ -189,7 +193,8 @@ def _median(xs):
 def summarize(rows: list[dict], key: str) -> dict:
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
-        groups[r[key]].append(r)
+        if not r.get("ref_mojibake"):
+            groups[r[key]].append(r)
     out = {}
     for g, rs in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         tot = lambda k: sum(r.get(k, 0) for r in rs)  # noqa: E731
@@ -247,6 +252,12 @@ def main(argv=None) -> dict:
         sys.exit(f"no PDFs found in {args.inputs}")
     rows = run(paths, args.pages_per_doc)
     result = {"by_script": summarize(rows, "script"), "by_language": summarize(rows, "lang"), "rows": rows}
+    bad_refs = [r for r in rows if r["ref_mojibake"]]
+    if bad_refs:
+        kept = Counter(r["engine_script"] for r in bad_refs)
+        print(f"{len(bad_refs)} pages left out: pdftotext's text is Latin-1 mojibake there "
+              f"({len({r['doc'] for r in bad_refs})} docs); engine scripts on them: {dict(kept)}, "
+              f"languages: {dict(Counter(r['engine_lang'] for r in bad_refs))}\n")
     print(format_table(result["by_script"], "script"))
     print()
     print(format_table(result["by_language"], "lang"))

@@ -18,6 +18,7 @@ FILES="
 texlive-lang-polish|usr/share/doc/texlive-doc/latex/przechlewski-book/wkmgr1.pdf|pol_wkmgr1.pdf
 texlive-lang-korean|usr/share/doc/texlive-doc/latex/lshort-korean/lshort-ko.pdf|kor_lshort-ko.pdf
 texlive-lang-arabic|usr/share/doc/texlive-doc/latex/lshort-persian/lshort.pdf|fas_lshort.pdf
+texlive-lang-cyrillic|usr/share/doc/texlive-doc/latex/lshort-russian/lshortru.pdf|rus_lshortru.pdf
 "
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT

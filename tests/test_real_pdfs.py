@@ -76,3 +76,21 @@ def test_persian_lam_alef_and_order():
     assert _sum(engine, "lamalef_hyp") == _sum(engine, "lamalef_ref") > 10
     assert _sum(engine, "kashida_hyp") == 0
     assert _sum(engine, "edits") / _sum(engine, "ref_chars") < 0.5 * _sum(mupdf, "edits") / _sum(mupdf, "ref_chars")
+
+
+def test_russian_cp1251_mojibake_is_repaired():
+    # lshort-russian (pdfTeX, T2A fonts without ToUnicode): the text layer is cp1251 read as
+    # Latin-1 ("Âåðñòêà òåêñòà"); pdftotext gives the same mojibake, so only the engine is checked
+    from data_engine import langid
+
+    path = PDF_DIR / "rus_lshortru.pdf"
+    if not path.is_file():
+        pytest.skip(f"{path} absent: run scripts/fetch_real_pdfs.sh (downloads Debian texlive-lang-cyrillic)")
+    doc = pymupdf.open(path)
+    for i in (41, 55):
+        raw = coarse.page_text(doc[i])[0]
+        assert langid.detect_script(raw) == "Latn"  # what was labelled before: a "Latin" page
+        text, reason, detail = coarse.CoarseFilter().check(raw)
+        assert reason is None and "cp1251" in detail
+        assert "Верстка текста" in text
+        assert langid.detect_language(text)[0] == "rus" and langid.detect_script(text) == "Cyrl"
