@@ -314,6 +314,19 @@ def _special_chars() -> _SpecialChars:
     return _SpecialChars()
 
 
+def _along(line: dict, d) -> list[tuple]:
+    """(c, t0, t1, size) of a rotated line's characters, t measured along the direction `d`."""
+    dx, dy = d
+    out = []
+    for span in line["spans"]:
+        size = span.get("size", 10.0)
+        for c in span.get("chars") or [{"c": span["text"], "bbox": span["bbox"]}]:
+            x0, y0, x1, y1 = c["bbox"]
+            ts = (x0 * dx + y0 * dy, x1 * dx + y1 * dy, x0 * dx + y1 * dy, x1 * dx + y0 * dy)
+            out.append((c["c"], min(ts), max(ts), size))
+    return out
+
+
 def rawdict_lines(page_raw: dict):
     """Yield (block, line, text) for every text line of a `get_text("rawdict")` result; also
     sets each span's "text" (as `get_text("dict")` has it) and each line's "text" so layout code
@@ -333,9 +346,7 @@ def rawdict_lines(page_raw: dict):
                 span["text"] = "".join(c["c"] for c in span_chars)
                 chars.extend((c["c"], c["bbox"][0], c["bbox"][2], size) for c in span_chars)
             d = line.get("dir", (1.0, 0.0))
-            if abs(d[1]) < 1e-3 and d[0] > 0:
-                text = line_text(chars)
-            else:  # vertical or rotated: no horizontal gaps to read
-                text = unicodedata.normalize("NFC", "".join(c[0] for c in chars))
-            line["text"] = text
+            if not (abs(d[1]) < 1e-3 and d[0] > 0) and chars and all(len(c) == 4 for c in chars):
+                chars = _along(line, d)  # rotated line: positions along its writing direction
+            line["text"] = text = line_text(chars)
             yield block, line, text
