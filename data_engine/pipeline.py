@@ -67,10 +67,14 @@ def _init_worker(cfg: EngineConfig, prompts: dict) -> None:
         layout = get_layout_source(**cfg.fine)  # e.g. {name: paddle, model_dir: ...}; {} = textlayer
     _W.update(cfg=cfg, prompts=prompts, store=queue.UnitStore(cfg.work_dir), layout=layout,
               fine_label=fine_label, digest=cfg.digest(),
-              filter=coarse.CoarseFilter(cfg.min_chars, cfg.max_bad_char_ratio, cfg.max_tokens, tok))
+              filter=coarse.CoarseFilter(cfg.min_chars, cfg.max_bad_char_ratio, cfg.max_tokens, tok,
+                                         cfg.max_isolated_bad_ratio))
 
 
-def _fine_labels(page, tdict, w: float, h: float) -> tuple[dict | None, str | None]:
+def _fine_labels(page, tdict, w: float, h: float, page_check: tuple) -> tuple[dict | None, str | None]:
+    _, why, detail = page_check  # the page's text verdict (CoarseFilter.check) holds for both kinds
+    if why in (coarse.GARBLED_TEXT, coarse.NO_TEXT_LAYER):
+        return None, why
     try:
         blocks = _W["layout"].blocks(page, tdict)
         text, boxes = _W["fine_label"](blocks, w, h)
@@ -78,8 +82,9 @@ def _fine_labels(page, tdict, w: float, h: float) -> tuple[dict | None, str | No
         return None, f"{FINE_ERROR}: {type(e).__name__}"
     if not text or not boxes:
         return None, FINE_EMPTY
-    if coarse.bad_char_ratio(text) > _W["cfg"].max_bad_char_ratio:
-        return None, coarse.GARBLED_TEXT
+    text = coarse.apply_repair(text, detail)
+    for b in boxes:
+        b["text"] = coarse.apply_repair(b["text"], detail)
     if _W["filter"].too_many_tokens(text):
         return None, coarse.TOO_MANY_TOKENS
     return {"prompt": _W["prompts"]["fine"], "text": text, "boxes": boxes}, None
@@ -109,23 +114,27 @@ def _process_pages(doc, unit: dict, record: dict, writer) -> None:
         except Exception as e:  # noqa: BLE001 - bad input is recorded, never fatal
             record["skipped"].append({"page": i, "reason": EXTRACT_ERROR, "detail": f"{type(e).__name__}: {e}"[:300]})
             continue
-        text = coarse.text_from_dict(tdict)
+        page_check = _W["filter"].check(coarse.text_from_dict(tdict))  # (label text, reason, detail)
+        text = page_check[0]
         w_pt, h_pt = page.rect.width, page.rect.height
         labels, reasons = {}, {}
         if "coarse" in cfg.labels:
-            reasons["coarse"] = _W["filter"].reason(text)
+            reasons["coarse"] = page_check[1]
             if reasons["coarse"] is None:
                 labels["coarse"] = {"prompt": _W["prompts"]["coarse"], "text": text}
         if "fine" in cfg.labels:
-            labels["fine"], reasons["fine"] = _fine_labels(page, tdict, w_pt, h_pt)
+            labels["fine"], reasons["fine"] = _fine_labels(page, tdict, w_pt, h_pt, page_check)
             if labels["fine"] is None:
                 del labels["fine"]
         for kind, why in reasons.items():
             if why is not None:
                 kind_skips[kind][why] = kind_skips[kind].get(why, 0) + 1
         if not labels:  # nothing to learn from: skip before paying for the render
-            record["skipped"].append({"page": i, "reason": next(r for r in reasons.values() if r)})
+            record["skipped"].append({"page": i, "reason": next(r for r in reasons.values() if r),
+                                      "detail": page_check[2]})
             continue
+        if page_check[2]:  # a repaired page (mojibake decoded, lone unmapped glyphs dropped)
+            record.setdefault("repaired", []).append({"page": i, "detail": page_check[2]})
         try:
             img = render.render_page(page, cfg.dpi, cfg.max_side, cfg.image_format, cfg.jpeg_quality)
         except Exception as e:  # noqa: BLE001 - bad input is recorded, never fatal
@@ -446,9 +455,12 @@ def run_engine(cfg: EngineConfig | Mapping) -> dict:
                "assemble_s": t_done - t_processed, "total_s": t_done - t_start}
     rep = report.build_report(ordered + skipped, new, shard_summary, timings, n_workers,
                               resumed_units=resumed, shards_rewritten=rewritten, config=dataclasses.asdict(cfg),
-                              ignored_by_suffix=found.ignored_suffixes)
+                              ignored_by_suffix=found.ignored_suffixes,
+                              history=report.load_history(cfg.work_dir))
     with queue.output_io(f"cannot write the report in {queue.display_path(str(out))}"):
         report.write_report(rep, ordered + skipped, out)
+    if new:
+        report.append_history(cfg.work_dir, rep)
     if cfg.print_summary:
         print(report.format_summary(rep))
     return rep

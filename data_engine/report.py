@@ -1,13 +1,20 @@
 """Run report of the data engine: `report.json`, `failures.jsonl` and a readable summary.
 
 Counts cover the whole input set (units committed by earlier, interrupted runs included), so
-a resumed run reports the same dataset as an uninterrupted one; throughput covers only the
-units processed by this run.
+a resumed run reports the same dataset as an uninterrupted one. Throughput is given twice:
+`throughput` for the units this run processed, `throughput_total` for the whole dataset
+(every committed unit's own worker/CPU seconds, and the processing wall time of every run
+recorded in `work/runs.jsonl`), which stays true across interrupted and incremental runs.
+`documents.jsonl` has one row per document (pages written / skipped by reason); garbled pages
+carry their bad-character ratio and example characters (in `failures.jsonl` and summarised
+under `garbled`).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -20,7 +27,9 @@ def _sorted_counts(c: Counter) -> dict:
 
 def build_report(records: list[dict], new_records: list[dict], shard_summary: list[dict], timings: dict,
                  workers: int, resumed_units: int = 0, shards_rewritten: bool = True, config: dict | None = None,
-                 ignored_by_suffix: dict | None = None) -> dict:
+                 ignored_by_suffix: dict | None = None,
+                 history: list[dict] | None = None) -> dict:
+    """`history`: earlier runs' throughput entries (`load_history`), for `throughput_total`."""
     docs_by_status, doc_fail = Counter(), Counter()
     page_skip, langs, scripts = Counter(), Counter(), Counter()
     kinds_written, kinds_skipped = Counter(), {}
@@ -64,6 +73,18 @@ def build_report(records: list[dict], new_records: list[dict], shard_summary: li
         # Per CPU-second of unit work: what one dedicated core delivers, whatever else runs.
         "pages_per_cpu_s": round(new_pages / cpu_s, 2) if cpu_s > 0 else None,
     }
+    all_pages = sum(r.get("pages_seen", 0) for r in records if r.get("status") == "ok")
+    all_busy = sum(r.get("seconds", 0.0) for r in records if r.get("status") == "ok")
+    all_cpu = sum(r.get("cpu_seconds", 0.0) for r in records if r.get("status") == "ok")
+    all_wall = sum(h.get("process_wall_s", 0.0) for h in (history or ())) + wall
+    throughput_total = {
+        "pages_processed": all_pages,
+        "runs": len(history or ()) + 1,
+        "process_wall_s": round(all_wall, 3),
+        "pages_per_s": round(all_pages / all_wall, 2) if all_wall > 0 else None,
+        "pages_per_worker_s": round(all_pages / all_busy, 2) if all_busy > 0 else None,
+        "pages_per_cpu_s": round(all_pages / all_cpu, 2) if all_cpu > 0 else None,
+    }
     return {
         "docs": {"total": len(records), **{k: v for k, v in sorted(docs_by_status.items())},
                  "failed_by_reason": _sorted_counts(doc_fail), "resumed_units": resumed_units,
@@ -84,6 +105,10 @@ def build_report(records: list[dict], new_records: list[dict], shard_summary: li
                    "bytes": sum(s["size"] for s in shard_summary), "rewritten": shards_rewritten,
                    "files": [s["file"] for s in shard_summary]},
         "throughput": throughput,
+        "throughput_total": throughput_total,
+        "garbled": garbled_summary(records),
+        "documents_most_skipped": [d for d in sorted(document_rows(records), key=lambda d: -d["pages_skipped"])
+                                   if d["pages_skipped"]][:10],
         "workers": workers,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "config": config or {},
@@ -95,6 +120,53 @@ def _row(rec: dict, page, reason: str, detail) -> dict:
     if not is_readable_path(rec["path"]):  # "path" keeps the bytes (JSON \\udcXX escapes); this one reads
         row["path_readable"] = display_path(rec["path"])
     return row
+
+
+_EXAMPLE = re.compile(r"U\+([0-9A-F]{4,6}) x(\d+)")
+_RATIO = re.compile(r"^(\d+)/(\d+) bad chars")
+
+
+def garbled_summary(records: list[dict]) -> dict:
+    """Garbled pages: how many, their median bad-character ratio, the most common bad characters."""
+    ratios, chars = [], Counter()
+    for rec in records:
+        for s in rec.get("skipped", ()):
+            if s["reason"] != "garbled_text" or not s.get("detail"):
+                continue
+            m = _RATIO.match(s["detail"])
+            if m:
+                ratios.append(int(m.group(1)) / max(int(m.group(2)), 1))
+            chars.update({f"U+{c}": int(n) for c, n in _EXAMPLE.findall(s["detail"])})
+    ratios.sort()
+    return {"pages": len(ratios), "median_bad_ratio": round(ratios[len(ratios) // 2], 4) if ratios else None,
+            "top_chars": dict(chars.most_common(8))}
+
+
+def document_rows(records: list[dict]):
+    """One row per document: status, pages seen / written / skipped by reason, repaired pages."""
+    for rec in records:
+        skipped = Counter(s["reason"] for s in rec.get("skipped", ()))
+        yield {"path": rec["path"], "doc_id": rec["doc_id"], "status": rec["status"], "reason": rec.get("reason"),
+               "pages_seen": rec.get("pages_seen", 0), "pages_written": len(rec.get("samples", ())),
+               "pages_skipped": sum(skipped.values()), "skipped_by_reason": _sorted_counts(skipped),
+               "pages_repaired": len(rec.get("repaired", ()))}
+
+
+def load_history(work_dir: str | Path) -> list[dict]:
+    path = Path(work_dir) / "runs.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def append_history(work_dir: str | Path, rep: dict) -> None:
+    """Record this run's processing wall time (read back by the next run's `throughput_total`)."""
+    t = rep["throughput"]
+    path = Path(work_dir) / "runs.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"units_processed": t["units_processed"], "pages_processed": t["pages_processed"],
+                            "process_wall_s": t["process_wall_s"]}) + "\n")
 
 
 def failure_rows(records: list[dict]):
@@ -116,6 +188,7 @@ def write_report(rep: dict, records: list[dict], out: str | Path) -> None:
     out = Path(out)
     _atomic_write(out / "report.json", json_bytes(rep, indent=1, default=str))
     _atomic_write(out / "failures.jsonl", b"".join(json_bytes(r) + b"\n" for r in failure_rows(records)))
+    _atomic_write(out / "documents.jsonl", b"".join(json_bytes(r) + b"\n" for r in document_rows(records)))
 
 
 def _top(d: dict, n: int = 8) -> str:
@@ -149,4 +222,11 @@ def format_summary(rep: dict) -> str:
                      f"{t['pages_per_worker_s']} pages per busy worker-second, {t['pages_per_cpu_s']} per CPU-second")
     else:
         lines.append("  throughput: nothing new to process (all units already committed)")
+    tt = rep.get("throughput_total") or {}
+    if tt.get("runs", 1) > 1 and tt.get("pages_per_cpu_s"):
+        lines.append(f"  all runs  : {tt['pages_processed']} pages over {tt['runs']} runs, {tt['pages_per_s']} pages/s, "
+                     f"{tt['pages_per_cpu_s']} per CPU-second")
+    g = rep.get("garbled") or {}
+    if g.get("pages"):
+        lines.append(f"  garbled   : {g['pages']} pages, median bad-char ratio {g['median_bad_ratio']}, {_top(g['top_chars'], 5)}")
     return "\n".join(lines)

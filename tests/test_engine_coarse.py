@@ -85,7 +85,8 @@ def test_filters_reasons():
     garbled = _drop_tounicode(make_page_pdf(PAGES["rus"][1]))
     assert f.reason(coarse.text_from_dict(render.extract_text(garbled[0]))) == coarse.GARBLED_TEXT
     assert f.reason("a \ufffd b \ufffd c d e f g h") == coarse.GARBLED_TEXT
-    assert f.reason("\ue000" + "x" * 20) == coarse.GARBLED_TEXT  # private use
+    assert f.reason("\ue000\ue001" + "x" * 20) == coarse.GARBLED_TEXT  # a run of private-use chars
+    assert f.check("\ue000" + "x" * 20)[:2] == ("x" * 20, None)  # one lone glyph is dropped, not the page
     assert f.reason("   \n ") == coarse.NO_TEXT_LAYER
     assert f.reason("Page 3") == coarse.TOO_LITTLE_TEXT
     assert f.reason("word " * 60) == coarse.TOO_MANY_TOKENS

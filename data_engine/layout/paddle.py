@@ -69,7 +69,7 @@ def text_in(page: pymupdf.Page, rect: pymupdf.Rect, text_dict: dict) -> str:
         for ln in b.get("lines", []) if b.get("type", 0) == 0 else []:
             r = pymupdf.Rect(ln["bbox"])
             if (r.tl + (r.br - r.tl) * 0.5) in rect:
-                lines.append("".join(s["text"] for s in ln["spans"]))
+                lines.append(ln["text"] if "text" in ln else "".join(s["text"] for s in ln["spans"]))
     return join_lines(lines)
 
 

@@ -1,18 +1,25 @@
 """Rule-based layout from the PDF's own structure (PyMuPDF), no model weights.
 
-Per page: tables from ``page.find_tables()`` (their text becomes HTML and is not repeated as
-text blocks), images from ``page.get_image_info()``, text blocks from ``get_text("dict")``
-classified by simple, documented rules:
+Per page: tables from ``page.find_tables()`` (optional, slow) or from a detector's table
+regions (``regions()``, overridden by the ``picodet`` source; cell text then comes whole from
+the text layer's words, ``table_from_words``), images from ``page.get_image_info()`` plus a
+detector's figure regions, text blocks from the per-character text dict (each line's text as
+``coarse`` assembles it: word gaps, composed accents, logical RTL order), classified by simple,
+documented rules (a detector's label for a block, when it has one, wins):
 
+* text inside a figure (chart labels, annotations) is part of the figure, not a block.
 * header / footer: the block lies inside the top / bottom margin band (``band`` x page height),
   or is a bare page number near the top / bottom.
-* caption: right below or above an image / table (gap <= ``caption_gap`` x body size) and either
-  starts with a caption word ("Figure", "Fig.", "Table", "Tab.", "图", "表", ...) or is set
-  smaller or italic compared to the body text.
+* caption: right below or above an image / table (gap <= ``caption_gap`` x body size, any
+  horizontal overlap) and either starts with a caption word ("Figure", "Fig.", "Table", "Tab.",
+  "图", "表", ...) or is set smaller or italic compared to the body text.
+* equation: more than half of the block's characters in math fonts (CMMI, CMSY, ... Math).
 * title / sub_title: dominant span size >= ``title_ratio`` x body size (the largest on the page
-  with >= 1.6x is the title), or short bold lines at >= 1.1x.
-* list: first line starts with a bullet or an enumerator ("1.", "a)", "(iv)").
-* otherwise text.
+  with >= 1.6x is the title), or short bold lines at >= 1.1x, or a short bold block at body
+  size that does not read as a sentence. A title MuPDF split over several blocks is merged first.
+* list: first line starts with a bullet (with or without a space after it) or an enumerator
+  ("1.", "a)", "(iv)").
+* otherwise text. Lines are joined with a space; a word hyphenated at a line end is re-joined.
 
 The body size is the character-weighted most common span size. Reading order: header, then the
 body as horizontal bands split by full-width blocks, each band read column by column (right to
@@ -34,7 +41,10 @@ CAPTION_WORDS = re.compile(
     r"figura|grafik|рис(унок|\.)?|таблица|图|圖|表|図)\s*[\dIVXivx\-.:：]?",
     re.I,
 )
-LIST_MARK = re.compile(r"^\s*([•◦▪▫‣⁃●○■□\-–—*·]|\(?\d{1,3}[.)]|\(?[a-zA-Z][.)]|\([ivxIVX]+\))\s")
+# Symbol bullets mark a list item with or without a space after them; enumerators need one.
+LIST_MARK = re.compile(r"^\s*([•◦▪▫‣⁃●○■□➢►✓]\s*(?=\S)|([\-–—*·]|\(?\d{1,3}[.)]|\(?[a-zA-Z][.)]|\([ivxIVX]+\))\s)")
+MATH_FONTS = ("CMMI", "CMSY", "CMEX", "MSAM", "MSBM", "Math", "STIX", "Symbol", "rsfs", "EUSM")
+_HYPHENATED = re.compile(r"\w-$")
 PAGE_NUMBER = re.compile(r"^\W*(\d{1,4}|[ivxlcdm]{1,6})\W*$", re.I)
 
 
@@ -43,14 +53,75 @@ def _wide(ch: str) -> bool:
 
 
 def join_lines(lines: list[str]) -> str:
-    """Join a block's lines: no separator between CJK characters, a space otherwise."""
+    """Join a block's lines: no separator between CJK characters, a space otherwise; a word
+    hyphenated at a line end ("super-" + "vised") is joined without the hyphen."""
     out = ""
     for ln in (x.strip() for x in lines):
         if not ln:
             continue
-        if out and not (_wide(out[-1]) and _wide(ln[0])):
+        if out and _HYPHENATED.search(out) and ln[0].islower():
+            out = out[:-1]
+        elif out and not (_wide(out[-1]) and _wide(ln[0])):
             out += " "
         out += ln
+    return out
+
+
+def table_from_words(page: pymupdf.Page, rect: pymupdf.Rect) -> str:
+    """HTML table of the words inside `rect`: rows where the words' vertical centres jump, columns
+    at vertical white gaps shared by every row. Word text comes whole from the text layer, so a
+    cell reads "-0,41" (cell-by-character assignment can scramble it)."""
+    words = [w for w in page.get_text("words", clip=rect) if w[4].strip()]
+    if not words:
+        return "<table></table>"
+    words.sort(key=lambda w: ((w[1] + w[3]) / 2, w[0]))
+    height = sorted(w[3] - w[1] for w in words)[len(words) // 2]
+    rows, last = [], None
+    for w in words:
+        yc = (w[1] + w[3]) / 2
+        if last is None or yc - last > 0.6 * height:
+            rows.append([])
+        rows[-1].append(w)
+        last = yc
+    spans = sorted((w[0], w[2]) for w in words)  # x coverage of all words -> column gaps
+    cols, (c0, c1) = [], spans[0]
+    for x0, x1 in spans[1:]:
+        if x0 > c1 + 0.8 * height:
+            cols.append((c0, c1))
+            c0, c1 = x0, x1
+        else:
+            c1 = max(c1, x1)
+    cols.append((c0, c1))
+
+    def col_of(w):
+        xc = (w[0] + w[2]) / 2
+        return min(range(len(cols)), key=lambda i: 0 if cols[i][0] <= xc <= cols[i][1] else
+                   min(abs(xc - cols[i][0]), abs(xc - cols[i][1])))
+
+    grid = []
+    for row in rows:
+        cells = [[] for _ in cols]
+        for w in sorted(row, key=lambda w: w[0]):
+            cells[col_of(w)].append(w[4])
+        grid.append([" ".join(c) for c in cells])
+    return table_html(grid)
+
+
+def _merge_title_lines(texts: list[list], min_size: float) -> list[list]:
+    """A title broken over lines that MuPDF put in separate blocks becomes one block: adjacent
+    blocks of the same large size and weight, one right below the other, overlapping in x."""
+    out: list[list] = []
+    for t in texts:
+        if out:
+            p = out[-1]
+            r, pr = t[0], p[0]
+            if (t[2] >= min_size and abs(t[2] - p[2]) < 0.05 * t[2] and t[3] == p[3] and p[5] + t[5] <= 3
+                    and 0 <= r.y0 - pr.y1 < 0.8 * t[2] and min(r.x1, pr.x1) > max(r.x0, pr.x0)):
+                p[0] = pr | r
+                p[1] = join_lines([p[1], t[1]])
+                p[5] += t[5]
+                continue
+        out.append(t)
     return out
 
 
@@ -102,10 +173,16 @@ class TextLayerLayout:
         self.band, self.title_ratio, self.caption_gap = band, title_ratio, caption_gap
         self.find_tables, self.min_image_area = find_tables, min_image_area
 
+    def regions(self, page: pymupdf.Page, td: dict) -> list[tuple[str, pymupdf.Rect]]:
+        """Layout regions from a detector: (label, rect). None here (rules only); the
+        ``picodet`` source overrides it."""
+        return []
+
     def blocks(self, page: pymupdf.Page, text_dict: dict | None = None) -> list[LayoutBlock]:
         td = text_dict if text_dict is not None else page.get_text("dict")
         W, H = page.rect.width, page.rect.height
         items: list[tuple] = []  # (label, Rect, text, extra)
+        hints = [(lb, r & page.rect) for lb, r in self.regions(page, td)]
 
         tables = []
         if self.find_tables:
@@ -113,7 +190,11 @@ class TextLayerLayout:
                 r = pymupdf.Rect(t.bbox)
                 tables.append(r)
                 items.append(("table", r, table_html(t.extract()), None))
-        images = []
+        for lb, r in hints:
+            if lb == "table" and not any(r.intersects(t) for t in tables):
+                tables.append(r)
+                items.append(("table", r, table_from_words(page, r), None))
+        images, figure_areas = [], []
         for info in page.get_image_info():
             r = pymupdf.Rect(info["bbox"]) & page.rect
             if r.is_empty or r.get_area() < self.min_image_area * W * H:
@@ -121,6 +202,13 @@ class TextLayerLayout:
             if not any(r.intersects(i) and (r & i).get_area() > 0.8 * r.get_area() for i in images):
                 images.append(r)
                 items.append(("image", r, "", None))
+        for lb, r in hints:
+            if lb == "image" and not any(r.intersects(i) and (r & i).get_area() > 0.5 * r.get_area() for i in images):
+                images.append(r)
+                items.append(("image", r, "", None))
+        # Text drawn inside a figure (axis labels, chart annotations) belongs to the figure;
+        # a page-sized background image holds the page's text, not a figure's.
+        figure_areas = [i for i in images if i.get_area() < 0.5 * W * H]
 
         texts = []
         sizes: Counter = Counter()
@@ -129,11 +217,11 @@ class TextLayerLayout:
                 continue
             r = pymupdf.Rect(b["bbox"])
             c = r.tl + (r.br - r.tl) * 0.5
-            if any(c in t for t in tables):  # already inside a table's HTML
+            if any(c in t for t in tables) or any(c in f for f in figure_areas):
                 continue
             lines, spans = [], []
             for ln in b.get("lines", []):
-                lines.append("".join(s["text"] for s in ln["spans"]))
+                lines.append(ln["text"] if "text" in ln else "".join(s["text"] for s in ln["spans"]))
                 spans.extend(s for s in ln["spans"] if s["text"].strip())
             text = join_lines(lines)
             if not text:
@@ -143,21 +231,38 @@ class TextLayerLayout:
                 by_size[round(s["size"], 1)] += len(s["text"])
                 sizes[round(s["size"], 1)] += len(s["text"])
             size = by_size.most_common(1)[0][0]
-            bold = sum(len(s["text"]) for s in spans if s["flags"] & 16 or "Bold" in s["font"]) > 0.6 * len(text)
-            italic = sum(len(s["text"]) for s in spans if s["flags"] & 2 or "Italic" in s["font"]) > 0.6 * len(text)
-            texts.append((r, text, size, bold, italic, len(lines)))
+            n = sum(len(s["text"]) for s in spans) or 1
+            bold = sum(len(s["text"]) for s in spans if s["flags"] & 16 or "Bold" in s["font"]) > 0.6 * n
+            italic = sum(len(s["text"]) for s in spans if s["flags"] & 2 or "Italic" in s["font"]) > 0.6 * n
+            math = sum(len(s["text"]) for s in spans if any(m in s["font"] for m in MATH_FONTS)) > 0.5 * n
+            texts.append([r, text, size, bold, italic, len(lines), math])
         body = sizes.most_common(1)[0][0] if sizes else 10.0
+        texts = _merge_title_lines(texts, self.title_ratio * body)
         max_size = max((t[2] for t in texts), default=body)
 
-        for r, text, size, bold, italic, n_lines in texts:
-            label = self._classify(r, text, size, bold, italic, n_lines, body, max_size, W, H, images, tables)
+        for r, text, size, bold, italic, n_lines, math in texts:
+            label = self._hinted(r, hints) or self._classify(r, text, size, bold, italic, n_lines, body, max_size,
+                                                              W, H, images, tables, math)
             items.append((label, r, text, None))
 
         rtl = self._rtl(texts)
         ordered = reading_order(items, W, rtl)
         return [LayoutBlock(lb, tuple(round(v, 2) for v in r), t) for lb, r, t, _ in ordered]
 
-    def _classify(self, r, text, size, bold, italic, n_lines, body, max_size, W, H, images, tables):
+    @staticmethod
+    def _hinted(r: pymupdf.Rect, hints) -> str | None:
+        """A detector's label for a text block it covers (more than half of the block's area);
+        plain text/reference regions leave the block to the rules."""
+        best = None
+        for lb, h in hints:
+            if lb in ("text", "table", "image") or not r.intersects(h):
+                continue
+            share = (r & h).get_area() / max(r.get_area(), 1e-6)
+            if share > 0.5 and (best is None or share > best[1]):
+                best = (lb, share)
+        return best[0] if best else None
+
+    def _classify(self, r, text, size, bold, italic, n_lines, body, max_size, W, H, images, tables, math=False):
         if r.y1 <= self.band * H or (PAGE_NUMBER.match(text) and r.y1 <= 0.15 * H):
             return "header"
         if r.y0 >= (1 - self.band) * H or (PAGE_NUMBER.match(text) and r.y0 >= 0.85 * H):
@@ -166,17 +271,24 @@ class TextLayerLayout:
         near = None
         for kind, objs in (("image", images), ("table", tables)):
             for o in objs:
-                overlap_x = min(r.x1, o.x1) - max(r.x0, o.x0) > 0.3 * min(r.width, o.width)
+                # any horizontal overlap: a short caption set flush left under a centred figure counts
+                overlap_x = min(r.x1, o.x1) - max(r.x0, o.x0) > 0
                 dy = min(abs(r.y0 - o.y1), abs(o.y0 - r.y1))
                 if overlap_x and dy <= gap and (near is None or dy < near[1]):
                     near = (kind, dy)
         if near and n_lines <= 4 and (CAPTION_WORDS.match(text) or size < 0.95 * body or italic):
             return f"{near[0]}_caption"
+        if math and n_lines <= 4:  # set mostly in math fonts: a display equation, whatever its size
+            return "equation"
         if n_lines <= 3 and len(text) <= 200:
             if size >= self.title_ratio * body:
                 return "title" if size >= max(1.6 * body, max_size - 0.01) else "sub_title"
             if bold and size >= 1.1 * body:
                 return "sub_title"
+        # A heading set in bold at body size (\subsubsection, \paragraph on its own line): a
+        # short bold block that does not read as a sentence.
+        if bold and n_lines <= 2 and len(text) <= 120 and size >= 0.95 * body and not text.rstrip().endswith((".", ",", ";")):
+            return "sub_title"
         if LIST_MARK.match(text):
             return "list"
         return "text"

@@ -1,0 +1,198 @@
+"""Fine-label defect classes found on real PDFs, each on a small PDF made here; the PicoDet
+layout source; and the engine report on a mixed Japanese/Latin document."""
+
+from __future__ import annotations
+
+import json
+
+import pymupdf
+import pytest
+
+from data_engine.layout import check_layout_config, get_layout_source
+from data_engine.layout.textlayer import TextLayerLayout, join_lines, table_from_words
+
+BODY = "The engine reads every page of a document and keeps its text in reading order for training. "
+
+
+def _doc():
+    doc = pymupdf.open()
+    return doc, doc.new_page()
+
+
+def _reload(doc):
+    return pymupdf.open("pdf", doc.tobytes())
+
+
+def _rules():
+    return TextLayerLayout(find_tables=False)
+
+
+@pytest.fixture(scope="module")
+def picodet():
+    try:
+        return get_layout_source("picodet")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+
+
+def test_title_over_two_lines_is_one_title():
+    doc, page = _doc()
+    page.insert_text((72, 90), "Optical Compression of Long", fontname="hebo", fontsize=20)
+    page.insert_text((72, 114), "Document Contexts", fontname="hebo", fontsize=20)
+    page.insert_textbox(pymupdf.Rect(72, 150, 523, 400), BODY * 8, fontname="helv", fontsize=10)
+    blocks = _rules().blocks(_reload(doc)[0])
+    titles = [b for b in blocks if b.label in ("title", "sub_title")]
+    assert [(b.label, b.text) for b in titles] == [("title", "Optical Compression of Long Document Contexts")]
+
+
+def test_bold_heading_at_body_size_and_bullets_without_space():
+    doc, page = _doc()
+    page.insert_textbox(pymupdf.Rect(72, 72, 523, 150), BODY * 3, fontname="helv", fontsize=10)
+    page.insert_text((72, 180), "Related work", fontname="hebo", fontsize=10)
+    page.insert_textbox(pymupdf.Rect(72, 200, 523, 280), BODY * 3, fontname="helv", fontsize=10)
+    page.insert_font(fontname="F0", fontbuffer=pymupdf.Font("cjk").buffer)
+    page.insert_text((72, 320), "\u2022First item of the list", fontname="F0", fontsize=10)
+    labels = {b.text: b.label for b in _rules().blocks(_reload(doc)[0])}
+    assert labels["Related work"] == "sub_title"
+    assert labels["\u2022First item of the list"] == "list"
+
+
+def test_hyphenated_line_ends_are_joined():
+    assert join_lines(["models are super-", "vised on pages"]) == "models are supervised on pages"
+    assert join_lines(["a well-", "Known case"]) == "a well- Known case"  # not a lower-case continuation
+    doc, page = _doc()
+    page.insert_text((72, 100), "The recognizer is super-", fontname="helv", fontsize=10)
+    page.insert_text((72, 112), "vised on rendered pages.", fontname="helv", fontsize=10)
+    blocks = _rules().blocks(_reload(doc)[0])
+    assert any("is supervised on" in b.text for b in blocks)
+
+
+def test_table_cells_keep_their_text():
+    doc, page = _doc()
+    rows = [["Model", "CER delta", "Pages"], ["base", "-0,41", "1 200"], ["large", "+12,5", "830"]]
+    for i, row in enumerate(rows):
+        for j, cell in enumerate(row):
+            page.insert_text((100 + 120 * j, 120 + 20 * i), cell, fontname="helv", fontsize=10)
+    for i in range(4):
+        page.draw_line((95, 106 + 20 * i), (445, 106 + 20 * i))
+    html = table_from_words(_reload(doc)[0], pymupdf.Rect(90, 100, 450, 170))
+    assert html == ("<table><tr><td>Model</td><td>CER delta</td><td>Pages</td></tr>"
+                    "<tr><td>base</td><td>-0,41</td><td>1 200</td></tr>"
+                    "<tr><td>large</td><td>+12,5</td><td>830</td></tr></table>")
+
+
+def _chart_page(doc, page):
+    """Body text, a vector bar chart with tick labels and a title drawn inside it, its caption."""
+    page.insert_textbox(pymupdf.Rect(72, 72, 523, 200), BODY * 5, fontname="helv", fontsize=10)
+    x0, y0, x1, y1 = 150, 230, 450, 430
+    page.draw_line((x0, y1), (x1, y1))
+    page.draw_line((x0, y0), (x0, y1))
+    for i, h in enumerate([120, 80, 160, 60, 140]):
+        page.draw_rect(pymupdf.Rect(x0 + 20 + i * 55, y1 - h, x0 + 55 + i * 55, y1), color=(0, 0, 1), fill=(0.3, 0.5, 0.9))
+        page.insert_text((x0 + 25 + i * 55, y1 + 12), f"Q{i + 1}", fontname="helv", fontsize=8)
+    for j in range(5):
+        page.insert_text((x0 - 22, y1 - j * 40 + 3), f"{j * 40}", fontname="helv", fontsize=8)
+    page.insert_text((x0 + 60, y0 - 6), "Revenue per quarter", fontname="helv", fontsize=8)
+    page.insert_textbox(pymupdf.Rect(72, 450, 523, 480), "Figure 1: Revenue per quarter of the year, in thousands.",
+                        fontname="helv", fontsize=9)
+    page.insert_textbox(pymupdf.Rect(72, 490, 523, 600), BODY * 3, fontname="helv", fontsize=10)
+    return _reload(doc)[0]
+
+
+def test_vector_chart_is_one_figure_with_its_caption(picodet):
+    page = _chart_page(*_doc())
+    blocks = picodet.blocks(page)
+    labels = [b.label for b in blocks]
+    assert labels.count("image") == 1
+    assert [b.text for b in blocks if b.label == "image_caption"] == ["Figure 1: Revenue per quarter of the year, in thousands."]
+    texts = " ".join(b.text for b in blocks)
+    assert "Q3" not in texts and "Revenue per quarter Q" not in texts  # chart labels are not text boxes
+    # the rules alone (no detector) turn the chart's labels into text boxes
+    assert any("Q3" in b.text for b in _rules().blocks(page) if b.label != "image")
+
+
+def test_text_inside_a_raster_figure_is_not_a_caption():
+    doc, page = _doc()
+    page.insert_textbox(pymupdf.Rect(72, 72, 523, 160), BODY * 3, fontname="helv", fontsize=10)
+    pix = pymupdf.Pixmap(pymupdf.csRGB, pymupdf.IRect(0, 0, 64, 48), 0)
+    pix.clear_with(200)
+    page.insert_image(pymupdf.Rect(150, 180, 450, 400), pixmap=pix)
+    page.insert_text((170, 300), "axis label", fontname="heit", fontsize=8)  # small italic, inside the figure
+    page.insert_textbox(pymupdf.Rect(72, 410, 523, 440), "Figure 2: A raster figure.", fontname="helv", fontsize=9)
+    blocks = _rules().blocks(_reload(doc)[0])
+    assert "axis label" not in [b.text for b in blocks]
+    assert ("image_caption", "Figure 2: A raster figure.") in [(b.label, b.text) for b in blocks]
+
+
+def test_picodet_needs_its_model_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="layout_cdla.onnx"):
+        check_layout_config("picodet", model_path=str(tmp_path / "missing.onnx"))
+    with pytest.raises(TypeError):
+        check_layout_config("picodet", bandd=0.1)
+
+
+def test_text_only_pages_skip_the_detector(picodet, monkeypatch):
+    doc, page = _doc()
+    page.insert_textbox(pymupdf.Rect(72, 72, 523, 400), BODY * 10, fontname="helv", fontsize=10)
+    monkeypatch.setattr(picodet.detector, "detect", lambda page: pytest.fail("detector ran on a text-only page"))
+    assert [b.label for b in picodet.blocks(_reload(doc)[0])] == ["text"]
+
+
+def _mixed_doc(path):
+    doc = pymupdf.open()
+    cjk = pymupdf.Font("cjk")
+    page = doc.new_page()
+    page.insert_font(fontname="F0", fontbuffer=cjk.buffer)
+    # per line: Latin letters outnumber kana and Han taken one at a time, not together
+    for i in range(6):
+        page.insert_text((72, 90 + 18 * i), "LaTeX の jsarticle クラスでは、本文の文字サイズを指定する。", fontname="F0", fontsize=11)
+    page = doc.new_page()
+    page.insert_font(fontname="F1", fontbuffer=cjk.buffer)
+    page.insert_textbox(pymupdf.Rect(72, 72, 523, 300), BODY * 6, fontname="helv", fontsize=10)
+    page.insert_text((72, 340), "\ufffd" * 40, fontname="F1", fontsize=10)  # a run of unmapped glyphs
+    page = doc.new_page()
+    page.insert_textbox(pymupdf.Rect(72, 72, 523, 300), BODY * 6, fontname="helv", fontsize=10)
+    doc.save(path)
+
+
+def test_report_mixed_japanese_latin_and_garbled_page(tmp_path):
+    from data_engine.pipeline import run_engine
+
+    (tmp_path / "in").mkdir()
+    _mixed_doc(tmp_path / "in" / "mixed.pdf")
+    cfg = dict(input=str(tmp_path / "in"), out=str(tmp_path / "out"), workers=1, dpi=36, progress=False,
+               print_summary=False, labels=["coarse", "fine"], fine={"name": "textlayer", "find_tables": False})
+    rep = run_engine(cfg)
+    assert rep["per_script"] == {"Jpan": 1, "Latn": 1}
+    assert rep["per_language"] == {"eng": 1, "jpn": 1}
+    assert rep["pages"]["skipped_by_reason"] == {"garbled_text": 1}
+    # the fine label follows the page's verdict: no fine label where the coarse text is garbled
+    assert rep["per_label_kind"]["fine"] == {"written": 2, "skipped_by_reason": {"garbled_text": 1}}
+    assert rep["garbled"]["pages"] == 1 and "U+FFFD" in rep["garbled"]["top_chars"]
+    failure = json.loads((tmp_path / "out" / "failures.jsonl").read_text().splitlines()[0])
+    assert failure["page"] == 1 and "U+FFFD x40" in failure["detail"]
+    docs = [json.loads(x) for x in (tmp_path / "out" / "documents.jsonl").read_text().splitlines()]
+    assert docs[0]["pages_written"] == 2 and docs[0]["skipped_by_reason"] == {"garbled_text": 1}
+    # an incremental run: this run's throughput covers the new document, the total covers both
+    doc = pymupdf.open()
+    doc.new_page().insert_textbox(pymupdf.Rect(72, 72, 523, 300), BODY * 6, fontname="helv", fontsize=10)
+    doc.save(tmp_path / "in" / "more.pdf")
+    rep2 = run_engine(cfg)
+    assert rep2["throughput"]["pages_processed"] == 1
+    assert rep2["throughput_total"]["pages_processed"] == 4 and rep2["throughput_total"]["runs"] == 2
+    assert rep2["throughput_total"]["pages_per_cpu_s"] > 0
+
+
+def test_display_equation_in_math_font_is_an_equation():
+    from data_engine.scripts import find_font
+
+    math = find_font("NotoSansMath-Regular.ttf")
+    if math is None:
+        pytest.skip("Noto Sans Math not installed (scripts/setup_fonts.sh)")
+    doc, page = _doc()
+    page.insert_font(fontname="MA", fontfile=str(math))
+    page.insert_textbox(pymupdf.Rect(72, 72, 523, 160), BODY * 3, fontname="helv", fontsize=10)
+    page.insert_text((200, 200), "∑ 𝑥ᵢ² = ∫ 𝑓(𝑥) 𝑑𝑥 + 𝛼𝛽", fontname="MA", fontsize=12)
+    page.insert_textbox(pymupdf.Rect(72, 230, 523, 320), BODY * 3, fontname="helv", fontsize=10)
+    labels = [b.label for b in _rules().blocks(_reload(doc)[0])]
+    assert labels == ["text", "equation", "text"]
