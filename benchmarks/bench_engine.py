@@ -52,7 +52,7 @@ def simple_corpus(out: Path, docs: int, pages: int) -> list[Path]:
 
 
 def synthetic_corpus(out: Path, docs: int, pages: int) -> list[Path]:
-    from data_engine.synthetic import generate_corpus  # engineer E's generator (multi-script, layouts)
+    from data_engine.synthetic import generate_corpus  # the synthetic generator (multi-script, layouts)
 
     scripts = ["Latn", "Cyrl", "Grek", "Hans"]
     per = max(1, docs // len(scripts))

@@ -3,7 +3,7 @@
 `run_engine(cfg) -> report` runs three phases, each resumable (see data_engine/queue.py):
 1. discover inputs and hash them (unit id = content hash; cached by path+size+mtime);
 2. process every unit not yet committed, in N spawn-safe worker processes: per page extract
-   the text layer once, label it (coarse: reading-order text + filters; fine: engineer E's
+   the text layer once, label it (coarse: reading-order text + filters; fine: the
    layout source + interleaved label), render + encode only pages that kept a label, write
    the samples to a per-unit tar, commit it atomically;
 3. assemble shards from committed units with a deterministic plan, then write

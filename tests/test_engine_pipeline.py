@@ -185,7 +185,7 @@ def test_bad_config_and_input_errors(tmp_path):
 
 
 def test_fine_labels_on_synthetic_pages(tmp_path, noto_fonts):
-    """coarse + fine labels through engineer E's layout source, on E's synthetic generator's pages."""
+    """coarse + fine labels through the text-layer layout source, on the synthetic generator's pages."""
     from data_engine.layout import LABELS
     from data_engine.synthetic import generate_corpus
 
