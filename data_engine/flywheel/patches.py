@@ -33,6 +33,7 @@ from PIL import Image
 from data_engine.flywheel.trust import line_problem
 from data_engine.render import extract_text
 from data_engine.shards import SampleTarWriter, encode_meta
+from data_engine.text_assembly import rawdict_lines
 from models.prompts import PROMPT_COARSE
 
 CANVAS = 512  # side of the "tiny" resolution mode: the canvas is fed without resizing
@@ -82,13 +83,11 @@ def _join(pieces: list[tuple[pymupdf.Rect, str]], rtl: bool) -> str:
 def visual_lines(text_dict: dict, rtl: bool = False) -> list[tuple[pymupdf.Rect, str]]:
     """Text-layer lines merged when they overlap vertically by more than half their height."""
     raw = []
-    for b in text_dict.get("blocks", []):
-        if b.get("type", 0) != 0:
-            continue
-        for ln in b.get("lines", []):
-            t = "".join(s["text"] for s in ln["spans"])
-            if t.strip():
-                raw.append((pymupdf.Rect(ln["bbox"]), t))
+    # the engine's own line text (glyph-gap word breaks, composed accents, bidi order), from
+    # the rawdict that extract_text returns
+    for _block, ln, t in rawdict_lines(text_dict):
+        if t.strip():
+            raw.append((pymupdf.Rect(ln["bbox"]), t))
     groups: list[list[tuple[pymupdf.Rect, str]]] = []
     for r, t in sorted(raw, key=lambda x: (x[0].y0, x[0].x0)):
         for g in groups:
