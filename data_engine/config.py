@@ -34,6 +34,7 @@ from data_engine.render import IMAGE_FORMATS
 
 ENGINE_VERSION = 2  # bump when sample bytes change for the same config (forces re-processing)
 LABEL_KINDS = ("coarse", "fine")
+EXECUTORS = ("local", "ray")  # where units run: this machine's process pool, or a Ray cluster (docs/cluster.md)
 
 
 class ConfigError(ValueError):
@@ -179,6 +180,9 @@ class EngineConfig(Schema):
     keep_units: bool = True           # keep work/units after assembly; false halves disk use but a re-run redoes every unit
     fine: dict[str, Any] = setting({})  # kwargs of data_engine.layout.get_layout_source ({} = text layer)
     max_crash_retries: int = setting(1, ge=0)  # a unit that kills its worker alone more often is worker_crash
+    executor: str = setting("local", choices=EXECUTORS)  # local: process pool here; ray: Ray tasks on a cluster
+    ray_address: Optional[str] = None  # executor=ray: "auto", "host:6379", "ray://host:10001"; None: $RAY_ADDRESS, else a new local Ray instance
+    ray_runtime_env: dict[str, Any] = setting({})  # executor=ray: Ray runtime_env of the workers ({}: this checkout on PYTHONPATH)
     progress: bool = True
     print_summary: bool = True
 
@@ -203,6 +207,11 @@ class EngineConfig(Schema):
             from data_engine.layout import check_layout_config
 
             check_layout_config(**(self.fine or {}))
+        if self.executor == "ray":
+            try:
+                import ray  # noqa: F401
+            except ImportError as e:
+                raise ImportError("data_engine.executor=ray needs Ray: pip install 'ocrflow[ray]'") from e
 
     @classmethod
     def from_any(cls, cfg: EngineConfig | Mapping) -> EngineConfig:

@@ -2,7 +2,8 @@
 
 `run_engine(cfg) -> report` runs three phases, each resumable (see data_engine/queue.py):
 1. discover inputs and hash them (unit id = content hash; cached by path+size+mtime);
-2. process every unit not yet committed, in N spawn-safe worker processes: per page extract
+2. process every unit not yet committed, in N spawn-safe worker processes (or, with
+   `executor: ray`, as Ray tasks across a cluster: data_engine/ray_executor.py): per page extract
    the text layer once, label it (coarse: reading-order text + filters; fine: engineer E's
    layout source + interleaved label), render + encode only pages that kept a label, write
    the samples to a per-unit tar, commit it atomically;
@@ -63,6 +64,14 @@ def _init_worker(cfg: EngineConfig, prompts: dict) -> None:
     _W.update(cfg=cfg, prompts=prompts, store=queue.UnitStore(cfg.work_dir), layout=layout,
               fine_label=fine_label, digest=cfg.digest(),
               filter=coarse.CoarseFilter(cfg.min_chars, cfg.max_bad_char_ratio, cfg.max_tokens, tok))
+
+
+def ensure_worker(cfg: EngineConfig, prompts: dict) -> None:
+    """`_init_worker` once per process and configuration (Ray reuses its worker processes)."""
+    key = (cfg.digest(), cfg.work_dir)
+    if _W.get("key") != key:
+        _init_worker(cfg, prompts)
+        _W["key"] = key
 
 
 def _hash_worker(path: str) -> tuple[str, int, str | None]:
@@ -345,7 +354,7 @@ def _assemble(cfg: EngineConfig, records: list[dict], pool) -> tuple[list[dict],
     # Shards of an earlier, larger plan would otherwise be read as part of this dataset.
     keep = {sp.filename for sp in plan}
     for p in shard_dir.glob(f"{cfg.name}-*.tar*"):
-        if p.name not in keep and re.fullmatch(re.escape(cfg.name) + r"-\d{6}\.tar(\.tmp)?", p.name):
+        if p.name not in keep and re.fullmatch(re.escape(cfg.name) + r"-\d{6}\.tar(\..*)?", p.name):
             p.unlink()
     tmp = index_path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"digest": digest, "shards": summary}, indent=1), encoding="utf-8")
@@ -374,9 +383,15 @@ def run_engine(cfg: EngineConfig | Mapping) -> dict:
     t_start = time.perf_counter()
 
     files = queue.discover_inputs(cfg.input)
-    if n_workers == 1:  # one worker: the driver runs the units itself (no process start-up)
-        _init_worker(cfg, prompts)
-    pool = _make_pool(cfg, n_workers, prompts) if n_workers > 1 else None
+    if cfg.executor == "ray":  # same units, same commit protocol; Ray tasks instead of a local pool
+        from data_engine.ray_executor import RayPool
+
+        pool = RayPool(cfg, prompts)
+        n_workers = pool.workers
+    else:
+        if n_workers == 1:  # one worker: the driver runs the units itself (no process start-up)
+            _init_worker(cfg, prompts)
+        pool = _make_pool(cfg, n_workers, prompts) if n_workers > 1 else None
     try:
         hashes = _hash_inputs(files, Path(cfg.work_dir), pool)
         if pool is not None and getattr(pool, "_broken", False):  # a worker died while hashing
@@ -428,6 +443,8 @@ def run_engine(cfg: EngineConfig | Mapping) -> dict:
             for u in todo:
                 new.append(process_unit(u))
                 _tick(bar, new[-1])
+        elif cfg.executor == "ray":
+            new = pool.run_units(todo, bar)
         else:
             new, pool = _run_units(cfg, todo, n_workers, prompts, pool, bar)
         bar.close()
