@@ -284,18 +284,11 @@ def export_checkpoint(
 
     for stale in [out / SINGLE_FILE, out / INDEX_FILE, *out.glob("model-*-of-*.safetensors")]:
         stale.unlink(missing_ok=True)  # a previous export with another sharding must not linger
-    files = [SINGLE_FILE] if len(shards) == 1 else [
-        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))
-    ]
+    files = [SINGLE_FILE] if len(shards) == 1 else [shard_file_name(i, len(shards)) for i in range(len(shards))]
     weight_map = {}
     for fname, names in zip(files, shards):
-        tensors = {}
-        for n in names:
-            t = pub[n].detach()
-            t = t.to("cpu", dtype=dtype) if dtype is not None else t.to("cpu")
-            # Expert slices are views of one stacked tensor; safetensors refuses shared storage.
-            tensors[n] = t.clone() if t.untyped_storage().nbytes() != t.nbytes else t.contiguous()
-            weight_map[n] = fname
+        tensors = {n: _saveable(pub[n], dtype) for n in names}
+        weight_map.update(dict.fromkeys(names, fname))
         save_file(tensors, str(out / fname), metadata={"format": "pt"})
         del tensors
     if len(files) > 1:
@@ -304,6 +297,63 @@ def export_checkpoint(
 
     stored = dtype or next((t.dtype for t in pub.values() if t.is_floating_point()), None)
     (out / CONFIG_FILE).write_text(json.dumps(published_config(cfg, stored), indent=2, ensure_ascii=False))
+    return out
+
+
+def shard_file_name(index: int, total: int) -> str:
+    return f"model-{index + 1:05d}-of-{total:05d}.safetensors"
+
+
+def _saveable(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    t = t.detach()
+    t = t.to("cpu", dtype=dtype) if dtype is not None else t.to("cpu")
+    # Expert slices are views of one stacked tensor; safetensors refuses shared storage.
+    return t.clone() if t.untyped_storage().nbytes() != t.nbytes else t.contiguous()
+
+
+def write_checkpoint_shard(sd: Mapping[str, torch.Tensor], out_dir: str | Path, index: int, total: int,
+                           dtype: torch.dtype | None = torch.bfloat16) -> Path:
+    """File ``index`` of ``total`` of a sharded published-layout checkpoint, from a partial state
+    dict (our names), e.g. one pipeline stage's parameters written by that stage's process.
+    ``write_checkpoint_index`` then joins the files without loading them."""
+    path = Path(out_dir) / shard_file_name(index, total)
+    tensors = {n: _saveable(t, dtype) for n, t in state_dict_to_published(sd).items()}
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return path
+
+
+def _safetensors_header(path: Path) -> dict:
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return json.loads(f.read(n))
+
+
+def write_checkpoint_index(out_dir: str | Path, cfg: DeepseekOCRConfig, total: int,
+                           dtype: torch.dtype | None = torch.bfloat16) -> Path:
+    """``model.safetensors.index.json`` + ``config.json`` for the ``total`` files written by
+    ``write_checkpoint_shard``, from their headers only (no tensor is read). Raises unless the
+    files hold every tensor of ``cfg``'s model exactly once, with the right shapes."""
+    out = Path(out_dir)
+    weight_map, size, shapes = {}, 0, {}
+    for i in range(total):
+        fname = shard_file_name(i, total)
+        for name, info in _safetensors_header(out / fname).items():
+            if name == "__metadata__":
+                continue
+            if name in weight_map:
+                raise ValueError(f"{name} is in both {weight_map[name]} and {fname}")
+            weight_map[name], shapes[name] = fname, tuple(info["shape"])
+            size += info["data_offsets"][1] - info["data_offsets"][0]
+    expected = expected_published_shapes(cfg)
+    if shapes != expected:
+        missing, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+        wrong = sorted(n for n in set(shapes) & set(expected) if shapes[n] != expected[n])
+        raise ValueError(f"shards in {out} do not form the model: missing {missing[:10]}, "
+                         f"unexpected {extra[:10]}, wrong shapes {wrong[:10]}")
+    for stale in (out / SINGLE_FILE, out / INDEX_FILE):
+        stale.unlink(missing_ok=True)
+    (out / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": size}, "weight_map": weight_map}, indent=2))
+    (out / CONFIG_FILE).write_text(json.dumps(published_config(cfg, dtype), indent=2, ensure_ascii=False))
     return out
 
 
@@ -380,7 +430,8 @@ def load_published_weights(model: nn.Module, path: str | Path, strict: bool = Tr
     ``strict=False`` they are returned as ``(missing, unexpected)`` published names.
     ``prefix`` selects and strips a name prefix of the checkpoint, e.g. ``"model."`` to load
     the encoder of a full checkpoint into a ``DeepEncoder`` (with ``strict=False``).
-    Values are cast to each parameter's dtype.
+    Values are cast to each parameter's dtype. Parameters still on the meta device (the other
+    pipeline stages of a model materialised per stage) are checked but not read.
     """
     files = checkpoint_files(path)  # full names
     have = {n[len(prefix):]: s for n, s in _checkpoint_shapes(files).items() if n.startswith(prefix)}
@@ -390,7 +441,8 @@ def load_published_weights(model: nn.Module, path: str | Path, strict: bool = Tr
 
     by_file: dict[Path, list[str]] = {}
     for n in sorted(set(have) & set(targets)):
-        by_file.setdefault(files[prefix + n], []).append(n)
+        if not own[targets[n][0]].is_meta:
+            by_file.setdefault(files[prefix + n], []).append(n)
     for f, names in by_file.items():
         with safe_open(str(f), framework="pt") as h:
             for n in names:
@@ -455,4 +507,5 @@ __all__ = [
     "state_dict_to_published", "published_to_state_dict", "expected_published_shapes",
     "build_meta_model", "published_config", "config_from_json", "load_config",
     "export_checkpoint", "checkpoint_files", "load_published_weights", "import_checkpoint",
+    "write_checkpoint_shard", "write_checkpoint_index",
 ]
