@@ -317,9 +317,38 @@ def write_checkpoint_shard(sd: Mapping[str, torch.Tensor], out_dir: str | Path, 
     dict (our names), e.g. one pipeline stage's parameters written by that stage's process.
     ``write_checkpoint_index`` then joins the files without loading them."""
     path = Path(out_dir) / shard_file_name(index, total)
-    tensors = {n: _saveable(t, dtype) for n, t in state_dict_to_published(sd).items()}
-    save_file(tensors, str(path), metadata={"format": "pt"})
+    _stream_safetensors(state_dict_to_published(sd), path, dtype)
     return path
+
+
+_ST_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64",
+              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+              torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+def _stream_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, dtype: torch.dtype | None) -> None:
+    """Write a safetensors file one tensor at a time (cast / copied one at a time), so writing a
+    3 GB stage costs one tensor of extra memory, not a second copy of the stage as
+    ``save_file`` would (expert slices share storage and must be copied for it)."""
+    names = sorted(tensors)
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for n in names:
+        t = tensors[n]
+        dt = dtype if dtype is not None and t.is_floating_point() else t.dtype
+        nbytes = t.numel() * dt.itemsize
+        header[n] = {"dtype": _ST_DTYPES[dt], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the format pads the header to 8 bytes
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for n in names:
+            t = tensors[n].detach().to("cpu", dtype=dtype if dtype is not None and tensors[n].is_floating_point() else None)
+            f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+    tmp.replace(path)
 
 
 def _safetensors_header(path: Path) -> dict:

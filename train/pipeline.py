@@ -427,7 +427,7 @@ def build_pipeline_module(
         model.model.sam_model.requires_grad_(False)
     layers, bounds = build_units(model, parts, vision_max_batch, checkpoint_layers)
     cls = _pipeline_module_cls()
-    import torch.distributed as dist
+    import torch.distributed as dist  # initialised by the caller (train.common.init_distributed)
 
     if topology is None:  # DeepSpeed's default layout, built here to know this rank's stage
         from deepspeed.runtime.pipe.topology import PipeDataParallelTopology
@@ -438,11 +438,10 @@ def build_pipeline_module(
     if init_stage is not None:
         stage = topology.get_coord(dist.get_rank()).pipe
         init_stage(layers[bounds[stage]:bounds[stage + 1]])
-    kw = {"topology": topology}
     # dynamic_shape is a PipelineModule argument: DeepSpeed 0.19 ignores a config key of that
     # name. With it, tensor shapes are re-sent for every micro-batch (a few ints per tensor).
     return cls(layers, bounds, loss_fn=loss_fn if loss_fn is not None else PipelineLoss(),
-               dynamic_shape=True, **kw)
+               dynamic_shape=True, topology=topology)
 
 
 def sequential_forward(model: DeepseekOCRForCausalLM, batch, loss_fn: PipelineLoss | None = None,
