@@ -154,6 +154,9 @@ def main() -> None:
                     help="checkpoint dtype and training dtype of the per-stage build (deepspeed.dtype)")
     ap.add_argument("--workdir", default="/tmp/ocrflow-bench-stage2")
     ap.add_argument("--keep", action="store_true", help="keep the exported checkpoint")
+    ap.add_argument("--phases", default="export,before,after",
+                    help="phases to run; the others' results are read from --workdir (e.g. run 'before' "
+                         "alone when enough memory is free, with --keep on the earlier run)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -162,13 +165,21 @@ def main() -> None:
         return
 
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    wanted = args.phases.split(",")
+    results = {}
     try:
-        export = _run_phase("export", args)
-        before = _run_phase("before", args)
-        after = _run_phase("after", args)
+        for name in PHASES:
+            if name in wanted:
+                results[name] = _run_phase(name, args)
     finally:
         if not args.keep:
             shutil.rmtree(Path(args.workdir) / "checkpoint", ignore_errors=True)
+    for name in PHASES:
+        if name not in results:
+            if not (Path(args.workdir) / f"{name}.json").is_file():
+                raise SystemExit(f"no results of phase {name} in {args.workdir} yet: run it (--phases {name})")
+            results[name] = json.loads((Path(args.workdir) / f"{name}.json").read_text())
+    export, before, after = results["export"], results["before"], results["after"]
     n = before["params"]
     print(f"\nstage-2 host memory, preset {args.preset}, PP={args.pp}, CPU/gloo; checkpoint {args.dtype} "
           f"{export['bytes'] / GB:.2f} GB (export: peak RSS {export['peak_rss'] / GB:.2f} GB, one stage at a time)")

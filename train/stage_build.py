@@ -11,7 +11,7 @@ stage get real tensors, on the target device and in the training dtype:
    derived from ``(seed, part name)``: identical on every data-parallel replica and for any
    partition (the same weights for pp=2 and pp=4);
 3. ``init_from`` (published / exported checkpoint): only the stage's tensors are read from the
-   safetensors files (``safe_open``, by name), after the whole checkpoint has been checked
+   safetensors files (by name, plain reads into the parameters), after the whole checkpoint has been checked
    against the whole model from the file headers (``models.checkpoint.load_published_weights``
    skips tensors still on the meta device); ``encoder_from`` (stage-1 encoder) likewise.
 
@@ -85,7 +85,7 @@ def init_stage_weights(model: nn.Module, units: Sequence[nn.Module], device: tor
     inits = model.init_parts()
     held = _materialised_parts(model, list(inits))
     device = torch.device(device)
-    for part in held:
+    for part in held if not init_from else ():  # a strict init_from overwrites every tensor
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(part_seed(seed, part))
             inits[part]()
@@ -101,23 +101,23 @@ def load_encoder_tensors(model: nn.Module, path: str | Path) -> list[str]:
     """Load a stage-1 encoder file (``DeepEncoder`` names) into ``model.model``, reading only the
     tensors whose parameters are materialised (all of them for a whole model). Every name and
     shape in the file is checked first, from its header. Returns the names loaded."""
-    from safetensors import safe_open
+    from models.checkpoint import TensorReader
 
     own = model.model.state_dict(keep_vars=True)
     encoder_prefixes = ("sam_model.", "vision_model.", "projector.", "image_newline", "view_seperator")
     loaded = []
-    with safe_open(str(path), framework="pt") as f:
-        names = list(f.keys())
+    with TensorReader(path) as f:
+        names = f.keys()
         bad = [k for k in names if k not in own or not k.startswith(encoder_prefixes)]
         if bad:
             raise ValueError(f"{path}: {len(bad)} tensors are not DeepEncoder parameters of this model, "
                              f"e.g. {bad[:5]}")
         for k in names:
-            shape = tuple(f.get_slice(k).get_shape())
+            shape = f.shape(k)
             if tuple(own[k].shape) != shape:
                 raise ValueError(f"{path}: {k} has shape {shape}, the model {tuple(own[k].shape)}")
         for k in names:
             if not own[k].is_meta:
-                own[k].copy_(f.get_tensor(k))
+                f.read_into(k, own[k])
                 loaded.append(k)
     return sorted(loaded)
