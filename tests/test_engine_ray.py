@@ -2,8 +2,9 @@
 
 * a local Ray instance on 127.0.0.1 (2 CPUs) runs the engine: the shards are byte-identical to
   the local run's, and so is the report's page accounting;
-* a Ray driver (with the Ray instance it started) is killed with SIGKILL mid-run; the same
-  command re-run on Ray resumes from the committed units and writes the same bytes.
+* a Ray driver connected to that instance (`ray_address`, as on a cluster) is killed with
+  SIGKILL mid-run; the same command re-run on Ray resumes from the committed units and writes
+  the same bytes.
 No Ray process started here outlives the module (checked in the fixture's teardown).
 """
 
@@ -31,7 +32,7 @@ MAX_COUNT = 5
 _DRIVER = """
 import sys
 from data_engine.pipeline import run_engine
-run_engine(dict(input=sys.argv[1], out=sys.argv[2], executor="ray", workers=2, max_count=5,
+run_engine(dict(input=sys.argv[1], out=sys.argv[2], executor="ray", ray_address=sys.argv[3], max_count=5,
                 progress=False, print_summary=False))
 """
 
@@ -78,7 +79,7 @@ def local_ray():
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}}, log_to_driver=False)
     started = [p for p in _ray_children() if p.pid not in before]
     try:
-        yield
+        yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
         _, alive = psutil.wait_procs(started, timeout=15)
@@ -108,7 +109,7 @@ def test_ray_run_is_byte_identical_to_local(corpus, reference, local_ray, tmp_pa
 
 
 def _kill_session(sid: int) -> None:
-    """SIGKILL every process of session `sid` (the driver and the Ray instance it started)."""
+    """SIGKILL every process of session `sid` (the driver and anything it started)."""
     procs = []
     for p in psutil.process_iter():
         try:
@@ -127,7 +128,7 @@ def test_ray_driver_killed_mid_run_resumes(corpus, reference, local_ray, tmp_pat
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(PYTHONPATH=str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
                RAY_USAGE_STATS_ENABLED="0")
-    proc = subprocess.Popen([sys.executable, "-c", _DRIVER, str(corpus), str(out)], cwd=REPO_ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-c", _DRIVER, str(corpus), str(out), local_ray], cwd=REPO_ROOT, env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     units = out / "work" / "units"
     deadline = time.monotonic() + 180
@@ -137,17 +138,18 @@ def test_ray_driver_killed_mid_run_resumes(corpus, reference, local_ray, tmp_pat
                 break
             time.sleep(0.01)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver, its raylet / GCS, mid-run
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver, mid-run; the Ray instance lives on
         proc.wait()
-        _kill_session(proc.pid)  # and whatever of its Ray instance sits in other process groups
+        _kill_session(proc.pid)
     assert proc.returncode == -signal.SIGKILL, f"run ended before the kill: {proc.stderr.read().decode()[-3000:]}"
     done = len(list(units.glob("*/*.json")))
     assert 2 <= done < N_DOCS, f"kill landed outside the run ({done} of {N_DOCS} units committed)"
     assert not (out / "report.json").exists()
 
     rep = run_engine(dict(input=str(corpus), out=str(out), executor="ray", **_quiet()))
-    assert rep["docs"]["resumed_units"] == done
-    assert rep["throughput"]["units_processed"] == N_DOCS - done
+    # (a task of the dead driver may still have committed its unit before Ray ended it)
+    assert rep["docs"]["resumed_units"] >= done
+    assert rep["throughput"]["units_processed"] == N_DOCS - rep["docs"]["resumed_units"] > 0
     assert rep["pages"] == ref["pages"]
     assert _shard_bytes(out) == _shard_bytes(ref_out)
     assert not list(out.glob("**/*.tmp"))  # stale temporaries of the killed writers are gone
