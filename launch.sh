@@ -17,6 +17,10 @@ Commands
                        stage 1 -> stage 2 (pipeline parallel over CPU processes) -> export ->
                        evaluation on held-out pages. Output: runs/demo (DEMO_DIR=... to change).
                        Real text instead of pseudo-text: DEMO_CORPUS=/path/to/udhr ./launch.sh demo
+  flywheel [overrides] Model-flywheel rounds for minority languages on the embedded default
+                       (synthetic Latin + Devanagari line pages; CPU): fitz patches -> recognizer
+                       -> detector-cut patches labelled, accepted, reassembled; per-round report
+                       with CER plot. Output: runs/flywheel (out=... to change). docs/flywheel.md
   test [pytest args]   Create .venv if missing, install ocrflow[test], run pytest
                        (default: -m "not slow"; pass e.g. `-m slow` or a test path instead).
   help                 This text.
@@ -29,6 +33,8 @@ Recipes (conf/experiment/<recipe>.yaml; any Hydra override may follow)
   paper_stage2         Paper stage 2: DeepSeek-OCR, PP=4 x DP, ZeRO-1, lr 3e-5 step, seq 8192,
                        global batch 640
   paper_gundam_m       Continue a trained model in Gundam-M mode (needs model.init_from=...)
+  flywheel_recognizer  The flywheel's line-patch recognizer (tiny, stage 2, one process); `flywheel`
+                       runs it per round with data.shards / model.tokenizer / train.out_dir set
 
   Examples
     ./launch.sh paper_stage1 model.tokenizer=/ckpt/deepseek-ocr data.shards='[/data/shards/*.tar]'
@@ -72,6 +78,22 @@ cpu_threads() {  # threads per process so N processes share the cores
   echo $(( cores / n > 0 ? cores / n : 1 ))
 }
 
+have_fonts() {  # the Noto Sans file the synthetic pages need (OCRFLOW_FONT_DIRS or Debian's folders)
+  python -c "import sys; from data_engine.scripts import find_font; sys.exit(find_font('NotoSans-Regular.ttf') is None)"
+}
+
+fonts_for_tests() {  # install the Noto fonts when we may (root or passwordless sudo); else the
+  # tests that need them skip with the reason
+  have_fonts && return 0
+  if [[ "$(id -u)" -eq 0 ]] || sudo -n true 2>/dev/null; then
+    echo "[launch] Noto fonts not found: installing them with scripts/setup_fonts.sh"
+    bash scripts/setup_fonts.sh || echo "[launch] font install failed: font-dependent tests will skip"
+  else
+    echo "[launch] Noto fonts not found (no root to install them): font-dependent tests will skip;" \
+         "run scripts/setup_fonts.sh or set OCRFLOW_FONT_DIRS"
+  fi
+}
+
 # ------------------------------------------------------------------------------ training
 run_train() {  # run_train <experiment> [overrides...]
   local exp="$1"; shift
@@ -108,7 +130,7 @@ run_demo() {
   if [[ -n "${DEMO_CORPUS:-}" ]]; then corpus_args=(--corpus "$DEMO_CORPUS" --languages "${DEMO_LANGS:-eng}"); fi
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(cpu_threads 1)}"
 
-  if ! python -c "import sys; from data_engine.scripts import find_font; sys.exit(find_font('NotoSans-Regular.ttf') is None)"; then
+  if ! have_fonts; then
     echo "[demo] Noto Sans not found: installing the Noto fonts with scripts/setup_fonts.sh (or set OCRFLOW_FONT_DIRS)"
     bash scripts/setup_fonts.sh
   fi
@@ -129,12 +151,17 @@ run_demo() {
   # OCR pages plus their label text as the text-only source (the paper mixes in 10% text-only)
   local common=("model.tokenizer=$dir/tokenizer" "data.shards=[$dir/engine/shards/*.tar]"
                 "data.text_shards=[$dir/engine/shards/*.tar]")
+  # vision reliance on the held-out pages: held-out loss with real vs blank images
+  common+=("train.reliance.shards=[$dir/heldout/shards/*.tar]" "train.reliance.every=${DEMO_RELIANCE_EVERY:-10}")
   echo "[demo 4/7] stage 1 (DeepEncoder + tiny OPT, ZeRO-1, gloo) -> $dir/stage1"
   run_train smoke "${common[@]}" "train.out_dir=$dir/stage1" "train.steps=${DEMO_STAGE1_STEPS:-30}" "$@"
 
   echo "[demo 5/7] stage 2 (tiny DeepSeek-OCR, PP=2 over 2 CPU processes, ZeRO-1, gloo) -> $dir/stage2"
   run_train smoke_stage2 "${common[@]}" "train.out_dir=$dir/stage2" \
     "model.encoder_from=$dir/stage1/encoder.safetensors" "train.steps=${DEMO_STAGE2_STEPS:-30}" "$@"
+
+  python -m train.plots "$dir/stage1/metrics.jsonl" "$dir/stage2/metrics.jsonl" --out "$dir/loss_curve.png" \
+    >/dev/null && echo "[demo] loss curves (train, held-out real vs blank images): $dir/loss_curve.png"
 
   echo "[demo 6/7] export (stage 2 writes the final model in the published layout)"
   local export="$dir/stage2/model"
@@ -162,11 +189,18 @@ case "$cmd" in
   help|-h|--help) usage ;;
   test)
     ensure_env
+    fonts_for_tests
     if (( $# == 0 )); then set -- -m "not slow" -q; fi
     exec python -m pytest "$@" ;;
   demo)
     ensure_env
     run_demo "$@" ;;
+  flywheel)
+    ensure_env
+    scripts/setup_fonts.sh >/dev/null || echo "[flywheel] Noto fonts missing: see scripts/setup_fonts.sh" >&2
+    scripts/setup_tesseract.sh eng hin >/dev/null \
+      || echo "[flywheel] Tesseract not installed: the baseline column will say why" >&2
+    OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(cpu_threads 1)}" exec python -m train.flywheel "$@" ;;
   *)
     if [[ ! -f "conf/experiment/$cmd.yaml" ]]; then
       echo "unknown command or recipe '$cmd'" >&2

@@ -179,7 +179,9 @@ class EngineConfig(Schema):
     max_size: int = setting(1_000_000_000, gt=0)  # payload bytes per shard
     keep_units: bool = True           # keep work/units after assembly; false halves disk use but a re-run redoes every unit
     fine: dict[str, Any] = setting({})  # kwargs of data_engine.layout.get_layout_source ({} = text layer)
-    max_crash_retries: int = setting(1, ge=0)  # a unit that kills its worker alone more often is worker_crash
+    max_crash_retries: int = setting(1, ge=0)  # a unit that kills its worker more often is worker_crash
+    # wall-clock limit per document: its worker is stopped, the document recorded as timeout (None: no limit)
+    doc_timeout_s: Optional[float] = setting(900.0, gt=0)
     executor: str = setting("local", choices=EXECUTORS)  # local: process pool here; ray: Ray tasks on a cluster
     ray_address: Optional[str] = None  # executor=ray: "auto", "host:6379", "ray://host:10001"; None: $RAY_ADDRESS, else a new local Ray instance
     ray_runtime_env: dict[str, Any] = setting({})  # executor=ray: Ray runtime_env of the workers ({}: this checkout on PYTHONPATH)

@@ -47,3 +47,13 @@ def cer_counts(reference: str, hypothesis: str) -> tuple[int, int]:
     """(edit distance, reference length) after normalisation: sum these over pages for a CER."""
     ref, hyp = normalize_for_cer(reference), normalize_for_cer(hypothesis)
     return levenshtein(ref, hyp), len(ref)
+
+
+def corpus_cer(pairs) -> float | None:
+    """CER over (reference, hypothesis) pairs: summed edit distances / summed reference lengths
+    (None without reference characters)."""
+    e = n = 0
+    for ref, hyp in pairs:
+        a, b = cer_counts(ref, hyp)
+        e, n = e + a, n + b
+    return e / n if n else None

@@ -9,35 +9,40 @@
    the samples to a per-unit tar, commit it atomically;
 3. assemble shards from committed units with a deterministic plan, then write
    `report.json`, `failures.jsonl` and print a summary.
-Bad input (corrupt, encrypted, empty, zero-page, image-only, garbled) is recorded with its
-reason and never stops a run. Callable without Hydra; data_engine/cli.py is the Hydra entry.
+Bad input (corrupt, encrypted, empty, zero-page, not a PDF, image-only, garbled, too slow to
+render, killing its worker) and every input found but not read (unreadable folder, dangling or
+looping symlink) is recorded with its reason and never stops a run. Errors of the engine's own
+output (disk full, a path in the way) are not the documents' fault: the run stops with a
+`queue.OutputError` and the same command, re-run, processes what is left. Units run on
+`executor.LocalExecutor` (time limit, crash isolation, workers that die with the driver).
+Callable without Hydra; data_engine/cli.py is the Hydra entry.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing as mp
 import os
 import re
 import time
 from collections.abc import Mapping
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pymupdf
 from tqdm import tqdm
 
 from data_engine import coarse, langid, metrics, queue, render, report, shards
 from data_engine.config import ENGINE_VERSION, LABEL_KINDS, EngineConfig  # noqa: F401 (re-exported)
+from data_engine.executor import LocalExecutor
 
 
-# Unit-level failure reasons (the whole document is skipped); page-level reasons live in coarse.py.
-MISSING_FILE, EMPTY_FILE, UNREADABLE = "missing_file", "empty_file", "unreadable_file"
+# Unit-level failure reasons (the whole document is skipped); page-level reasons live in coarse.py,
+# discovery and executor reasons in queue.py.
+MISSING_FILE, EMPTY_FILE, UNREADABLE = queue.MISSING_FILE, "empty_file", "unreadable_file"
 CORRUPT, ENCRYPTED, ZERO_PAGES = "corrupt_file", "encrypted", "zero_pages"
-UNIT_ERROR, WORKER_CRASH, DUPLICATE = "unit_error", "worker_crash", "duplicate"
+NOT_PDF, NOT_IMAGE = "not_pdf", "not_image"  # content sniffing: e.g. an HTML page named .pdf
+UNIT_ERROR, WORKER_CRASH, TIMEOUT, DUPLICATE = queue.UNIT_ERROR, queue.WORKER_CRASH, queue.TIMEOUT, "duplicate"
 RENDER_ERROR, EXTRACT_ERROR = "render_error", "extract_error"
 FINE_EMPTY, FINE_ERROR = "fine_empty", "fine_error"
 
@@ -72,10 +77,6 @@ def ensure_worker(cfg: EngineConfig, prompts: dict) -> None:
     if _W.get("key") != key:
         _init_worker(cfg, prompts)
         _W["key"] = key
-
-
-def _hash_worker(path: str) -> tuple[str, int, str | None]:
-    return queue.hash_file(path)
 
 
 def _fine_labels(page, tdict, w: float, h: float) -> tuple[dict | None, str | None]:
@@ -162,50 +163,84 @@ def _process_pages(doc, unit: dict, record: dict, writer) -> None:
     record["pages_seen"] = n_pages
 
 
+_FILETYPES = {"pdf": "pdf", "png": "png", "jpeg": "jpg", "tiff": "tiff"}
+
+
+def _open_document(path: str, kind: str) -> pymupdf.Document:
+    """``pymupdf.open`` for any path. MuPDF takes UTF-8 file names only, so a name holding other
+    bytes is opened through ``/proc/self/fd`` (Linux), or read into memory elsewhere."""
+    if queue.is_readable_path(path):
+        return pymupdf.open(path, filetype=_FILETYPES[kind])
+    fd = os.open(os.fsencode(path), os.O_RDONLY)
+    try:
+        if os.path.isdir("/proc/self/fd"):
+            return pymupdf.open(f"/proc/self/fd/{fd}", filetype=_FILETYPES[kind])
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return pymupdf.open(stream=f.read(), filetype=_FILETYPES[kind])
+    finally:
+        os.close(fd)
+
+
+def _process_document(unit: dict, record: dict, fail) -> bool:
+    """Label and write one document's pages; returns whether a unit tar was written."""
+    if unit.get("hash_error"):
+        return fail(UNREADABLE, unit["hash_error"])
+    if unit["size"] == 0:
+        return fail(EMPTY_FILE)
+    try:
+        with open(os.fsencode(unit["path"]), "rb") as f:
+            head = f.read(1024)
+    except OSError as e:
+        return fail(UNREADABLE, f"{type(e).__name__}: {e}"[:300])
+    kind = queue.sniff(head)
+    # Trust the bytes, not the name: MuPDF would render an HTML page named .pdf as a document.
+    if unit["source"] != "image" and kind != "pdf":
+        return fail(NOT_PDF, f"no %PDF- header in the first 1 KB; {kind or queue.describe_bytes(head)}")
+    if unit["source"] == "image" and kind in (None, "pdf"):
+        return fail(NOT_IMAGE, f"not PNG/JPEG/TIFF data; {kind or queue.describe_bytes(head)}")
+    try:
+        doc = _open_document(unit["path"], kind)
+    except Exception as e:  # noqa: BLE001 - bad input is recorded, never fatal
+        return fail(CORRUPT, f"{type(e).__name__}: {e}"[:300])
+    try:
+        record["num_pages"] = doc.page_count if not doc.needs_pass else 0
+        if doc.needs_pass:
+            return fail(ENCRYPTED)
+        if doc.page_count == 0:
+            return fail(ZERO_PAGES)
+        with _W["store"].open_tmp_tar(unit["doc_id"]) as f:
+            writer = shards.tar_writer(f)
+            _process_pages(doc, unit, record, writer)
+            writer.close()
+        return True
+    finally:
+        doc.close()
+
+
 def process_unit(unit: dict) -> dict:
-    """Process one document and commit its outputs; returns the committed unit record."""
+    """Process one document and commit its outputs; returns the committed unit record.
+
+    Whatever the document does, the record says it (status "failed" + reason + detail); only
+    the engine's own output errors (queue.OutputError) propagate, uncommitted.
+    """
     t0, c0 = time.perf_counter(), time.process_time()
-    store: queue.UnitStore = _W["store"]
     record = {"doc_id": unit["doc_id"], "path": unit["path"], "source": unit["source"], "config": _W["digest"], "status": "ok",
               "reason": None, "detail": None, "num_pages": 0, "pages_seen": 0,
               "samples": [], "skipped": [], "kind_skips": {}}
 
-    def fail(reason: str, detail: str | None = None) -> dict:
+    def fail(reason: str, detail: str | None = None) -> bool:
         record.update(status="failed", reason=reason, detail=detail, samples=[])
-        return record
+        return False  # no unit tar
 
-    has_tar = False
-    if unit.get("hash_error"):
-        fail(UNREADABLE, unit["hash_error"])
-    elif unit["size"] == 0:
-        fail(EMPTY_FILE)
-    else:
-        try:
-            doc = pymupdf.open(unit["path"])
-        except Exception as e:  # noqa: BLE001 - bad input is recorded, never fatal
-            doc = None
-            fail(CORRUPT, f"{type(e).__name__}: {e}"[:300])
-        if doc is not None:
-            try:
-                record["num_pages"] = doc.page_count if not doc.needs_pass else 0
-                if doc.needs_pass:
-                    fail(ENCRYPTED)
-                elif doc.page_count == 0:
-                    fail(ZERO_PAGES)
-                else:
-                    with open(store.tmp_tar_path(unit["doc_id"]), "wb") as f:
-                        writer = shards.tar_writer(f)
-                        _process_pages(doc, unit, record, writer)
-                        writer.close()
-                    has_tar = True
-            except Exception as e:  # noqa: BLE001 - anything MuPDF throws mid-document: record, move on
-                fail(UNIT_ERROR, f"{type(e).__name__}: {e}"[:300])
-                has_tar = False
-            finally:
-                doc.close()
+    try:
+        has_tar = _process_document(unit, record, fail)
+    except queue.OutputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - anything MuPDF throws mid-document: record, move on
+        has_tar = fail(UNIT_ERROR, f"{type(e).__name__}: {e}"[:300])
     record["seconds"] = round(time.perf_counter() - t0, 4)
     record["cpu_seconds"] = round(time.process_time() - c0, 4)  # load-independent per-core cost
-    store.commit(unit["doc_id"], record, has_tar)
+    _W["store"].commit(unit["doc_id"], record, has_tar)
     return record
 
 
@@ -217,18 +252,24 @@ def _num_workers(cfg: EngineConfig) -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _hash_inputs(files: list[queue.InputFile], work: Path, pool) -> dict[str, tuple[str, int, str | None]]:
-    """path -> (doc_id, size, error), reusing `work/hash_cache.jsonl` entries whose size+mtime match."""
+def _hash_inputs(files: list[queue.InputFile], work: Path, threads: int,
+                 hash_map=None) -> dict[str, tuple[str, int, str | None]]:
+    """path -> (doc_id, size, error), reusing `work/hash_cache.jsonl` entries whose size+mtime match.
+
+    Hashing runs on threads (file reads and hashlib release the GIL), or through `hash_map`
+    (an executor's `map(fn, paths, chunksize=...)`, e.g. Ray tasks on the nodes).
+    """
     cache_path = work / "hash_cache.jsonl"
     cache = {}
     if cache_path.is_file():
-        for line in cache_path.read_text(encoding="utf-8").splitlines():
-            e = json.loads(line)
-            cache[e["path"]] = e
+        for line in cache_path.read_bytes().splitlines():
+            try:
+                e = json.loads(line)
+                cache[e["path"]] = e
+            except (ValueError, KeyError, TypeError):  # a damaged cache line costs a re-hash only
+                continue
     out, todo = {}, []
     for f in files:
-        if not f.exists:
-            continue
         try:
             st = os.stat(f.path)
         except OSError:  # gone since discovery: hash_file records the error (unreadable_file)
@@ -239,74 +280,20 @@ def _hash_inputs(files: list[queue.InputFile], work: Path, pool) -> dict[str, tu
             out[f.path] = (e["doc_id"], e["size"], None)
         else:
             todo.append((f.path, st.st_mtime_ns))
-    results = None
-    if pool is not None:
-        try:
-            results = list(pool.map(_hash_worker, [p for p, _ in todo], chunksize=16))
-        except BrokenProcessPool:  # a worker died: hash in the driver; the caller replaces the pool
-            results = None
-    if results is None:
-        results = [_hash_worker(p) for p, _ in todo]
+    if hash_map is not None and todo:
+        results = list(hash_map(queue.hash_file, [p for p, _ in todo], chunksize=64))
+    else:
+        with ThreadPoolExecutor(max(1, min(threads, len(todo)))) as pool:
+            results = list(pool.map(queue.hash_file, [p for p, _ in todo]))
     for (path, mtime), res in zip(todo, results):
         out[path] = res
         if res[2] is None:
             cache[path] = {"path": path, "size": res[1], "mtime_ns": mtime, "doc_id": res[0]}
     tmp = cache_path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(e) + "\n" for e in cache.values()), encoding="utf-8")
-    os.replace(tmp, cache_path)
+    with queue.output_io(f"cannot write {queue.display_path(str(cache_path))}"):
+        tmp.write_text("".join(json.dumps(e) + "\n" for e in cache.values()), encoding="ascii")
+        os.replace(tmp, cache_path)
     return out
-
-
-def _make_pool(cfg: EngineConfig, n: int, prompts: dict):
-    return ProcessPoolExecutor(n, mp_context=mp.get_context(cfg.start_method),
-                               initializer=_init_worker, initargs=(cfg, prompts))
-
-
-def _run_units(cfg: EngineConfig, units: list[dict], n_workers: int, prompts: dict, pool, bar) -> tuple[list[dict], Any]:
-    """Process `units` on the pool, surviving worker deaths (MuPDF segfault, OOM killer).
-
-    A dead worker fails every in-flight future, so the culprit is unknown: all of them become
-    suspects and are re-run one at a time on a fresh pool. A suspect that kills its worker
-    while running alone more than `max_crash_retries` times is recorded as `worker_crash`;
-    the innocent ones are simply processed.
-    """
-    done: list[dict] = []
-    crashes: dict[str, int] = {}
-    pending = list(reversed(units))  # pop() from the end keeps submission in doc-id order
-    suspects: list[dict] = []
-    in_flight: dict = {}  # future -> (unit, ran alone)
-    window = 4 * n_workers  # bounded submission: millions of units never sit in memory as futures
-    while pending or suspects or in_flight:
-        if suspects:
-            if not in_flight:
-                u = suspects.pop()
-                in_flight[pool.submit(process_unit, u)] = (u, True)
-        else:
-            while pending and len(in_flight) < window:
-                u = pending.pop()
-                in_flight[pool.submit(process_unit, u)] = (u, False)
-        finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-        broken = False
-        for fut in finished:
-            u, alone = in_flight.pop(fut)
-            try:
-                rec = fut.result()
-            except BrokenProcessPool:
-                broken = True
-                if alone:
-                    crashes[u["doc_id"]] = crashes.get(u["doc_id"], 0) + 1
-                if crashes.get(u["doc_id"], 0) <= cfg.max_crash_retries:
-                    suspects.append(u)
-                    continue
-                rec = _commit_failure(cfg, u, WORKER_CRASH, f"killed its worker process {crashes[u['doc_id']]} times")
-            done.append(rec)
-            _tick(bar, rec)
-        if broken:  # the pool is unusable: every other in-flight unit is a suspect too
-            suspects.extend(u for u, _ in in_flight.values())
-            in_flight.clear()
-            pool.shutdown(wait=False, cancel_futures=True)
-            pool = _make_pool(cfg, n_workers, prompts)
-    return done, pool
 
 
 def _tick(bar, rec: dict) -> None:
@@ -315,17 +302,24 @@ def _tick(bar, rec: dict) -> None:
     bar.update(1)
 
 
+def _failure_record(path: str, reason: str, detail: str | None, status: str = "failed", **kw) -> dict:
+    return {"doc_id": None, "path": path, "status": status, "reason": reason, "detail": detail,
+            "num_pages": 0, "pages_seen": 0, "samples": [], "skipped": [], "kind_skips": {}, **kw}
+
+
 def _commit_failure(cfg: EngineConfig, u: dict, reason: str, detail: str) -> dict:
-    rec = {"doc_id": u["doc_id"], "path": u["path"], "source": u["source"], "config": cfg.digest(), "status": "failed", "reason": reason,
-           "detail": detail, "num_pages": 0, "pages_seen": 0, "samples": [], "skipped": [], "kind_skips": {}}
+    rec = _failure_record(u["path"], reason, detail, doc_id=u["doc_id"], source=u["source"], config=cfg.digest())
+    if reason == TIMEOUT:  # a later run with a larger limit retries the document
+        rec["limit_s"] = cfg.doc_timeout_s
     queue.UnitStore(cfg.work_dir).commit(u["doc_id"], rec, has_tar=False)
     return rec
 
 
-def _assemble(cfg: EngineConfig, records: list[dict], pool) -> tuple[list[dict], bool]:
+def _assemble(cfg: EngineConfig, records: list[dict], executor: LocalExecutor) -> tuple[list[dict], bool]:
     """Write the shards for `records` (skipped when the previous plan is identical). Returns (shards, rewritten)."""
     shard_dir = Path(cfg.out) / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
+    with queue.output_io(f"cannot create {queue.display_path(str(shard_dir))}"):
+        shard_dir.mkdir(parents=True, exist_ok=True)
     with_samples = [r for r in records if r["samples"]]
     plan = queue.plan_shards(with_samples, cfg.name, cfg.max_count, cfg.max_size)
     # The sample bytes also hold each document's path and source kind: a moved file (same
@@ -335,30 +329,26 @@ def _assemble(cfg: EngineConfig, records: list[dict], pool) -> tuple[list[dict],
     index_path = shard_dir / f"{cfg.name}.index.json"
     summary = [{"file": sp.filename, "count": sp.count, "size": sp.size} for sp in plan]
     if index_path.is_file():
-        prev = json.loads(index_path.read_text(encoding="utf-8"))
+        try:
+            prev = json.loads(index_path.read_bytes())
+        except ValueError:  # a damaged index: rewrite the shards
+            prev = {}
         if prev.get("digest") == digest and all((shard_dir / s["file"]).is_file() for s in summary):
             return summary, False
     store = queue.UnitStore(cfg.work_dir)
     jobs = [(shard_dir / sp.filename, [(store.tar_path(d), keys) for d, keys in sp.parts]) for sp in plan]
-    written = False
-    if pool is not None and jobs:
-        try:
-            paths, parts = zip(*jobs)
-            list(pool.map(shards.write_shard, paths, parts))
-            written = True
-        except BrokenProcessPool:  # a worker died during assembly: finish in the driver
-            pass
-    if not written:
-        for path, parts in jobs:
-            shards.write_shard(path, parts)
-    # Shards of an earlier, larger plan would otherwise be read as part of this dataset.
-    keep = {sp.filename for sp in plan}
-    for p in shard_dir.glob(f"{cfg.name}-*.tar*"):
-        if p.name not in keep and re.fullmatch(re.escape(cfg.name) + r"-\d{6}\.tar(\..*)?", p.name):
-            p.unlink()
-    tmp = index_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"digest": digest, "shards": summary}, indent=1), encoding="utf-8")
-    os.replace(tmp, index_path)
+    with queue.output_io(f"cannot write the shards in {queue.display_path(str(shard_dir))}"):
+        if jobs:
+            executor.map(shards.write_shard, *zip(*jobs))
+        # Shards of an earlier, larger plan would otherwise be read as part of this dataset
+        # (and temporaries of writers killed mid-shard: `.tar.<host>-<pid>.tmp`).
+        keep = {sp.filename for sp in plan}
+        for p in shard_dir.glob(f"{cfg.name}-*.tar*"):
+            if p.name not in keep and re.fullmatch(re.escape(cfg.name) + r"-\d{6}\.tar(\..*)?", p.name):
+                p.unlink()
+        tmp = index_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"digest": digest, "shards": summary}, indent=1), encoding="utf-8")
+        os.replace(tmp, index_path)
     return summary, True
 
 
@@ -370,94 +360,109 @@ def _prompts() -> dict:
     return {"coarse": PROMPTS["coarse"], "fine": PROMPTS["fine"]}
 
 
+def _source_kind(path: str) -> str:
+    if Path(path).suffix.lower() in queue.IMAGE_SUFFIXES:
+        return "image"
+    try:  # a synthetic document has a ground-truth sidecar
+        return "synthetic" if Path(path).with_suffix(".gt.json").is_file() else "pdf"
+    except (OSError, ValueError):  # e.g. the sidecar's name would be too long
+        return "pdf"
+
+
+def _units(cfg: EngineConfig, files: list[queue.InputFile], hash_map=None) -> tuple[list[dict], list[dict]]:
+    """Work units (one per distinct content, doc-id order) and records of the inputs not processed."""
+    hashes = _hash_inputs([f for f in files if f.exists], Path(cfg.work_dir), _num_workers(cfg), hash_map)
+    units, skipped = [], []
+    seen: dict[str, str] = {}
+    for f in files:
+        if not f.exists:  # found during discovery, not readable as an input
+            skipped.append(_failure_record(f.path, f.reason, f.detail))
+            continue
+        doc_id, size, err = hashes[f.path]
+        if doc_id in seen:  # same bytes under another path: processed once, under the first path
+            skipped.append(_failure_record(f.path, DUPLICATE, f"same content as {seen[doc_id]}",
+                                           status="skipped", doc_id=doc_id))
+            continue
+        seen[doc_id] = f.path
+        units.append({"doc_id": doc_id, "path": f.path, "size": size, "hash_error": err, "source": _source_kind(f.path)})
+    units.sort(key=lambda u: u["doc_id"])
+    return units, skipped
+
+
 def run_engine(cfg: EngineConfig | Mapping) -> dict:
-    """Run the engine end to end; returns the report dict (also written to {out}/report.json)."""
+    """Run the engine end to end; returns the report dict (also written to {out}/report.json).
+
+    Raises queue.OutputError when the engine cannot write its own output: fix the cause and
+    run the same command again; committed units are kept, the rest is processed then.
+    """
     cfg = EngineConfig.from_any(cfg)
     cfg.validate()
     out = Path(cfg.out).resolve()
     cfg.out = str(out)
     cfg.work_dir = str(Path(cfg.work_dir).resolve() if cfg.work_dir else out / "work")
-    Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
+    with queue.output_io(f"cannot create the work folder {queue.display_path(cfg.work_dir)}"):
+        Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
     n_workers = _num_workers(cfg)
     prompts = _prompts()
     t_start = time.perf_counter()
 
-    files = queue.discover_inputs(cfg.input)
+    found = queue.discover(cfg.input)
     if cfg.executor == "ray":  # same units, same commit protocol; Ray tasks instead of a local pool
-        from data_engine.ray_executor import RayPool
+        from data_engine.ray_executor import RayExecutor
 
-        pool = RayPool(cfg, prompts)
-        n_workers = pool.workers
+        executor = RayExecutor(cfg, prompts)
+        n_workers = executor.workers
     else:
-        if n_workers == 1:  # one worker: the driver runs the units itself (no process start-up)
-            _init_worker(cfg, prompts)
-        pool = _make_pool(cfg, n_workers, prompts) if n_workers > 1 else None
+        executor = LocalExecutor(n_workers, _init_worker, (cfg, prompts), cfg.start_method)
     try:
-        hashes = _hash_inputs(files, Path(cfg.work_dir), pool)
-        if pool is not None and getattr(pool, "_broken", False):  # a worker died while hashing
-            pool.shutdown(wait=False, cancel_futures=True)
-            pool = _make_pool(cfg, n_workers, prompts)
-        units, dup_records, missing = [], [], []
-        seen: dict[str, str] = {}
-        for f in files:
-            if not f.exists:
-                missing.append({"doc_id": None, "path": f.path, "status": "failed", "reason": MISSING_FILE,
-                                "detail": None, "samples": [], "skipped": [], "kind_skips": {}, "num_pages": 0})
-                continue
-            doc_id, size, err = hashes[f.path]
-            if doc_id in seen:  # same bytes under another path: processed once, under the first path
-                dup_records.append({"doc_id": doc_id, "path": f.path, "status": "skipped", "reason": DUPLICATE,
-                                    "detail": f"same content as {seen[doc_id]}", "samples": [], "skipped": [],
-                                    "kind_skips": {}, "num_pages": 0})
-                continue
-            seen[doc_id] = f.path
-            sidecar = Path(f.path).with_suffix(".gt.json")
-            source = "image" if Path(f.path).suffix.lower() in queue.IMAGE_SUFFIXES else (
-                "synthetic" if sidecar.is_file() else "pdf")
-            units.append({"doc_id": doc_id, "path": f.path, "size": size, "hash_error": err, "source": source})
-        units.sort(key=lambda u: u["doc_id"])
-        t_hashed = time.perf_counter()
+        # Ray: inputs are hashed by tasks across the cluster, not all read by the driver.
+        units, skipped = _units(cfg, found.files, executor.map if cfg.executor == "ray" else None)
+    except BaseException:
+        executor.close(wait_for_workers=False)
+        raise
+    t_hashed = time.perf_counter()
 
-        store = queue.UnitStore(cfg.work_dir)
-        digest = cfg.digest()
-        records, todo = {}, []
-        for u in units:
-            try:
-                rec = store.load(u["doc_id"]) if store.is_done(u["doc_id"]) else None
-            except (OSError, ValueError):  # unreadable record: redo the unit
-                rec = None
-            # Reuse a committed unit only if it was made from this path and source kind (both are
-            # in the sample bytes) with these settings and its samples are still there
-            # (keep_units: false deletes them after assembly).
-            if (rec is not None and rec.get("config") == digest and rec.get("path") == u["path"]
-                    and rec.get("source") == u["source"]
-                    and (not rec["samples"] or store.tar_path(u["doc_id"]).is_file())):
-                records[u["doc_id"]] = rec
-            else:
-                todo.append(u)
-        resumed = len(records)
+    store = queue.UnitStore(cfg.work_dir)
+    digest = cfg.digest()
+    records, todo = {}, []
+    for u in units:
+        try:
+            rec = store.load(u["doc_id"]) if store.is_done(u["doc_id"]) else None
+        except (OSError, ValueError):  # unreadable record: redo the unit
+            rec = None
+        # Reuse a committed unit only if it was made from this path and source kind (both are
+        # in the sample bytes) with these settings and its samples are still there
+        # (keep_units: false deletes them after assembly).
+        timed_out = rec is not None and rec.get("reason") == TIMEOUT and (
+            cfg.doc_timeout_s is None or cfg.doc_timeout_s > rec.get("limit_s", 0))
+        if (rec is not None and rec.get("config") == digest and rec.get("path") == u["path"]
+                and rec.get("source") == u["source"] and not timed_out
+                and (not rec["samples"] or store.tar_path(u["doc_id"]).is_file())):
+            records[u["doc_id"]] = rec
+        else:
+            todo.append(u)
+    resumed = len(records)
+    try:
         bar = tqdm(total=len(todo), unit="doc", desc="data engine", disable=not cfg.progress, dynamic_ncols=True)
         bar.pages = 0
-        if pool is None:
-            new = []
-            for u in todo:
-                new.append(process_unit(u))
-                _tick(bar, new[-1])
-        elif cfg.executor == "ray":
-            new = pool.run_units(todo, bar)
-        else:
-            new, pool = _run_units(cfg, todo, n_workers, prompts, pool, bar)
+        new = []
+        for rec in executor.run(process_unit, todo, timeout_s=cfg.doc_timeout_s,
+                                max_crash_retries=cfg.max_crash_retries,
+                                fail=lambda u, reason, detail: _commit_failure(cfg, u, reason, detail)):
+            new.append(rec)
+            _tick(bar, rec)
         bar.close()
         for rec in new:
             records[rec["doc_id"]] = rec
         t_processed = time.perf_counter()
 
         ordered = [records[u["doc_id"]] for u in units]
-        shard_summary, rewritten = _assemble(cfg, ordered, pool)
+        shard_summary, rewritten = _assemble(cfg, ordered, executor)
         t_done = time.perf_counter()
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    except BaseException:  # output error, Ctrl-C: stop the workers now, keep what is committed
+        executor.close(wait_for_workers=False)
+        raise
+    executor.close()
 
     if not cfg.keep_units:
         for rec in ordered:
@@ -465,9 +470,11 @@ def run_engine(cfg: EngineConfig | Mapping) -> dict:
                 store.tar_path(rec["doc_id"]).unlink(missing_ok=True)
     timings = {"discover_hash_s": t_hashed - t_start, "process_s": t_processed - t_hashed,
                "assemble_s": t_done - t_processed, "total_s": t_done - t_start}
-    rep = report.build_report(ordered + dup_records + missing, new, shard_summary, timings, n_workers,
-                              resumed_units=resumed, shards_rewritten=rewritten, config=dataclasses.asdict(cfg))
-    report.write_report(rep, ordered + dup_records + missing, out)
+    rep = report.build_report(ordered + skipped, new, shard_summary, timings, n_workers,
+                              resumed_units=resumed, shards_rewritten=rewritten, config=dataclasses.asdict(cfg),
+                              ignored_by_suffix=found.ignored_suffixes)
+    with queue.output_io(f"cannot write the report in {queue.display_path(str(out))}"):
+        report.write_report(rep, ordered + skipped, out)
     if cfg.print_summary:
         print(report.format_summary(rep))
     return rep

@@ -18,7 +18,10 @@ The driver keeps the progress bar, the hash cache, the reports and the unit book
 
 Failures: a task whose worker process dies (MuPDF segfault, OOM killer) is retried by Ray
 `max_crash_retries` times, alone in its own process, so only the culprit is recorded as
-`worker_crash`, like the local pool does. Other cluster errors (node died, object lost) re-run
+`worker_crash`, like the local pool does. A task still running after `doc_timeout_s` is
+cancelled (`ray.cancel(force=True)` kills its worker) and recorded as `timeout`; the limit counts
+from submission (see `RayExecutor.run`). `queue.OutputError` and a failed worker set-up stop the
+run, nothing recorded against the document. Other cluster errors (node died, object lost) re-run
 the unit up to `_INFRA_RETRIES` times, then stop the run: committed units are kept and the
 next run resumes; a document is never recorded as failed for the cluster's sake.
 
@@ -31,13 +34,16 @@ here with `workers` CPUs (default: all) and shut down at the end. An already ini
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import RayError, WorkerCrashedError
+from ray.exceptions import RayError, RayTaskError, WorkerCrashedError
 
-from data_engine import pipeline
+from data_engine import pipeline, queue
+from data_engine.executor import WorkerStartError
 
 _HASH_BATCH = 64     # input paths hashed per task
 _INFRA_RETRIES = 3   # re-runs of a unit after cluster (not document) failures
@@ -45,9 +51,12 @@ _REPO_ROOT = str(Path(__file__).resolve().parents[1])
 
 
 @ray.remote(num_cpus=1)
-def _unit_task(cfg, prompts: dict, unit: dict) -> dict:
-    pipeline.ensure_worker(cfg, prompts)
-    return pipeline.process_unit(unit)
+def _unit_task(fn, cfg, prompts: dict, unit: dict) -> dict:
+    try:
+        pipeline.ensure_worker(cfg, prompts)
+    except Exception as e:  # every unit would fail the same way: stop the run (as the local pool)
+        raise WorkerStartError(f"engine workers could not start: {type(e).__name__}: {e}") from e
+    return fn(unit)
 
 
 @ray.remote(num_cpus=1, max_retries=3)
@@ -66,8 +75,8 @@ def _runtime_env(cfg) -> dict:
     return env
 
 
-class RayPool:
-    """The engine's executor on Ray: `map` (hashing, shard writing) and `run_units`."""
+class RayExecutor:
+    """The engine's executor on Ray, with `executor.LocalExecutor`'s interface: `run`, `map`, `close`."""
 
     def __init__(self, cfg, prompts: dict):
         self.cfg = cfg
@@ -82,7 +91,7 @@ class RayPool:
         self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._cfg_ref, self._prompts_ref = ray.put(cfg), ray.put(prompts)
 
-    # -- concurrent.futures.Executor-like: what _hash_inputs and _assemble call
+    # -- what _hash_inputs and _assemble call
     def map(self, fn, *iterables, chunksize: int = 1) -> list:
         args = list(zip(*iterables))
         step = max(chunksize, _HASH_BATCH if chunksize > 1 else 1)
@@ -104,40 +113,58 @@ class RayPool:
         for ref in ready:
             out[in_flight.pop(ref)] = ray.get(ref)
 
-    def run_units(self, units: list[dict], bar) -> list[dict]:
-        """Process `units` as tasks (doc-id order of submission); returns the committed records."""
-        cfg = self.cfg
-        pending = list(reversed(units))
-        in_flight: dict = {}  # ObjectRef -> (unit, cluster-error re-runs so far)
-        done: list[dict] = []
-        window = 2 * self.workers
+    def run(self, fn: Callable[[dict], dict], units: Sequence[dict], *, timeout_s: float | None,
+            max_crash_retries: int, fail: Callable[[dict, str, str], dict]) -> Iterator[dict]:
+        """Yield the record of every unit as it finishes (any order); see `LocalExecutor.run`.
+
+        `timeout_s` counts from the task's submission: with a limit, at most one task per
+        cluster CPU is in flight, so a task waits for a CPU only while the cluster is shared
+        with other work. A task over its limit is cancelled with `force=True` (its worker
+        process is killed, as a stuck MuPDF call never returns) and recorded as `timeout`.
+        """
+        pending = list(reversed(units))  # pop() from the end keeps submission in the given order
+        in_flight: dict = {}  # ObjectRef -> (unit, deadline, cluster-error re-runs so far)
+        window = (1 if timeout_s else 2) * self.workers
 
         def submit(u: dict, attempt: int) -> None:
-            ref = _unit_task.options(max_retries=cfg.max_crash_retries, retry_exceptions=False).remote(
-                self._cfg_ref, self._prompts_ref, u)
-            in_flight[ref] = (u, attempt)
+            ref = _unit_task.options(max_retries=max_crash_retries, retry_exceptions=False).remote(
+                fn, self._cfg_ref, self._prompts_ref, u)
+            in_flight[ref] = (u, time.monotonic() + timeout_s if timeout_s else None, attempt)
 
         while pending or in_flight:
             while pending and len(in_flight) < window:
                 submit(pending.pop(), 0)
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            deadlines = [d for _, d, _ in in_flight.values() if d is not None]
+            wait_s = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=wait_s)
+            if not ready:  # a deadline passed
+                now = time.monotonic()
+                for ref, (u, deadline, _) in list(in_flight.items()):
+                    if deadline is not None and deadline <= now:
+                        del in_flight[ref]
+                        ray.cancel(ref, force=True, recursive=True)
+                        yield fail(u, queue.TIMEOUT, f"still running after {timeout_s:g} s: its Ray task was cancelled")
+                continue
             for ref in ready:
-                u, attempt = in_flight.pop(ref)
+                u, _, attempt = in_flight.pop(ref)
                 try:
                     rec = ray.get(ref)
                 except WorkerCrashedError:  # its process died on every attempt: the document's fault
-                    rec = pipeline._commit_failure(
-                        cfg, u, pipeline.WORKER_CRASH, f"killed its Ray worker process {cfg.max_crash_retries + 1} times")
+                    rec = fail(u, queue.WORKER_CRASH,
+                               f"killed its Ray worker process {max_crash_retries + 1} times")
+                except RayTaskError as e:  # the task raised: the engine's output or set-up stops the run
+                    cause = getattr(e, "cause", None) or e
+                    if isinstance(cause, (queue.OutputError, WorkerStartError)):
+                        raise cause from None
+                    rec = fail(u, queue.UNIT_ERROR, f"{type(cause).__name__}: {cause}"[:300])
                 except RayError as e:  # node lost, object lost, ...: not the document's fault
                     if attempt >= _INFRA_RETRIES:
                         raise RuntimeError(f"unit {u['doc_id']} ({u['path']}) failed {attempt + 1} times on the "
                                            f"Ray cluster; committed units are kept, re-run to resume") from e
                     submit(u, attempt + 1)
                     continue
-                done.append(rec)
-                pipeline._tick(bar, rec)
-        return done
+                yield rec
 
-    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+    def close(self, wait_for_workers: bool = True) -> None:
         if self.owns and ray.is_initialized():
             ray.shutdown()

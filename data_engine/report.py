@@ -7,10 +7,11 @@ units processed by this run.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from pathlib import Path
+
+from data_engine.queue import display_path, is_readable_path, json_bytes
 
 
 def _sorted_counts(c: Counter) -> dict:
@@ -18,7 +19,8 @@ def _sorted_counts(c: Counter) -> dict:
 
 
 def build_report(records: list[dict], new_records: list[dict], shard_summary: list[dict], timings: dict,
-                 workers: int, resumed_units: int = 0, shards_rewritten: bool = True, config: dict | None = None) -> dict:
+                 workers: int, resumed_units: int = 0, shards_rewritten: bool = True, config: dict | None = None,
+                 ignored_by_suffix: dict | None = None) -> dict:
     docs_by_status, doc_fail = Counter(), Counter()
     page_skip, langs, scripts = Counter(), Counter(), Counter()
     kinds_written, kinds_skipped = Counter(), {}
@@ -64,7 +66,9 @@ def build_report(records: list[dict], new_records: list[dict], shard_summary: li
     }
     return {
         "docs": {"total": len(records), **{k: v for k, v in sorted(docs_by_status.items())},
-                 "failed_by_reason": _sorted_counts(doc_fail), "resumed_units": resumed_units},
+                 "failed_by_reason": _sorted_counts(doc_fail), "resumed_units": resumed_units,
+                 # files found in the input folders that are not PDFs or page images
+                 "ignored_by_suffix": dict(ignored_by_suffix or {})},
         "pages": {"seen": pages_seen, "written": pages_written, "skipped": sum(page_skip.values()),
                   "skipped_by_reason": _sorted_counts(page_skip)},
         "per_language": _sorted_counts(langs),
@@ -86,27 +90,32 @@ def build_report(records: list[dict], new_records: list[dict], shard_summary: li
     }
 
 
+def _row(rec: dict, page, reason: str, detail) -> dict:
+    row = {"path": rec["path"], "doc_id": rec["doc_id"], "page": page, "reason": reason, "detail": detail}
+    if not is_readable_path(rec["path"]):  # "path" keeps the bytes (JSON \\udcXX escapes); this one reads
+        row["path_readable"] = display_path(rec["path"])
+    return row
+
+
 def failure_rows(records: list[dict]):
     """One row per failed/skipped document and per skipped page, in record order."""
     for rec in records:
         if rec["status"] != "ok":
-            yield {"path": rec["path"], "doc_id": rec["doc_id"], "page": None, "reason": rec["reason"],
-                   "detail": rec.get("detail")}
+            yield _row(rec, None, rec["reason"], rec.get("detail"))
         for s in rec.get("skipped", ()):
-            yield {"path": rec["path"], "doc_id": rec["doc_id"], "page": s["page"], "reason": s["reason"],
-                   "detail": s.get("detail")}
+            yield _row(rec, s["page"], s["reason"], s.get("detail"))
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
 
 
 def write_report(rep: dict, records: list[dict], out: str | Path) -> None:
     out = Path(out)
-    _atomic_write(out / "report.json", json.dumps(rep, indent=1, ensure_ascii=False, default=str))
-    _atomic_write(out / "failures.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in failure_rows(records)))
+    _atomic_write(out / "report.json", json_bytes(rep, indent=1, default=str))
+    _atomic_write(out / "failures.jsonl", b"".join(json_bytes(r) + b"\n" for r in failure_rows(records)))
 
 
 def _top(d: dict, n: int = 8) -> str:
@@ -121,6 +130,7 @@ def format_summary(rep: dict) -> str:
         "data engine summary",
         (f"  documents : {d['total']} total, {d.get('ok', 0)} ok, {d['resumed_units']} resumed; "
          f"failed/skipped: {_top(d['failed_by_reason'])}"),
+        f"  ignored   : {_top(d.get('ignored_by_suffix', {}))} (other file types in the input folders)",
         f"  pages     : {p['seen']} seen, {p['written']} written, {p['skipped']} skipped: {_top(p['skipped_by_reason'])}",
         f"  languages : {_top(rep['per_language'])}",
         f"  scripts   : {_top(rep['per_script'])}",

@@ -29,8 +29,9 @@ def sample_key(doc_id: str, page: int) -> str:
 
 
 def encode_meta(meta: dict) -> bytes:
-    """JSON member bytes: UTF-8, compact, insertion order kept (the order the contract lists)."""
-    return json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """JSON member bytes: UTF-8, compact, insertion order kept (the order the contract lists).
+    A source path that is not UTF-8 keeps its bytes as \\udcXX escapes (queue.json_bytes)."""
+    return json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "backslashreplace")
 
 
 class SampleTarWriter:

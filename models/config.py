@@ -184,6 +184,9 @@ class ResolutionMode:
     tile_size: int = 0  # >0: dynamic tiling (Gundam): n tiles of this side + global view
     min_tiles: int = 2
     max_tiles: int = 6  # InternVL2-style grid search over min..max tiles
+    # tiled modes cut tiles once a side exceeds this, whatever the tile size (the official
+    # process/image_process.py tests ``<= 640`` for Gundam and Gundam-M alike)
+    tile_threshold: int = 640
 
     @property
     def tiled(self) -> bool:

@@ -8,7 +8,9 @@ inference code's processor; tiling follows InternVL2's ``dynamic_preprocess``.
   ``valid_tokens`` = ceil(N * (1 - (max - min) / max)) counts the tokens that see the page.
 * Gundam / Gundam-M: n tiles (640 / 1024) cut from the image resized to the best (cols, rows)
   grid with min_tiles <= cols*rows <= max_tiles, plus a padded global view (1024 / 1280).
-  Images with both sides <= the tile size get no tiles (Gundam degrades to Base).
+  Images with both sides <= 640 get no tiles (the official threshold, for Gundam-M too:
+  a 900x900 image is cut into 2x2 tiles of 1024); without tiles Gundam degrades to Base.
+* Any input mode is turned into RGB by a plain ``convert("RGB")`` (official code).
 
 Pixels are normalised with mean = std = 0.5 (to [-1, 1]). Each output token covers 64x64
 pixels (16-pixel patches, 16x compressor) in every preset, so token counts depend on the mode
@@ -108,16 +110,10 @@ def choose_tile_grid(
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB. Transparent pixels become white (a page's background), not the
-    black that a bare ``convert("RGB")`` of RGBA leaves behind."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        out = Image.new("RGB", rgba.size, (255, 255, 255))
-        out.paste(rgba, mask=rgba.getchannel("A"))
-        return out
-    return image.convert("RGB")
+    """Any PIL mode -> RGB with a plain ``convert("RGB")``, as the official preprocessing does:
+    the alpha channel is dropped, so transparent RGBA pixels keep their stored colour (often
+    black) rather than being composited on white. Training must see what inference sees."""
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -188,7 +184,7 @@ def preprocess_image(image: Image.Image, mode: str, max_tiles: int | None = None
         budget = m.max_tiles if max_tiles is None else max_tiles
         if not m.min_tiles <= budget <= MAX_TILES_LIMIT:
             raise ValueError(f"max_tiles must be in [{m.min_tiles}, {MAX_TILES_LIMIT}], got {budget}")
-        if image.width > t or image.height > t:
+        if image.width > m.tile_threshold or image.height > m.tile_threshold:
             cols, rows = grid = choose_tile_grid(image.width, image.height, t, m.min_tiles, budget)
             big = pil_to_tensor(image.resize((cols * t, rows * t), Image.Resampling.BICUBIC))  # (3, rows*t, cols*t)
             # row-major tiles: tile k sits at (row k // cols, col k % cols)

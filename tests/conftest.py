@@ -39,6 +39,37 @@ def udhr_dir(shared_dir: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def noto_fonts():
+    """``noto_fonts("Latn", "Cyrl")`` skips the test, naming the missing files, unless the Noto
+    fonts of those scripts are installed (scripts/setup_fonts.sh or OCRFLOW_FONT_DIRS)."""
+    from data_engine.scripts import find_font, font_dirs, script_info
+
+    def need(*scripts: str) -> None:
+        missing = sorted({script_info(c).font for c in scripts if find_font(script_info(c).font) is None})
+        if missing:
+            pytest.skip(f"Noto fonts {missing} not found in {[str(d) for d in font_dirs()]}: install them "
+                        "with scripts/setup_fonts.sh or set OCRFLOW_FONT_DIRS")
+    return need
+
+
+@pytest.fixture
+def still_running():
+    """``still_running(procs, within_s)``: the psutil processes of ``procs`` that have not ended
+    within ``within_s`` seconds (zombies count as ended: a container's init may never reap)."""
+    psutil = pytest.importorskip("psutil")
+
+    def wait(procs, within_s: float = 20.0) -> list:
+        import time
+
+        deadline, alive = time.monotonic() + within_s, list(procs)
+        while alive and time.monotonic() < deadline:
+            alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+            time.sleep(0.1)
+        return alive
+    return wait
+
+
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU; none is visible")

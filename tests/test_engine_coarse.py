@@ -124,9 +124,11 @@ def test_render_dpi_cap_and_jpeg():
     assert Image.open(io.BytesIO(png.data)).format == "PNG" and png.size == (595, 842)
 
 
-def test_synthetic_pages_round_trip(tmp_path):
+def test_synthetic_pages_round_trip(tmp_path, noto_fonts):
     """Engineer E's generator: coarse text holds exactly the characters the generator placed."""
     from data_engine.synthetic import generate_corpus
+
+    noto_fonts("Cyrl", "Latn")
 
     for pdf in generate_corpus(tmp_path, languages=["Cyrl", "Latn"], n_docs=1, pages_per_doc=1, seed=3):
         gt = json.loads(pdf.with_suffix(".gt.json").read_text(encoding="utf-8"))

@@ -64,7 +64,9 @@ def corpus(tmp_path_factory) -> Path:
         b"%PDF-1.4\n1 0 obj\n<</Type/Catalog/Pages 2 0 R>>\nendobj\n"
         b"2 0 obj\n<</Type/Pages/Kids[]/Count 0>>\nendobj\ntrailer\n<</Root 1 0 R>>\n%%EOF\n")
     (d / "empty.pdf").write_bytes(b"")
-    (d / "corrupt.pdf").write_bytes(b"\x00\x01 this is not a pdf at all " * 20)
+    (d / "corrupt.pdf").write_bytes(b"%PDF-1.7\n" + b"\x00\x01 broken beyond repair " * 20)
+    (d / "page.pdf").write_bytes(b"<!DOCTYPE html><html><body><h1>Not a PDF</h1><p>" + b"Words of a web page. " * 20
+                                 + b"</p></body></html>")  # MuPDF would render it as a page
 
     Image.new("RGB", (300, 200), (200, 220, 240)).save(d / "scan.png")  # image page: no text layer
     img_only = pymupdf.open()
@@ -95,7 +97,8 @@ def _samples_bytes(shard_dir: Path) -> dict[str, bytes]:
 def test_bad_inputs_and_report(corpus, tmp_path):
     rep = _run(corpus, tmp_path / "out")
     assert rep["docs"]["failed_by_reason"] == {
-        "corrupt_file": 1, "duplicate": 1, "empty_file": 1, "encrypted": 1, "missing_file": 1, "zero_pages": 1}
+        "corrupt_file": 1, "duplicate": 1, "empty_file": 1, "encrypted": 1, "missing_file": 1, "not_pdf": 1,
+        "zero_pages": 1}
     assert rep["pages"]["written"] == 3
     assert rep["pages"]["skipped_by_reason"] == {"no_text_layer": 3, "garbled_text": 1, "too_little_text": 1}
     assert rep["per_language"] == {"eng": 2, "rus": 1}
@@ -112,6 +115,7 @@ def test_bad_inputs_and_report(corpus, tmp_path):
     by_file = {(Path(r["path"]).name, r["page"]): r["reason"] for r in rows}
     assert by_file[("encrypted.pdf", None)] == "encrypted"
     assert by_file[("does_not_exist.pdf", None)] == "missing_file"
+    assert by_file[("page.pdf", None)] == "not_pdf"
     assert by_file[("english.pdf", 1)] == "too_little_text"
     assert by_file[("garbled.pdf", 0)] == "garbled_text"
     assert by_file[("scan.png", 0)] == "no_text_layer"
@@ -132,7 +136,7 @@ def test_bad_inputs_and_report(corpus, tmp_path):
 
     # Re-running on the same output is a no-op: everything resumes, shards are reused.
     again = _run(corpus, tmp_path / "out")
-    assert again["docs"]["resumed_units"] == 9 and again["throughput"]["units_processed"] == 0
+    assert again["docs"]["resumed_units"] == 10 and again["throughput"]["units_processed"] == 0
     assert again["shards"]["rewritten"] is False and again["pages"] == rep["pages"]
 
 
@@ -180,11 +184,12 @@ def test_bad_config_and_input_errors(tmp_path):
         run_engine({"input": "x", "out": str(tmp_path), "labels": ["fine"], "fine": {"name": "yolo"}})
 
 
-def test_fine_labels_on_synthetic_pages(tmp_path):
+def test_fine_labels_on_synthetic_pages(tmp_path, noto_fonts):
     """coarse + fine labels through engineer E's layout source, on E's synthetic generator's pages."""
     from data_engine.layout import LABELS
     from data_engine.synthetic import generate_corpus
 
+    noto_fonts("Latn")
     pdfs = generate_corpus(tmp_path / "syn", languages=["Latn"], n_docs=1, pages_per_doc=1, seed=1)
     rep = run_engine(dict(input=str(tmp_path / "syn"), out=str(tmp_path / "out"), workers=1, labels=["coarse", "fine"],
                           progress=False, print_summary=False))
@@ -206,7 +211,7 @@ def test_keep_units_false_still_reruns_correctly(corpus, tmp_path):
     shard = (tmp_path / "o" / "shards" / "pages-000000.tar").read_bytes()
     again = _run(corpus, tmp_path / "o", keep_units=False)
     # Units with samples had their tars deleted, so they are redone; the failed ones are reused.
-    assert again["throughput"]["units_processed"] == 2 and again["docs"]["resumed_units"] == 7
+    assert again["throughput"]["units_processed"] == 2 and again["docs"]["resumed_units"] == 8
     assert (tmp_path / "o" / "shards" / "pages-000000.tar").read_bytes() == shard
     assert again["pages"] == first["pages"]
 

@@ -2,6 +2,7 @@
 
 * a local Ray instance on 127.0.0.1 (2 CPUs) runs the engine: the shards are byte-identical to
   the local run's, and so is the report's page accounting;
+* `doc_timeout_s`: a document stuck in MuPDF is cancelled on Ray and recorded as `timeout`;
 * a Ray driver connected to that instance (`ray_address`, as on a cluster) is killed with
   SIGKILL mid-run; the same command re-run on Ray resumes from the committed units and writes
   the same bytes.
@@ -10,6 +11,7 @@ No Ray process started here outlives the module (checked in the fixture's teardo
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -153,3 +155,20 @@ def test_ray_driver_killed_mid_run_resumes(corpus, reference, local_ray, tmp_pat
     assert rep["pages"] == ref["pages"]
     assert _shard_bytes(out) == _shard_bytes(ref_out)
     assert not list(out.glob("**/*.tmp"))  # stale temporaries of the killed writers are gone
+
+
+def test_ray_stops_a_slow_document_at_the_time_limit(local_ray, tmp_path):
+    """`doc_timeout_s` on Ray: the stuck task is cancelled (its worker killed) and the document
+    recorded as `timeout`; the other document is written and the run ends promptly."""
+    from test_engine_faults import _lines, _text_pdf, slow_pdf
+
+    src = tmp_path / "in"
+    src.mkdir()
+    slow_pdf(src / "slow.pdf")
+    _text_pdf(src / "fine.pdf", _lines("fine"))
+    t0 = time.monotonic()
+    rep = run_engine(dict(input=str(src), out=str(tmp_path / "out"), executor="ray", doc_timeout_s=3, **_quiet()))
+    assert time.monotonic() - t0 < 90
+    assert rep["docs"]["failed_by_reason"] == {"timeout": 1} and rep["pages"]["written"] == 1
+    (row,) = [json.loads(line) for line in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
+    assert Path(row["path"]).name == "slow.pdf" and "3 s" in row["detail"]

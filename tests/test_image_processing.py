@@ -129,7 +129,17 @@ def test_small_image_gets_no_tiles():
     big = preprocess_image(gradient_image(2000, 1000), "gundam_m")
     assert big.tile_grid == (2, 1) and big.tiles.shape == (2, 3, 1024, 1024)
     assert big.global_view.shape == (3, 1280, 1280)
-    assert preprocess_image(gradient_image(1000, 900), "gundam_m").tile_grid == (0, 0)
+
+
+def test_gundam_m_tiles_over_640_like_the_official_code():
+    """Official process/image_process.py: tiles once a side exceeds 640 in every tiled mode,
+    whatever the tile size: a 900x900 image gets 2x2 tiles of 1024 in Gundam-M = 1477 tokens."""
+    img = preprocess_image(gradient_image(900, 900), "gundam_m")
+    assert img.tile_grid == (2, 2) and img.tiles.shape == (4, 3, 1024, 1024)
+    assert img.num_tokens == num_vision_tokens("gundam_m", (2, 2)) == 2 * 16 * (2 * 16 + 1) + 20 * 21 + 1 == 1477
+    at = preprocess_image(gradient_image(640, 640), "gundam_m")
+    assert at.tile_grid == (0, 0) and at.num_tokens == 421  # 640 is not over the threshold
+    assert preprocess_image(gradient_image(641, 100), "gundam_m").tile_grid != (0, 0)
 
 
 @pytest.mark.parametrize("mode", ["base", "large", "gundam"])
@@ -167,8 +177,16 @@ def test_normalisation_range():
 
 
 def test_image_modes_are_converted():
-    rgba = Image.new("RGBA", (300, 200), (0, 0, 0, 0))  # fully transparent: a white page
-    torch.testing.assert_close(preprocess_image(rgba, "tiny").global_view, torch.ones(3, 512, 512))
+    # RGBA: a plain convert("RGB") as the official code does (alpha dropped, no white
+    # compositing): transparent black stays black, half-transparent red stays full red
+    rgba = Image.new("RGBA", (300, 200), (0, 0, 0, 0))
+    torch.testing.assert_close(preprocess_image(rgba, "tiny").global_view, -torch.ones(3, 512, 512))
+    red = preprocess_image(Image.new("RGBA", (300, 200), (255, 0, 0, 40)), "tiny").global_view
+    assert red[0].min() == 1.0 and red[1].max() == -1.0 and red[2].max() == -1.0
+    rgba = gradient_image(300, 200).convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize((300, 200)))
+    torch.testing.assert_close(preprocess_image(rgba, "tiny").global_view,
+                               preprocess_image(rgba.convert("RGB"), "tiny").global_view)
     grey = preprocess_image(Image.new("L", (300, 200), 0), "small").global_view
     torch.testing.assert_close(grey, -torch.ones(3, 640, 640))
     pal = Image.new("P", (300, 200), 0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -70,14 +71,17 @@ def reference_losses(steps: list[list], cfg: dict, return_model: bool = False):
 def _launch(scenario: str, out: Path, world: int = 4) -> subprocess.Popen:
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     return subprocess.Popen([sys.executable, str(WORKER), scenario, str(out), "--world", str(world)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
 
 def _collect(proc: subprocess.Popen, out: Path, timeout: float = 400) -> list[dict]:
     try:
         log, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        # the whole group: ranks still starting would keep the output pipe open, and the
+        # communicate() below would wait for them for ever
+        os.killpg(proc.pid, signal.SIGKILL)
         log, _ = proc.communicate()
         pytest.fail(f"distributed workers timed out:\n{log[-4000:]}")
     assert proc.returncode == 0, f"workers failed (rc={proc.returncode}):\n{log[-6000:]}"

@@ -84,7 +84,8 @@ def test_pseudo_text_many_scripts(tmp_path):
     check_corpus(paths, "pseudo")
 
 
-def test_deterministic(tmp_path):
+def test_deterministic(tmp_path, noto_fonts):
+    noto_fonts("Cyrl")
     a = generate_corpus(tmp_path / "a", None, ["Cyrl"], 1, 2, seed=7, page_size=SMALL_PAGE)[0]
     b = generate_corpus(tmp_path / "b", None, ["Cyrl"], 1, 2, seed=7, page_size=SMALL_PAGE)[0]
     c = generate_corpus(tmp_path / "c", None, ["Cyrl"], 1, 2, seed=8, page_size=SMALL_PAGE)[0]
@@ -103,11 +104,12 @@ UDHR_LANGS = [
 ]
 
 
-def test_udhr_30_languages(tmp_path, udhr_dir):
+def test_udhr_30_languages(tmp_path, udhr_dir, noto_fonts):
     index = (udhr_dir / "index.tsv").read_text(encoding="utf-8")
     langs = [c for c in UDHR_LANGS if f"\n{c}\t" in index]
     scripts = {line.split("\t")[2] for line in index.splitlines()[1:] if line.split("\t")[0] in langs}
     assert len(langs) >= 30 and len(scripts) >= 10, (len(langs), scripts)
+    noto_fonts(*scripts)
     paths = generate_corpus(tmp_path / "pdfs", udhr_dir, langs, n_docs=1, pages_per_doc=1, seed=0,
                             page_size=SMALL_PAGE)
     check_corpus(paths, "udhr")
@@ -144,7 +146,7 @@ def test_guess_script():
     assert guess_script("مرحبا") == "Arab"
 
 
-def test_unknown_language_is_a_clear_error(tmp_path):
+def test_unknown_language_is_a_clear_error(tmp_path, noto_fonts):
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "xx.txt").write_text("Hello world.\nSecond line.\n", encoding="utf-8")
     with pytest.raises(FileNotFoundError, match="yy"):
@@ -152,5 +154,6 @@ def test_unknown_language_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="unknown script"):
         generate_corpus(tmp_path / "out", None, ["Qaaa"])
     # a user corpus without index.tsv: the script is guessed
+    noto_fonts("Latn")
     p = generate_corpus(tmp_path / "out", tmp_path / "corpus", None, 1, 1, 0, SMALL_PAGE)[0]
     assert json.loads(p.with_suffix(".gt.json").read_text())["script"] == "Latn"

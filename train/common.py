@@ -18,6 +18,7 @@ checkpoint API of ``DeepSpeedEngine``; schedule shapes follow nanoGPT / torchtit
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import random
@@ -34,6 +35,7 @@ from .config import Config, ModelConfig, OptimConfig, TrainConfig, typed
 
 CKPT_DIRNAME = "checkpoints"
 _TAG_PREFIX = "step_"
+log = logging.getLogger(__name__)
 
 
 def to_container(x: Any) -> Any:
@@ -86,6 +88,12 @@ def init_distributed(cfg: Any = None) -> tuple[int, int, torch.device]:
     backend = typed(cfg, Config).train.backend or default_backend()
     if backend == "nccl" and not torch.cuda.is_available():
         raise RuntimeError("train.backend=nccl needs CUDA; use gloo on CPU")
+    if "RANK" in os.environ and not dist.is_initialized():
+        # Started by a launcher (torchrun, deepspeed): end with it. Otherwise a killed launcher
+        # leaves the ranks blocked in a collective for ever, holding the GPUs.
+        from data_engine.executor import die_with_parent
+
+        die_with_parent(os.getppid())
     if not dist.is_initialized():
         if "RANK" not in os.environ:  # not started by a launcher: a world of one
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_SIZE="1")
@@ -215,25 +223,31 @@ def set_rng_state(state: Mapping) -> None:
 
 
 def build_optimizer(params: Iterable | torch.nn.Module, optim_cfg: Any) -> torch.optim.Optimizer:
-    """torch AdamW; matrices get weight decay, vectors (norms, biases, newline) do not.
+    """torch AdamW; matrices get weight decay, vectors (norms, biases, newline) do not;
+    parameters named ``*sam_model.*`` use ``lr * optim.sam_lr_scale``.
 
     ``params``: a module, an iterable of parameters, or of (name, parameter) pairs. Frozen
     parameters (requires_grad False) are skipped, so freezing happens before this call.
     """
     if isinstance(params, torch.nn.Module):
-        params = params.parameters()
-    plist = [p[1] if isinstance(p, tuple) else p for p in params]
-    plist = [p for p in plist if p.requires_grad]
-    if not plist:
+        params = params.named_parameters()
+    named = [p if isinstance(p, tuple) else ("", p) for p in params]
+    named = [(n, p) for n, p in named if p.requires_grad]
+    if not named:
         raise ValueError("build_optimizer: no trainable parameters")
     ocfg = typed(optim_cfg, OptimConfig)
-    wd = ocfg.weight_decay
-    groups = [
-        {"params": [p for p in plist if p.ndim >= 2], "weight_decay": wd},
-        {"params": [p for p in plist if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    groups = [g for g in groups if g["params"]]
-    return torch.optim.AdamW(groups, lr=ocfg.lr, betas=tuple(ocfg.betas), eps=ocfg.eps)
+    wd, lr = ocfg.weight_decay, ocfg.lr
+    # SAM (+ neck, compressor) gets its own lr: trained from scratch on white pages at the LM's
+    # lr, AdamW turns its tiny, noisy gradients into full-size steps that grow the patch
+    # embedding's response to white until LayerNorm erases the ink (benchmarks/probe_vision.py)
+    groups = []
+    for is_sam in (False, True):
+        for decay in (True, False):
+            ps = [p for n, p in named if ("sam_model." in n) == is_sam and (p.ndim >= 2) == decay]
+            if ps:
+                groups.append({"params": ps, "weight_decay": wd if decay else 0.0,
+                               "lr": lr * (ocfg.sam_lr_scale if is_sam else 1.0)})
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(ocfg.betas), eps=ocfg.eps)
 
 
 def lr_multiplier(step: int, optim_cfg: Any, total_steps: int) -> float:
@@ -316,6 +330,75 @@ def find_resume_path(resume: Any, out_dir: str | Path) -> Path | None:
     return path
 
 
+def _tag_step(tag: str) -> int:
+    return int(tag[len(_TAG_PREFIX):]) if tag.startswith(_TAG_PREFIX) and tag[len(_TAG_PREFIX):].isdigit() else -1
+
+
+def checkpoint_problem(tag_dir: Path, rank: int, world: int = 1) -> str | None:
+    """Why the checkpoint folder ``tag_dir`` cannot be resumed on ``rank``, or None.
+
+    This rank's side file must exist, and its share (every ``world``-th) of the ``*.pt`` files
+    must open: a truncated zip has no central directory; ``mmap`` reads the structure without
+    loading the tensors. With ``_agree`` over the ranks every file is checked once.
+    """
+    if not tag_dir.is_dir():
+        return "the folder does not exist"
+    side = tag_dir / f"rank_{rank:05d}_client_state.pt"
+    if not side.is_file():
+        return f"{side.name} is missing (unfinished save, or another world size)"
+    for f in sorted(tag_dir.rglob("*.pt"))[rank::world]:
+        try:
+            torch.load(f, map_location="cpu", mmap=True, weights_only=False)
+        except Exception as e:  # noqa: BLE001 - any failure to read means damaged
+            return f"{f.relative_to(tag_dir)} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+    return None
+
+
+def _agree(ok: bool) -> bool:
+    """True when ``ok`` holds on every rank (collective), so all ranks pick the same checkpoint."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return ok
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def select_checkpoint(path: str | Path) -> Path:
+    """The tag folder to resume from (collective under torch.distributed).
+
+    ``path`` is a tag folder (used as is; an error if damaged) or a checkpoint root: the tag
+    named by ``latest`` if intact, else the newest older intact one, with a warning naming
+    each damaged checkpoint. Tags newer than ``latest`` are never used (their save did not
+    finish). No intact checkpoint: one clear error.
+    """
+    path = Path(path)
+    rank, world, _ = world_info()
+    if path.name.startswith(_TAG_PREFIX) and not (path / "latest").is_file():
+        problem = checkpoint_problem(path, rank, world)
+        if not _agree(problem is None):
+            raise RuntimeError(f"checkpoint {path} cannot be resumed: {problem or 'damaged on another rank'}")
+        return path
+    if not (path / "latest").is_file():
+        raise FileNotFoundError(f"{path} is neither a checkpoint root (with 'latest') nor a {_TAG_PREFIX}* folder")
+    latest = (path / "latest").read_text().strip()
+    newest = _tag_step(latest)
+    older = sorted((p.name for p in path.glob(f"{_TAG_PREFIX}*") if p.is_dir() and -1 < _tag_step(p.name) < newest),
+                   key=_tag_step, reverse=True)
+    damaged = []
+    for tag in [latest, *older]:
+        problem = checkpoint_problem(path / tag, rank, world)
+        if problem:  # logged by the rank that found it (each checks its share of the files)
+            log.warning("checkpoint %s is damaged: %s", path / tag, problem)
+        if _agree(problem is None):
+            if damaged and rank == 0:
+                log.warning("resuming from %s instead of %s (damaged)", path / tag, path / latest)
+            return path / tag
+        damaged.append(f"checkpoint {path / tag} is damaged: {problem or 'see the warnings of the other ranks'}")
+    raise FileNotFoundError(f"no intact checkpoint to resume in {path}: " + "; ".join(damaged))
+
+
 def resume_checkpoint(engine, path: str | Path) -> dict:
     """Load a checkpoint written by ``save_checkpoint`` into ``engine`` (module, optimizer,
     lr scheduler) and restore this rank's RNG state. Returns the client_state dict
@@ -330,15 +413,23 @@ def resume_checkpoint(engine, path: str | Path) -> dict:
         load_dir, tag = path.parent, path.name
     else:
         raise FileNotFoundError(f"{path} is neither a checkpoint root (with 'latest') nor a {_TAG_PREFIX}* folder")
-    loaded, _ = engine.load_checkpoint(str(load_dir), tag=tag, load_optimizer_states=True,
-                                       load_lr_scheduler_states=True)
+    if not (load_dir / tag).is_dir():
+        raise FileNotFoundError(f"{load_dir / 'latest'} names {tag!r}, which does not exist in {load_dir}")
+    try:
+        loaded, _ = engine.load_checkpoint(str(load_dir), tag=tag, load_optimizer_states=True,
+                                           load_lr_scheduler_states=True)
+    except Exception as e:  # name the checkpoint: DeepSpeed/torch errors do not
+        raise RuntimeError(f"checkpoint {load_dir / tag} could not be loaded: {type(e).__name__}: {e}") from e
     if loaded is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {load_dir / tag}")
     rank, world, _ = world_info()
     side = load_dir / tag / f"rank_{rank:05d}_client_state.pt"
     if not side.is_file():
         raise FileNotFoundError(f"{side} missing: checkpoint was written by a different world size?")
-    state = torch.load(side, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(side, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise RuntimeError(f"checkpoint file {side} could not be read: {type(e).__name__}: {e}") from e
     if state.get("world_size", world) != world:
         raise ValueError(
             f"checkpoint {tag} was written with world size {state['world_size']}, now {world}: "
@@ -378,6 +469,7 @@ def resume_if_requested(engine, train_cfg: Any, ckpt_dir: Path, loader=None) -> 
     path = find_resume_path(typed(train_cfg, TrainConfig).resume, ckpt_dir)
     if path is None:
         return 0, None
+    path = select_checkpoint(path)
     state = resume_checkpoint(engine, path)
     if loader is not None:
         loader.load_state_dict(state["data"])
@@ -402,9 +494,12 @@ class RunSetup(NamedTuple):
 
 
 def start_run(cfg: Config) -> RunSetup:
-    """Config groups, process group, seeds, output paths and tokenizer of one training run."""
+    """Config groups, process group, seeds, output paths and tokenizer of one training run.
+    Ranges (``train.steps >= 1``, batch sizes) are the schema's; the batch geometry against
+    the world size is checked here, before any model is built."""
     tcfg, mcfg, dcfg = cfg.train, cfg.model, cfg.data
     rank, world, device = init_distributed(cfg)
+    batch_geometry(tcfg, world)
     seed_everything(tcfg.seed)
     out_dir = Path(tcfg.out_dir)
     return RunSetup(tcfg, mcfg, dcfg, rank, world, device, tcfg.seed, tcfg.steps,

@@ -26,7 +26,7 @@ from data_engine.config import ConfigError, Schema, group, register_schema, sett
 from models.config import PRESETS
 
 __all__ = ["Config", "ConfigError", "DataConfig", "DeepSpeedConfig", "LoggingConfig", "ModelConfig",
-           "OptimConfig", "Stage1LMConfig", "TrainConfig", "WandbConfig", "register", "typed"]
+           "OptimConfig", "RelianceConfig", "Stage1LMConfig", "TrainConfig", "WandbConfig", "register", "typed"]
 
 DTYPES = ("bf16", "fp16", "fp32")
 
@@ -99,6 +99,7 @@ class DataConfig(Schema):
     overlong: str = setting("truncate", choices=("truncate", "skip"))  # sample longer than seq_len
     pack_buffer: int = setting(8, ge=1)  # look-ahead samples for first-fit packing (1 = sequential)
     shuffle_window: int = setting(256, ge=1)  # records permuted together inside a shard
+    max_bad_shards: int = setting(8, ge=1)  # unreadable shards in a row before the loader stops with an error
     max_tiles: Optional[int] = setting(None, ge=1)  # Gundam tile budget override (null = mode default 6)
     num_workers: int = setting(2, ge=0)  # DataLoader workers per rank (must match to resume exactly)
     prefetch_factor: int = setting(2, ge=1)
@@ -125,6 +126,10 @@ class OptimConfig(Schema):
     step_milestones: list[float] = setting([], ge=0)  # step schedule: <1 = fraction of train.steps, >=1 = absolute steps
     step_gamma: float = setting(0.1, gt=0)  # step schedule: lr x gamma at each milestone
     grad_clip: float = setting(1.0, ge=0)  # gradient norm clipping (0 = off)
+    # lr multiplier of SAM + neck + compressor (parameters named *sam_model.*): from scratch at the
+    # LM's lr AdamW grows the patch embedding's response to white until the ink is lost
+    # (docs/training.md, benchmarks/probe_vision.py); from-scratch recipes lower it
+    sam_lr_scale: float = setting(1.0, gt=0)
 
     def check(self) -> None:
         if len(self.betas) != 2:
@@ -173,6 +178,21 @@ class LoggingConfig(Schema):
 
 
 @dataclass
+class RelianceConfig(Schema):
+    """Vision reliance (train/reliance.py): held-out loss with real vs blank images, logged as
+    reliance/{loss_real,loss_blank,gap,ratio}; a warning when the model stays image-blind."""
+
+    _key: ClassVar[str] = "train.reliance"
+
+    every: int = setting(50, ge=0)  # optimizer steps between measurements (and at the end); 0 = off
+    shards: list[str] = setting([])  # held-out shards (globs); empty = data.shards (pages seen in training)
+    batches: int = setting(2, ge=1)  # fixed micro-batches measured each time
+    min_gap: float = setting(0.02, ge=0)  # relative gap 1 - real/blank below which a measurement is image-blind
+    patience: int = setting(3, ge=1)  # consecutive image-blind measurements before the warning
+    start: int = setting(0, ge=0)  # no warning before this step
+
+
+@dataclass
 class TrainConfig(Schema):
     _key: ClassVar[str] = "train"
 
@@ -194,6 +214,7 @@ class TrainConfig(Schema):
     backend: Optional[str] = setting(None, choices=("nccl", "gloo"))  # null: nccl with CUDA, gloo without
     required: list[str] = setting([])  # dotted keys a recipe cannot run without (e.g. [model.init_from]); checked at start
     nproc_per_node: Optional[int] = setting(None, ge=1)  # launch.sh: processes per node (null: #GPUs, or pp on CPU)
+    reliance: RelianceConfig = group(RelianceConfig)  # vision reliance metric (train/reliance.py)
 
 
 # --------------------------------------------------------------------------- the primary config

@@ -100,11 +100,15 @@ class ShardStream:
     """Infinite stream of raw webdataset samples (dicts of bytes + ``__key__``, ``__url__``)."""
 
     def __init__(self, urls: list[str], *, name: str, slot: int, nslots: int, seed: int,
-                 shuffle_window: int = 256, suffixes: Sequence[str] | None = None):
+                 shuffle_window: int = 256, suffixes: Sequence[str] | None = None,
+                 max_bad_shards: int = 8):
         if not urls:
             raise ValueError(f"source {name!r} has no shards")
         if shuffle_window < 1:
             raise ValueError(f"shuffle_window must be >= 1, got {shuffle_window}")
+        if max_bad_shards < 1:
+            raise ValueError(f"max_bad_shards must be >= 1, got {max_bad_shards}")
+        self.max_bad_shards = max_bad_shards
         self.name, self.slot, self.seed, self.window = name, slot, seed, shuffle_window
         self.urls, self.stride = split_for_slot(urls, slot, nslots)
         self.rank_of = {u: i for i, u in enumerate(self.urls)}  # rotates the record split per shard
@@ -138,7 +142,12 @@ class ShardStream:
                     yield rec
 
     def _permuted(self, url: str, epoch: int) -> Iterator[dict]:
-        """Records of one shard, permuted inside windows of ``shuffle_window`` records."""
+        """Records of one shard, permuted inside windows of ``shuffle_window`` records.
+
+        A read error (truncated or damaged tar) ends the shard, but the records read before it
+        are still yielded (the partial window too, permuted the same way on every read, so a
+        resumed position stays exact); then the error is raised.
+        """
         window: list[dict] = []
         n_win = 0
 
@@ -146,17 +155,25 @@ class ShardStream:
             stable_rng(self.seed, self.name, url, epoch, n_win).shuffle(window)
             yield from window
 
-        for rec in self._raw(url):
-            window.append(rec)
-            if len(window) == self.window:
-                yield from flush()
-                window, n_win = [], n_win + 1
+        try:
+            for rec in self._raw(url):
+                window.append(rec)
+                if len(window) == self.window:
+                    yield from flush()
+                    window, n_win = [], n_win + 1
+        except Exception:
+            yield from flush()
+            raise
         if window:
             yield from flush()
 
     def __iter__(self) -> Iterator[dict]:
+        """Unreadable shards are logged and skipped, up to ``max_bad_shards`` in a row; more,
+        or a whole epoch without a record, is an error: the run cannot make progress."""
+        bad_streak = 0
         while True:
             order = self._order(self.epoch)
+            got = self.shard_pos > 0 or self.index > 0  # resumed mid-epoch: records came before
             while self.shard_pos < len(order):
                 url = order[self.shard_pos]
                 skip = self.index  # resuming: these records were consumed before
@@ -164,14 +181,25 @@ class ShardStream:
                     for i, rec in enumerate(self._permuted(url, self.epoch)):
                         if i < skip:
                             continue
-                        self.index = i + 1
+                        self.index, got = i + 1, True
                         yield rec
+                    bad_streak = 0
                 except Exception as e:  # unreadable/truncated shard: log, count, go on
                     self.shard_errors += 1
-                    log.warning("source %s: error reading shard %s after %d records (%s: %s); "
-                                "moving to the next shard", self.name, url, self.index,
-                                type(e).__name__, e)
+                    bad_streak += 1
+                    msg = f"{url} after {self.index} records ({type(e).__name__}: {e})"
+                    if bad_streak >= self.max_bad_shards:
+                        raise RuntimeError(
+                            f"source {self.name}: {bad_streak} shards in a row could not be read, the last "
+                            f"{msg}; check the shard files (limit: data.max_bad_shards={self.max_bad_shards})"
+                        ) from None
+                    log.warning("source %s: error reading shard %s; moving to the next shard", self.name, msg)
                 self.shard_pos, self.index = self.shard_pos + 1, 0
+            if not got:
+                raise RuntimeError(
+                    f"source {self.name}: a whole pass over its {len(order)} shard(s) gave reader slot "
+                    f"{self.slot} no record ({self.shard_errors} read errors): the shards are empty, "
+                    f"unreadable or fewer records than readers")
             self.epoch, self.shard_pos = self.epoch + 1, 0
 
 

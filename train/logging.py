@@ -80,11 +80,31 @@ def expert_load_metrics(counts: torch.Tensor, prefix: str = "expert_load") -> di
     return out
 
 
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep the entries of ``metrics.jsonl`` up to ``last_step`` (atomic rewrite; a torn last
+    line from a killed run is dropped too)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= last_step:
+                keep.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(keep), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 class MetricsLogger:
     """wandb + ``metrics.jsonl`` + console. Call ``log(step, metrics)`` on every rank."""
 
     def __init__(self, cfg: Any, out_dir: str | Path, total_steps: int, *,
-                 run_config: Any = None) -> None:
+                 run_config: Any = None, start_step: int = 0) -> None:
+        """``start_step``: the step the run continues from (0 = a fresh start). Entries of
+        ``metrics.jsonl`` after it belong to steps that are about to be redone: they are
+        dropped, so each step appears once, with the values of the run that continues."""
         self.rank = world_info()[0]
         self.enabled = self.rank == 0
         self.total_steps = int(total_steps)
@@ -101,7 +121,9 @@ class MetricsLogger:
 
         self.console = Console(highlight=False)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")
+        path = self.out_dir / "metrics.jsonl"
+        _truncate_metrics(path, start_step)
+        self._jsonl = open(path, "a", encoding="utf-8")
         self._init_wandb(log_cfg, run_config if run_config is not None else cfg)
 
     def _init_wandb(self, log_cfg: Any, run_config: Any) -> None:

@@ -248,9 +248,11 @@ def run_stage1(cfg: Any) -> dict:
                                 seed=seed, rank=rank, world_size=world)  # data.seed wins when set
 
     step, resume = resume_if_requested(engine, tcfg, ckpt_dir, loader)
+    reliance = _stage1_reliance(engine, cfg, tok, seq_len, ds_config["train_micro_batch_size_per_gpu"],
+                                seed, device)
 
     n_params = sum(p.numel() for p in model.parameters())
-    logger = MetricsLogger(cfg, out_dir, steps, run_config=cfg)
+    logger = MetricsLogger(cfg, out_dir, steps, run_config=cfg, start_step=step)
     logger.info(f"stage 1: {n_params / 1e6:.1f}M params (encoder "
                 f"{sum(p.numel() for p in model.encoder.parameters()) / 1e6:.1f}M), world {world}, "
                 f"micro {ds_config['train_micro_batch_size_per_gpu']} x accum {accum} x dp {world} "
@@ -293,6 +295,10 @@ def run_stage1(cfg: Any) -> dict:
                    **reduce_breakdowns([merged])}
         if gn is not None:
             metrics["grad_norm"] = float(gn)
+        if reliance is not None and reliance.due(step, steps):
+            engine.eval()
+            metrics.update(reliance.measure(step))
+            engine.train()
         logger.log(step, metrics)
         if (save_every and step % save_every == 0) or step == steps:
             save_checkpoint(engine, ckpt_dir, step, {"data": loader.state_dict()}, keep_last=keep_last)
@@ -308,6 +314,7 @@ def run_stage1(cfg: Any) -> dict:
         "final_loss": losses[-1] if losses else None,
         "mean_step_time_s": sum(timed) / len(timed) if timed else None,
         "tokens_seen": tokens_seen, "params": n_params, "data_stats": loader.stats,
+        "reliance": reliance.history if reliance is not None else [],
     }
     if rank == 0:
         (out_dir / "stage1_result.json").write_text(json.dumps(
@@ -315,6 +322,25 @@ def run_stage1(cfg: Any) -> dict:
     logger.summary({"final_loss": result["final_loss"], "mean_step_time_s": result["mean_step_time_s"]})
     logger.close()
     return result
+
+
+def _stage1_reliance(engine, cfg, tok, seq_len: int, micro: int, seed: int, device):
+    """The vision-reliance probe (train/reliance.py) on the DeepSpeed engine, or None (off)."""
+    from .reliance import VisionReliance, heldout_batches
+
+    rcfg = cfg.train.reliance
+    if rcfg.every <= 0:
+        return None
+    batches = heldout_batches(rcfg, cfg.data, tok, seq_len=seq_len, micro_batch_size=micro,
+                              seed=seed)
+
+    @torch.no_grad()
+    def loss_fn(b):
+        _, token_loss, mask = engine(input_ids=b.input_ids, images=b.images, labels=b.labels,
+                                     position_ids=b.position_ids, segment_ids=b.segment_ids)
+        return float(token_loss[mask].sum()), int(mask.sum())
+
+    return VisionReliance(rcfg, batches, loss_fn, device)
 
 
 def reduce_pairs(parts: list[dict[str, tuple[float, int]]]) -> dict[str, tuple[float, int]]:

@@ -186,6 +186,27 @@ def export_pipeline(engine, mcfg, out_dir: Path, dtype: torch.dtype | None) -> P
     return dest
 
 
+def _stage2_reliance(engine, cfg, tok, seq_len: int, micro: int, seed: int):
+    """The vision-reliance probe (train/reliance.py) through ``engine.eval_batch`` (every
+    rank takes part; the first stage feeds the batches), or None (off). The pipeline's loss
+    includes the MoE aux loss (x aux_loss_alpha), equal for real and blank pages up to routing."""
+    from .pipeline import PipelineBatches
+    from .reliance import VisionReliance, heldout_batches
+
+    rcfg = cfg.train.reliance
+    if rcfg.every <= 0:
+        return None
+    batches = heldout_batches(rcfg, cfg.data, tok, seq_len=seq_len, micro_batch_size=micro,
+                              seed=seed)
+
+    def loss_fn(b):
+        data = PipelineBatches(iter([b]), engine.is_first_stage())
+        loss = engine.eval_batch(data, num_micro_batches=1)  # broadcast to every stage
+        return float(loss), 1  # one value per micro-batch: mean over batches
+
+    return VisionReliance(rcfg, batches, loss_fn)
+
+
 def run_stage2(cfg: Any) -> dict:
     """Train stage 2 per ``cfg`` (see conf/, experiment/paper_stage2.yaml); returns a summary."""
     import deepspeed
@@ -216,8 +237,9 @@ def run_stage2(cfg: Any) -> dict:
                                     seed=seed, rank=dp_rank, world_size=dp)  # data.seed wins when set
 
     step, resume = resume_if_requested(engine, tcfg, ckpt_dir, loader)
+    reliance = _stage2_reliance(engine, cfg, tok, seq_len, ds_config["train_micro_batch_size_per_gpu"], seed)
 
-    logger = MetricsLogger(cfg, out_dir, steps, run_config=cfg)
+    logger = MetricsLogger(cfg, out_dir, steps, run_config=cfg, start_step=step)
     logger.info(f"stage 2: {n_params / 1e6:.1f}M params, pp {pp} x dp {dp} (partition "
                 f"{module.parts}), micro {ds_config['train_micro_batch_size_per_gpu']} x accum {accum} "
                 f"x dp {dp} = {ds_config['train_batch_size']}, seq {seq_len}, "
@@ -250,6 +272,8 @@ def run_stage2(cfg: Any) -> dict:
             load = _expert_load(engine, dec.num_hidden_layers, dec.n_routed_experts)  # collective
             if load is not None:
                 metrics.update(expert_load_metrics(load))
+        if reliance is not None and reliance.due(step, steps):
+            metrics.update(reliance.measure(step))  # collective: every stage runs eval_batch
         logger.log(step, metrics)
         if (save_every and step % save_every == 0) or step == steps:
             save_checkpoint(engine, ckpt_dir, step,
@@ -265,6 +289,7 @@ def run_stage2(cfg: Any) -> dict:
         "final_loss": losses[-1] if losses else None,
         "mean_step_time_s": sum(timed) / len(timed) if timed else None,
         "tokens_seen": tokens_seen, "params": n_params, "pp": pp, "dp": dp,
+        "reliance": reliance.history if reliance is not None else [],
     }
     if rank == 0:
         (out_dir / "stage2_result.json").write_text(json.dumps(result, indent=1))

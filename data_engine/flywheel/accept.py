@@ -1,0 +1,103 @@
+"""Acceptance filters for recognizer labels: each rejected patch gets one reason.
+
+Checks, in order (the first failing one is the reason; the order puts cheap, certain
+failures first):
+
+* ``empty``: no letter or digit decoded.
+* ``unfinished``: decoding hit ``max_new_tokens`` before the end-of-sequence token.
+* ``repetition``: the output falls into a loop (a unit of 1..``max_unit`` characters repeated
+  ``min_repeats`` or more times in a row covering at least ``loop_share`` of the text), the
+  typical failure of autoregressive OCR on hard crops.
+* ``bad_chars`` / ``wrong_script`` / ``invalid_sequence``: the text is not plausible for the
+  page's script (``trust.line_problem``), e.g. Latin letters on a Devanagari page.
+* ``length_mismatch``: characters per box width (in box heights) outside the range seen on
+  this language's seed patches (widened by ``length_slack``), or the defaults without seeds.
+* ``low_confidence``: mean token log-probability below ``min_confidence``.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import ClassVar
+
+from data_engine.config import Schema, setting
+from data_engine.flywheel.trust import line_problem
+
+EMPTY, UNFINISHED, REPETITION = "empty", "unfinished", "repetition"
+LENGTH_MISMATCH, LOW_CONFIDENCE = "length_mismatch", "low_confidence"
+
+
+@dataclass
+class AcceptConfig(Schema):
+    """Settings of the filters (the ``flywheel.accept`` config group; one default per key)."""
+
+    _key: ClassVar[str] = "flywheel.accept"
+
+    min_confidence: float = -0.35     # mean log-prob per token (exp(-0.35) ~ 0.70 per token)
+    min_repeats: int = setting(4, ge=2)  # a loop: one unit repeated at least this often ...
+    max_unit: int = setting(10, ge=1)  # ... a unit of up to this many characters ...
+    loop_share: float = setting(0.5, gt=0, le=1)  # ... covering at least this share of the text
+    length_slack: float = setting(1.5, ge=1)  # seed chars-per-height range widened to [lo / slack, hi * slack]
+    default_chars_per_height: list[float] = setting([0.4, 4.0], ge=0)  # the range without seed patches
+
+    def check(self) -> None:
+        lo_hi = self.default_chars_per_height
+        if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
+            from data_engine.config import ConfigError
+
+            raise ConfigError(f"flywheel.accept.default_chars_per_height must be [lo, hi], got {lo_hi}")
+
+
+def loop_span(text: str, max_unit: int = 10, min_repeats: int = 4) -> int:
+    """Length of the longest run of one unit (1..max_unit chars) repeated >= min_repeats times."""
+    best, n = 0, len(text)
+    for unit in range(1, max_unit + 1):
+        i = 0
+        while i + unit * min_repeats <= n:
+            u, k = text[i:i + unit], 1
+            while text[i + k * unit:i + (k + 1) * unit] == u:
+                k += 1
+            if k >= min_repeats and u.strip():
+                best = max(best, k * unit)
+                i += k * unit
+            else:
+                i += 1
+    return best
+
+
+def chars_per_height(text: str, bbox) -> float:
+    """Visible characters per box height of width (a script's typical glyph aspect)."""
+    w, h = bbox[2] - bbox[0], bbox[3] - bbox[1]
+    n = sum(1 for c in text if not c.isspace() and unicodedata.category(c) not in ("Mn", "Mc"))
+    return n / max(w / max(h, 1e-6), 1e-6)
+
+
+def length_range(samples: Iterable[tuple[str, tuple]], slack: float) -> tuple[float, float] | None:
+    """5th..95th percentile of chars_per_height over (text, bbox) seed samples, widened."""
+    vals = sorted(chars_per_height(t, b) for t, b in samples if t.strip())
+    if len(vals) < 5:
+        return None
+    lo, hi = vals[int(0.05 * (len(vals) - 1))], vals[int(0.95 * (len(vals) - 1))]
+    return lo / slack, hi * slack
+
+
+def judge(text: str, *, confidence: float, finished: bool, bbox, script: str, cfg: AcceptConfig,
+          length_bounds: tuple[float, float] | None = None) -> str | None:
+    """None (accept) or the rejection reason of one recognizer label."""
+    if not any(unicodedata.category(c)[0] in "LN" for c in text):
+        return EMPTY
+    if not finished:
+        return UNFINISHED
+    if loop_span(text, cfg.max_unit, cfg.min_repeats) >= cfg.loop_share * len(text.strip()):
+        return REPETITION
+    problem = line_problem(text, script)
+    if problem:
+        return problem
+    lo, hi = length_bounds or cfg.default_chars_per_height
+    if not lo <= chars_per_height(text, bbox) <= hi:
+        return LENGTH_MISMATCH
+    if confidence < cfg.min_confidence:
+        return LOW_CONFIDENCE
+    return None

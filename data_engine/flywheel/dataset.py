@@ -1,0 +1,153 @@
+"""The flywheel's round-independent data (torch-free), made once per run directory (idempotent, resumable).
+
+From a folder of PDFs per language (the embedded default generates synthetic line pages):
+
+* ``seed/<lang>.tar``: text-layer line patches whose text passes the per-line trust check
+  (born-digital pages), labelled with that text. ``seed_refused.jsonl``: the refused lines with
+  their reasons; their boxes (usable even when the text is garbled) join the pool.
+* ``pool/<lang>.tar``: unlabelled patches to label: detector lines of image-only pages and the
+  refused text-layer lines. ``pool_truth.json``: ground truth per pool patch where a sidecar
+  exists (matched by box overlap), used only to score accepted labels, never to train.
+* ``gold/<lang>.tar``: held-out image-only line patches cut at the ground-truth boxes (the
+  recognizer's CER and Tesseract's are measured on them; never trained on).
+* ``tokenizer/``: byte-level BPE trained on the seed labels plus each script's letters.
+
+Every file is written atomically; ``data/DONE`` marks the whole step, so a killed run redoes
+at most the step in progress. Pages without usable text or detections are recorded with a
+reason in ``data/pages.jsonl``, never crash the run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from data_engine.flywheel.linepages import SYLLABLE_SIGNS, LineLanguage, make_line_corpus
+from data_engine.flywheel.patches import Patch, cut_boxes, cut_text_layer, render_page, write_patch_shard
+from data_engine.metrics import corpus_cer
+from data_engine.scripts import letters, script_info
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def match_truth(box, truth_blocks: list[dict], min_iou: float = 0.5) -> str | None:
+    best = max(truth_blocks, key=lambda t: _iou(box, t["bbox"]), default=None)
+    return best["text"] if best is not None and _iou(box, best["bbox"]) >= min_iou else None
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=1), encoding="utf-8")
+    tmp.replace(path)
+
+
+def generate_default_corpus(pdf_dir: Path, languages: dict, pages_per_doc: int, seed: int) -> None:
+    """Embedded default: synthetic line pages, ``languages`` = {spec: {digital, scan, gold}}."""
+    plan = {spec: {k: int(v) for k, v in kinds.items() if k in ("digital", "scan")} for spec, kinds in languages.items()}
+    make_line_corpus(pdf_dir, plan, pages_per_doc=pages_per_doc, seed=seed)
+    gold = {spec: {"scan": int(kinds.get("gold", 0))} for spec, kinds in languages.items()}
+    make_line_corpus(pdf_dir / "gold", gold, pages_per_doc=pages_per_doc, seed=seed + 7919)
+
+
+def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dpi: int = 144,
+                 tokenizer_vocab: int = 512, log=print) -> dict:
+    """Cut seed / pool / gold patches per language and train the tokenizer (see module doc)."""
+    import pymupdf
+
+    if (data_dir / "DONE").is_file():
+        return json.loads((data_dir / "DONE").read_text())
+    langs = {spec: LineLanguage.parse(spec) for spec in languages}
+    seed, pool, gold = defaultdict(list), defaultdict(list), defaultdict(list)
+    truth, refused, pages_log, seed_truth = {}, [], [], defaultdict(list)
+    for spec, lang in langs.items():
+        rtl = script_info(lang.script).direction == "rtl"
+        files = sorted(pdf_dir.glob(f"{lang.lang}_{lang.script}_*.pdf")) + \
+            sorted((pdf_dir / "gold").glob(f"{lang.lang}_{lang.script}_*.pdf"))
+        if not files:
+            log(f"[flywheel] {spec}: no input PDFs under {pdf_dir}")
+        for path in files:
+            is_gold = path.parent.name == "gold"
+            gt_path = path.with_suffix(".gt.json")
+            gt = json.loads(gt_path.read_text(encoding="utf-8")) if gt_path.is_file() else None
+            try:
+                doc = pymupdf.open(path)
+            except Exception as e:  # a bad file is recorded, never fatal
+                pages_log.append({"file": str(path), "reason": "unreadable", "detail": str(e)[:200]})
+                continue
+            for page in doc:
+                img = render_page(page, dpi)
+                truth_blocks = gt["pages"][page.number]["blocks"] if gt else []
+                common = dict(doc_id=path.stem, lang=lang.lang, script=lang.script, source_path=str(path.resolve()))
+                if is_gold:
+                    gold[spec] += cut_boxes(img, page.rect, [b["bbox"] for b in truth_blocks], page=page.number,
+                                            source="gold", texts=[b["text"] for b in truth_blocks], **common)
+                    continue
+                good, bad = cut_text_layer(page, img, rtl=rtl, **common)
+                if good or bad:  # a text layer: trusted lines seed, the others' boxes join the pool
+                    seed[spec] += good
+                    for p in good:  # scored against the sidecar only (never used to train)
+                        t = match_truth(p.bbox, truth_blocks)
+                        if t is not None:
+                            seed_truth[spec].append((t, p.text))
+                    refused += [dict(r, doc_id=path.stem, page=page.number, lang=lang.lang) for r in bad]
+                    new = cut_boxes(img, page.rect, [r["bbox"] for r in bad], page=page.number,
+                                    source="textlayer_box", start=500, **common)
+                else:  # image-only: the detector cuts the lines
+                    boxes = [b.bbox for b in detector.blocks(page, image=img)]
+                    new = cut_boxes(img, page.rect, boxes, page=page.number, source="detector", **common)
+                    if not boxes:
+                        pages_log.append({"doc_id": path.stem, "page": page.number, "reason": "no_lines_detected"})
+                for p in new:
+                    t = match_truth(p.bbox, truth_blocks)
+                    if t is not None:
+                        truth[p.key] = t
+                pool[spec] += new
+                pages_log.append({"doc_id": path.stem, "page": page.number, "seed": len(good),
+                                  "pool": len(new), "refused": len(bad)})
+            doc.close()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for spec in langs:
+        key = spec.replace(":", "_").replace("-", "_")
+        counts[spec] = {"seed": write_patch_shard(data_dir / "seed" / f"{key}.tar", seed[spec]),
+                        "pool": write_patch_shard(data_dir / "pool" / f"{key}.tar", pool[spec]),
+                        "gold": write_patch_shard(data_dir / "gold" / f"{key}.tar", gold[spec]),
+                        "seed_refused": sum(r["lang"] == langs[spec].lang for r in refused),
+                        "seed_refused_by_reason": dict(Counter(r["reason"] for r in refused
+                                                               if r["lang"] == langs[spec].lang)),
+                        "seed_label_cer": corpus_cer(seed_truth[spec])}
+        log(f"[flywheel] {spec}: {counts[spec]['seed']} seed patches (text layer), "
+            f"{counts[spec]['seed_refused']} text-layer lines refused, {counts[spec]['pool']} to label, "
+            f"{counts[spec]['gold']} held-out gold; seed-label CER vs ground truth "
+            f"{counts[spec]['seed_label_cer']}")
+    _write_json(data_dir / "pool_truth.json", truth)
+    (data_dir / "seed_refused.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in refused),
+                                                 encoding="utf-8")
+    (data_dir / "pages.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pages_log), encoding="utf-8")
+    train_flywheel_tokenizer(data_dir / "tokenizer", [p.text for ps in seed.values() for p in ps],
+                             [lg.script for lg in langs.values()], tokenizer_vocab)
+    _write_json(data_dir / "DONE", counts)
+    return counts
+
+
+def train_flywheel_tokenizer(out_dir: Path, texts: list[str], scripts: list[str], vocab: int) -> None:
+    """BPE on the seed labels plus every script's letters (so no script falls back to bytes)."""
+    from data_engine.tokenizer_train import save_tokenizer, train_tokenizer
+
+    alphabets = []
+    for s in scripts:
+        signs = "".join(chr(c) for c in SYLLABLE_SIGNS.get(s, ()))
+        alphabets += [" ".join(letters(s)) + " " + " ".join(signs)] * 3
+    tok = train_tokenizer(texts + alphabets, vocab_size=vocab, min_frequency=2)
+    save_tokenizer(tok, out_dir)
+
+
+def seed_samples(patches: list[Patch]) -> list[tuple[str, tuple]]:
+    return [(p.text, p.bbox) for p in patches if p.text]

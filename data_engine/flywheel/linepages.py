@@ -1,0 +1,201 @@
+"""Synthetic line pages with line-level ground truth, for flywheel runs and benchmarks.
+
+Each page holds a few short text lines set with the script's Noto font through MuPDF's HTML
+engine (HarfBuzz shaping). The ground truth is what was placed: per line its text and its ink
+box (measured on the rendered page, so it is exact for complex-shaping scripts too). Two kinds:
+
+* ``digital``: a born-digital PDF with its text layer (seed pages: the text layer may be exact,
+  as for Latin, or garbled, as for Devanagari with vowel signs);
+* ``scan``: the same kind of page rasterised and stored as an image-only PDF (no text layer),
+  the pages the flywheel exists to label.
+
+The sidecar ``<doc>.gt.json`` has the schema of ``data_engine.synthetic`` (``pages[].blocks[]``
+with label ``text``, ``bbox`` in PDF points, ``text``, ``lang``, ``script``) plus ``kind``.
+
+Text is pseudo-text generated from the script's own letters (no corpus, licence-safe): a
+per-language lexicon of pseudo-words, where scripts with dependent vowel signs get syllables
+(consonant + optional sign), so shaping (reordered and combining signs) is exercised.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import unicodedata
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import pymupdf
+
+from data_engine.scripts import DEFAULT_LANG, find_font, letters, require_fonts, script_info
+
+# Dependent vowel signs / final marks per script (others: letters only). Values are code points.
+SYLLABLE_SIGNS = {
+    "Deva": [0x93E, 0x93F, 0x940, 0x941, 0x942, 0x947, 0x948, 0x94B, 0x94C, 0x902],
+    "Beng": [0x9BE, 0x9BF, 0x9C0, 0x9C1, 0x9C7, 0x9CB, 0x982],
+    "Taml": [0xBBE, 0xBBF, 0xBC0, 0xBC1, 0xBC6, 0xBCA],
+    "Sinh": [0xDCF, 0xDD0, 0xDD2, 0xDD4, 0xDD9, 0xDDC],
+    "Khmr": [0x17B6, 0x17B7, 0x17BB, 0x17C1, 0x17C4, 0x17C6],
+    "Thai": [0xE30, 0xE32, 0xE34, 0xE35, 0xE38, 0xE40, 0xE48],
+    "Mymr": [0x102C, 0x102D, 0x102F, 0x1031, 0x1036],
+}
+# Virama / coeng: joins two consonants into a conjunct (shaped into one glyph cluster).
+VIRAMA = {"Deva": 0x94D, "Beng": 0x9CD, "Taml": 0xBCD, "Sinh": 0xDCA, "Khmr": 0x17D2, "Mymr": 0x1039}
+# Independent vowels / letters that do not take a sign (their ranges start with them).
+_NO_SIGN = {"Deva": range(0x904, 0x915), "Beng": range(0x985, 0x995), "Taml": range(0xB85, 0xB95),
+            "Sinh": range(0xD85, 0xD9A)}
+
+
+@dataclass(frozen=True)
+class LineLanguage:
+    """A language of a flywheel run: ISO 639-3 code + ISO 15924 script (pseudo-text)."""
+
+    lang: str
+    script: str
+
+    @classmethod
+    def parse(cls, spec: str) -> "LineLanguage":
+        """``"eng-Latn"`` (BCP 47 style; ``"eng:Latn"`` too), or a bare script code (``"Deva"``)
+        with its default language."""
+        lang, _, script = spec.replace(":", "-").partition("-")
+        if not script:
+            lang, script = DEFAULT_LANG.get(spec, "und"), spec
+        return cls(lang, script)
+
+
+@lru_cache(maxsize=None)
+def lexicon(script: str, size: int = 300, seed: int = 0) -> tuple[str, ...]:
+    """``size`` distinct pseudo-words of ``script`` (deterministic)."""
+    rng = random.Random(zlib.crc32(f"lexicon:{script}:{seed}".encode()))
+    info = script_info(script)
+    alpha = [c for c in letters(script) if script != "Latn" or c.isascii()]
+    if script == "Latn":
+        alpha = [c for c in alpha if c.islower()]
+    signs = [chr(c) for c in SYLLABLE_SIGNS.get(script, [])]
+    no_sign = {chr(c) for c in _NO_SIGN.get(script, ())}
+    lo, hi = (2, 7) if script == "Latn" else ((1, 3) if signs or not info.spaced else (2, 5))
+    words: set[str] = set()
+    while len(words) < size:
+        parts = []
+        for _ in range(rng.randint(lo, hi)):
+            c = rng.choice(alpha)
+            if script in VIRAMA and c not in no_sign and rng.random() < 0.2:
+                nxt = rng.choice(alpha)
+                if nxt not in no_sign:  # a conjunct: consonant + virama + consonant
+                    c += chr(VIRAMA[script]) + nxt
+            if signs and c[-1] not in no_sign and rng.random() < 0.5:
+                c += rng.choice(signs)
+            parts.append(c)
+        words.add(unicodedata.normalize("NFC", "".join(parts)))
+    return tuple(sorted(words))
+
+
+def make_line(rng: random.Random, script: str, lo: int = 2, hi: int = 4) -> str:
+    words = [rng.choice(lexicon(script)) for _ in range(rng.randint(lo, hi))]
+    return (" " if script_info(script).spaced else "").join(words)
+
+
+def _ink_box(pix: pymupdf.Pixmap, band: pymupdf.Rect, zoom: float, pad: float = 1.0) -> pymupdf.Rect | None:
+    """Tight box (points) of the dark pixels of ``pix`` inside ``band`` (points)."""
+    import numpy as np
+
+    a = np.frombuffer(pix.samples, dtype=np.uint8).reshape(pix.height, pix.width, pix.n)[..., 0]
+    y0, y1 = max(0, int(band.y0 * zoom)), min(pix.height, int(band.y1 * zoom) + 1)
+    x0, x1 = max(0, int(band.x0 * zoom)), min(pix.width, int(band.x1 * zoom) + 1)
+    ink = a[y0:y1, x0:x1] < 160
+    if not ink.any():
+        return None
+    ys, xs = np.nonzero(ink.any(axis=1))[0], np.nonzero(ink.any(axis=0))[0]
+    return pymupdf.Rect((x0 + xs[0]) / zoom - pad, (y0 + ys[0]) / zoom - pad,
+                        (x0 + xs[-1] + 1) / zoom + pad, (y0 + ys[-1] + 1) / zoom + pad)
+
+
+def make_line_document(lang: LineLanguage, out_path: str | Path, *, kind: str = "digital",
+                       n_pages: int = 1, seed: int = 0, page_size: tuple[float, float] = (420.0, 595.0),
+                       lines_per_page: tuple[int, int] = (8, 12), scan_dpi: int = 144) -> dict:
+    """Write one PDF of line pages (+ ``.gt.json``); return the ground truth."""
+    if kind not in ("digital", "scan"):
+        raise ValueError(f"kind must be 'digital' or 'scan', got {kind!r}")
+    require_fonts([lang.script])
+    info = script_info(lang.script)
+    font = find_font(info.font)
+    rng = random.Random(seed)
+    W, H = page_size
+    rtl = info.direction == "rtl"
+    css = (f"@font-face {{font-family: body; src: url({font.name});}}\n"
+           f"* {{font-family: body; margin: 0; padding: 0; text-align: {'right' if rtl else 'left'};}}")
+    archive = pymupdf.Archive(str(font.parent))
+    fnt = pymupdf.Font(fontfile=str(font))
+    doc = pymupdf.open()
+    planned = []
+    for _ in range(n_pages):
+        page = doc.new_page(width=W, height=H)
+        lines, y = [], rng.uniform(30, 50)
+        n = rng.randint(*lines_per_page)
+        mx = rng.uniform(25, 40)
+        while len(lines) < n:
+            size = rng.uniform(13, 20)
+            if y + 3 * size > H - 30:
+                break
+            text = make_line(rng, lang.script)
+            if fnt.text_length(text, fontsize=size) > 0.85 * (W - 2 * mx):
+                continue  # keep every line on one visual line (shaping may widen it a little)
+            # MuPDF's line box is taller than the glyphs: 3 x size always holds one line, and
+            # bands that do not overlap keep each line's ink box its own.
+            rect = pymupdf.Rect(mx, y, W - mx, y + 3.0 * size)
+            html = f'<p dir="rtl">{text}</p>' if rtl else f"<p>{text}</p>"
+            spare, _ = page.insert_htmlbox(rect, html, css=css + f"\n* {{font-size: {size:.1f}pt;}}",
+                                           archive=archive, scale_low=1)
+            y += rect.height + rng.uniform(0.0, 0.5) * size
+            if spare >= 0:  # < 0: nothing was written (the width check above prevents it)
+                lines.append((text, rect))
+        planned.append(lines)
+
+    zoom = scan_dpi / 72.0
+    pages, out_doc = [], doc if kind == "digital" else pymupdf.open()
+    for pno, lines in enumerate(planned):
+        pix = doc[pno].get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB, alpha=False)
+        blocks = []
+        for text, band in lines:
+            box = _ink_box(pix, band, zoom)
+            if box is not None:
+                blocks.append({"label": "text", "bbox": [round(v, 2) for v in box], "text": text,
+                               "lang": lang.lang, "script": lang.script})
+        pages.append({"page": pno, "page_size": [W, H], "blocks": blocks})
+        if kind == "scan":  # image-only page: the rendered pixels, no text layer
+            p = out_doc.new_page(width=W, height=H)
+            p.insert_image(p.rect, stream=pix.tobytes("png"))
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "digital":
+        doc.subset_fonts()
+    out_doc.save(out_path, garbage=3, deflate=True)
+    out_doc.close()
+    if out_doc is not doc:
+        doc.close()
+    gt = {"doc_id": out_path.stem, "lang": lang.lang, "script": lang.script,
+          "direction": info.direction, "kind": kind, "pseudo_text": True, "pages": pages}
+    out_path.with_suffix(".gt.json").write_text(json.dumps(gt, ensure_ascii=False, indent=1), encoding="utf-8")
+    return gt
+
+
+def make_line_corpus(out_dir: str | Path, plan: dict[str, dict[str, int]], *, pages_per_doc: int = 2,
+                     seed: int = 0) -> list[Path]:
+    """``plan`` = {language spec: {kind: number of documents}}; writes ``{lang}_{kind}_{i}.pdf``.
+
+    Seeds are per (seed, language, kind, index), so adding a language or documents changes
+    nothing that was already planned.
+    """
+    paths = []
+    for spec, kinds in plan.items():
+        lang = LineLanguage.parse(spec)
+        for kind, n in kinds.items():
+            for i in range(int(n)):
+                s = zlib.crc32(f"{seed}:{lang.lang}:{lang.script}:{kind}:{i}".encode())
+                path = Path(out_dir) / f"{lang.lang}_{lang.script}_{kind}_{i:04d}.pdf"
+                if not (path.is_file() and path.with_suffix(".gt.json").is_file()):
+                    make_line_document(lang, path, kind=kind, n_pages=pages_per_doc, seed=s)
+                paths.append(path)
+    return paths

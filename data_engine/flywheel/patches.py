@@ -1,0 +1,231 @@
+"""Line patches: cut from rendered pages, shown to the recognizer on a square canvas, sharded.
+
+* ``visual_lines(text_dict)``: the text layer's lines merged into visual lines (MuPDF splits a
+  line where shaping or font changes break it), each with its box and text in reading order.
+* ``cut_text_layer(page, ...)``: one ``Patch`` per visual line whose text passes the per-line
+  trust check (``trust.line_problem``), plus the refused lines with their reasons: one garbled
+  line never costs its page's good lines.
+* ``cut_boxes(page, boxes, ...)``: patches at given boxes (a detector's, or ground truth's).
+* ``patch_canvas(crop)``: the recognizer reads a square image (the smallest native resolution
+  mode, 512 px = 8 x 8 vision tokens of 64 px). A wide line squeezed into a square would leave
+  a few pixels per character, so the line is scaled up and wrapped into rows whose pitch is a
+  whole number of token rows, read top to bottom like a page of text (GOT-style patches).
+* ``write_patch_shard`` / ``read_patch_shard``: webdataset tars in the engine's shard format
+  (``png`` = the canvas, ``json`` = metadata with ``labels.coarse`` when the patch has a label),
+  so the trainers read patch shards like page shards. Metadata per patch: doc_id, page, bbox
+  (PDF points), lang, script, source (textlayer | detector | gold), source_path and, for
+  recognizer labels, ``flywheel`` {round, confidence}.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pymupdf
+from PIL import Image
+
+from data_engine.flywheel.trust import line_problem
+from data_engine.render import extract_text
+from data_engine.shards import SampleTarWriter, encode_meta
+from models.prompts import PROMPT_COARSE
+
+CANVAS = 512  # side of the "tiny" resolution mode: the canvas is fed without resizing
+ROW = 64  # pixels per vision-token row (16 px SAM patches x 4 from the 16x compressor)
+PROMPT = PROMPT_COARSE  # patches carry coarse labels: the recognizer is asked for plain text
+
+
+@dataclass
+class Patch:
+    key: str  # {doc_id}_{page:05d}_{index:03d}: unique, sortable, stable across runs
+    doc_id: str
+    page: int
+    bbox: tuple[float, float, float, float]  # PDF points
+    lang: str
+    script: str
+    source: str  # textlayer | detector | gold
+    text: str = ""  # label ("" = unlabelled)
+    source_path: str = ""
+    page_size: tuple[float, float] = (0.0, 0.0)  # PDF points (for page-level fine labels)
+    extra: dict = field(default_factory=dict)  # e.g. {"round": k, "confidence": c}
+    image: Image.Image | None = field(default=None, repr=False, compare=False)  # the crop
+
+    def meta(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k not in ("image", "key", "text", "extra")}
+        d.update(self.extra)
+        d["bbox"] = [round(v, 2) for v in self.bbox]
+        d["page_size"] = [round(v, 2) for v in self.page_size]
+        if self.text:
+            d["labels"] = {"coarse": {"prompt": PROMPT, "text": self.text}}
+        return d
+
+
+def _join(pieces: list[tuple[pymupdf.Rect, str]], rtl: bool) -> str:
+    """Join the pieces of one visual line in reading order; a space where there is a gap."""
+    pieces = sorted(pieces, key=lambda p: -p[0].x1 if rtl else p[0].x0)
+    out, last = "", None
+    for r, t in pieces:
+        if last is not None and t and out and not out.endswith(" ") and not t.startswith(" "):
+            gap = (last.x0 - r.x1) if rtl else (r.x0 - last.x1)
+            if gap > 0.2 * r.height:
+                out += " "
+        out += t
+        last = r
+    return " ".join(out.split())
+
+
+def visual_lines(text_dict: dict, rtl: bool = False) -> list[tuple[pymupdf.Rect, str]]:
+    """Text-layer lines merged when they overlap vertically by more than half their height."""
+    raw = []
+    for b in text_dict.get("blocks", []):
+        if b.get("type", 0) != 0:
+            continue
+        for ln in b.get("lines", []):
+            t = "".join(s["text"] for s in ln["spans"])
+            if t.strip():
+                raw.append((pymupdf.Rect(ln["bbox"]), t))
+    groups: list[list[tuple[pymupdf.Rect, str]]] = []
+    for r, t in sorted(raw, key=lambda x: (x[0].y0, x[0].x0)):
+        for g in groups:
+            u = g[0][0]
+            overlap = min(u.y1, r.y1) - max(u.y0, r.y0)
+            if overlap > 0.5 * min(u.height, r.height):
+                g.append((r, t))
+                break
+        else:
+            groups.append([(r, t)])
+    out = []
+    for g in groups:
+        box = pymupdf.Rect(g[0][0])
+        for r, _ in g[1:]:
+            box |= r
+        out.append((box, _join(g, rtl)))
+    return sorted(out, key=lambda x: (x[0].y0, x[0].x0))
+
+
+def render_page(page: pymupdf.Page, dpi: int = 144) -> Image.Image:
+    pix = page.get_pixmap(dpi=dpi, colorspace=pymupdf.csRGB, alpha=False)
+    return Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
+
+
+def crop(page_img: Image.Image, page_rect: pymupdf.Rect, bbox, pad: float = 2.0) -> Image.Image:
+    """The pixels of ``bbox`` (PDF points, padded) from the page's rendering."""
+    sx, sy = page_img.width / page_rect.width, page_img.height / page_rect.height
+    x0, y0, x1, y1 = bbox
+    box = (max(0, int((x0 - pad) * sx)), max(0, int((y0 - pad) * sy)),
+           min(page_img.width, int((x1 + pad) * sx) + 1), min(page_img.height, int((y1 + pad) * sy) + 1))
+    return page_img.crop(box)
+
+
+def cut_boxes(page_img: Image.Image, page_rect: pymupdf.Rect, boxes: Iterable, *, doc_id: str, page: int,
+              lang: str, script: str, source: str, texts: Iterable[str] | None = None,
+              source_path: str = "", start: int = 0) -> list[Patch]:
+    """One patch per box (PDF points); ``texts`` (same order) become labels when given."""
+    boxes = list(boxes)
+    texts = list(texts) if texts is not None else [""] * len(boxes)
+    out = []
+    for i, (b, t) in enumerate(zip(boxes, texts), start):
+        b = tuple(float(v) for v in b)
+        if b[2] - b[0] < 2 or b[3] - b[1] < 2:
+            continue
+        out.append(Patch(f"{doc_id}_{page:05d}_{i:03d}", doc_id, page, b, lang, script, source, t,
+                         source_path, (page_rect.width, page_rect.height), image=crop(page_img, page_rect, b)))
+    return out
+
+
+def cut_text_layer(page: pymupdf.Page, page_img: Image.Image, *, doc_id: str, lang: str, script: str,
+                   rtl: bool = False, source_path: str = "", text_dict: dict | None = None
+                   ) -> tuple[list[Patch], list[dict]]:
+    """Trusted text-layer lines as labelled patches; refused lines as {bbox, text, reason}."""
+    td = text_dict if text_dict is not None else extract_text(page)
+    good, refused = [], []
+    for i, (r, t) in enumerate(visual_lines(td, rtl)):
+        problem = line_problem(t, script)
+        if problem:
+            refused.append({"bbox": [round(v, 2) for v in r], "text": t, "reason": problem})
+            continue
+        good += cut_boxes(page_img, page.rect, [tuple(r)], doc_id=doc_id, page=page.number, lang=lang,
+                          script=script, source="textlayer", texts=[t], source_path=source_path, start=i)
+    return good, refused
+
+
+def patch_canvas(img: Image.Image, size: int = CANVAS, row: int = ROW) -> Image.Image:
+    """The line ``img`` wrapped into rows on a white ``size`` x ``size`` canvas.
+
+    Row pitch is a multiple of ``row`` (the vision tokens' height) so rows never straddle a
+    token boundary; the largest pitch whose rows hold the whole line is used (short lines get
+    large glyphs, long ones several rows), the glyphs taking 7/8 of the pitch.
+    """
+    img = img.convert("L")
+    w, h = img.size
+    pitch = size
+    while True:
+        glyph = pitch - pitch // 8
+        margin = (pitch - glyph) // 2
+        usable = size - 2 * margin
+        scale = glyph / max(h, 1)
+        width = max(1, round(w * scale))
+        n_rows = -(-width // usable)
+        if n_rows <= size // pitch or pitch <= row:
+            break
+        pitch //= 2
+    if n_rows > size // pitch:  # too long even at the smallest pitch: shrink it
+        scale *= (size // pitch) * usable / width
+        width, n_rows = max(1, round(w * scale)), size // pitch
+    line = img.resize((width, max(1, round(h * scale))), Image.BILINEAR)
+    canvas = Image.new("L", (size, size), 255)
+    for r in range(n_rows):
+        seg = line.crop((r * usable, 0, min(width, (r + 1) * usable), line.height))
+        canvas.paste(seg, (margin, r * pitch + margin))
+    return canvas.convert("RGB")
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.convert("L").save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def write_patch_shard(path: str | Path, patches: Iterable[Patch]) -> int:
+    """Patches (sorted by key) -> one tar; written to ``.tmp`` then renamed (all or nothing)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    n = 0
+    with open(tmp, "wb") as f:
+        w = SampleTarWriter(f)
+        for p in sorted(patches, key=lambda p: p.key):
+            if p.image is None:
+                raise ValueError(f"patch {p.key} has no image")
+            w.write({"__key__": p.key, "png": _png(patch_canvas(p.image)), "crop.png": _png(p.image),
+                     "json": encode_meta(p.meta())})
+            n += 1
+        w.close()
+    os.replace(tmp, path)
+    return n
+
+
+def read_patch_shard(path: str | Path) -> Iterator[Patch]:
+    """Patches of a shard written by ``write_patch_shard`` (``image`` = the crop)."""
+    members: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path, "r") as tf:
+        for info in tf:
+            key, _, ext = info.name.partition(".")
+            members.setdefault(key, {})[ext] = tf.extractfile(info).read()
+    for key in sorted(members):
+        m = members[key]
+        meta = json.loads(m["json"])
+        text = meta.get("labels", {}).get("coarse", {}).get("text", "")
+        extra = {k: v for k, v in meta.items() if k not in _FIELDS}
+        img = Image.open(io.BytesIO(m.get("crop.png") or m["png"])).convert("RGB")
+        yield Patch(key, meta["doc_id"], meta["page"], tuple(meta["bbox"]), meta["lang"], meta["script"],
+                    meta["source"], text, meta.get("source_path", ""), tuple(meta.get("page_size", (0, 0))),
+                    extra, img)
+
+
+_FIELDS = ("doc_id", "page", "bbox", "lang", "script", "source", "source_path", "page_size", "labels")

@@ -1,0 +1,69 @@
+"""Accepted line patches -> page-level fine labels, so flywheel output feeds stage 2.
+
+Patches of one page are ordered top to bottom (right to left inside a row for RTL scripts)
+and written with ``data_engine.labels.fine_label`` (boxes in 0-999 bins, ``<|ref|>text<|/ref|>
+<|det|>[[..]]<|/det|>`` + text per line), then stored as page samples in the engine's shard
+format: the page rendered from its source file plus ``labels.fine`` and ``source: flywheel``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+from data_engine.flywheel.patches import Patch
+from data_engine.labels import fine_label
+from data_engine.shards import SampleTarWriter, encode_meta, sample_key
+from models.prompts import PROMPT_FINE
+
+
+
+def page_labels(patches: Iterable[Patch], rtl_scripts: frozenset[str] = frozenset()) -> dict[tuple[str, int], dict]:
+    """{(doc_id, page): {"text", "boxes", "lang", "script", "source_path", "page_size"}}."""
+    by_page: dict[tuple[str, int], list[Patch]] = defaultdict(list)
+    for p in patches:
+        if p.text:
+            by_page[(p.doc_id, p.page)].append(p)
+    out = {}
+    for (doc, page), ps in sorted(by_page.items()):
+        rtl = ps[0].script in rtl_scripts
+        ps.sort(key=lambda p: (round(p.bbox[1] / 4), -p.bbox[2] if rtl else p.bbox[0]))
+        w, h = ps[0].page_size
+        text, boxes = fine_label([{"label": "text", "bbox": p.bbox, "text": p.text} for p in ps], w, h)
+        out[(doc, page)] = {"text": text, "boxes": boxes, "lang": ps[0].lang, "script": ps[0].script,
+                            "source_path": ps[0].source_path, "page_size": [w, h]}
+    return out
+
+
+def write_page_shard(path: str | Path, labels: dict[tuple[str, int], dict], dpi: int = 144) -> int:
+    """Render each labelled page from its source file and write it with its fine label."""
+    import os
+
+    import pymupdf
+
+    from data_engine.render import render_page
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    n = 0
+    docs: dict[str, pymupdf.Document] = {}
+    with open(tmp, "wb") as f:
+        w = SampleTarWriter(f)
+        for (doc_id, page), lab in sorted(labels.items()):
+            src = lab["source_path"]
+            if src not in docs:
+                docs[src] = pymupdf.open(src)
+            rp = render_page(docs[src][page], dpi=dpi)
+            meta = {"doc_id": doc_id, "source_path": src, "page": page, "num_pages": len(docs[src]),
+                    "lang": lab["lang"], "script": lab["script"], "dpi": rp.dpi, "page_size": lab["page_size"],
+                    "image_size": list(rp.size), "source": "flywheel", "data_source": "ocr",
+                    "labels": {"fine": {"prompt": PROMPT_FINE, "text": lab["text"], "boxes": lab["boxes"]}}}
+            w.write({"__key__": sample_key(doc_id, page), rp.fmt: rp.data, "json": encode_meta(meta)})
+            n += 1
+        w.close()
+    for d in docs.values():
+        d.close()
+    os.replace(tmp, path)
+    return n

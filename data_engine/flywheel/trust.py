@@ -1,0 +1,78 @@
+"""Is a line of text plausible for its language's script? Per line, with a reason.
+
+Used twice: to decide which text-layer lines may become seed labels (a garbled line must not
+cost the page's good lines), and by acceptance to reject recognizer output in the wrong script.
+
+Checks, in order (the first failing one is the reason):
+
+* ``empty``: no letters or digits.
+* ``bad_chars``: U+FFFD (glyph without a ToUnicode entry), private-use or control characters.
+* ``wrong_script``: letters (and signs) outside the expected script; the common / inherited
+  characters (digits, punctuation, ZWJ, ...) are allowed. Complex-shaping fonts often map
+  glyphs such as Devanagari's reordered i-sign to IPA or Latin letters when the text layer is
+  extracted: exactly what this catches.
+* ``invalid_sequence``: a combining sign (Unicode categories Mn/Mc) that does not follow a
+  letter of the script, e.g. a vowel sign at the start of a word, as happens when a reordered
+  glyph is read back in visual order.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from functools import lru_cache
+
+from data_engine.synthetic import _NAME_TO_SCRIPT
+
+# Characters whose Unicode name starts with one of these words belong to no particular script.
+_COMMON_CATEGORIES = ("N", "P", "S", "Z")
+# Scripts sharing letters: the text of the key may contain letters of the values.
+_SHARED = {"Jpan": {"Hans", "Jpan"}, "Hant": {"Hans"}, "Hani": {"Hans"}, "Hang": {"Hans"}}
+# Names whose first word is not the script's (e.g. Devanagari's "VEDIC" signs are rare).
+_EXTRA_WORDS = {"KANGXI": "Hans", "IDEOGRAPHIC": "Hans", "CJK": "Hans"}
+
+EMPTY, BAD_CHARS, WRONG_SCRIPT, INVALID_SEQUENCE = "empty", "bad_chars", "wrong_script", "invalid_sequence"
+
+
+@lru_cache(maxsize=4096)
+def char_script(ch: str) -> str | None:
+    """ISO 15924 code of a letter or sign; None for common characters (digits, punctuation, space)."""
+    cat = unicodedata.category(ch)
+    if cat.startswith(_COMMON_CATEGORIES) or ch in "\u200c\u200d":
+        return None
+    word = unicodedata.name(ch, "UNKNOWN").split(" ")[0]
+    return _NAME_TO_SCRIPT.get(word) or _EXTRA_WORDS.get(word) or word.title()
+
+
+def _is_bad(ch: str) -> bool:
+    cat = unicodedata.category(ch)
+    return ch == "\ufffd" or cat == "Co" or (cat == "Cc" and ch not in "\t")
+
+
+def line_problem(text: str, script: str) -> str | None:
+    """None when ``text`` is plausible for ``script``, else the reason (see module docstring)."""
+    text = unicodedata.normalize("NFC", text)
+    if not any(unicodedata.category(c)[0] in "LN" for c in text):
+        return EMPTY
+    if any(_is_bad(c) for c in text):
+        return BAD_CHARS
+    allowed = {script} | _SHARED.get(script, set())
+    for i, ch in enumerate(text):
+        s = char_script(ch)
+        if s is not None and s not in allowed:
+            return WRONG_SCRIPT
+        prev = text[i - 1] if i else None
+        if unicodedata.category(ch) in ("Mn", "Mc") and (prev is None or char_script(prev) not in allowed):
+            return INVALID_SEQUENCE
+        # a symbol inside a word (e.g. "×" where a conjunct's glyph had no Unicode mapping)
+        nxt = text[i + 1] if i + 1 < len(text) else None
+        if (unicodedata.category(ch).startswith("S") and prev and nxt
+                and char_script(prev) in allowed and char_script(nxt) in allowed):
+            return INVALID_SEQUENCE
+    return None
+
+
+def script_share(text: str, script: str) -> float:
+    """Fraction of the script-bearing characters of ``text`` that belong to ``script``."""
+    allowed = {script} | _SHARED.get(script, set())
+    scripts = [s for s in map(char_script, text) if s is not None]
+    return sum(s in allowed for s in scripts) / len(scripts) if scripts else 0.0

@@ -1,0 +1,171 @@
+"""Flywheel data side (torch-free): line pages, per-line trust, patch cutting against the
+generator's ground truth, the PP-OCRv4 detector on an image-only page, acceptance filters,
+patch shards and page-level reassembly."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pymupdf
+import pytest
+
+from data_engine.flywheel.accept import AcceptConfig, judge, loop_span
+from data_engine.flywheel.dataset import _iou
+from data_engine.flywheel.detect import PPOCR_DET_FILE, find_ppocr_det_model, get_line_source
+from data_engine.flywheel.linepages import LineLanguage, make_line_document
+from data_engine.flywheel.patches import (CANVAS, ROW, cut_boxes, cut_text_layer, patch_canvas, read_patch_shard,
+                                          render_page, write_patch_shard)
+from data_engine.flywheel.reassemble import page_labels
+from data_engine.flywheel.trust import line_problem
+from data_engine.labels import parse_fine_label
+from data_engine.scripts import find_font
+
+pytestmark = pytest.mark.skipif(find_font("NotoSansDevanagari-Regular.ttf") is None,
+                                reason="Noto fonts missing (scripts/setup_fonts.sh)")
+
+
+@pytest.fixture(scope="module")
+def docs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fw")
+    out = {}
+    for spec, kind in (("eng-Latn", "digital"), ("hin-Deva", "digital"), ("eng-Latn", "scan")):
+        path = d / f"{spec}_{kind}.pdf"
+        out[(spec, kind)] = (path, make_line_document(LineLanguage.parse(spec), path, kind=kind, n_pages=1, seed=3))
+    return out
+
+
+def _match(box, truth):
+    best = max(truth, key=lambda t: _iou(box, t["bbox"]))
+    return best, _iou(box, best["bbox"])
+
+
+def test_text_layer_patches_match_ground_truth(docs):
+    path, gt = docs[("eng-Latn", "digital")]
+    page = pymupdf.open(path)[0]
+    truth = gt["pages"][0]["blocks"]
+    good, refused = cut_text_layer(page, render_page(page), doc_id="d", lang="eng", script="Latn")
+    assert refused == [] and len(good) == len(truth) >= 5
+    for p in good:
+        t, iou = _match(p.bbox, truth)
+        assert p.text == t["text"], (p.text, t["text"])
+        assert iou > 0.6, (p.bbox, t["bbox"])
+        assert p.image.width > 3 * p.image.height  # a line crop, not a block
+
+
+def test_garbled_lines_refused_per_line_good_lines_kept(docs):
+    path, gt = docs[("hin-Deva", "digital")]
+    page = pymupdf.open(path)[0]
+    truth = gt["pages"][0]["blocks"]
+    good, refused = cut_text_layer(page, render_page(page), doc_id="d", lang="hin", script="Deva")
+    assert refused, "pseudo-Devanagari with conjuncts should garble some text-layer lines"
+    assert good, "one garbled line must not cost the page's good lines"
+    assert {r["reason"] for r in refused} <= {"bad_chars", "wrong_script", "invalid_sequence"}
+    for r in refused:  # a refused line really is wrong
+        assert r["text"] != _match(r["bbox"], truth)[0]["text"]
+    exact = sum(p.text == _match(p.bbox, truth)[0]["text"] for p in good)
+    assert exact >= 0.8 * len(good), [(p.text, _match(p.bbox, truth)[0]["text"]) for p in good]
+
+
+def test_trust_and_script_checks():
+    assert line_problem("hello world", "Latn") is None
+    assert line_problem("नमस्ते दुनिया", "Deva") is None
+    assert line_problem("ɟ ताब नम×ते", "Deva") == "wrong_script"  # what MuPDF extracts for "किताब नमस्ते"
+    assert line_problem("नम×ते", "Deva") == "invalid_sequence"
+    assert line_problem("ि कताब", "Deva") == "invalid_sequence"  # a vowel sign opening a word
+    assert line_problem("ङ\ufffd छरैटं", "Deva") == "bad_chars"
+    assert line_problem(" . ", "Latn") == "empty"
+
+
+def test_detector_on_image_only_page(docs):
+    path, gt = docs[("eng-Latn", "scan")]
+    page = pymupdf.open(path)[0]
+    assert page.get_text().strip() == ""  # image-only
+    blocks = get_line_source("ppocr_det", threads=1).blocks(page)
+    truth = gt["pages"][0]["blocks"]
+    hits = [_match(b.bbox, truth)[1] for b in blocks]
+    assert len(blocks) == len(truth)
+    assert min(hits) > 0.5, hits
+
+
+def test_missing_detector_model_names_file_and_how_to_get_it(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match=r"nope\.onnx.*rapidocr-onnxruntime==1\.4\.4"):
+        find_ppocr_det_model(tmp_path / "nope.onnx")
+    monkeypatch.setitem(sys.modules, "rapidocr_onnxruntime", None)  # package absent
+    with pytest.raises(FileNotFoundError, match=PPOCR_DET_FILE):
+        get_line_source("ppocr_det")
+
+
+def test_acceptance_filters_give_reasons():
+    cfg = AcceptConfig()
+    box = (0, 0, 200, 20)  # 10 heights wide
+    ok = dict(confidence=-0.1, finished=True, bbox=box, cfg=cfg)
+    assert judge("abc defg hij", script="Latn", **ok) is None
+    assert loop_span("ab ab ab ab ab ab") >= 12
+    assert judge("ab ab ab ab ab ab ab ab", script="Latn", **ok) == "repetition"
+    assert judge("नमस्ते दुनिया", script="Latn", **ok) == "wrong_script"
+    assert judge("abc defg hij", script="Deva", **ok) == "wrong_script"
+    assert judge("", script="Latn", **ok) == "empty"
+    assert judge("abc defg", script="Latn", **{**ok, "finished": False}) == "unfinished"
+    assert judge("abc defg hij", script="Latn", **{**ok, "confidence": -2.0}) == "low_confidence"
+    assert judge("a", script="Latn", **ok) == "length_mismatch"  # 1 char over 10 heights
+    assert judge("abc defg hij", script="Latn", length_bounds=(3.0, 5.0), **ok) == "length_mismatch"
+
+
+def test_canvas_rows_and_patch_shard_roundtrip(tmp_path, docs):
+    path, gt = docs[("eng-Latn", "scan")]
+    page = pymupdf.open(path)[0]
+    img = render_page(page)
+    truth = gt["pages"][0]["blocks"]
+    patches = cut_boxes(img, page.rect, [b["bbox"] for b in truth], doc_id="doc", page=0, lang="eng",
+                        script="Latn", source="gold", texts=[b["text"] for b in truth], source_path=str(path))
+    canvas = patch_canvas(patches[0].image)
+    assert canvas.size == (CANVAS, CANVAS)
+    ink_rows = [y for y in range(CANVAS) if min(canvas.getpixel((x, y))[0] for x in range(0, CANVAS, 2)) < 128]
+    assert ink_rows and ink_rows[0] % ROW != 0  # glyphs sit inside a row, with a margin
+    n = write_patch_shard(tmp_path / "p.tar", patches)
+    back = list(read_patch_shard(tmp_path / "p.tar"))
+    assert n == len(back) == len(patches)
+    assert [(p.key, p.text, p.bbox) for p in back] == [(p.key, p.text, tuple(round(v, 2) for v in p.bbox))
+                                                       for p in sorted(patches, key=lambda p: p.key)]
+    assert back[0].image.size == patches[0].image.size  # the crop travels with the canvas
+
+
+def test_reassembled_page_fine_label(docs):
+    path, gt = docs[("eng-Latn", "scan")]
+    page = pymupdf.open(path)[0]
+    truth = gt["pages"][0]["blocks"]
+    patches = cut_boxes(render_page(page), page.rect, [b["bbox"] for b in truth][::-1], doc_id="doc", page=0,
+                        lang="eng", script="Latn", source="detector", texts=[b["text"] for b in truth][::-1])
+    labels = page_labels(patches)
+    lab = labels[("doc", 0)]
+    parsed = parse_fine_label(lab["text"])
+    assert [b["text"] for b in parsed] == [b["text"] for b in truth]  # reading order restored
+    assert all(0 <= v <= 999 for b in parsed for v in b["bbox"])
+    json.dumps(lab)  # serialisable into the shard's json member
+
+
+def test_flywheel_data_side_is_torch_free():
+    import subprocess
+
+    code = ("import sys; import data_engine.flywheel.dataset, data_engine.flywheel.detect, "
+            "data_engine.flywheel.accept, data_engine.flywheel.baseline; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_tesseract_baseline_reads_a_latin_line(docs):
+    from data_engine.flywheel.baseline import availability, read_line
+    from data_engine.metrics import corpus_cer
+
+    code, why = availability("eng")
+    if code is None:
+        pytest.skip(why)
+    path, gt = docs[("eng-Latn", "scan")]
+    page = pymupdf.open(path)[0]
+    truth = gt["pages"][0]["blocks"][:3]
+    patches = cut_boxes(render_page(page), page.rect, [b["bbox"] for b in truth], doc_id="d", page=0, lang="eng",
+                        script="Latn", source="gold", texts=[b["text"] for b in truth])
+    assert corpus_cer((p.text, read_line(p.image, "eng")) for p in patches) < 0.2
+    assert availability("xyz")[0] is None and "tesseract-ocr-xyz" in availability("xyz")[1]

@@ -1,0 +1,185 @@
+"""Flywheel rounds end to end on a tiny configuration: one round trains the tiny recognizer with
+``train.api.train``, labels detector-cut patches in batches, accepts/rejects with reasons,
+measures, reassembles page labels and reports; ``kill -9`` during labelling then the same
+command gives the same labels and accepted set; bad input gets a clear error or a reason."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from data_engine.scripts import find_font
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(find_font("NotoSansDevanagari-Regular.ttf") is None,
+                                reason="Noto fonts missing (scripts/setup_fonts.sh)")
+
+TINY = [
+    "flywheel.languages=[{lang: eng-Latn, digital: 1, scan: 1, gold: 1}, {lang: khm-Khmr, scan: 1}]",
+    "flywheel.pages_per_doc=1", "flywheel.rounds=1", "flywheel.recognizer.steps=[2]",
+    "flywheel.label.batch_size=4", "flywheel.label.max_new_tokens=6", "flywheel.threads=1",
+    "flywheel.baseline.tesseract=false", "flywheel.recognizer.overrides=['train.save_every=1']",
+]
+
+
+def _cmd(out: Path) -> list[str]:
+    return [sys.executable, "-m", "train.flywheel", f"out={out}", *TINY]
+
+
+def _env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+
+
+def _labels(out: Path) -> list[dict]:
+    rows = []
+    for line in (out / "round_0" / "labels.jsonl").read_text().splitlines():
+        rows += json.loads(line)["rows"]
+    return sorted(rows, key=lambda r: r["key"])
+
+
+def _accepted(out: Path) -> set[str]:
+    from data_engine.flywheel.patches import read_patch_shard
+
+    return {p.key for t in sorted((out / "round_0" / "accepted").glob("*.tar")) for p in read_patch_shard(t)}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return tmp_path_factory.mktemp("fw")
+
+
+@pytest.fixture(scope="module")
+def full_run(base):
+    """An uninterrupted run, moved aside so the killed run can use the very same paths (shard
+    paths seed the trainer's data order, so equal paths are part of "the same command")."""
+    subprocess.run(_cmd(base / "run"), check=True, cwd=ROOT, env=_env(), capture_output=True, timeout=900)
+    (base / "run").rename(base / "ref")
+    return base / "ref"
+
+
+def test_one_round_end_to_end(full_run):
+    rep = json.loads((full_run / "report.json").read_text())
+    r0 = rep["rounds"][0]
+    eng, khm = r0["languages"]["eng-Latn"], r0["languages"]["khm-Khmr"]
+    assert rep["data"]["eng-Latn"]["seed"] > 0 and rep["data"]["eng-Latn"]["gold"] > 0
+    assert eng["labelled"] > 0 and eng["labelled"] == eng["accepted"] + eng["rejected"]
+    assert sum(eng["rejected_by_reason"].values()) == eng["rejected"]
+    assert eng["recognizer"]["gold_n"] > 0 and eng["recognizer"]["cer"] is not None
+    assert eng["recognizer"]["cer_blind"] is not None  # the image-blind control is always there
+    # a language with no seed patches is labelled and reported with a reason, never a crash
+    assert khm["seed_patches"] == 0 and "no seed patches" in khm["note"] and khm["labelled"] > 0
+    assert (full_run / "report.png").stat().st_size > 1000
+    assert "| 0 | eng-Latn |" in (full_run / "report.md").read_text()
+    assert (full_run / "round_0" / "train" / "model" / "config.json").is_file()  # the round's model
+    rows = _labels(full_run)
+    assert all(("reason" in r and "confidence" in r) for r in rows)
+
+
+def test_kill_9_mid_round_then_resume_gives_same_result(full_run, base):
+    out = base / "run"
+    proc = subprocess.Popen(_cmd(out), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    labels = out / "round_0" / "labels.jsonl"
+    deadline = time.time() + 900
+    try:  # kill as soon as the first label batch is committed (the round is half done)
+        while time.time() < deadline and proc.poll() is None:
+            if labels.is_file() and labels.read_text().count("\n") >= 1:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not (out / "round_0" / "report.json").exists()
+    n_before = labels.read_text().count("\n")
+    subprocess.run(_cmd(out), check=True, cwd=ROOT, env=_env(), capture_output=True, timeout=900)
+    assert (out / "round_0" / "TRAINED").is_file()
+    assert _labels(out) == _labels(full_run)  # same texts, confidences and verdicts
+    assert _accepted(out) == _accepted(full_run)
+    assert labels.read_text().count("\n") == len({json.loads(x)["batch"] for x in labels.read_text().splitlines()})
+    assert n_before >= 1  # committed batches were kept, not redone
+
+
+def test_bad_input_clear_errors(tmp_path):
+    from omegaconf import OmegaConf
+
+    from train.flywheel import run_flywheel
+
+    cfg = OmegaConf.load(ROOT / "conf" / "flywheel" / "default.yaml")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no PDF files"):
+        run_flywheel({"out": str(tmp_path / "o"), "flywheel": {**OmegaConf.to_container(cfg), "input": str(empty)}})
+    with pytest.raises(ValueError, match="languages is empty"):
+        run_flywheel({"out": str(tmp_path / "o"), "flywheel": {**OmegaConf.to_container(cfg), "languages": []}})
+
+
+def test_config_schema_defaults_and_errors():
+    from hydra import compose, initialize_config_dir
+
+    from train.flywheel.config import ConfigError, FlywheelAppConfig, register, typed
+
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = typed(compose(config_name="flywheel"), FlywheelAppConfig)
+        assert [lp.lang for lp in cfg.flywheel.languages] == ["eng-Latn", "hin-Deva"]
+        assert cfg.flywheel.recognizer.experiment == "flywheel_recognizer"
+        with pytest.raises(ConfigError, match="flywheel.label.batch_size must be >= 1"):
+            typed(compose(config_name="flywheel", overrides=["flywheel.label.batch_size=0"]), FlywheelAppConfig)
+        with pytest.raises(ConfigError, match="flywheel.languages"):
+            typed(compose(config_name="flywheel", overrides=["flywheel.languages=[{lang: eng-Xxxx}]"]),
+                  FlywheelAppConfig)
+
+
+def test_accepted_labels_feed_page_labels_and_next_round(full_run, tmp_path):
+    """Verdict rows (here: the ground truth as label, accepted) -> accepted patch shard ->
+    page-level fine labels in engine shard format -> round 1's training shards."""
+    import shutil
+
+    from data_engine.flywheel.patches import read_patch_shard
+    from data_engine.flywheel.reassemble import page_labels, write_page_shard
+    from data_engine.labels import parse_fine_label
+    from data_engine.shards import iter_samples
+    from train.flywheel.config import as_app_config
+    from train.flywheel.rounds import RoundRunner
+
+    out = tmp_path / "copy"
+    shutil.copytree(full_run / "data", out / "data")
+    cfg = as_app_config({"out": str(out), "flywheel": {"languages": [{"lang": "eng-Latn"}, {"lang": "khm-Khmr"}]}})
+    runner = RoundRunner(cfg.flywheel, out, ["eng-Latn", "khm-Khmr"], log=lambda m: None)
+    pool = list(read_patch_shard(out / "data" / "pool" / "eng_Latn.tar"))
+    rows = [{"key": p.key, "lang": p.lang, "text": runner.truth[p.key], "confidence": -0.01, "finished": True,
+             "reason": None} for p in pool if p.key in runner.truth]
+    assert rows
+    runner.write_accepted(0, pool, rows)
+    acc = list(read_patch_shard(out / "round_0" / "accepted" / "eng_Latn.tar"))
+    assert [p.key for p in acc] == sorted(r["key"] for r in rows)
+    assert all(p.extra == {"round": 0, "confidence": -0.01} and p.text for p in acc)
+    assert out / "round_0" / "accepted" / "eng_Latn.tar" in runner.training_shards(1)
+    assert out / "round_0" / "accepted" / "khm_Khmr.tar" not in runner.training_shards(1)  # empty
+    assert runner.accepted_before(1)["eng-Latn"][0].key == acc[0].key
+    n = write_page_shard(tmp_path / "pages.tar", page_labels(acc))
+    pages = list(iter_samples(str(tmp_path / "pages.tar")))
+    assert n == len(pages) >= 1
+    meta = pages[0]["meta"]
+    assert meta["source"] == "flywheel" and meta["labels"]["fine"]["prompt"].endswith("markdown.")
+    texts = [b["text"] for b in parse_fine_label(meta["labels"]["fine"]["text"])]
+    assert texts and set(texts) <= {runner.truth[p.key] for p in acc}
+
+
+def test_torn_label_line_is_cut_off(tmp_path):
+    from train.flywheel.rounds import read_label_batches
+
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"batch": 0, "rows": [{"key": "a"}]}\n{"batch": 1, "ro')
+    assert read_label_batches(path) == {0: [{"key": "a"}]}
+    assert path.read_text().endswith("}\n")  # the next batch starts on its own line

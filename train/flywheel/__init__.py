@@ -1,0 +1,72 @@
+"""Model flywheel rounds (DeepSeek-OCR paper, section 3.4); data side in ``data_engine.flywheel``.
+
+    from train.flywheel import run_flywheel
+    report = run_flywheel(cfg)          # cfg: conf/flywheel.yaml composed (or a dict like it)
+
+``python -m train.flywheel [overrides]`` / ``./launch.sh flywheel [overrides]`` is the Hydra
+entry. See docs/flywheel.md for the loop, its knobs and its outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .config import FlywheelAppConfig, as_app_config
+
+
+def _console(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run_flywheel(cfg: FlywheelAppConfig | DictConfig | dict, log=_console) -> dict:
+    """Prepare the data (once), then run ``flywheel.rounds`` rounds; returns the run report.
+    ``cfg``: ``conf/flywheel.yaml`` composed, or a (partial) dict set onto the schema defaults."""
+    import torch
+
+    from data_engine.flywheel.dataset import generate_default_corpus, prepare_data
+    from data_engine.flywheel.detect import get_line_source
+
+    from .report import table, write_run_report
+    from .rounds import RoundRunner
+
+    cfg = as_app_config(cfg)
+    fw = cfg.flywheel
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(fw.threads)
+    languages = {lp.lang: {"digital": lp.digital, "scan": lp.scan, "gold": lp.gold} for lp in fw.languages}
+    if not languages:
+        raise ValueError("flywheel.languages is empty: name at least one '<iso639-3>-<iso15924>' language")
+    t0 = time.process_time()
+    if fw.input:
+        pdf_dir = Path(fw.input)
+        if not pdf_dir.is_dir() or not any(pdf_dir.glob("*.pdf")):
+            raise FileNotFoundError(f"flywheel.input={pdf_dir}: no PDF files there (expected <lang>_<script>_*.pdf)")
+    else:
+        pdf_dir = out / "pdfs"
+        log(f"[flywheel] generating the embedded default corpus -> {pdf_dir}")
+        generate_default_corpus(pdf_dir, languages, fw.pages_per_doc, fw.seed)
+    det_kw = {"model_path": fw.detector.model_path, "threads": fw.threads, "dpi": fw.dpi} \
+        if fw.detector.name == "ppocr_det" else {}
+    detector = get_line_source(fw.detector.name, **det_kw)
+    counts = prepare_data(out / "data", languages, pdf_dir=pdf_dir, detector=detector, dpi=fw.dpi,
+                          tokenizer_vocab=fw.tokenizer_vocab, log=log)
+    if sum(c["pool"] for c in counts.values()) == 0:
+        log("[flywheel] warning: nothing to label (no image-only pages and no refused text-layer lines)")
+    runner = RoundRunner(fw, out, list(languages), log=log)
+    rounds = []
+    for k in range(fw.rounds):
+        log(f"[flywheel] round {k}: train -> label -> accept -> measure")
+        rounds.append(runner.run_round(k))
+        write_run_report(out, rounds, {"data": counts, "config": OmegaConf.to_container(OmegaConf.structured(cfg))})
+    log(table(rounds))
+    for spec, d in rounds[-1]["languages"].items():
+        if d.get("note"):
+            log(f"[flywheel] note {spec}: {d['note']}")
+    log(f"[flywheel] report: {out / 'report.json'}, {out / 'report.md'}, {out / 'report.png'} "
+        f"({time.process_time() - t0:.0f} CPU-s in this process)")
+    return json.loads((out / "report.json").read_text(encoding="utf-8"))

@@ -1,0 +1,124 @@
+"""Typed config schema of the flywheel (``conf/flywheel.yaml`` + ``conf/flywheel/``).
+
+One default per key, here and nowhere else (the YAML files hold the embedded default's values
+only); ranges are checked when the config is composed and the error names the key. The
+acceptance filters' settings are ``data_engine.flywheel.accept.AcceptConfig`` (the filters'
+own dataclass, used as the ``flywheel.accept`` group).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Optional
+
+from omegaconf import MISSING
+
+from data_engine.config import ConfigError, Schema, group, register_schema, setting, typed
+from data_engine.flywheel.accept import AcceptConfig
+from data_engine.flywheel.linepages import LineLanguage
+from data_engine.scripts import SCRIPTS
+
+__all__ = ["FlywheelAppConfig", "FlywheelConfig", "LanguagePlan", "as_app_config", "register", "typed"]
+
+
+@dataclass
+class LanguagePlan(Schema):
+    """One language of a run and, for the generated default corpus, its documents per kind."""
+
+    lang: str = MISSING               # "<iso639-3>-<iso15924>", e.g. hin-Deva (a bare script code works too)
+    digital: int = setting(0, ge=0)   # born-digital documents (text layer: seed patches)
+    scan: int = setting(0, ge=0)      # image-only documents (patches to label)
+    gold: int = setting(0, ge=0)      # held-out image-only documents (recognizer / Tesseract CER)
+
+
+@dataclass
+class DetectorConfig(Schema):
+    _key: ClassVar[str] = "flywheel.detector"
+
+    name: str = "ppocr_det"           # ppocr_det | textlayer_lines | a data_engine.layout source name
+    model_path: Optional[str] = None  # null: the ONNX file shipped in the rapidocr-onnxruntime wheel
+
+
+@dataclass
+class RecognizerConfig(Schema):
+    _key: ClassVar[str] = "flywheel.recognizer"
+
+    experiment: str = "flywheel_recognizer"  # conf/experiment recipe trained with train.api.train
+    steps: list[int] = setting([150, 75, 75], ge=1)  # optimizer steps per round (the last value repeats)
+    continue_training: bool = True    # round k > 0 starts from round k-1's model
+    overrides: list[str] = setting([])  # training overrides, e.g. [model.preset=deepseek-ocr]
+
+    def check(self) -> None:
+        if not self.steps:
+            raise ConfigError("flywheel.recognizer.steps must list at least one step count")
+
+
+@dataclass
+class LabelConfig(Schema):
+    _key: ClassVar[str] = "flywheel.label"
+
+    batch_size: int = setting(16, ge=1)  # patches per generate() call
+    max_new_tokens: int = setting(64, ge=1)  # longer outputs are rejected as unfinished
+    no_repeat_ngram: int = setting(8, ge=0)  # ban repeating an n-gram of this many tokens (0: off) ...
+    window: int = setting(48, ge=1)   # ... within the last this many generated tokens
+
+
+@dataclass
+class BaselineConfig(Schema):
+    _key: ClassVar[str] = "flywheel.baseline"
+
+    tesseract: bool = True            # Tesseract 5 CER on the gold patches (skipped with a reason when missing)
+
+
+@dataclass
+class FlywheelConfig(Schema):
+    """The ``flywheel`` group: what ``train.flywheel.run_flywheel`` runs."""
+
+    _key: ClassVar[str] = "flywheel"
+
+    input: Optional[str] = None       # folder of <lang>_<script>_*.pdf (+ gold/); null: generate the default corpus
+    languages: list[LanguagePlan] = setting([])  # see LanguagePlan; the default corpus is in conf/flywheel/default.yaml
+    pages_per_doc: int = setting(2, ge=1)  # generated documents' pages
+    seed: int = 0                     # corpus generation and training seeds (round k trains with seed + k)
+    rounds: int = setting(3, ge=1)    # round 0 = text-layer (fitz) patches only
+    dpi: int = setting(144, gt=0)     # page rendering for patch cutting and detection
+    threads: int = setting(2, ge=1)   # torch / onnxruntime threads
+    tokenizer_vocab: int = setting(512, ge=265)  # byte-level BPE on seed labels + the scripts' letters
+    detector: DetectorConfig = group(DetectorConfig)
+    recognizer: RecognizerConfig = group(RecognizerConfig)
+    label: LabelConfig = group(LabelConfig)
+    accept: AcceptConfig = group(AcceptConfig)
+    baseline: BaselineConfig = group(BaselineConfig)
+
+    def check(self) -> None:
+        specs = [lp.lang for lp in self.languages]
+        if len(set(specs)) != len(specs):
+            raise ConfigError(f"flywheel.languages: each lang may appear once, got {specs}")
+        for s in specs:
+            lang = LineLanguage.parse(s)
+            if not lang.lang or lang.script not in SCRIPTS:
+                raise ConfigError(f"flywheel.languages: lang must look like 'hin-Deva' (ISO 639-3 - ISO 15924 "
+                                  f"script of {sorted(SCRIPTS)}), got {s!r}")
+
+
+@dataclass
+class FlywheelAppConfig(Schema):
+    """Primary config of ``python -m train.flywheel`` (``conf/flywheel.yaml``)."""
+
+    out: str = "runs/flywheel"        # run directory: data/, round_<k>/, report.json/.md/.png
+    flywheel: FlywheelConfig = group(FlywheelConfig)
+
+
+def as_app_config(cfg) -> FlywheelAppConfig:
+    """The validated config from a composed DictConfig, an instance or a (partial) plain dict
+    (whose ``flywheel.languages`` entries may be dicts)."""
+    from collections.abc import Mapping
+
+    if isinstance(cfg, Mapping) and isinstance(cfg.get("flywheel"), Mapping) and "languages" in cfg["flywheel"]:
+        langs = [LanguagePlan(**d) if isinstance(d, Mapping) else d for d in cfg["flywheel"]["languages"]]
+        cfg = {**cfg, "flywheel": {**cfg["flywheel"], "languages": langs}}
+    return typed(cfg, FlywheelAppConfig)
+
+
+def register() -> None:
+    register_schema("flywheel_schema", FlywheelAppConfig)

@@ -1,0 +1,77 @@
+"""Run-level flywheel report: ``report.json`` (every round), ``report.md`` (the table) and
+``report.png`` (CER per round per language: recognizer on held-out gold patches, its image-blind
+control, accepted-label CER, and Tesseract as a flat reference line)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _f(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def table(rounds: list[dict]) -> str:
+    head = ("| round | language | recognizer CER (gold) | image-blind CER | gold loss real / blind | Tesseract CER | labelled | "
+            "accepted | rejected (reasons) | accepted-label CER | rejected-label CER | accepted total |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rounds:
+        for spec, d in r["languages"].items():
+            rec, tess = d.get("recognizer", {}), d.get("tesseract", {})
+            reasons = ", ".join(f"{k} {v}" for k, v in sorted(d["rejected_by_reason"].items())) or "-"
+            tess_s = _f(tess.get("cer")) if tess.get("cer") is not None else f"- ({tess.get('note', 'n/a')})"
+            lines.append(f"| {r['round']} | {spec} | {_f(rec.get('cer'))} (n={rec.get('gold_n', 0)}) | "
+                         f"{_f(rec.get('cer_blind'))} | {_f(rec.get('loss'))} / {_f(rec.get('loss_blind'))} | {tess_s} | {d['labelled']} | {d['accepted']} | "
+                         f"{d['rejected']} ({reasons}) | {_f(d['accepted_label_cer'])} | "
+                         f"{_f(d['rejected_label_cer'])} | {d['accepted_total']} |")
+    return "\n".join(lines)
+
+
+def plot(rounds: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    langs = list(rounds[0]["languages"]) if rounds else []
+    ks = [r["round"] for r in rounds]
+    for i, spec in enumerate(langs):
+        color = f"C{i}"
+        rec = [r["languages"][spec]["recognizer"].get("cer") for r in rounds]
+        blind = [r["languages"][spec]["recognizer"].get("cer_blind") for r in rounds]
+        acc = [r["languages"][spec]["accepted_label_cer"] for r in rounds]
+        ax.plot(ks, [v if v is not None else float("nan") for v in rec], "o-", color=color,
+                label=f"{spec} recognizer (gold)")
+        ax.plot(ks, [v if v is not None else float("nan") for v in blind], "x:", color=color, alpha=0.5,
+                label=f"{spec} image-blind")
+        if any(v is not None for v in acc):
+            ax.plot(ks, [v if v is not None else float("nan") for v in acc], "s--", color=color, alpha=0.7,
+                    label=f"{spec} accepted labels")
+        tess = rounds[0]["languages"][spec]["tesseract"].get("cer")
+        if tess is not None:
+            ax.axhline(tess, color=color, lw=0.8, ls="-.", label=f"{spec} Tesseract")
+    ax.set_xlabel("round")
+    ax.set_ylabel("CER")
+    ax.set_xticks(ks)
+    ax.set_ylim(bottom=0)
+    ax.set_title("Flywheel: CER per round and language")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_run_report(out_dir: Path, rounds: list[dict], extra: dict | None = None) -> dict:
+    out_dir = Path(out_dir)
+    report = {"rounds": rounds, **(extra or {})}
+    tmp = out_dir / "report.json.tmp"
+    tmp.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+    tmp.replace(out_dir / "report.json")
+    notes = sorted({f"- {spec}: {d['note']}" for r in rounds for spec, d in r["languages"].items() if d.get("note")})
+    (out_dir / "report.md").write_text("# Flywheel report\n\n" + table(rounds) + "\n\n" + "\n".join(notes) + "\n",
+                                       encoding="utf-8")
+    if rounds:
+        plot(rounds, out_dir / "report.png")
+    return report

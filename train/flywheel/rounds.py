@@ -1,0 +1,258 @@
+"""Flywheel rounds: train the recognizer, label the pool, accept, measure, reassemble, report.
+
+Round k (``<out>/round_<k>/``):
+
+1. ``train/``: the recognizer trained on the seed patches plus every patch accepted in rounds
+   < k (from scratch in round 0, then continuing from round k-1's model), by ``train.api.train``
+   (which checkpoints and resumes itself); its exported model is ``train/model``.
+2. ``labels.jsonl``: the pool patches not yet accepted, labelled in fixed batches (one JSON line
+   per finished batch, fsynced), each with text, confidence and the acceptance verdict.
+3. ``accepted/<lang>.tar``: the patches accepted in this round (patch shards, training format).
+4. ``pages/flywheel-000000.tar``: all patches accepted so far, reassembled per page into
+   page-level fine labels (engine shard format, ``source: flywheel``) for stage 2.
+5. ``report.json``: per language the recognizer's CER on held-out gold patches (and with blank
+   images, the image-blind control), Tesseract's CER on the same patches, patches accepted and
+   rejected by reason, and the CER of accepted (and rejected) labels against ground truth.
+
+Each step's output is written atomically and skipped when present, and batches already in
+``labels.jsonl`` are not labelled again, so ``kill -9`` then the same command continues without
+redoing committed work; greedy decoding in fixed batches makes the result the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from data_engine.flywheel.accept import judge, length_range
+from data_engine.flywheel.linepages import LineLanguage
+from data_engine.flywheel.patches import Patch, read_patch_shard, write_patch_shard
+from data_engine.flywheel.reassemble import page_labels, write_page_shard
+from data_engine.metrics import corpus_cer
+from data_engine.scripts import script_info
+
+from .recognizer import load_recognizer, read_patches, recognizer_config, reference_nll, train_recognizer
+
+
+def _key(spec: str) -> str:
+    return spec.replace(":", "_").replace("-", "_")
+
+
+def _atomic_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_label_batches(path: Path) -> dict[int, list[dict]]:
+    """Finished batches of a labels.jsonl; a torn last line (a kill mid-write) is cut off so
+    that the batches appended next start on a line of their own."""
+    done = {}
+    if path.is_file():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done[int(rec["batch"])] = rec["rows"]
+    return done
+
+
+class RoundRunner:
+    """Runs rounds over a prepared data directory (``data_engine.flywheel.dataset``)."""
+
+    def __init__(self, cfg, out_dir: Path, languages: list[str], log=print):
+        self.cfg, self.out, self.langs, self.log = cfg, Path(out_dir), list(languages), log
+        self.data = self.out / "data"
+        self.accept_cfg = cfg.accept
+        self.seed = {s: list(read_patch_shard(self.data / "seed" / f"{_key(s)}.tar")) for s in self.langs}
+        self.truth = json.loads((self.data / "pool_truth.json").read_text(encoding="utf-8"))
+        self.bounds = {s: length_range([(p.text, p.bbox) for p in self.seed[s]], self.accept_cfg.length_slack)
+                       for s in self.langs}
+
+    # ------------------------------------------------------------------ helpers
+    def rdir(self, k: int) -> Path:
+        return self.out / f"round_{k}"
+
+    def accepted_before(self, k: int) -> dict[str, list[Patch]]:
+        out = defaultdict(list)
+        for j in range(k):
+            for s in self.langs:
+                path = self.rdir(j) / "accepted" / f"{_key(s)}.tar"
+                if path.is_file():
+                    out[s] += list(read_patch_shard(path))
+        return out
+
+    def spec_of(self, p: Patch) -> str:
+        return self.spec_of_lang(p.lang)
+
+    def read_kw(self) -> dict:
+        lc = self.cfg.label
+        return dict(batch_size=lc.batch_size, max_new_tokens=lc.max_new_tokens,
+                    no_repeat_ngram=lc.no_repeat_ngram, window=lc.window)
+
+    # ------------------------------------------------------------------ 1. train
+    def training_shards(self, k: int) -> list[Path]:
+        """Seed shards plus the non-empty accepted shards of rounds < k."""
+        shards = [self.data / "seed" / f"{_key(s)}.tar" for s in self.langs if self.seed[s]]
+        for j in range(k):
+            counts = json.loads((self.rdir(j) / "ACCEPTED").read_text())
+            shards += [self.rdir(j) / "accepted" / f"{_key(s)}.tar" for s in self.langs if counts.get(s)]
+        return shards
+
+    def train(self, k: int) -> Path:
+        rd = self.rdir(k)
+        model_dir = rd / "train" / "model"
+        if (rd / "TRAINED").is_file():
+            return model_dir
+        shards = self.training_shards(k)
+        if not shards:
+            raise ValueError("no seed patches in any language: nothing to train the recognizer on "
+                             "(give born-digital pages with a trustworthy text layer)")
+        rc = self.cfg.recognizer
+        init = str(self.rdir(k - 1) / "train" / "model") if k > 0 and rc.continue_training else None
+        tcfg = recognizer_config(rc.experiment, rc.overrides, shards=[str(s) for s in shards],
+                                 tokenizer=str(self.data / "tokenizer"), out_dir=rd / "train",
+                                 steps=rc.steps[min(k, len(rc.steps) - 1)], seed=self.cfg.seed + k,
+                                 init_from=init)
+        t0 = time.process_time()
+        res = train_recognizer(tcfg)
+        _atomic_json(rd / "TRAINED", {"final_loss": res.get("final_loss"), "steps": res.get("steps"),
+                                      "cpu_s_this_process": round(time.process_time() - t0, 1),
+                                      "shards": [str(s) for s in shards]})
+        return Path(res["export_dir"])
+
+    # ------------------------------------------------------------------ 2.-3. label + accept
+    def label(self, k: int, model, tok, pool: list[Patch]) -> list[dict]:
+        lc = self.cfg.label
+        bs = lc.batch_size
+        path = self.rdir(k) / "labels.jsonl"
+        done = read_label_batches(path)
+        rows = []
+        with open(path, "a", encoding="utf-8") as f:
+            for b in range(0, -(-len(pool) // bs)):
+                chunk = pool[b * bs:(b + 1) * bs]
+                if b not in done:
+                    reads = read_patches(model, tok, [p.image for p in chunk], **self.read_kw())
+                    done[b] = []
+                    for p, (text, conf, fin) in zip(chunk, reads):
+                        why = judge(text, confidence=conf, finished=fin, bbox=p.bbox, script=p.script,
+                                    cfg=self.accept_cfg, length_bounds=self.bounds[self.spec_of(p)])
+                        done[b].append({"key": p.key, "lang": p.lang, "text": text, "confidence": round(conf, 4),
+                                        "finished": fin, "reason": why})
+                    f.write(json.dumps({"batch": b, "rows": done[b]}, ensure_ascii=False) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                    self.log(f"[flywheel] round {k}: labelled {min(len(pool), (b + 1) * bs)}/{len(pool)}")
+                rows += done[b]
+        return rows
+
+    def write_accepted(self, k: int, pool: list[Patch], rows: list[dict]) -> None:
+        rd = self.rdir(k)
+        if (rd / "ACCEPTED").is_file():
+            return
+        by_key = {p.key: p for p in pool}
+        per = defaultdict(list)
+        for r in rows:
+            if r["reason"] is None:
+                p = by_key[r["key"]]
+                per[self.spec_of(p)].append(Patch(p.key, p.doc_id, p.page, p.bbox, p.lang, p.script, p.source,
+                                                  r["text"], p.source_path, p.page_size,
+                                                  {"round": k, "confidence": r["confidence"]}, p.image))
+        for s in self.langs:
+            write_patch_shard(rd / "accepted" / f"{_key(s)}.tar", per[s])
+        _atomic_json(rd / "ACCEPTED", {s: len(per[s]) for s in self.langs})
+
+    # ------------------------------------------------------------------ 5. measure
+    def gold_cer(self, model, tok) -> dict:
+        from PIL import Image
+
+        out = {}
+        for s in self.langs:
+            gold = list(read_patch_shard(self.data / "gold" / f"{_key(s)}.tar"))
+            if not gold:
+                out[s] = {"gold_n": 0}
+                continue
+            kw = self.read_kw()
+            reads = read_patches(model, tok, [p.image for p in gold], **kw)
+            blanks = [Image.new("RGB", p.image.size, "white") for p in gold]
+            blank = read_patches(model, tok, blanks, **kw)
+            texts = [p.text for p in gold]
+            out[s] = {"gold_n": len(gold), "cer": corpus_cer((p.text, r[0]) for p, r in zip(gold, reads)),
+                      "cer_blind": corpus_cer((p.text, r[0]) for p, r in zip(gold, blank)),
+                      "loss": reference_nll(model, tok, [p.image for p in gold], texts, batch_size=kw["batch_size"]),
+                      "loss_blind": reference_nll(model, tok, blanks, texts, batch_size=kw["batch_size"]),
+                      "examples": [{"ref": p.text, "pred": r[0]} for p, r in zip(gold[:3], reads[:3])]}
+        return out
+
+    def tesseract(self) -> dict:
+        """Tesseract CER on the gold patches per language (computed once per run)."""
+        path = self.data / "tesseract.json"
+        if path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+        from data_engine.flywheel.baseline import availability, read_line
+
+        out = {}
+        for s in self.langs:
+            gold = list(read_patch_shard(self.data / "gold" / f"{_key(s)}.tar"))
+            code, why = availability(LineLanguage.parse(s).lang)
+            if not self.cfg.baseline.tesseract:
+                out[s] = {"cer": None, "note": "disabled (baseline.tesseract=false)"}
+            elif code is None or not gold:
+                out[s] = {"cer": None, "note": why or "no gold patches"}
+            else:
+                out[s] = {"cer": corpus_cer((p.text, read_line(p.image, p.lang)) for p in gold), "lang": code}
+        _atomic_json(path, out)
+        return out
+
+    # ------------------------------------------------------------------ one round
+    def run_round(self, k: int) -> dict:
+        rd = self.rdir(k)
+        if (rd / "report.json").is_file():
+            return json.loads((rd / "report.json").read_text(encoding="utf-8"))
+        rd.mkdir(parents=True, exist_ok=True)
+        t0 = time.process_time()
+        prior = self.accepted_before(k)
+        model_dir = self.train(k)
+        model, tok = load_recognizer(model_dir, self.data / "tokenizer")
+        taken = {p.key for ps in prior.values() for p in ps}
+        pool = [p for s in self.langs for p in read_patch_shard(self.data / "pool" / f"{_key(s)}.tar")
+                if p.key not in taken]
+        rows = self.label(k, model, tok, pool)
+        self.write_accepted(k, pool, rows)
+        accepted = self.accepted_before(k + 1)
+        pages = page_labels([p for ps in accepted.values() for p in ps],
+                            frozenset(s for s in {p.script for p in pool} if script_info(s).direction == "rtl"))
+        n_pages = write_page_shard(rd / "pages" / "flywheel-000000.tar", pages)
+        gold, tess = self.gold_cer(model, tok), self.tesseract()
+        langs = {}
+        for s in self.langs:
+            lang_rows = [r for r in rows if self.spec_of_lang(r["lang"]) == s]
+            acc = [r for r in lang_rows if r["reason"] is None]
+            rej = [r for r in lang_rows if r["reason"] is not None]
+            langs[s] = {
+                "seed_patches": len(self.seed[s]), "trained_on_accepted": len(prior.get(s, [])),
+                "labelled": len(lang_rows), "accepted": len(acc), "rejected": len(rej),
+                "rejected_by_reason": dict(Counter(r["reason"] for r in rej)),
+                "accepted_total": len(accepted.get(s, [])),
+                "accepted_label_cer": corpus_cer((self.truth[r["key"]], r["text"]) for r in acc if r["key"] in self.truth),
+                "rejected_label_cer": corpus_cer((self.truth[r["key"]], r["text"]) for r in rej if r["key"] in self.truth),
+                "recognizer": gold[s], "tesseract": tess[s],
+                "note": None if self.seed[s] else "no seed patches: the recognizer has not seen this script "
+                                                  "in round 0; its labels are expected to be rejected",
+            }
+        report = {"round": k, "languages": langs, "pages_reassembled": n_pages,
+                  "train": json.loads((rd / "TRAINED").read_text()), "cpu_s_round_this_process": round(time.process_time() - t0, 1)}
+        _atomic_json(rd / "report.json", report)
+        return report
+
+    def spec_of_lang(self, lang: str) -> str:
+        return next((s for s in self.langs if LineLanguage.parse(s).lang == lang), lang)
