@@ -34,6 +34,7 @@ from data_engine.render import IMAGE_FORMATS
 
 ENGINE_VERSION = 3  # bump when sample bytes change for the same config (forces re-processing)
 LABEL_KINDS = ("coarse", "fine")
+EXECUTORS = ("local", "ray")  # where units run: this machine's process pool, or a Ray cluster (docs/cluster.md)
 
 
 class ConfigError(ValueError):
@@ -182,6 +183,9 @@ class EngineConfig(Schema):
     max_crash_retries: int = setting(1, ge=0)  # a unit that kills its worker more often is worker_crash
     # wall-clock limit per document: its worker is stopped, the document recorded as timeout (None: no limit)
     doc_timeout_s: Optional[float] = setting(900.0, gt=0)
+    executor: str = setting("local", choices=EXECUTORS)  # local: process pool here; ray: Ray tasks on a cluster
+    ray_address: Optional[str] = None  # executor=ray: "auto", "host:6379", "ray://host:10001"; None: $RAY_ADDRESS, else a new local Ray instance
+    ray_runtime_env: dict[str, Any] = setting({})  # executor=ray: Ray runtime_env of the workers ({}: this checkout on PYTHONPATH)
     progress: bool = True
     print_summary: bool = True
 
@@ -206,6 +210,11 @@ class EngineConfig(Schema):
             from data_engine.layout import check_layout_config
 
             check_layout_config(**(self.fine or {}))
+        if self.executor == "ray":
+            try:
+                import ray  # noqa: F401
+            except ImportError as e:
+                raise ImportError("data_engine.executor=ray needs Ray: pip install 'ocrflow[ray]'") from e
 
     @classmethod
     def from_any(cls, cfg: EngineConfig | Mapping) -> EngineConfig:

@@ -2,7 +2,8 @@
 
 `run_engine(cfg) -> report` runs three phases, each resumable (see data_engine/queue.py):
 1. discover inputs and hash them (unit id = content hash; cached by path+size+mtime);
-2. process every unit not yet committed, in N spawn-safe worker processes: per page extract
+2. process every unit not yet committed, in N spawn-safe worker processes (or, with
+   `executor: ray`, as Ray tasks across a cluster: data_engine/ray_executor.py): per page extract
    the text layer once, label it (coarse: reading-order text + filters; fine: the
    layout source + interleaved label), render + encode only pages that kept a label, write
    the samples to a per-unit tar, commit it atomically;
@@ -69,6 +70,14 @@ def _init_worker(cfg: EngineConfig, prompts: dict) -> None:
               fine_label=fine_label, digest=cfg.digest(),
               filter=coarse.CoarseFilter(cfg.min_chars, cfg.max_bad_char_ratio, cfg.max_tokens, tok,
                                          cfg.max_isolated_bad_ratio))
+
+
+def ensure_worker(cfg: EngineConfig, prompts: dict) -> None:
+    """`_init_worker` once per process and configuration (Ray reuses its worker processes)."""
+    key = (cfg.digest(), cfg.work_dir)
+    if _W.get("key") != key:
+        _init_worker(cfg, prompts)
+        _W["key"] = key
 
 
 def _fine_labels(page, tdict, w: float, h: float, page_check: tuple) -> tuple[dict | None, str | None]:
@@ -252,10 +261,12 @@ def _num_workers(cfg: EngineConfig) -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _hash_inputs(files: list[queue.InputFile], work: Path, threads: int) -> dict[str, tuple[str, int, str | None]]:
+def _hash_inputs(files: list[queue.InputFile], work: Path, threads: int,
+                 hash_map=None) -> dict[str, tuple[str, int, str | None]]:
     """path -> (doc_id, size, error), reusing `work/hash_cache.jsonl` entries whose size+mtime match.
 
-    Hashing runs on threads: file reads and hashlib release the GIL.
+    Hashing runs on threads (file reads and hashlib release the GIL), or through `hash_map`
+    (an executor's `map(fn, paths, chunksize=...)`, e.g. Ray tasks on the nodes).
     """
     cache_path = work / "hash_cache.jsonl"
     cache = {}
@@ -278,8 +289,11 @@ def _hash_inputs(files: list[queue.InputFile], work: Path, threads: int) -> dict
             out[f.path] = (e["doc_id"], e["size"], None)
         else:
             todo.append((f.path, st.st_mtime_ns))
-    with ThreadPoolExecutor(max(1, min(threads, len(todo)))) as pool:
-        results = list(pool.map(queue.hash_file, [p for p, _ in todo]))
+    if hash_map is not None and todo:
+        results = list(hash_map(queue.hash_file, [p for p, _ in todo], chunksize=64))
+    else:
+        with ThreadPoolExecutor(max(1, min(threads, len(todo)))) as pool:
+            results = list(pool.map(queue.hash_file, [p for p, _ in todo]))
     for (path, mtime), res in zip(todo, results):
         out[path] = res
         if res[2] is None:
@@ -335,10 +349,11 @@ def _assemble(cfg: EngineConfig, records: list[dict], executor: LocalExecutor) -
     with queue.output_io(f"cannot write the shards in {queue.display_path(str(shard_dir))}"):
         if jobs:
             executor.map(shards.write_shard, *zip(*jobs))
-        # Shards of an earlier, larger plan would otherwise be read as part of this dataset.
+        # Shards of an earlier, larger plan would otherwise be read as part of this dataset
+        # (and temporaries of writers killed mid-shard: `.tar.<host>-<pid>.tmp`).
         keep = {sp.filename for sp in plan}
         for p in shard_dir.glob(f"{cfg.name}-*.tar*"):
-            if p.name not in keep and re.fullmatch(re.escape(cfg.name) + r"-\d{6}\.tar(\.tmp)?", p.name):
+            if p.name not in keep and re.fullmatch(re.escape(cfg.name) + r"-\d{6}\.tar(\..*)?", p.name):
                 p.unlink()
         tmp = index_path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"digest": digest, "shards": summary}, indent=1), encoding="utf-8")
@@ -363,9 +378,9 @@ def _source_kind(path: str) -> str:
         return "pdf"
 
 
-def _units(cfg: EngineConfig, files: list[queue.InputFile]) -> tuple[list[dict], list[dict]]:
+def _units(cfg: EngineConfig, files: list[queue.InputFile], hash_map=None) -> tuple[list[dict], list[dict]]:
     """Work units (one per distinct content, doc-id order) and records of the inputs not processed."""
-    hashes = _hash_inputs([f for f in files if f.exists], Path(cfg.work_dir), _num_workers(cfg))
+    hashes = _hash_inputs([f for f in files if f.exists], Path(cfg.work_dir), _num_workers(cfg), hash_map)
     units, skipped = [], []
     seen: dict[str, str] = {}
     for f in files:
@@ -401,7 +416,19 @@ def run_engine(cfg: EngineConfig | Mapping) -> dict:
     t_start = time.perf_counter()
 
     found = queue.discover(cfg.input)
-    units, skipped = _units(cfg, found.files)
+    if cfg.executor == "ray":  # same units, same commit protocol; Ray tasks instead of a local pool
+        from data_engine.ray_executor import RayExecutor
+
+        executor = RayExecutor(cfg, prompts)
+        n_workers = executor.workers
+    else:
+        executor = LocalExecutor(n_workers, _init_worker, (cfg, prompts), cfg.start_method)
+    try:
+        # Ray: inputs are hashed by tasks across the cluster, not all read by the driver.
+        units, skipped = _units(cfg, found.files, executor.map if cfg.executor == "ray" else None)
+    except BaseException:
+        executor.close(wait_for_workers=False)
+        raise
     t_hashed = time.perf_counter()
 
     store = queue.UnitStore(cfg.work_dir)
@@ -424,7 +451,6 @@ def run_engine(cfg: EngineConfig | Mapping) -> dict:
         else:
             todo.append(u)
     resumed = len(records)
-    executor = LocalExecutor(n_workers, _init_worker, (cfg, prompts), cfg.start_method)
     try:
         bar = tqdm(total=len(todo), unit="doc", desc="data engine", disable=not cfg.progress, dynamic_ncols=True)
         bar.pages = 0

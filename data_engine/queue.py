@@ -4,10 +4,14 @@ Design (in the spirit of olmocr's work queue):
 - one work unit per input document, keyed by the first 16 hex digits of the SHA-256 of its
   bytes, so the same document has the same key on any machine and under any path (the same
   content under two paths is processed once);
-- a worker writes a unit's samples to `work/units/ab/<id>.tar.tmp`, then renames it to
-  `<id>.tar` and finally writes `<id>.json` (the unit record) through a temporary file and a
-  rename. The record is the done-marker: a unit without one is redone from scratch, so a
-  kill -9 at any instant leaves at worst a stale `.tmp` that the next run overwrites;
+- a worker writes a unit's samples to `work/units/ab/<id>.tar.<host>-<pid>.tmp`, then renames
+  it to `<id>.tar` and finally writes `<id>.json` (the unit record) through a temporary file
+  and a rename. The record is the done-marker: a unit without one is redone from scratch, so a
+  kill -9 at any instant leaves at worst a stale `.tmp` that the unit's next commit removes.
+  Temporary names are unique per writer process: on a cluster a unit can run twice at once (a
+  task retried while the first attempt, on a node cut off or a killed driver's worker, still
+  runs); both write the same bytes to their own file and the renames are atomic, so whichever
+  lands last publishes a complete unit;
 - shards are assembled from committed units in doc-id order with a deterministic plan
   (`plan_shards`), so the shard set depends only on the set of inputs, never on worker
   count, scheduling or interruptions.
@@ -20,6 +24,7 @@ import glob
 import hashlib
 import json
 import os
+import socket
 import stat
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -300,7 +305,7 @@ class UnitStore:
     def tmp_tar_path(self, doc_id: str) -> Path:
         with output_io(f"cannot create {display_path(str(self._dir(doc_id)))}"):
             self._dir(doc_id).mkdir(parents=True, exist_ok=True)
-        return self._dir(doc_id) / f"{doc_id}.tar.tmp"
+        return self._dir(doc_id) / f"{doc_id}.tar{tmp_suffix()}"
 
     @contextmanager
     def open_tmp_tar(self, doc_id: str):
@@ -327,9 +332,16 @@ class UnitStore:
             d.mkdir(parents=True, exist_ok=True)
             if has_tar:
                 os.replace(self.tmp_tar_path(doc_id), self.tar_path(doc_id))
-            tmp = d / f"{doc_id}.json.tmp"
+            tmp = d / f"{doc_id}.json{tmp_suffix()}"
             tmp.write_bytes(json_bytes(record, sort_keys=True))
             os.replace(tmp, self.meta_path(doc_id))
+        for stale in d.glob(f"{doc_id}.*.tmp"):  # left by writers killed before their rename
+            stale.unlink(missing_ok=True)
+
+
+def tmp_suffix() -> str:
+    """`.<host>-<pid>.tmp`: a temporary name no other writer process (on any node) uses."""
+    return f".{socket.gethostname()}-{os.getpid()}.tmp"
 
 
 # --------------------------------------------------------------------------- shard plan

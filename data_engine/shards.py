@@ -84,11 +84,14 @@ def _members_by_key(tar_path: Path) -> dict[str, list[tuple[str, bytes]]]:
 def write_shard(path: Path, parts: Iterable[tuple[Path, list[str]]]) -> int:
     """Copy the listed samples, in order, from unit tars into the shard at `path`.
 
-    Written to `path.tmp` and renamed, so a shard file either is complete or does not exist.
+    Written to a temporary file unique to this process and renamed, so a shard file either is
+    complete or does not exist, even with two writers at once (a retried cluster task).
     Returns the number of samples written.
     """
+    from data_engine.queue import tmp_suffix
+
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(path.name + tmp_suffix())
     n = 0
     with open(tmp, "wb") as f:
         writer = tar_writer(f)

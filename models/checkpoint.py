@@ -284,18 +284,11 @@ def export_checkpoint(
 
     for stale in [out / SINGLE_FILE, out / INDEX_FILE, *out.glob("model-*-of-*.safetensors")]:
         stale.unlink(missing_ok=True)  # a previous export with another sharding must not linger
-    files = [SINGLE_FILE] if len(shards) == 1 else [
-        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))
-    ]
+    files = [SINGLE_FILE] if len(shards) == 1 else [shard_file_name(i, len(shards)) for i in range(len(shards))]
     weight_map = {}
     for fname, names in zip(files, shards):
-        tensors = {}
-        for n in names:
-            t = pub[n].detach()
-            t = t.to("cpu", dtype=dtype) if dtype is not None else t.to("cpu")
-            # Expert slices are views of one stacked tensor; safetensors refuses shared storage.
-            tensors[n] = t.clone() if t.untyped_storage().nbytes() != t.nbytes else t.contiguous()
-            weight_map[n] = fname
+        tensors = {n: _saveable(pub[n], dtype) for n in names}
+        weight_map.update(dict.fromkeys(names, fname))
         save_file(tensors, str(out / fname), metadata={"format": "pt"})
         del tensors
     if len(files) > 1:
@@ -304,6 +297,92 @@ def export_checkpoint(
 
     stored = dtype or next((t.dtype for t in pub.values() if t.is_floating_point()), None)
     (out / CONFIG_FILE).write_text(json.dumps(published_config(cfg, stored), indent=2, ensure_ascii=False))
+    return out
+
+
+def shard_file_name(index: int, total: int) -> str:
+    return f"model-{index + 1:05d}-of-{total:05d}.safetensors"
+
+
+def _saveable(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    t = t.detach()
+    t = t.to("cpu", dtype=dtype) if dtype is not None else t.to("cpu")
+    # Expert slices are views of one stacked tensor; safetensors refuses shared storage.
+    return t.clone() if t.untyped_storage().nbytes() != t.nbytes else t.contiguous()
+
+
+def write_checkpoint_shard(sd: Mapping[str, torch.Tensor], out_dir: str | Path, index: int, total: int,
+                           dtype: torch.dtype | None = torch.bfloat16) -> Path:
+    """File ``index`` of ``total`` of a sharded published-layout checkpoint, from a partial state
+    dict (our names), e.g. one pipeline stage's parameters written by that stage's process.
+    ``write_checkpoint_index`` then joins the files without loading them."""
+    path = Path(out_dir) / shard_file_name(index, total)
+    _stream_safetensors(state_dict_to_published(sd), path, dtype)
+    return path
+
+
+_ST_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64",
+              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+              torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+def _stream_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, dtype: torch.dtype | None) -> None:
+    """Write a safetensors file one tensor at a time (cast / copied one at a time), so writing a
+    3 GB stage costs one tensor of extra memory, not a second copy of the stage as
+    ``save_file`` would (expert slices share storage and must be copied for it)."""
+    names = sorted(tensors)
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for n in names:
+        t = tensors[n]
+        dt = dtype if dtype is not None and t.is_floating_point() else t.dtype
+        nbytes = t.numel() * dt.itemsize
+        header[n] = {"dtype": _ST_DTYPES[dt], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the format pads the header to 8 bytes
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for n in names:
+            t = tensors[n].detach().to("cpu", dtype=dtype if dtype is not None and tensors[n].is_floating_point() else None)
+            f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+    tmp.replace(path)
+
+
+def _safetensors_header(path: Path) -> dict:
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return json.loads(f.read(n))
+
+
+def write_checkpoint_index(out_dir: str | Path, cfg: DeepseekOCRConfig, total: int,
+                           dtype: torch.dtype | None = torch.bfloat16) -> Path:
+    """``model.safetensors.index.json`` + ``config.json`` for the ``total`` files written by
+    ``write_checkpoint_shard``, from their headers only (no tensor is read). Raises unless the
+    files hold every tensor of ``cfg``'s model exactly once, with the right shapes."""
+    out = Path(out_dir)
+    weight_map, size, shapes = {}, 0, {}
+    for i in range(total):
+        fname = shard_file_name(i, total)
+        for name, info in _safetensors_header(out / fname).items():
+            if name == "__metadata__":
+                continue
+            if name in weight_map:
+                raise ValueError(f"{name} is in both {weight_map[name]} and {fname}")
+            weight_map[name], shapes[name] = fname, tuple(info["shape"])
+            size += info["data_offsets"][1] - info["data_offsets"][0]
+    expected = expected_published_shapes(cfg)
+    if shapes != expected:
+        missing, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+        wrong = sorted(n for n in set(shapes) & set(expected) if shapes[n] != expected[n])
+        raise ValueError(f"shards in {out} do not form the model: missing {missing[:10]}, "
+                         f"unexpected {extra[:10]}, wrong shapes {wrong[:10]}")
+    for stale in (out / SINGLE_FILE, out / INDEX_FILE):
+        stale.unlink(missing_ok=True)
+    (out / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": size}, "weight_map": weight_map}, indent=2))
+    (out / CONFIG_FILE).write_text(json.dumps(published_config(cfg, dtype), indent=2, ensure_ascii=False))
     return out
 
 
@@ -380,7 +459,8 @@ def load_published_weights(model: nn.Module, path: str | Path, strict: bool = Tr
     ``strict=False`` they are returned as ``(missing, unexpected)`` published names.
     ``prefix`` selects and strips a name prefix of the checkpoint, e.g. ``"model."`` to load
     the encoder of a full checkpoint into a ``DeepEncoder`` (with ``strict=False``).
-    Values are cast to each parameter's dtype.
+    Values are cast to each parameter's dtype. Parameters still on the meta device (the other
+    pipeline stages of a model materialised per stage) are checked but not read.
     """
     files = checkpoint_files(path)  # full names
     have = {n[len(prefix):]: s for n, s in _checkpoint_shapes(files).items() if n.startswith(prefix)}
@@ -390,14 +470,66 @@ def load_published_weights(model: nn.Module, path: str | Path, strict: bool = Tr
 
     by_file: dict[Path, list[str]] = {}
     for n in sorted(set(have) & set(targets)):
-        by_file.setdefault(files[prefix + n], []).append(n)
+        if not own[targets[n][0]].is_meta:
+            by_file.setdefault(files[prefix + n], []).append(n)
     for f, names in by_file.items():
-        with safe_open(str(f), framework="pt") as h:
+        with TensorReader(f) as h:
             for n in names:
                 ours, e, _ = targets[n]
-                dst = own[ours] if e is None else own[ours][e]
-                dst.copy_(h.get_tensor(prefix + n))  # copy_ casts dtype and moves device
+                h.read_into(prefix + n, own[ours] if e is None else own[ours][e])
     return missing, unexpected
+
+
+_TORCH_DTYPES = {v: k for k, v in _ST_DTYPES.items()}
+
+
+class TensorReader:
+    """Reads named tensors of one safetensors file with plain ``readinto`` calls, straight into
+    the destination tensor when dtype and layout allow (else through one temporary tensor).
+
+    Unlike ``safe_open(...).get_tensor`` (memory-mapped), the file's pages never count as this
+    process's resident memory, so loading a 3 GB pipeline stage costs 3 GB, not 6, and a rank
+    touches nothing of the file but the header and its own tensors."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.f = open(self.path, "rb")  # noqa: SIM115 - closed by close() / __exit__
+        n = int.from_bytes(self.f.read(8), "little")
+        self.header = json.loads(self.f.read(n))
+        self.data_start = 8 + n
+
+    def keys(self) -> list[str]:
+        return [k for k in self.header if k != "__metadata__"]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.header[name]["shape"])
+
+    def read_into(self, name: str, dst: torch.Tensor) -> None:
+        """Copy tensor ``name`` into ``dst`` (same shape; cast and moved as needed)."""
+        info = self.header[name]
+        dtype, shape = _TORCH_DTYPES[info["dtype"]], tuple(info["shape"])
+        if tuple(dst.shape) != shape:
+            raise ValueError(f"{self.path}: {name} has shape {list(shape)}, the destination {list(dst.shape)}")
+        begin, end = info["data_offsets"]
+        direct = dst.dtype == dtype and dst.device.type == "cpu" and dst.is_contiguous()
+        buf = dst.detach() if direct else torch.empty(shape, dtype=dtype)
+        view = buf.reshape(-1).view(torch.uint8).numpy()
+        if view.nbytes != end - begin:
+            raise ValueError(f"{self.path}: {name} holds {end - begin} bytes, {list(shape)} {dtype} needs {view.nbytes}")
+        self.f.seek(self.data_start + begin)
+        if view.nbytes and self.f.readinto(memoryview(view)) != view.nbytes:
+            raise ValueError(f"{self.path}: file ends inside tensor {name}")
+        if not direct:
+            dst.copy_(buf)  # casts dtype and moves device
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self) -> TensorReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def import_checkpoint(path: str | Path, cfg: DeepseekOCRConfig | None = None, device: str | torch.device = "cpu",
@@ -455,4 +587,5 @@ __all__ = [
     "state_dict_to_published", "published_to_state_dict", "expected_published_shapes",
     "build_meta_model", "published_config", "config_from_json", "load_config",
     "export_checkpoint", "checkpoint_files", "load_published_weights", "import_checkpoint",
+    "write_checkpoint_shard", "write_checkpoint_index",
 ]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -64,14 +64,25 @@ class DeepEncoder(nn.Module):
     @torch.no_grad()
     def init_vision_weights(self, std: float = 0.02) -> None:
         """Fresh-training init of the encoder's parameters only (subclasses init the rest)."""
-        self.sam_model.init_weights(std)
-        self.vision_model.init_weights(std)
-        nn.init.trunc_normal_(self.projector.layers.weight, std=std)
-        nn.init.zeros_(self.projector.layers.bias)
+        for init in self.vision_init_parts(std).values():
+            init()
+
+    def vision_init_parts(self, std: float = 0.02) -> dict[str, Callable[[], None]]:
+        """Attribute name -> the init of that part alone, in ``init_vision_weights`` order."""
         # the official code draws both vectors from N(0, 1/D), the embedding scale
         embed_std = self.image_newline.shape[0] ** -0.5
-        nn.init.normal_(self.image_newline, std=embed_std)
-        nn.init.normal_(self.view_seperator, std=embed_std)
+
+        def projector() -> None:
+            nn.init.trunc_normal_(self.projector.layers.weight, std=std)
+            nn.init.zeros_(self.projector.layers.bias)
+
+        return {
+            "sam_model": lambda: self.sam_model.init_weights(std),
+            "vision_model": lambda: self.vision_model.init_weights(std),
+            "projector": projector,
+            "image_newline": lambda: nn.init.normal_(self.image_newline, std=embed_std),
+            "view_seperator": lambda: nn.init.normal_(self.view_seperator, std=embed_std),
+        }
 
     def init_weights(self, std: float = 0.02) -> None:
         self.init_vision_weights(std)

@@ -17,7 +17,8 @@ nothing but its inputs — ``sam_features`` / ``project`` / ``arrange`` (encoder
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from functools import partial
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -95,8 +96,13 @@ class DeepseekOCRModel(DeepEncoder):
     @torch.no_grad()
     def init_language_weights(self, std: float = 0.02) -> None:
         """DeepSeek-V2 init: N(0, std) for embeddings, projections, router and experts."""
-        nn.init.normal_(self.embed_tokens.weight, std=std)
-        for layer in self.layers:
+        for init in self.language_init_parts(std).values():
+            init()
+
+    def language_init_parts(self, std: float = 0.02) -> dict[str, Callable[[], None]]:
+        """Attribute name ("layers.3", ...) -> the init of that part alone, in ``init_language_weights`` order."""
+
+        def layer_init(layer: nn.Module) -> None:
             for m in layer.modules():
                 if isinstance(m, nn.Linear):
                     nn.init.normal_(m.weight, std=std)
@@ -104,7 +110,12 @@ class DeepseekOCRModel(DeepEncoder):
                     m.reset_parameters()
                 elif isinstance(m, MoE):
                     m.reset_parameters(std)
-        self.norm.reset_parameters()
+
+        parts: dict[str, Callable[[], None]] = {"embed_tokens": lambda: nn.init.normal_(self.embed_tokens.weight, std=std)}
+        for i, layer in enumerate(self.layers):
+            parts[f"layers.{i}"] = partial(layer_init, layer)
+        parts["norm"] = self.norm.reset_parameters
+        return parts
 
     def init_weights(self, std: float = 0.02) -> None:
         self.init_vision_weights(std)
@@ -201,6 +212,16 @@ class DeepseekOCRForCausalLM(nn.Module):
         self.model.init_weights(std)
         with torch.no_grad():
             nn.init.normal_(self.lm_head.weight, std=std)
+
+    def init_parts(self, std: float = 0.02) -> dict[str, Callable[[], None]]:
+        """State-dict prefix ("model.sam_model", "model.layers.3", "lm_head", ...) -> the fresh
+        init of that part alone. Run in order under one RNG stream they are ``init_weights``;
+        run each under its own seed they initialise a model materialised piecewise (say one
+        pipeline stage, from the meta device) identically whichever other parts exist."""
+        parts = {f"model.{k}": f for k, f in self.model.vision_init_parts(std).items()}
+        parts.update({f"model.{k}": f for k, f in self.model.language_init_parts(std).items()})
+        parts["lm_head"] = lambda: nn.init.normal_(self.lm_head.weight, std=std)
+        return parts
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -10,6 +10,10 @@ Scenarios:
           and runs steps 3-4 again ("killed after step 2, resumed"), then exports the model
           (train.stage2.export_pipeline) to <dir of out.json>/model.
   pp2dp2  PP=2 x DP=2 with ZeRO-1: 3 steps; DP rank r reads micro-batches r, r+2, ...
+  construct  PP=world x DP=1 from the checkpoint <dir of out.json>/init: 2 steps with today's
+          construction (whole model in every process, then its stage kept), then 2 steps with
+          the per-stage construction (train.stage2.build_stage2_pipeline: meta model, only this
+          stage materialised and read from the checkpoint).
 
 Also importable: ``make_batch`` / ``fixed_batches`` build the synthetic batches (random token
 ids + synthetic PIL images through ``models.image_processing``), shared with the in-process
@@ -114,13 +118,14 @@ def train_cfg(pp: int, world: int, zero_stage: int) -> dict:
     }
 
 
-def _engine(cfg: dict, steps: int):
+def _engine(cfg: dict, steps: int, module=None):
     import deepspeed
 
     from train.common import build_ds_config, build_lr_scheduler, build_optimizer
     from train.pipeline import build_pipeline_module
 
-    module = build_pipeline_module(tiny_model(), pp=cfg["train"]["pp"], freeze_sam=True)
+    if module is None:
+        module = build_pipeline_module(tiny_model(), pp=cfg["train"]["pp"], freeze_sam=True)
     opt = build_optimizer([p for p in module.parameters() if p.requires_grad], cfg["optim"])
     sched = build_lr_scheduler(opt, cfg["optim"], steps)
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=opt, lr_scheduler=sched,
@@ -192,6 +197,24 @@ def _worker(rank: int, world: int, port: int, scenario: str, out: str, ckpt_dir:
         res["losses"], res["step_times"] = _run_steps(eng, _Cycle(batches, dp_rank, eng.dp_world_size), 3)
         res["zero_stage"] = eng.zero_optimization_stage()
         res["dp"], res["stage"] = eng.dp_world_size, eng.stage_id
+    elif scenario == "construct":
+        from train.pipeline import build_pipeline_module
+        from train.stage2 import build_stage2_model, build_stage2_pipeline
+
+        cfg = train_cfg(world, world, 0)
+        cfg["model"] = {"init_from": str(Path(out).parent / "init")}
+        full = build_stage2_model(cfg)  # today: the whole model in every process
+        n_full = full.num_parameters()
+        eng = _engine(cfg, 2, build_pipeline_module(full, pp=world, freeze_sam=True))
+        del full
+        res["full_losses"], _ = _run_steps(eng, _Cycle(batches, 0, 1), 2)
+        module, _, n_model = build_stage2_pipeline(cfg, None, world, torch.device("cpu"), seed=0)
+        res["stage_params"] = sum(p.numel() for p in module.parameters())
+        res["meta_params"] = sum(p.is_meta for p in module.parameters())
+        res["model_params"], res["full_params"] = n_model, n_full
+        eng = _engine(cfg, 2, module)
+        res["stage_losses"], _ = _run_steps(eng, _Cycle(batches, 0, 1), 2)
+        res["stage"] = eng.stage_id
     else:
         raise ValueError(scenario)
     Path(f"{out}.rank{rank}").write_text(json.dumps(res))

@@ -214,3 +214,23 @@ def test_pp2_dp2_zero1_matches_global_batch(tmp_path):
     for r in ranks:  # averaged over DP, broadcast over PP
         torch.testing.assert_close(torch.tensor(r["losses"]), torch.tensor(ref), rtol=0, atol=2e-5)
     assert ref[2] < ref[0]
+
+
+@pytest.mark.parametrize("pp", [2, 4])
+def test_per_stage_construction_matches_whole_model(tmp_path, pp):
+    """Each rank materialising only its stage (meta model, stage tensors read from the
+    checkpoint) trains exactly like today's construction (whole model per rank, stage kept)."""
+    from models.checkpoint import export_checkpoint
+
+    export_checkpoint(W.tiny_model(), tmp_path / "init", dtype=torch.float32)
+    out = tmp_path / "construct.json"
+    ranks = _collect(_launch("construct", out, world=pp), out)
+    print(f"\nPP={pp} whole-model losses {ranks[0]['full_losses']}\nper-stage losses      {ranks[0]['stage_losses']}"
+          f"\nparameters per stage {[r['stage_params'] for r in ranks]} of {ranks[0]['full_params']}")
+    for r in ranks:
+        assert r["stage_losses"] == r["full_losses"] == ranks[0]["full_losses"]  # bit-identical
+        assert r["meta_params"] == 0 and r["model_params"] == r["full_params"]
+    assert sorted(r["stage"] for r in ranks) == list(range(pp))
+    # every parameter lives on exactly one stage (+ the 1-element anchor on stage 0)
+    assert sum(r["stage_params"] for r in ranks) == ranks[0]["full_params"] + 1
+    assert max(r["stage_params"] for r in ranks) < ranks[0]["full_params"]

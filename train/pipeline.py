@@ -50,7 +50,7 @@ it is not part of the model's state dict or exported checkpoint.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import pairwise
 
 import torch
@@ -403,6 +403,7 @@ def build_pipeline_module(
     topology=None,
     vision_max_batch: int | None = None,
     checkpoint_layers: bool = False,
+    init_stage: Callable[[list[nn.Module]], object] | None = None,
 ):
     """Wrap ``model`` into a DeepSpeed ``PipelineModule`` with ``pp`` stages.
 
@@ -413,6 +414,10 @@ def build_pipeline_module(
     optimizer. Only the local stage's units are registered (and moved to the device); the
     caller may drop ``model`` afterwards. Build the optimizer from
     ``[p for p in module.parameters() if p.requires_grad]``.
+
+    ``model`` may live on the meta device: ``init_stage(units)`` is then called with this
+    rank's units only, before DeepSpeed sees them, to materialise and fill them
+    (``train.stage_build.init_stage_weights``); the other stages' units stay meta.
     """
     if pp < 1:
         raise ValueError(f"pp must be >= 1, got {pp}")
@@ -422,11 +427,21 @@ def build_pipeline_module(
         model.model.sam_model.requires_grad_(False)
     layers, bounds = build_units(model, parts, vision_max_batch, checkpoint_layers)
     cls = _pipeline_module_cls()
-    kw = {"topology": topology} if topology is not None else {"num_stages": pp}
+    import torch.distributed as dist  # initialised by the caller (train.common.init_distributed)
+
+    if topology is None:  # DeepSpeed's default layout, built here to know this rank's stage
+        from deepspeed.runtime.pipe.topology import PipeDataParallelTopology
+
+        if dist.get_world_size() % pp:
+            raise ValueError(f"pp={pp} must divide the world size {dist.get_world_size()}")
+        topology = PipeDataParallelTopology(num_pp=pp, num_dp=dist.get_world_size() // pp)
+    if init_stage is not None:
+        stage = topology.get_coord(dist.get_rank()).pipe
+        init_stage(layers[bounds[stage]:bounds[stage + 1]])
     # dynamic_shape is a PipelineModule argument: DeepSpeed 0.19 ignores a config key of that
     # name. With it, tensor shapes are re-sent for every micro-batch (a few ints per tensor).
     return cls(layers, bounds, loss_fn=loss_fn if loss_fn is not None else PipelineLoss(),
-               dynamic_shape=True, **kw)
+               dynamic_shape=True, topology=topology)
 
 
 def sequential_forward(model: DeepseekOCRForCausalLM, batch, loss_fn: PipelineLoss | None = None,

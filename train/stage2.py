@@ -12,15 +12,19 @@ world / pp), AdamW with the step (or cosine) schedule of ``train.common``. The l
 * Checkpoints: ``train.common.save_checkpoint`` every ``save_every`` steps and at the end
   (DeepSpeed layer files + optimizer + scheduler, per-rank RNG and data position), exact
   resume with ``train.resume`` (auto | path).
-* Export: at the end the stages' parameters are collected under the model's names and written
-  in the published safetensors layout (``models.checkpoint.export_checkpoint``) to
-  ``<out_dir>/model``, loadable by ``models.checkpoint.import_checkpoint``.
+* Export: at the end each stage writes its own parameters (model names, published layout) as
+  one file of a sharded safetensors checkpoint in ``<out_dir>/model`` and rank 0 writes the
+  index and config.json from the files' headers: no rank ever holds more than its stage.
+  Loadable by ``models.checkpoint.import_checkpoint``.
 
-Init: ``model.init_from`` (published / exported checkpoint, strict) and/or
-``model.encoder_from`` (stage-1 ``encoder.safetensors``: SAM, CLIP and, when widths match,
-projector / newline / separator), else the model's own init with ``train.seed`` (identical on
-every rank, so DP replicas start equal). Every rank builds the full model on the CPU first
-(fp32: ~13 GB for the 3.3B model) and keeps only its stage's units.
+Construction per stage (``train/stage_build.py``): the model is built on the meta device and
+each rank materialises only its own stage's units, on its device and in the training dtype
+(``deepspeed.dtype``). Init: ``model.init_from`` (published / exported checkpoint, strict;
+only the stage's tensors are read) and/or ``model.encoder_from`` (stage-1
+``encoder.safetensors``: SAM, CLIP and, when widths match, projector / newline / separator),
+else the model's own init, seeded per part from ``train.seed`` (identical on every DP replica
+and for every partition). ``build_stage2_model`` still builds the whole model in one process
+(evaluation, tests, the memory benchmark's "before").
 """
 
 from __future__ import annotations
@@ -49,15 +53,14 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 EXPORT_DIRNAME = "model"
 
 
-def build_stage2_model(cfg: Any, tokenizer=None):
-    """``DeepseekOCRForCausalLM`` for ``cfg.model``: the config of ``init_from`` if given, else
-    the preset sized for the tokenizer; then published weights and/or the stage-1 encoder."""
-    from models.checkpoint import load_config, load_published_weights
+def stage2_model_config(cfg: Any, tokenizer=None):
+    """``DeepseekOCRConfig`` for ``cfg.model``: the config of ``init_from`` if given, else the
+    preset sized for the tokenizer; ``moe_impl`` / ``aux_loss_alpha`` overrides applied."""
+    from models.checkpoint import load_config
     from models.config import get_preset
-    from models.deepseek_ocr import DeepseekOCRForCausalLM
 
     mcfg = typed(cfg, Config).model
-    init_from, encoder_from = mcfg.init_from, mcfg.encoder_from
+    init_from = mcfg.init_from
     if init_from:
         mc = load_config(init_from)
     else:
@@ -70,7 +73,19 @@ def build_stage2_model(cfg: Any, tokenizer=None):
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens, the model's vocabulary only "
                          f"{mc.decoder.vocab_size}: model.tokenizer does not belong to model.init_from")
     dec = dataclasses.replace(mc.decoder, moe_impl=mcfg.moe_impl, aux_loss_alpha=mcfg.aux_loss_alpha)
-    model = DeepseekOCRForCausalLM(mc.replace(decoder=dec))
+    return mc.replace(decoder=dec)
+
+
+def build_stage2_model(cfg: Any, tokenizer=None):
+    """The whole ``DeepseekOCRForCausalLM`` for ``cfg.model`` in this process (fp32, CPU), with
+    published weights and/or the stage-1 encoder. Training builds per stage instead
+    (``build_stage2_pipeline``)."""
+    from models.checkpoint import load_published_weights
+    from models.deepseek_ocr import DeepseekOCRForCausalLM
+
+    mcfg = typed(cfg, Config).model
+    init_from, encoder_from = mcfg.init_from, mcfg.encoder_from
+    model = DeepseekOCRForCausalLM(stage2_model_config(cfg, tokenizer))
     if init_from:
         load_published_weights(model, init_from, strict=True)
     if encoder_from:
@@ -78,24 +93,37 @@ def build_stage2_model(cfg: Any, tokenizer=None):
     return model
 
 
-@torch.no_grad()
 def load_encoder(model, path: str | Path) -> list[str]:
     """Load a stage-1 encoder file (``DeepEncoder`` names) into ``model.model``; returns the
     names loaded. Shapes must match; names outside the encoder are an error."""
-    from safetensors.torch import load_file
+    from .stage_build import load_encoder_tensors
 
-    tensors = load_file(str(path))
-    own = model.model.state_dict()
-    encoder_prefixes = ("sam_model.", "vision_model.", "projector.", "image_newline", "view_seperator")
-    bad = [k for k in tensors if k not in own or not k.startswith(encoder_prefixes)]
-    if bad:
-        raise ValueError(f"{path}: {len(bad)} tensors are not DeepEncoder parameters of this model, "
-                         f"e.g. {bad[:5]}")
-    for k, v in tensors.items():
-        if own[k].shape != v.shape:
-            raise ValueError(f"{path}: {k} has shape {tuple(v.shape)}, the model {tuple(own[k].shape)}")
-        own[k].copy_(v)
-    return sorted(tensors)
+    return load_encoder_tensors(model, path)
+
+
+def build_stage2_pipeline(cfg: Any, tokenizer, pp: int, device, seed: int):
+    """This rank's stage of the stage-2 ``PipelineModule``, built per stage (module docstring).
+    Returns (module, model config, number of parameters of the whole model)."""
+    from functools import partial
+
+    from models.checkpoint import build_meta_model
+
+    from .pipeline import build_pipeline_module
+    from .stage_build import init_stage_weights
+
+    cfg = typed(cfg, Config)
+    tcfg, mcfg = cfg.train, cfg.model
+    mc = stage2_model_config(cfg, tokenizer)
+    model = build_meta_model(mc)  # names and shapes only
+    if mcfg.gradient_checkpointing:
+        model.model.set_gradient_checkpointing(True)  # SAM / CLIP blocks
+    module = build_pipeline_module(
+        model, pp, partition=tcfg.partition, freeze_sam=tcfg.freeze_sam,
+        vision_max_batch=tcfg.vision_max_batch, checkpoint_layers=mcfg.gradient_checkpointing,
+        init_stage=partial(init_stage_weights, model, device=device, dtype=_DTYPES[cfg.deepspeed.dtype],
+                           seed=seed, init_from=mcfg.init_from, encoder_from=mcfg.encoder_from),
+    )
+    return module, mc, model.num_parameters()
 
 
 def _stats_metrics(extra: dict[str, float]) -> dict[str, float]:
@@ -134,29 +162,26 @@ def _expert_load(engine, num_layers: int, n_experts: int) -> torch.Tensor | None
 
 
 def export_pipeline(engine, mcfg, out_dir: Path, dtype: torch.dtype | None) -> Path:
-    """Collective: the first DP replica of every stage writes its parameters (model names) to
-    ``out_dir/_parts``, rank 0 merges them and exports the published layout. Needs a file
-    system all ranks see (the usual shared run directory)."""
+    """Collective: the first DP replica of every stage writes its parameters (published names)
+    as file ``stage`` of ``pp`` of a sharded checkpoint in ``out_dir/model``; rank 0 then writes
+    the index and config.json from the files' headers. No rank loads more than its stage.
+    Needs a file system all ranks see (the usual shared run directory)."""
     import torch.distributed as dist
 
-    from models.checkpoint import export_checkpoint
+    from models.checkpoint import write_checkpoint_index, write_checkpoint_shard
 
-    parts = out_dir / "_export_parts"
-    rank = dist.get_rank()
-    if rank == 0:
-        parts.mkdir(parents=True, exist_ok=True)
+    dest = out_dir / EXPORT_DIRNAME
+    n_stages = engine.num_stages
+    if dist.get_rank() == 0:
+        if dest.exists():  # an earlier export (other sharding) must not linger
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
     dist.barrier()
     if engine.grid.get_data_parallel_rank() == 0:
-        sd = {k: v.detach().cpu() for k, v in engine.module.model_state_dict().items()}
-        torch.save(sd, parts / f"stage_{engine.stage_id:03d}.pt")
+        write_checkpoint_shard(engine.module.model_state_dict(), dest, engine.stage_id, n_stages, dtype)
     dist.barrier()
-    dest = out_dir / EXPORT_DIRNAME
-    if rank == 0:
-        sd = {}
-        for f in sorted(parts.glob("stage_*.pt")):
-            sd.update(torch.load(f, map_location="cpu", weights_only=True))
-        export_checkpoint(sd, dest, dtype=dtype, cfg=mcfg)
-        shutil.rmtree(parts, ignore_errors=True)
+    if dist.get_rank() == 0:
+        write_checkpoint_index(dest, mcfg, n_stages, dtype)
     dist.barrier()
     return dest
 
@@ -187,23 +212,14 @@ def run_stage2(cfg: Any) -> dict:
     import deepspeed
 
     from .data import build_train_loader
-    from .pipeline import PipelineBatches, build_pipeline_module
+    from .pipeline import PipelineBatches
 
     cfg = typed(cfg, Config)
-    (tcfg, mcfg, dcfg, rank, world, _, seed, steps, seq_len,
+    (tcfg, mcfg, dcfg, rank, world, device, seed, steps, seq_len,
      out_dir, ckpt_dir, tok) = start_run(cfg)
     pp = tcfg.pp
-    model = build_stage2_model(cfg, tok)
-    model_cfg = model.cfg
-    if mcfg.gradient_checkpointing:
-        model.model.set_gradient_checkpointing(True)  # SAM / CLIP blocks
-    n_params = model.num_parameters()
+    module, model_cfg, n_params = build_stage2_pipeline(cfg, tok, pp, device, seed)
     dec = model_cfg.decoder
-    module = build_pipeline_module(
-        model, pp, partition=tcfg.partition, freeze_sam=tcfg.freeze_sam,
-        vision_max_batch=tcfg.vision_max_batch, checkpoint_layers=mcfg.gradient_checkpointing,
-    )
-    del model  # this rank keeps its stage's units only
 
     ds_config = build_ds_config(cfg, world)
     accum = ds_config["gradient_accumulation_steps"]
