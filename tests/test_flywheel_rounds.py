@@ -64,7 +64,7 @@ def full_run(base):
     return base / "ref"
 
 
-@pytest.mark.slow  # its fixture run failed twice in a fresh clone under load; passes alone (see docs/flywheel.md)
+@pytest.mark.slow  # its fixture run failed twice in a fresh clone under load; passes alone: ./launch.sh test -m slow
 def test_one_round_end_to_end(full_run):
     rep = json.loads((full_run / "report.json").read_text())
     r0 = rep["rounds"][0]
@@ -83,7 +83,7 @@ def test_one_round_end_to_end(full_run):
     assert all(("reason" in r and "confidence" in r) for r in rows)
 
 
-@pytest.mark.slow  # its fixture run failed twice in a fresh clone under load; passes alone (see docs/flywheel.md)
+@pytest.mark.slow  # its fixture run failed twice in a fresh clone under load; passes alone: ./launch.sh test -m slow
 def test_kill_9_mid_round_then_resume_gives_same_result(full_run, base):
     out = base / "run"
     proc = subprocess.Popen(_cmd(out), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
@@ -142,7 +142,7 @@ def test_config_schema_defaults_and_errors():
                   FlywheelAppConfig)
 
 
-@pytest.mark.slow  # its fixture run failed twice in a fresh clone under load; passes alone (see docs/flywheel.md)
+@pytest.mark.slow  # its fixture run failed twice in a fresh clone under load; passes alone: ./launch.sh test -m slow
 def test_accepted_labels_feed_page_labels_and_next_round(full_run, tmp_path):
     """Verdict rows (here: the ground truth as label, accepted) -> accepted patch shard ->
     page-level fine labels in engine shard format -> round 1's training shards."""
