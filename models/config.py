@@ -193,7 +193,7 @@ class ResolutionMode:
         return self.tile_size > 0
 
 
-RESOLUTION_MODES: dict[str, ResolutionMode] = {
+PAPER_MODES: dict[str, ResolutionMode] = {
     "tiny": ResolutionMode("tiny", 512, pad=False),
     "small": ResolutionMode("small", 640, pad=False),
     "base": ResolutionMode("base", 1024, pad=True),
@@ -201,6 +201,14 @@ RESOLUTION_MODES: dict[str, ResolutionMode] = {
     "gundam": ResolutionMode("gundam", 1024, pad=True, tile_size=640),
     "gundam_m": ResolutionMode("gundam_m", 1280, pad=True, tile_size=1024),
 }
+# Not in the paper: views small enough to train on CPU in minutes (reading tests, the embedded
+# default, line/block patches of the flywheel). Same 64-pixel tokens: nano 2x2 = 4 tokens, micro
+# 4x4 = 16 (the paper's smallest mode, tiny, has 64). Plain resize, like tiny and small.
+CPU_MODES: dict[str, ResolutionMode] = {
+    "nano": ResolutionMode("nano", 128, pad=False),
+    "micro": ResolutionMode("micro", 256, pad=False),
+}
+RESOLUTION_MODES: dict[str, ResolutionMode] = {**PAPER_MODES, **CPU_MODES}
 
 
 def get_mode(name: str) -> ResolutionMode:

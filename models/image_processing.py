@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .config import RESOLUTION_MODES, ResolutionMode, SamConfig, get_mode
+from .config import PAPER_MODES, ResolutionMode, SamConfig, get_mode
 
 PIXELS_PER_TOKEN = SamConfig().downsample  # 64 = 16-pixel patch * 2 * 2 (compressor)
 PAD_COLOR = (127, 127, 127)  # int(0.5 * 255): the normalisation mean
@@ -69,7 +69,7 @@ def paper_token_table() -> dict[str, tuple[int, int]]:
     tile); an image with n tiles has n * per_tile + global tokens (per_tile = 0: not tiled)."""
     return {
         name: ((m.base_size // PIXELS_PER_TOKEN) ** 2, (m.tile_size // PIXELS_PER_TOKEN) ** 2)
-        for name, m in RESOLUTION_MODES.items()
+        for name, m in PAPER_MODES.items()
     }
 
 

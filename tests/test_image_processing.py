@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models.config import RESOLUTION_MODES
+from models.config import CPU_MODES, PAPER_MODES, RESOLUTION_MODES
 from models.image_processing import (
     ImageInput,
     choose_tile_grid,
@@ -39,7 +39,15 @@ def test_paper_table():
     assert count_tokens_table() == table
 
 
-@pytest.mark.parametrize("mode", list(RESOLUTION_MODES))
+def test_cpu_modes_are_outside_the_paper_table():
+    # nano / micro: 2x2 and 4x4 tokens of 64 px, + a newline per row + the separator
+    assert set(CPU_MODES).isdisjoint(paper_token_table())
+    assert num_vision_tokens("nano") == 4 + 2 + 1 and num_vision_tokens("micro") == 16 + 4 + 1
+    img = preprocess_image(Image.new("RGB", (300, 90), "white"), "micro")
+    assert img.global_view.shape == (3, 256, 256) and img.num_tokens == 21
+
+
+@pytest.mark.parametrize("mode", list(PAPER_MODES))
 def test_num_vision_tokens_is_table_plus_layout(mode):
     glob, per_tile = paper_token_table()[mode]
     side = int(glob**0.5)

@@ -222,9 +222,29 @@ def set_rng_state(state: Mapping) -> None:
 # ---------------------------------------------------------------------------------------
 
 
+# Parameter names (stage 1 ``encoder.*``, stage 2 / export ``model.*``, pipeline stages) that
+# belong to DeepEncoder, and the SAM + neck + compressor part of it.
+_ENCODER_NAMES = ("sam_model.", "vision_model.", "projector.", "image_newline", "view_seperator")
+_SAM_NAMES = ("sam_model.",)
+
+
+def param_part(name: str) -> str:
+    """``"sam"`` (SAM + neck + compressor), ``"encoder"`` (CLIP, projector, newline and
+    separator) or ``"lm"`` (the language model) for a parameter name of any trainer's model."""
+    if any(k in name for k in _SAM_NAMES):
+        return "sam"
+    return "encoder" if any(k in name for k in _ENCODER_NAMES) else "lm"
+
+
 def build_optimizer(params: Iterable | torch.nn.Module, optim_cfg: Any) -> torch.optim.Optimizer:
-    """torch AdamW; matrices get weight decay, vectors (norms, biases, newline) do not;
-    parameters named ``*sam_model.*`` use ``lr * optim.sam_lr_scale``.
+    """torch AdamW; matrices get weight decay, vectors (norms, biases, newline) do not.
+
+    DeepEncoder has its own learning rate: ``lr * optim.encoder_lr_scale`` (x ``sam_lr_scale``
+    more for SAM + compressor). Trained from scratch at the language model's lr, AdamW turns
+    the encoder's small, noisy early gradients into full-size steps: the patch embedding's
+    response to the white page grows until LayerNorm erases the ink, and the run stays
+    image-blind (docs/training.md, benchmarks/probe_vision.py). Each group records its
+    ``part`` so ``build_lr_scheduler`` can give the encoder its own warm-up.
 
     ``params``: a module, an iterable of parameters, or of (name, parameter) pairs. Frozen
     parameters (requires_grad False) are skipped, so freezing happens before this call.
@@ -237,23 +257,24 @@ def build_optimizer(params: Iterable | torch.nn.Module, optim_cfg: Any) -> torch
         raise ValueError("build_optimizer: no trainable parameters")
     ocfg = typed(optim_cfg, OptimConfig)
     wd, lr = ocfg.weight_decay, ocfg.lr
-    # SAM (+ neck, compressor) gets its own lr: trained from scratch on white pages at the LM's
-    # lr, AdamW turns its tiny, noisy gradients into full-size steps that grow the patch
-    # embedding's response to white until LayerNorm erases the ink (benchmarks/probe_vision.py)
+    scale = {"lm": 1.0, "encoder": ocfg.encoder_lr_scale,
+             "sam": ocfg.encoder_lr_scale * ocfg.sam_lr_scale}
     groups = []
-    for is_sam in (False, True):
+    for part in ("lm", "encoder", "sam"):
         for decay in (True, False):
-            ps = [p for n, p in named if ("sam_model." in n) == is_sam and (p.ndim >= 2) == decay]
+            ps = [p for n, p in named if param_part(n) == part and (p.ndim >= 2) == decay]
             if ps:
                 groups.append({"params": ps, "weight_decay": wd if decay else 0.0,
-                               "lr": lr * (ocfg.sam_lr_scale if is_sam else 1.0)})
+                               "lr": lr * scale[part], "part": part})
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(ocfg.betas), eps=ocfg.eps)
 
 
-def lr_multiplier(step: int, optim_cfg: Any, total_steps: int) -> float:
-    """Multiplier on the peak lr after ``step`` optimizer steps (0-based)."""
+def lr_multiplier(step: int, optim_cfg: Any, total_steps: int, warmup: int | None = None) -> float:
+    """Multiplier on the peak lr after ``step`` optimizer steps (0-based); ``warmup``
+    overrides ``optim.warmup_steps`` (the encoder's own warm-up)."""
     ocfg = typed(optim_cfg, OptimConfig)  # the schedule name is checked by the schema
-    warmup, schedule = ocfg.warmup_steps, ocfg.schedule
+    schedule = ocfg.schedule
+    warmup = ocfg.warmup_steps if warmup is None else warmup
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     if schedule == "cosine":
@@ -270,13 +291,21 @@ def lr_multiplier(step: int, optim_cfg: Any, total_steps: int) -> float:
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Any,
                        total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Warmup + cosine (to ``min_lr_ratio`` x lr) or step (x ``step_gamma`` per milestone).
+    """Warmup + cosine (to ``min_lr_ratio`` x lr) or step (x ``step_gamma`` per milestone);
+    encoder groups warm up over ``optim.encoder_warmup_steps`` (null: ``warmup_steps``).
 
     Stepped once per optimizer step (DeepSpeed calls ``scheduler.step()`` inside
     ``engine.step()`` at gradient-accumulation boundaries).
     """
     ocfg = typed(optim_cfg, OptimConfig)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, ocfg, total_steps))
+    enc_warmup = ocfg.encoder_warmup_steps
+
+    def schedule(part: str):
+        warmup = enc_warmup if part in ("encoder", "sam") else None
+        return lambda s: lr_multiplier(s, ocfg, total_steps, warmup)
+
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [schedule(g.get("part", "lm")) for g in optimizer.param_groups])
 
 
 # ---------------------------------------------------------------------------------------

@@ -144,10 +144,14 @@ class OptimConfig(Schema):
     step_milestones: list[float] = setting([], ge=0)  # step schedule: <1 = fraction of train.steps, >=1 = absolute steps
     step_gamma: float = setting(0.1, gt=0)  # step schedule: lr x gamma at each milestone
     grad_clip: float = setting(1.0, ge=0)  # gradient norm clipping (0 = off)
-    # lr multiplier of SAM + neck + compressor (parameters named *sam_model.*): from scratch at the
-    # LM's lr AdamW grows the patch embedding's response to white until the ink is lost
-    # (docs/training.md, benchmarks/probe_vision.py); from-scratch recipes lower it
+    # lr multiplier of DeepEncoder (SAM, compressor, CLIP, projector, newline/separator): from
+    # scratch at the LM's lr AdamW grows the patch embedding's response to white until the ink is
+    # lost and the run stays image-blind (docs/training.md); from-scratch recipes use 0.1
+    encoder_lr_scale: float = setting(1.0, gt=0)
+    # a further multiplier for SAM + neck + compressor alone (x encoder_lr_scale)
     sam_lr_scale: float = setting(1.0, gt=0)
+    # the encoder's own linear warm-up in optimizer steps (null: warmup_steps)
+    encoder_warmup_steps: Optional[int] = setting(None, ge=0)
 
     def check(self) -> None:
         if len(self.betas) != 2:

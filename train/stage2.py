@@ -223,7 +223,8 @@ def run_stage2(cfg: Any) -> dict:
 
     ds_config = build_ds_config(cfg, world)
     accum = ds_config["gradient_accumulation_steps"]
-    trainable = [p for p in module.parameters() if p.requires_grad]
+    # named: DeepEncoder parts get their own lr and warm-up (optim.encoder_lr_scale)
+    trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     optimizer = build_optimizer(trainable, cfg.optim)
     scheduler = build_lr_scheduler(optimizer, cfg.optim, steps)
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
