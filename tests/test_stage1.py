@@ -199,6 +199,43 @@ def test_lr_schedules():
         lr_multiplier(0, {"schedule": "linear"}, 10)
 
 
+def test_encoder_gets_its_own_lr_and_warmup_and_defaults_keep_two_groups():
+    from train.common import build_lr_scheduler, build_optimizer, param_part
+    from train.stage1 import build_stage1_model
+
+    model = build_stage1_model({"model": {"preset": "tiny"}}, 64, special_ids=dict(
+        bos_token_id=0, eos_token_id=1, pad_token_id=2, image_token_id=3))
+    parts = {n: param_part(n) for n, _ in model.named_parameters()}
+    assert parts["encoder.sam_model.patch_embed.proj.weight"] == "sam"
+    assert parts["encoder.vision_model.embeddings.position_embedding.weight"] == "encoder"
+    assert parts["encoder.projector.layers.weight"] == parts["encoder.image_newline"] == "encoder"
+    assert parts["lm.model.decoder.embed_tokens.weight"] == "lm"
+    assert param_part("1.projector.layers.weight") == "encoder"  # pipeline stage names too
+
+    # defaults (the paper): one lr for all, two groups (decay / no decay) on every pipeline rank
+    opt = build_optimizer(model, {"lr": 1e-3})
+    assert len(opt.param_groups) == 2 and {g["lr"] for g in opt.param_groups} == {1e-3}
+
+    cfg = {"lr": 1e-3, "encoder_lr_scale": 0.1, "sam_lr_scale": 0.5, "warmup_steps": 2,
+           "encoder_warmup_steps": 4, "schedule": "constant"}
+    opt = build_optimizer(model, cfg)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert lr_of[id(named["encoder.sam_model.patch_embed.proj.weight"])] == pytest.approx(5e-5)
+    assert lr_of[id(named["encoder.projector.layers.weight"])] == pytest.approx(1e-4)
+    assert lr_of[id(named["lm.model.decoder.embed_tokens.weight"])] == pytest.approx(1e-3)
+    assert len(opt.param_groups) == 6  # 3 parts x (decay, no decay)
+    sched = build_lr_scheduler(opt, cfg, total_steps=10)
+    lrs = []
+    for _ in range(4):
+        lrs.append({g["part"]: g["lr"] for g in opt.param_groups})
+        opt.step()
+        sched.step()
+    # LM: 2 warm-up steps; encoder: 4
+    assert [r["lm"] for r in lrs] == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3])
+    assert [r["encoder"] for r in lrs] == pytest.approx([2.5e-5, 5e-5, 7.5e-5, 1e-4])
+
+
 def test_ds_config_batch_arithmetic():
     from train.common import build_ds_config
 

@@ -236,6 +236,16 @@ def param_part(name: str) -> str:
     return "encoder" if any(k in name for k in _ENCODER_NAMES) else "lm"
 
 
+def part_schedule(part: str, optim_cfg: Any) -> tuple[float, int]:
+    """(lr multiplier, warm-up steps) of a model part (``param_part``)."""
+    ocfg = typed(optim_cfg, OptimConfig)
+    if part == "lm":
+        return 1.0, ocfg.warmup_steps
+    warmup = ocfg.warmup_steps if ocfg.encoder_warmup_steps is None else ocfg.encoder_warmup_steps
+    scale = ocfg.encoder_lr_scale * (ocfg.sam_lr_scale if part == "sam" else 1.0)
+    return scale, warmup
+
+
 def build_optimizer(params: Iterable | torch.nn.Module, optim_cfg: Any) -> torch.optim.Optimizer:
     """torch AdamW; matrices get weight decay, vectors (norms, biases, newline) do not.
 
@@ -244,7 +254,7 @@ def build_optimizer(params: Iterable | torch.nn.Module, optim_cfg: Any) -> torch
     the encoder's small, noisy early gradients into full-size steps: the patch embedding's
     response to the white page grows until LayerNorm erases the ink, and the run stays
     image-blind (docs/training.md, benchmarks/probe_vision.py). Each group records its
-    ``part`` so ``build_lr_scheduler`` can give the encoder its own warm-up.
+    ``warmup_steps`` for ``build_lr_scheduler`` (the encoder's own warm-up).
 
     ``params``: a module, an iterable of parameters, or of (name, parameter) pairs. Frozen
     parameters (requires_grad False) are skipped, so freezing happens before this call.
@@ -257,16 +267,17 @@ def build_optimizer(params: Iterable | torch.nn.Module, optim_cfg: Any) -> torch
         raise ValueError("build_optimizer: no trainable parameters")
     ocfg = typed(optim_cfg, OptimConfig)
     wd, lr = ocfg.weight_decay, ocfg.lr
-    scale = {"lm": 1.0, "encoder": ocfg.encoder_lr_scale,
-             "sam": ocfg.encoder_lr_scale * ocfg.sam_lr_scale}
-    groups = []
-    for part in ("lm", "encoder", "sam"):
-        for decay in (True, False):
-            ps = [p for n, p in named if param_part(n) == part and (p.ndim >= 2) == decay]
-            if ps:
-                groups.append({"params": ps, "weight_decay": wd if decay else 0.0,
-                               "lr": lr * scale[part], "part": part})
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(ocfg.betas), eps=ocfg.eps)
+    # parts with the same lr and warm-up share groups: with the defaults (all 1.0) every rank of a
+    # pipeline has the same two groups, which ZeRO needs (it reduces norms group by group)
+    groups: dict[tuple, dict] = {}
+    for n, p in named:
+        scale, warmup = part_schedule(param_part(n), ocfg)
+        key = (scale, warmup, p.ndim >= 2)
+        if key not in groups:
+            groups[key] = {"params": [], "weight_decay": wd if p.ndim >= 2 else 0.0,
+                           "lr": lr * scale, "warmup_steps": warmup, "part": param_part(n)}
+        groups[key]["params"].append(p)
+    return torch.optim.AdamW(list(groups.values()), lr=lr, betas=tuple(ocfg.betas), eps=ocfg.eps)
 
 
 def lr_multiplier(step: int, optim_cfg: Any, total_steps: int, warmup: int | None = None) -> float:
@@ -298,14 +309,12 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Any,
     ``engine.step()`` at gradient-accumulation boundaries).
     """
     ocfg = typed(optim_cfg, OptimConfig)
-    enc_warmup = ocfg.encoder_warmup_steps
 
-    def schedule(part: str):
-        warmup = enc_warmup if part in ("encoder", "sam") else None
+    def schedule(warmup: int | None):
         return lambda s: lr_multiplier(s, ocfg, total_steps, warmup)
 
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, [schedule(g.get("part", "lm")) for g in optimizer.param_groups])
+        optimizer, [schedule(g.get("warmup_steps")) for g in optimizer.param_groups])
 
 
 # ---------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from .common import (
     save_checkpoint,
     start_run,
 )
-from .config import Config, typed
+from .config import Config, ConfigError, typed
 from .logging import MetricsLogger, expert_load_metrics
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # model.dtype (schema choices)
@@ -207,6 +207,20 @@ def _stage2_reliance(engine, cfg, tok, seq_len: int, micro: int, seed: int):
     return VisionReliance(rcfg, batches, loss_fn)
 
 
+def _check_pipeline_groups(cfg: Config, pp: int) -> None:
+    """ZeRO reduces gradient norms once per parameter group across the pipeline stages, so every
+    stage needs the same groups; the encoder lives on the first stages only."""
+    o = cfg.optim
+    own = (o.encoder_lr_scale != 1.0 or o.sam_lr_scale != 1.0
+           or o.encoder_warmup_steps not in (None, o.warmup_steps))
+    if pp > 1 and own and cfg.deepspeed.zero_stage >= 1:
+        raise ConfigError(
+            "optim.encoder_lr_scale / sam_lr_scale / encoder_warmup_steps give the encoder its own "
+            f"parameter groups, which only the first pipeline stages have; with train.pp={pp} and ZeRO "
+            f"stage {cfg.deepspeed.zero_stage} the stages would wait on each other forever. Use them in "
+            "stage 1 or with train.pp=1 (stage 2 trains a pretrained encoder at the common lr)")
+
+
 def run_stage2(cfg: Any) -> dict:
     """Train stage 2 per ``cfg`` (see conf/, experiment/paper_stage2.yaml); returns a summary."""
     import deepspeed
@@ -225,6 +239,7 @@ def run_stage2(cfg: Any) -> dict:
     accum = ds_config["gradient_accumulation_steps"]
     # named: DeepEncoder parts get their own lr and warm-up (optim.encoder_lr_scale)
     trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    _check_pipeline_groups(cfg, pp)
     optimizer = build_optimizer(trainable, cfg.optim)
     scheduler = build_lr_scheduler(optimizer, cfg.optim, steps)
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
