@@ -280,6 +280,18 @@ def build_optimizer(params: Iterable | torch.nn.Module, optim_cfg: Any) -> torch
     return torch.optim.AdamW(list(groups.values()), lr=lr, betas=tuple(ocfg.betas), eps=ocfg.eps)
 
 
+def current_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """``{"lr": the language model's lr}`` plus ``lr/encoder`` / ``lr/sam`` when those parts have
+    their own groups: the lrs the next step uses (after the scheduler's last step)."""
+    by_part: dict[str, float] = {}
+    for g in optimizer.param_groups:
+        by_part.setdefault(g.get("part", "lm"), g["lr"])
+    first = optimizer.param_groups[0]["lr"]
+    out = {"lr": by_part.get("lm", first)}
+    out.update({f"lr/{k}": v for k, v in by_part.items() if k != "lm" and v != out["lr"]})
+    return out
+
+
 def lr_multiplier(step: int, optim_cfg: Any, total_steps: int, warmup: int | None = None) -> float:
     """Multiplier on the peak lr after ``step`` optimizer steps (0-based); ``warmup``
     overrides ``optim.warmup_steps`` (the encoder's own warm-up)."""

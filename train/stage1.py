@@ -38,7 +38,7 @@ from models.deepencoder import DeepEncoder
 from models.image_processing import ImageInput
 from models.pretrained import init_encoder_from_pretrained
 
-from .common import (build_ds_config, build_lr_scheduler, build_optimizer,
+from .common import (build_ds_config, build_lr_scheduler, build_optimizer, current_lrs,
                      resume_if_requested, save_checkpoint, start_run, touch_params)
 from .config import Config, Stage1LMConfig, typed
 from .eval.loading import save_run_config
@@ -277,7 +277,7 @@ def run_stage1(cfg: Any) -> dict:
     engine.train()
     while step < steps:
         t0 = time.perf_counter()
-        lr = scheduler.get_last_lr()[0]  # the lr this step uses (the scheduler steps with it)
+        lrs = current_lrs(optimizer)  # the lrs this step uses (the scheduler steps with it)
         parts, loss_sum, n_label, n_tokens, n_samples = [], 0.0, 0, 0, 0
         for _ in range(accum):
             batch = next(it).to(device)
@@ -300,7 +300,7 @@ def run_stage1(cfg: Any) -> dict:
         step_times.append(dt)
         tokens_seen += int(n_tokens)
         gn = engine.get_global_grad_norm()
-        metrics = {"loss": step_loss, "lr": lr,
+        metrics = {"loss": step_loss, **lrs,
                    "tokens_per_s": n_tokens / dt, "samples_per_s": n_samples / dt, "step_time_s": dt,
                    **reduce_breakdowns([merged])}
         if gn is not None:

@@ -42,6 +42,7 @@ from .common import (
     build_ds_config,
     build_lr_scheduler,
     build_optimizer,
+    current_lrs,
     resume_if_requested,
     save_checkpoint,
     start_run,
@@ -268,7 +269,7 @@ def run_stage2(cfg: Any) -> dict:
     tokens_seen = 0
     while step < steps:
         t0 = time.perf_counter()
-        lr = scheduler.get_last_lr()[0]  # the lr this step uses (the scheduler steps with it)
+        lrs = current_lrs(optimizer)  # the lrs this step uses (the scheduler steps with it)
         loss = float(engine.train_batch(data))
         dt = time.perf_counter() - t0
         step += 1
@@ -278,7 +279,7 @@ def run_stage2(cfg: Any) -> dict:
         tokens_seen += round(n_tokens)
         losses.append(loss)
         step_times.append(dt)
-        metrics = {"loss": loss, "lr": lr, "step_time_s": dt,
+        metrics = {"loss": loss, **lrs, "step_time_s": dt,
                    "tokens_per_s": n_tokens / dt, "samples_per_s": extra.get("samples", 0.0) * accum * dp / dt,
                    **_stats_metrics(extra)}
         gn = engine.get_global_grad_norm()
