@@ -166,11 +166,9 @@ run_demo() {
   # leave nothing to guess without the image. Same engine, same trainers, same evaluation.
   local easy="$dir/reading"
   echo "[demo 4/8] easy pages (PDF -> engine -> shards): train $easy/train, held-out $easy/heldout"
-  python - "$easy" "${DEMO_TRAIN_PAGES:-1600}" "${DEMO_HELDOUT_PAGES:-64}" <<'PY' | grep -v "^  \|summary$" || true
-import sys
-from data_engine.easy_pages import build_dataset
-build_dataset(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
-PY
+  mkdir -p "$easy"
+  python -m data_engine.easy_pages --out "$easy" --train-pages "${DEMO_TRAIN_PAGES:-1600}" \
+    --heldout-pages "${DEMO_HELDOUT_PAGES:-64}" >"$easy/build.log" 2>&1 || { tail -n 30 "$easy/build.log" >&2; exit 1; }
   local common=("model.tokenizer=$easy/tokenizer" "data.shards=[$easy/train/engine/shards/*.tar]"
                 "train.reliance.shards=[$easy/heldout/engine/shards/*.tar]")
 

@@ -16,6 +16,7 @@ letters exactly; the ground truth is written beside each PDF as ``<doc>.gt.json`
 the engine extracts against what was drawn.
 
 CLI: ``python -m data_engine.easy_pages --out DIR --docs 4 --pages 100 [--lines 2 --chars 2]``
+(PDFs only) or ``... --out DIR --train-pages 1600 --heldout-pages 64`` (the whole dataset).
 """
 
 from __future__ import annotations
@@ -130,15 +131,22 @@ def build_dataset(out: str | Path, train_pages: int, heldout_pages: int, spec: E
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--docs", type=int, default=4)
+    ap.add_argument("--docs", type=int, default=4, help="PDFs to write (without --heldout-pages)")
     ap.add_argument("--pages", type=int, default=100, help="pages per document")
     ap.add_argument("--size", type=float, default=EasyPageSpec.size, help="page side in points")
     ap.add_argument("--lines", type=int, default=EasyPageSpec.lines)
     ap.add_argument("--chars", type=int, default=EasyPageSpec.chars, help="letters per line")
     ap.add_argument("--alphabet", default=DEFAULT_ALPHABET)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-pages", type=int, default=1600, help="with --heldout-pages: training pages")
+    ap.add_argument("--heldout-pages", type=int, default=0,
+                    help="> 0: build the whole dataset (train + held-out PDFs -> engine shards + tokenizer)")
     a = ap.parse_args(argv)
     spec = EasyPageSpec(a.size, a.lines, a.chars, a.alphabet)
+    if a.heldout_pages > 0:
+        paths = build_dataset(a.out, a.train_pages, a.heldout_pages, spec, a.seed, pages_per_doc=a.pages)
+        print("easy-page dataset: " + ", ".join(f"{k} {v}" for k, v in paths.items()))
+        return
     paths = write_easy_pdfs(a.out, a.docs, a.pages, spec, a.seed)
     print(f"wrote {len(paths)} PDFs x {a.pages} pages ({a.lines} lines x {a.chars} letters, "
           f"{a.size:g} pt pages) to {a.out}")
