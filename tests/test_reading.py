@@ -24,6 +24,37 @@ def easy(tmp_path_factory):
     return build_dataset(tmp_path_factory.mktemp("easy"), train_pages=600, heldout_pages=32, seed=0)
 
 
+def test_easy_page_labels_match_what_was_drawn_and_poppler(easy):
+    """The engine's coarse labels equal the drawn letters; poppler's pdftotext (an independent
+    reader of the same PDFs) agrees, so the labels are the pages' text, not the generator's say-so."""
+    import glob
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import webdataset as wds
+
+    root = Path(easy["train"]).parents[2]
+    gt = {}
+    for f in glob.glob(str(root / "pdfs" / "*.gt.json")):
+        g = json.loads(Path(f).read_text())
+        gt.update({(Path(f).name.replace(".gt.json", ".pdf"), p["page"]): p["text"] for p in g["pages"]})
+    n = 0
+    for s in wds.WebDataset(sorted(glob.glob(easy["train"])), shardshuffle=False):
+        meta = json.loads(s["json"])
+        assert meta["labels"]["coarse"]["text"] == gt[(Path(meta["source_path"]).name, meta["page"])]
+        assert meta["image_size"] == [128, 128]
+        n += 1
+    assert n == len(gt) == 600
+    if shutil.which("pdftotext") is None:
+        pytest.skip("poppler-utils (pdftotext) not installed: the independent check is skipped")
+    pdf = sorted((root / "pdfs").glob("*.pdf"))[0]
+    pages = subprocess.run(["pdftotext", "-layout", "-l", "20", str(pdf), "-"], capture_output=True, text=True,
+                           check=True).stdout.split("\f")
+    for i, text in enumerate(pages[:20]):
+        assert text.split() == gt[(pdf.name, i)].split("\n"), (i, text)
+
+
 def _reliance(metrics_path) -> list[dict]:
     rows = [json.loads(line) for line in open(metrics_path)]
     return [r for r in rows if "reliance/ratio" in r]
