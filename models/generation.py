@@ -108,6 +108,9 @@ def generate(
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     for step in range(max_new_tokens):
         scores = logits.float()
+        # an <image> placeholder is never text: emitted, the next step would look for vision
+        # embeddings that do not exist (a fresh or barely trained model draws it by chance)
+        scores[:, cfg.image_token_id] = float("-inf")
         for proc in logits_processors:
             scores = proc(generated, scores)
         nxt = scores.argmax(dim=-1)  # (B,)

@@ -133,3 +133,19 @@ def test_right_padding_is_rejected(setup):
     am[0, -1] = 0
     with pytest.raises(ValueError, match="LEFT padding"):
         generate(m, ids[1:2], am, max_new_tokens=2)
+
+
+def test_image_placeholder_is_never_generated(setup):
+    """A model whose favourite token is <image> (a fresh one can be) still decodes: the
+    placeholder is masked, so no step looks for vision embeddings that do not exist."""
+    m, img, _, ids, am = setup
+    cfg = m.cfg
+    with torch.no_grad():
+        saved = m.lm_head.weight[cfg.image_token_id].clone()
+        m.lm_head.weight[cfg.image_token_id] = m.lm_head.weight.mean(0) * 0 + 50.0  # huge logit for any state
+    try:
+        out = generate(m, ids, am, images=[img], max_new_tokens=4, eos_token_id=-1)
+    finally:
+        with torch.no_grad():
+            m.lm_head.weight[cfg.image_token_id] = saved
+    assert out.sequences.shape == (3, 4) and not (out.sequences == cfg.image_token_id).any()
