@@ -172,8 +172,9 @@ def console_table(report: dict) -> str:
     for v, s in sv.items():
         lines.append(f"  {VARIANT_TITLES.get(v, v):32s}{_f(s['cer']):>7s}{_f(s['ned']):>11s}{_f(s['precision']):>11s}"
                      f"{_f(s['repetition_rate'], 2):>7s}{_f(s['length_ratio'], 2):>11s}")
-    lines.append("  CER: character error rate (0 = perfect, 1 = nothing right); loops: share of outputs "
-                 "stuck repeating")
+    lines.append("  CER: character edits / reference length (0 = perfect; over 1 when the output runs on "
+                 "longer than the page)")
+    lines.append("  edit dist: normalised to 0..1; loops: share of outputs stuck repeating")
     if verdict(sv):
         lines.append("  " + verdict(sv))
     return "\n".join(lines)
