@@ -64,9 +64,9 @@ def _map_task(fn, args: list[tuple]) -> list:
     return [fn(*a) for a in args]
 
 
-def _runtime_env(cfg) -> dict:
+def _runtime_env(runtime_env: dict | None) -> dict:
     """The user's runtime_env; by default workers also import this checkout (shared file system)."""
-    env = dict(cfg.ray_runtime_env or {})
+    env = dict(runtime_env or {})
     if not ({"py_modules", "working_dir", "pip", "conda", "uv", "container"} & set(env)):
         env_vars = dict(env.get("env_vars") or {})
         if "PYTHONPATH" not in env_vars:
@@ -75,19 +75,33 @@ def _runtime_env(cfg) -> dict:
     return env
 
 
+def connect(address: str | None, *, num_cpus: int, runtime_env: dict | None = None) -> bool:
+    """Join or start Ray (module doc, "Connection"): ``address``, else ``$RAY_ADDRESS``, else a
+    new single-node instance here with ``num_cpus`` CPUs. Returns whether this call started the
+    connection (the caller then ends it with ``disconnect``); an initialised Ray is used as is."""
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    kw: dict[str, Any] = {"runtime_env": _runtime_env(runtime_env), "log_to_driver": True}
+    if address == "local":
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network at run time
+        kw.update(num_cpus=num_cpus, include_dashboard=False)
+    ray.init(address=address, **kw)
+    return True
+
+
+def disconnect(owns: bool) -> None:
+    """End a connection that ``connect`` started (a Ray the caller initialised stays up)."""
+    if owns and ray.is_initialized():
+        ray.shutdown()
+
+
 class RayExecutor:
     """The engine's executor on Ray, with `executor.LocalExecutor`'s interface: `run`, `map`, `close`."""
 
     def __init__(self, cfg, prompts: dict):
         self.cfg = cfg
-        self.owns = not ray.is_initialized()
-        if self.owns:
-            address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or "local"
-            kw: dict[str, Any] = {"runtime_env": _runtime_env(cfg), "log_to_driver": True}
-            if address == "local":
-                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network at run time
-                kw.update(num_cpus=pipeline._num_workers(cfg), include_dashboard=False)
-            ray.init(address=address, **kw)
+        self.owns = connect(cfg.ray_address, num_cpus=pipeline._num_workers(cfg), runtime_env=cfg.ray_runtime_env)
         self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._cfg_ref, self._prompts_ref = ray.put(cfg), ray.put(prompts)
 
@@ -166,5 +180,4 @@ class RayExecutor:
                 yield rec
 
     def close(self, wait_for_workers: bool = True) -> None:
-        if self.owns and ray.is_initialized():
-            ray.shutdown()
+        disconnect(self.owns)

@@ -9,7 +9,8 @@ failures first):
   ``min_repeats`` or more times in a row covering at least ``loop_share`` of the text), the
   typical failure of autoregressive OCR on hard crops.
 * ``bad_chars`` / ``wrong_script`` / ``invalid_sequence``: the text is not plausible for the
-  page's script (``trust.line_problem``), e.g. Latin letters on a Devanagari page.
+  page's script (``trust.line_problem``, per line of a block), e.g. Latin letters on a
+  Devanagari page.
 * ``length_mismatch``: characters per box width (in box heights) outside the range seen on
   this language's seed patches (widened by ``length_slack``), or the defaults without seeds.
 * ``low_confidence``: mean token log-probability below ``min_confidence``.
@@ -68,10 +69,13 @@ def loop_span(text: str, max_unit: int = 10, min_repeats: int = 4) -> int:
 
 
 def chars_per_height(text: str, bbox) -> float:
-    """Visible characters per box height of width (a script's typical glyph aspect)."""
+    """Visible characters per box height of width (a script's typical glyph aspect). A block's
+    text (lines joined by newlines) is measured per line: its L lines share the box height
+    (each h / L) and hold n / L characters each, hence the division by L squared."""
     w, h = bbox[2] - bbox[0], bbox[3] - bbox[1]
     n = sum(1 for c in text if not c.isspace() and unicodedata.category(c) not in ("Mn", "Mc"))
-    return n / max(w / max(h, 1e-6), 1e-6)
+    n_lines = max(1, sum(1 for line in text.split("\n") if line.strip()))
+    return n / max(w / max(h, 1e-6), 1e-6) / n_lines ** 2
 
 
 def length_range(samples: Iterable[tuple[str, tuple]], slack: float) -> tuple[float, float] | None:
@@ -92,7 +96,8 @@ def judge(text: str, *, confidence: float, finished: bool, bbox, script: str, cf
         return UNFINISHED
     if loop_span(text, cfg.max_unit, cfg.min_repeats) >= cfg.loop_share * len(text.strip()):
         return REPETITION
-    problem = line_problem(text, script)
+    # per line: a block's newlines are line breaks, not control characters
+    problem = next(filter(None, (line_problem(line, script) for line in text.split("\n") if line.strip())), None)
     if problem:
         return problem
     lo, hi = length_bounds or cfg.default_chars_per_height

@@ -2,7 +2,7 @@
 
 Runs the ``tesseract`` binary (Debian ``tesseract-ocr`` + ``tesseract-ocr-<lang>``; the
 project's ``scripts/setup_tesseract.sh`` installs them) on each crop with ``--psm 7`` (one text
-line). A missing binary or language pack is not an error: ``availability()`` says why the
+line), or ``--psm 6`` (one uniform block of text) for block patches. A missing binary or language pack is not an error: ``availability()`` says why the
 column is empty and the report shows that reason.
 """
 
@@ -36,8 +36,8 @@ def availability(lang: str) -> tuple[str | None, str | None]:
     return code, None
 
 
-def read_line(image, lang: str, timeout: float = 30.0) -> str:
-    """Tesseract's text for one line crop (PIL image)."""
+def read_line(image, lang: str, timeout: float = 30.0, block: bool = False) -> str:
+    """Tesseract's text for one line crop (PIL image); ``block``: a block crop, its lines kept."""
     import io
 
     code, why = availability(lang)
@@ -46,8 +46,11 @@ def read_line(image, lang: str, timeout: float = 30.0) -> str:
     buf = io.BytesIO()
     image.convert("L").save(buf, format="PNG")
     env = dict(os.environ, OMP_THREAD_LIMIT="1")
-    out = subprocess.run(["tesseract", "stdin", "stdout", "-l", code, "--psm", "7"], input=buf.getvalue(),
+    out = subprocess.run(["tesseract", "stdin", "stdout", "-l", code, "--psm", "6" if block else "7"], input=buf.getvalue(),
                          capture_output=True, timeout=timeout, env=env, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"tesseract failed ({out.returncode}): {out.stderr.decode(errors='replace')[-300:]}")
-    return " ".join(out.stdout.decode("utf-8", errors="replace").split())
+    text = out.stdout.decode("utf-8", errors="replace")
+    if block:
+        return "\n".join(" ".join(ln.split()) for ln in text.splitlines() if ln.strip())
+    return " ".join(text.split())

@@ -1,15 +1,21 @@
 """The flywheel's round-independent data (torch-free), made once per run directory (idempotent, resumable).
 
-From a folder of PDFs per language (the embedded default generates synthetic line pages):
+From a folder of PDFs per language (the embedded default generates synthetic line pages).
+``kinds`` (``flywheel.patches``) says what is cut: line patches, block patches (``blocks.py``)
+or both; every file below then holds those kinds (``kind`` in each patch's metadata):
 
 * ``seed/<lang>.tar``: text-layer line patches whose text passes the per-line trust check
-  (born-digital pages), labelled with that text. ``seed_refused.jsonl``: the refused lines with
-  their reasons; their boxes (usable even when the text is garbled) join the pool.
-* ``pool/<lang>.tar``: unlabelled patches to label: detector lines of image-only pages and the
-  refused text-layer lines. ``pool_truth.json``: ground truth per pool patch where a sidecar
-  exists (matched by box overlap), used only to score accepted labels, never to train.
-* ``gold/<lang>.tar``: held-out image-only line patches cut at the ground-truth boxes (the
-  recognizer's CER and Tesseract's are measured on them; never trained on).
+  (born-digital pages), labelled with that text; block patches: a text block's runs of trusted
+  lines. ``seed_refused.jsonl``: the refused lines (and block runs) with their reasons; their
+  boxes (usable even when the text is garbled) join the pool.
+* ``pool/<lang>.tar``: unlabelled patches to label: detector lines of image-only pages (for
+  blocks: the lines grouped into blocks, ``blocks.group_lines``) and the refused text-layer
+  lines / block runs. ``pool_truth.json``: ground truth per pool patch where a sidecar exists
+  (matched by box overlap; a block's truth is the union of its lines), used only to score
+  accepted labels, never to train.
+* ``gold/<lang>.tar``: held-out image-only patches cut at the ground-truth boxes (lines; blocks:
+  ``linepages.truth_blocks``) (the recognizer's CER and Tesseract's are measured on them; never
+  trained on).
 * ``tokenizer/``: byte-level BPE trained on the seed labels plus each script's letters.
 
 Every file is written atomically; ``data/DONE`` marks the whole step, so a killed run redoes
@@ -23,8 +29,9 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from data_engine.flywheel.linepages import SYLLABLE_SIGNS, LineLanguage, make_line_corpus
-from data_engine.flywheel.patches import Patch, cut_boxes, cut_text_layer, render_page, write_patch_shard
+from data_engine.flywheel.blocks import group_lines, lines_in
+from data_engine.flywheel.linepages import SYLLABLE_SIGNS, LineLanguage, make_line_corpus, truth_blocks
+from data_engine.flywheel.patches import BLOCK, LINE, Patch, cut_boxes, cut_text_layer, render_page, write_patch_shard
 from data_engine.metrics import corpus_cer
 from data_engine.scripts import letters, script_info
 
@@ -42,27 +49,54 @@ def match_truth(box, truth_blocks: list[dict], min_iou: float = 0.5) -> str | No
     return best["text"] if best is not None and _iou(box, best["bbox"]) >= min_iou else None
 
 
+def match_block_truth(box, truth_lines: list[dict], min_iou: float = 0.5) -> str | None:
+    """A block patch's truth: the ground-truth lines inside it, joined by newlines, when their
+    union covers the box (IoU >= ``min_iou``); a cut run of a paragraph matches its own lines."""
+    lines = lines_in(box, truth_lines)
+    if not lines:
+        return None
+    union = [min(ln["bbox"][0] for ln in lines), min(ln["bbox"][1] for ln in lines),
+             max(ln["bbox"][2] for ln in lines), max(ln["bbox"][3] for ln in lines)]
+    return "\n".join(ln["text"] for ln in lines) if _iou(box, union) >= min_iou else None
+
+
+def _truth_of(p: Patch, truth_lines: list[dict]) -> str | None:
+    return match_block_truth(p.bbox, truth_lines) if p.kind == BLOCK else match_truth(p.bbox, truth_lines)
+
+
 def _write_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=1), encoding="utf-8")
     tmp.replace(path)
 
 
-def generate_default_corpus(pdf_dir: Path, languages: dict, pages_per_doc: int, seed: int) -> None:
+def generate_default_corpus(pdf_dir: Path, languages: dict, pages_per_doc: int, seed: int,
+                            lines_per_block: tuple[int, int] = (1, 1)) -> None:
     """Embedded default: synthetic line pages, ``languages`` = {spec: {digital, scan, gold}}."""
     plan = {spec: {k: int(v) for k, v in kinds.items() if k in ("digital", "scan")} for spec, kinds in languages.items()}
-    make_line_corpus(pdf_dir, plan, pages_per_doc=pages_per_doc, seed=seed)
+    make_line_corpus(pdf_dir, plan, pages_per_doc=pages_per_doc, seed=seed, lines_per_block=lines_per_block)
     gold = {spec: {"scan": int(kinds.get("gold", 0))} for spec, kinds in languages.items()}
-    make_line_corpus(pdf_dir / "gold", gold, pages_per_doc=pages_per_doc, seed=seed + 7919)
+    make_line_corpus(pdf_dir / "gold", gold, pages_per_doc=pages_per_doc, seed=seed + 7919,
+                     lines_per_block=lines_per_block)
+
+
+def patch_kinds(setting: str) -> tuple[str, ...]:
+    """``flywheel.patches`` (lines | blocks | both) -> the patch kinds to cut."""
+    return {"lines": (LINE,), "blocks": (BLOCK,), "both": (LINE, BLOCK)}[setting]
 
 
 def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dpi: int = 144,
-                 tokenizer_vocab: int = 512, log=print) -> dict:
+                 tokenizer_vocab: int = 512, kinds: tuple[str, ...] = (LINE,), log=print) -> dict:
     """Cut seed / pool / gold patches per language and train the tokenizer (see module doc)."""
     import pymupdf
 
     if (data_dir / "DONE").is_file():
-        return json.loads((data_dir / "DONE").read_text())
+        counts = json.loads((data_dir / "DONE").read_text())
+        made = {tuple(c.get("by_kind", {LINE: 0})) for c in counts.values()}
+        if made and made != {tuple(kinds)}:
+            raise ValueError(f"{data_dir} holds patches of kinds {sorted(made)[0]}, not {tuple(kinds)} "
+                             "(flywheel.patches changed): use a new out= directory")
+        return counts
     langs = {spec: LineLanguage.parse(spec) for spec in languages}
     seed, pool, gold = defaultdict(list), defaultdict(list), defaultdict(list)
     truth, refused, pages_log, seed_truth = {}, [], [], defaultdict(list)
@@ -83,34 +117,41 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
                 continue
             for page in doc:
                 img = render_page(page, dpi)
-                truth_blocks = gt["pages"][page.number]["blocks"] if gt else []
+                lines = gt["pages"][page.number]["blocks"] if gt else []
+                page_truth = {LINE: lines, BLOCK: truth_blocks(lines)}  # a block's truth: its lines' union
                 common = dict(doc_id=path.stem, lang=lang.lang, script=lang.script, source_path=str(path.resolve()))
                 if is_gold:
-                    gold[spec] += cut_boxes(img, page.rect, [b["bbox"] for b in truth_blocks], page=page.number,
-                                            source="gold", texts=[b["text"] for b in truth_blocks], **common)
+                    for kind in kinds:
+                        gold[spec] += cut_boxes(img, page.rect, [b["bbox"] for b in page_truth[kind]], page=page.number,
+                                                source="gold", texts=[b["text"] for b in page_truth[kind]], kind=kind,
+                                                **common)
                     continue
-                good, bad = cut_text_layer(page, img, rtl=rtl, **common)
+                good, bad = cut_text_layer(page, img, rtl=rtl, kinds=kinds, **common)
+                bad_lines = [r for r in bad if r["kind"] == LINE]
                 if good or bad:  # a text layer: trusted lines seed, the others' boxes join the pool
                     seed[spec] += good
                     for p in good:  # scored against the sidecar only (never used to train)
-                        t = match_truth(p.bbox, truth_blocks)
+                        t = _truth_of(p, lines)
                         if t is not None:
                             seed_truth[spec].append((t, p.text))
                     refused += [dict(r, doc_id=path.stem, page=page.number, lang=lang.lang) for r in bad]
-                    new = cut_boxes(img, page.rect, [r["bbox"] for r in bad], page=page.number,
-                                    source="textlayer_box", start=500, **common)
-                else:  # image-only: the detector cuts the lines
+                    new = [p for kind in kinds for p in cut_boxes(
+                        img, page.rect, [r["bbox"] for r in bad if r["kind"] == kind], page=page.number,
+                        source="textlayer_box", start=500, kind=kind, **common)]
+                else:  # image-only: the detector cuts the lines (grouped into blocks for block patches)
                     boxes = [b.bbox for b in detector.blocks(page, image=img)]
-                    new = cut_boxes(img, page.rect, boxes, page=page.number, source="detector", **common)
+                    new = [p for kind in kinds for p in cut_boxes(
+                        img, page.rect, boxes if kind == LINE else group_lines(boxes), page=page.number,
+                        source="detector", kind=kind, **common)]
                     if not boxes:
                         pages_log.append({"doc_id": path.stem, "page": page.number, "reason": "no_lines_detected"})
                 for p in new:
-                    t = match_truth(p.bbox, truth_blocks)
+                    t = _truth_of(p, lines)
                     if t is not None:
                         truth[p.key] = t
                 pool[spec] += new
                 pages_log.append({"doc_id": path.stem, "page": page.number, "seed": len(good),
-                                  "pool": len(new), "refused": len(bad)})
+                                  "pool": len(new), "refused": len(bad_lines)})
             doc.close()
     data_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
@@ -119,9 +160,12 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
         counts[spec] = {"seed": write_patch_shard(data_dir / "seed" / f"{key}.tar", seed[spec]),
                         "pool": write_patch_shard(data_dir / "pool" / f"{key}.tar", pool[spec]),
                         "gold": write_patch_shard(data_dir / "gold" / f"{key}.tar", gold[spec]),
-                        "seed_refused": sum(r["lang"] == langs[spec].lang for r in refused),
+                        "seed_refused": sum(r["lang"] == langs[spec].lang and r["kind"] == LINE for r in refused),
                         "seed_refused_by_reason": dict(Counter(r["reason"] for r in refused
-                                                               if r["lang"] == langs[spec].lang)),
+                                                               if r["lang"] == langs[spec].lang and r["kind"] == LINE)),
+                        "by_kind": {kind: {name: sum(p.kind == kind for p in ps[spec])
+                                           for name, ps in (("seed", seed), ("pool", pool), ("gold", gold))}
+                                    for kind in kinds},
                         "seed_label_cer": corpus_cer(seed_truth[spec])}
         log(f"[flywheel] {spec}: {counts[spec]['seed']} seed patches (text layer), "
             f"{counts[spec]['seed_refused']} text-layer lines refused, {counts[spec]['pool']} to label, "

@@ -11,6 +11,10 @@ box (measured on the rendered page, so it is exact for complex-shaping scripts t
 
 The sidecar ``<doc>.gt.json`` has the schema of ``data_engine.synthetic`` (``pages[].blocks[]``
 with label ``text``, ``bbox`` in PDF points, ``text``, ``lang``, ``script``) plus ``kind``.
+With ``lines_per_block`` above 1 lines are set as paragraphs (one HTML box, explicit line
+breaks, which MuPDF's text layer returns as one block); each entry then also has ``block``,
+the paragraph's number on its page (``truth_blocks`` gives the paragraphs' boxes and texts).
+A paragraph line's ink box is measured on a copy of the paragraph whose other lines are white.
 
 Text is pseudo-text generated from the script's own letters (no corpus, licence-safe): a
 per-language lexicon of pseudo-words, where scripts with dependent vowel signs get syllables
@@ -112,10 +116,36 @@ def _ink_box(pix: pymupdf.Pixmap, band: pymupdf.Rect, zoom: float, pad: float = 
                         (x0 + xs[-1] + 1) / zoom + pad, (y0 + ys[-1] + 1) / zoom + pad)
 
 
+def truth_blocks(lines: list[dict]) -> list[dict]:
+    """A page's ground-truth blocks from its line entries: lines sharing ``block`` form one
+    block (box = union of the lines' boxes, text = their texts joined by newlines, in order);
+    a line without ``block`` is a block of its own."""
+    groups: dict = {}
+    for i, ln in enumerate(lines):
+        groups.setdefault(ln.get("block", ("line", i)), []).append(ln)
+    out = []
+    for g in groups.values():
+        xs0, ys0, xs1, ys1 = zip(*(ln["bbox"] for ln in g))
+        out.append({"label": "text", "bbox": [min(xs0), min(ys0), max(xs1), max(ys1)],
+                    "text": "\n".join(ln["text"] for ln in g), "lines": len(g)})
+    return out
+
+
+_PARAGRAPH_LEADING = 1.4  # line-height of paragraph lines (MuPDF keeps them in one text block)
+
+
+def _paragraph_html(texts: list[str], rtl: bool, visible: int | None = None) -> str:
+    """Lines joined by explicit breaks; with ``visible``, every other line is drawn white."""
+    parts = [t if visible in (None, i) else f'<span style="color:#ffffff">{t}</span>' for i, t in enumerate(texts)]
+    return f'<p dir="rtl">{"<br/>".join(parts)}</p>' if rtl else f'<p>{"<br/>".join(parts)}</p>'
+
+
 def make_line_document(lang: LineLanguage, out_path: str | Path, *, kind: str = "digital",
                        n_pages: int = 1, seed: int = 0, page_size: tuple[float, float] = (420.0, 595.0),
-                       lines_per_page: tuple[int, int] = (8, 12), scan_dpi: int = 144) -> dict:
-    """Write one PDF of line pages (+ ``.gt.json``); return the ground truth."""
+                       lines_per_page: tuple[int, int] = (8, 12), scan_dpi: int = 144,
+                       lines_per_block: tuple[int, int] = (1, 1)) -> dict:
+    """Write one PDF of line pages (+ ``.gt.json``); return the ground truth. ``lines_per_block``
+    (lo, hi): lines per paragraph; (1, 1) sets every line on its own (the default corpus)."""
     if kind not in ("digital", "scan"):
         raise ValueError(f"kind must be 'digital' or 'scan', got {kind!r}")
     require_fonts([lang.script])
@@ -130,6 +160,8 @@ def make_line_document(lang: LineLanguage, out_path: str | Path, *, kind: str = 
     fnt = pymupdf.Font(fontfile=str(font))
     doc = pymupdf.open()
     planned = []
+    paragraphs = tuple(lines_per_block) != (1, 1)
+    zoom = scan_dpi / 72.0
     for _ in range(n_pages):
         page = doc.new_page(width=W, height=H)
         lines, y = [], rng.uniform(30, 50)
@@ -139,6 +171,10 @@ def make_line_document(lang: LineLanguage, out_path: str | Path, *, kind: str = 
             size = rng.uniform(13, 20)
             if y + 3 * size > H - 30:
                 break
+            if paragraphs:
+                y = _add_paragraph(page, lines, rng, lang.script, rtl, fnt, css, archive, size, mx, y, W, H,
+                                   min(rng.randint(*lines_per_block), n - len(lines)), zoom)
+                continue
             text = make_line(rng, lang.script)
             if fnt.text_length(text, fontsize=size) > 0.85 * (W - 2 * mx):
                 continue  # keep every line on one visual line (shaping may widen it a little)
@@ -150,19 +186,20 @@ def make_line_document(lang: LineLanguage, out_path: str | Path, *, kind: str = 
                                            archive=archive, scale_low=1)
             y += rect.height + rng.uniform(0.0, 0.5) * size
             if spare >= 0:  # < 0: nothing was written (the width check above prevents it)
-                lines.append((text, rect))
+                lines.append((text, rect, None, None))
         planned.append(lines)
 
-    zoom = scan_dpi / 72.0
     pages, out_doc = [], doc if kind == "digital" else pymupdf.open()
     for pno, lines in enumerate(planned):
         pix = doc[pno].get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB, alpha=False)
         blocks = []
-        for text, band in lines:
-            box = _ink_box(pix, band, zoom)
+        for text, band, block, own_pix in lines:  # own_pix: the paragraph with only this line inked
+            box = _ink_box(own_pix or pix, band, zoom)
             if box is not None:
                 blocks.append({"label": "text", "bbox": [round(v, 2) for v in box], "text": text,
                                "lang": lang.lang, "script": lang.script})
+                if block is not None:
+                    blocks[-1]["block"] = block
         pages.append({"page": pno, "page_size": [W, H], "blocks": blocks})
         if kind == "scan":  # image-only page: the rendered pixels, no text layer
             p = out_doc.new_page(width=W, height=H)
@@ -181,12 +218,38 @@ def make_line_document(lang: LineLanguage, out_path: str | Path, *, kind: str = 
     return gt
 
 
+def _add_paragraph(page, lines: list, rng: random.Random, script: str, rtl: bool, fnt, css: str, archive,
+                   size: float, mx: float, y: float, W: float, H: float, k: int, zoom: float) -> float:
+    """Set up to ``k`` lines as one paragraph at ``y``; append (text, band, block, own pixmap)
+    per line to ``lines``; return the next paragraph's ``y``."""
+    lead = _PARAGRAPH_LEADING * size
+    k = max(1, min(k, int((H - 30 - y - 3.0 * size) // lead) + 1))
+    texts: list[str] = []
+    while len(texts) < k:
+        text = make_line(rng, script)
+        if fnt.text_length(text, fontsize=size) <= 0.85 * (W - 2 * mx):
+            texts.append(text)
+    rect = pymupdf.Rect(mx, y, W - mx, y + (k - 1) * lead + 3.0 * size)
+    style = css + f"\n* {{font-size: {size:.1f}pt; line-height: {_PARAGRAPH_LEADING};}}"
+    spare, _ = page.insert_htmlbox(rect, _paragraph_html(texts, rtl), css=style, archive=archive, scale_low=1)
+    if spare >= 0:
+        block = 1 + max((b for _, _, b, _ in lines if b is not None), default=-1)
+        scratch = pymupdf.open()
+        for i, text in enumerate(texts):  # the same layout with only line i inked
+            sp = scratch.new_page(width=W, height=H)
+            sp.insert_htmlbox(rect, _paragraph_html(texts, rtl, visible=i), css=style, archive=archive, scale_low=1)
+            own = sp.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB, alpha=False)
+            lines.append((text, rect, block, own))
+        scratch.close()
+    return y + rect.height + rng.uniform(0.0, 0.5) * size
+
+
 def make_line_corpus(out_dir: str | Path, plan: dict[str, dict[str, int]], *, pages_per_doc: int = 2,
-                     seed: int = 0) -> list[Path]:
+                     seed: int = 0, lines_per_block: tuple[int, int] = (1, 1)) -> list[Path]:
     """``plan`` = {language spec: {kind: number of documents}}; writes ``{lang}_{kind}_{i}.pdf``.
 
     Seeds are per (seed, language, kind, index), so adding a language or documents changes
-    nothing that was already planned.
+    nothing that was already planned. Files already there are kept (whatever their settings).
     """
     paths = []
     for spec, kinds in plan.items():
@@ -196,6 +259,7 @@ def make_line_corpus(out_dir: str | Path, plan: dict[str, dict[str, int]], *, pa
                 s = zlib.crc32(f"{seed}:{lang.lang}:{lang.script}:{kind}:{i}".encode())
                 path = Path(out_dir) / f"{lang.lang}_{lang.script}_{kind}_{i:04d}.pdf"
                 if not (path.is_file() and path.with_suffix(".gt.json").is_file()):
-                    make_line_document(lang, path, kind=kind, n_pages=pages_per_doc, seed=s)
+                    make_line_document(lang, path, kind=kind, n_pages=pages_per_doc, seed=s,
+                                       lines_per_block=lines_per_block)
                 paths.append(path)
     return paths

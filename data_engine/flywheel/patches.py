@@ -1,20 +1,22 @@
-"""Line patches: cut from rendered pages, shown to the recognizer on a square canvas, sharded.
+"""Line and block patches: cut from rendered pages, shown to the recognizer on a square canvas, sharded.
 
 * ``visual_lines(text_dict)``: the text layer's lines merged into visual lines (MuPDF splits a
   line where shaping or font changes break it), each with its box and text in reading order.
 * ``cut_text_layer(page, ...)``: one ``Patch`` per visual line whose text passes the per-line
   trust check (``trust.line_problem``), plus the refused lines with their reasons: one garbled
-  line never costs its page's good lines.
+  line never costs its page's good lines. With ``kinds`` including ``block`` it also cuts block
+  patches (``blocks.py``: a text-layer block's trusted lines, newline-joined).
 * ``cut_boxes(page, boxes, ...)``: patches at given boxes (a detector's, or ground truth's).
-* ``patch_canvas(crop)``: the recognizer reads a square image (the smallest native resolution
-  mode, 512 px = 8 x 8 vision tokens of 64 px). A wide line squeezed into a square would leave
-  a few pixels per character, so the line is scaled up and wrapped into rows whose pitch is a
-  whole number of token rows, read top to bottom like a page of text (GOT-style patches).
+* ``patch_canvas(crop, kind)``: the recognizer reads a square image (the smallest native
+  resolution mode, 512 px = 8 x 8 vision tokens of 64 px). A wide line squeezed into a square
+  would leave a few pixels per character, so a line is scaled up and wrapped into rows whose
+  pitch is a whole number of token rows, read top to bottom like a page of text (GOT-style
+  patches); a block (several lines already) is scaled to fit, its aspect kept.
 * ``write_patch_shard`` / ``read_patch_shard``: webdataset tars in the engine's shard format
   (``png`` = the canvas, ``json`` = metadata with ``labels.coarse`` when the patch has a label),
   so the trainers read patch shards like page shards. Metadata per patch: doc_id, page, bbox
-  (PDF points), lang, script, source (textlayer | detector | gold), source_path and, for
-  recognizer labels, ``flywheel`` {round, confidence}.
+  (PDF points), lang, script, source (textlayer | detector | gold), kind (line | block),
+  source_path and, for recognizer labels, ``flywheel`` {round, confidence}.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from models.prompts import PROMPT_COARSE
 CANVAS = 512  # side of the "tiny" resolution mode: the canvas is fed without resizing
 ROW = 64  # pixels per vision-token row (16 px SAM patches x 4 from the 16x compressor)
 PROMPT = PROMPT_COARSE  # patches carry coarse labels: the recognizer is asked for plain text
+LINE, BLOCK = "line", "block"  # patch kinds
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Patch:
     page_size: tuple[float, float] = (0.0, 0.0)  # PDF points (for page-level fine labels)
     extra: dict = field(default_factory=dict)  # e.g. {"round": k, "confidence": c}
     image: Image.Image | None = field(default=None, repr=False, compare=False)  # the crop
+    kind: str = LINE  # line | block (a block's text holds its lines joined by "\n")
 
     def meta(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("image", "key", "text", "extra")}
@@ -123,43 +127,61 @@ def crop(page_img: Image.Image, page_rect: pymupdf.Rect, bbox, pad: float = 2.0)
 
 def cut_boxes(page_img: Image.Image, page_rect: pymupdf.Rect, boxes: Iterable, *, doc_id: str, page: int,
               lang: str, script: str, source: str, texts: Iterable[str] | None = None,
-              source_path: str = "", start: int = 0) -> list[Patch]:
-    """One patch per box (PDF points); ``texts`` (same order) become labels when given."""
+              source_path: str = "", start: int = 0, kind: str = LINE) -> list[Patch]:
+    """One patch per box (PDF points); ``texts`` (same order) become labels when given.
+    Keys: ``{doc_id}_{page:05d}_{i:03d}`` for lines, ``..._b{i:03d}`` for blocks."""
     boxes = list(boxes)
     texts = list(texts) if texts is not None else [""] * len(boxes)
+    tag = "b" if kind == BLOCK else ""
     out = []
     for i, (b, t) in enumerate(zip(boxes, texts), start):
         b = tuple(float(v) for v in b)
         if b[2] - b[0] < 2 or b[3] - b[1] < 2:
             continue
-        out.append(Patch(f"{doc_id}_{page:05d}_{i:03d}", doc_id, page, b, lang, script, source, t,
-                         source_path, (page_rect.width, page_rect.height), image=crop(page_img, page_rect, b)))
+        out.append(Patch(f"{doc_id}_{page:05d}_{tag}{i:03d}", doc_id, page, b, lang, script, source, t,
+                         source_path, (page_rect.width, page_rect.height), image=crop(page_img, page_rect, b),
+                         kind=kind))
     return out
 
 
 def cut_text_layer(page: pymupdf.Page, page_img: Image.Image, *, doc_id: str, lang: str, script: str,
-                   rtl: bool = False, source_path: str = "", text_dict: dict | None = None
-                   ) -> tuple[list[Patch], list[dict]]:
-    """Trusted text-layer lines as labelled patches; refused lines as {bbox, text, reason}."""
+                   rtl: bool = False, source_path: str = "", text_dict: dict | None = None,
+                   kinds: Iterable[str] = (LINE,)) -> tuple[list[Patch], list[dict]]:
+    """Trusted text-layer lines (and, with ``block`` in ``kinds``, blocks: ``blocks.cut_blocks``)
+    as labelled patches; refused lines as {bbox, text, reason, kind: line} (always, whatever
+    ``kinds``: trust is judged per line) plus, with blocks, refused runs of a block
+    ({..., kind: block})."""
     td = text_dict if text_dict is not None else extract_text(page)
+    kinds = tuple(kinds)
     good, refused = [], []
     for i, (r, t) in enumerate(visual_lines(td, rtl)):
         problem = line_problem(t, script)
         if problem:
-            refused.append({"bbox": [round(v, 2) for v in r], "text": t, "reason": problem})
+            refused.append({"bbox": [round(v, 2) for v in r], "text": t, "reason": problem, "kind": LINE})
             continue
-        good += cut_boxes(page_img, page.rect, [tuple(r)], doc_id=doc_id, page=page.number, lang=lang,
-                          script=script, source="textlayer", texts=[t], source_path=source_path, start=i)
+        if LINE in kinds:
+            good += cut_boxes(page_img, page.rect, [tuple(r)], doc_id=doc_id, page=page.number, lang=lang,
+                              script=script, source="textlayer", texts=[t], source_path=source_path, start=i)
+    if BLOCK in kinds:
+        from data_engine.flywheel.blocks import cut_blocks
+
+        blocks, bad_blocks = cut_blocks(page, page_img, td, doc_id=doc_id, lang=lang, script=script, rtl=rtl,
+                                        source_path=source_path, with_lines=LINE in kinds)
+        good += blocks
+        refused += bad_blocks
     return good, refused
 
 
-def patch_canvas(img: Image.Image, size: int = CANVAS, row: int = ROW) -> Image.Image:
-    """The line ``img`` wrapped into rows on a white ``size`` x ``size`` canvas.
+def patch_canvas(img: Image.Image, size: int = CANVAS, row: int = ROW, kind: str = LINE) -> Image.Image:
+    """The line ``img`` wrapped into rows on a white ``size`` x ``size`` canvas (a block:
+    ``block_canvas``).
 
     Row pitch is a multiple of ``row`` (the vision tokens' height) so rows never straddle a
     token boundary; the largest pitch whose rows hold the whole line is used (short lines get
     large glyphs, long ones several rows), the glyphs taking 7/8 of the pitch.
     """
+    if kind == BLOCK:
+        return block_canvas(img, size)
     img = img.convert("L")
     w, h = img.size
     pitch = size
@@ -184,6 +206,17 @@ def patch_canvas(img: Image.Image, size: int = CANVAS, row: int = ROW) -> Image.
     return canvas.convert("RGB")
 
 
+def block_canvas(img: Image.Image, size: int = CANVAS) -> Image.Image:
+    """A block (its lines already stacked) scaled to fit a white ``size`` square, aspect kept,
+    top-left aligned (small blocks are scaled up, at most 4x, so thin strokes stay thin)."""
+    img = img.convert("L")
+    w, h = img.size
+    scale = min(size / max(w, 1), size / max(h, 1), 4.0)
+    canvas = Image.new("L", (size, size), 255)
+    canvas.paste(img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR), (0, 0))
+    return canvas.convert("RGB")
+
+
 def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.convert("L").save(buf, format="PNG", optimize=False)
@@ -201,7 +234,7 @@ def write_patch_shard(path: str | Path, patches: Iterable[Patch]) -> int:
         for p in sorted(patches, key=lambda p: p.key):
             if p.image is None:
                 raise ValueError(f"patch {p.key} has no image")
-            w.write({"__key__": p.key, "png": _png(patch_canvas(p.image)), "crop.png": _png(p.image),
+            w.write({"__key__": p.key, "png": _png(patch_canvas(p.image, kind=p.kind)), "crop.png": _png(p.image),
                      "json": encode_meta(p.meta())})
             n += 1
         w.close()
@@ -224,7 +257,7 @@ def read_patch_shard(path: str | Path) -> Iterator[Patch]:
         img = Image.open(io.BytesIO(m.get("crop.png") or m["png"])).convert("RGB")
         yield Patch(key, meta["doc_id"], meta["page"], tuple(meta["bbox"]), meta["lang"], meta["script"],
                     meta["source"], text, meta.get("source_path", ""), tuple(meta.get("page_size", (0, 0))),
-                    extra, img)
+                    extra, img, meta.get("kind", LINE))
 
 
-_FIELDS = ("doc_id", "page", "bbox", "lang", "script", "source", "source_path", "page_size", "labels")
+_FIELDS = ("doc_id", "page", "bbox", "lang", "script", "source", "source_path", "page_size", "labels", "kind")

@@ -1,9 +1,12 @@
-"""Accepted line patches -> page-level fine labels, so flywheel output feeds stage 2.
+"""Accepted line and block patches -> page-level fine labels, so flywheel output feeds stage 2.
 
 Patches of one page are ordered top to bottom (right to left inside a row for RTL scripts)
 and written with ``data_engine.labels.fine_label`` (boxes in 0-999 bins, ``<|ref|>text<|/ref|>
-<|det|>[[..]]<|/det|>`` + text per line), then stored as page samples in the engine's shard
-format: the page rendered from its source file plus ``labels.fine`` and ``source: flywheel``.
+<|det|>[[..]]<|/det|>`` + text per line or block; a block's text keeps its line breaks), then
+stored as page samples in the engine's shard format: the page rendered from its source file
+plus ``labels.fine`` and ``source: flywheel``. Where a page has both, an accepted block stands
+for the accepted lines inside it (a line whose box lies mostly, >= half its area, in the block
+is dropped), so no text is labelled twice; lines outside every accepted block are kept.
 """
 
 from __future__ import annotations
@@ -12,11 +15,16 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-from data_engine.flywheel.patches import Patch
+from data_engine.flywheel.blocks import inside
+from data_engine.flywheel.patches import BLOCK, Patch
 from data_engine.labels import fine_label
 from data_engine.shards import SampleTarWriter, encode_meta, sample_key
 from models.prompts import PROMPT_FINE
 
+
+def _without_covered_lines(ps: list[Patch]) -> list[Patch]:
+    blocks = [p.bbox for p in ps if p.kind == BLOCK]
+    return [p for p in ps if p.kind == BLOCK or not any(inside(p.bbox, b) for b in blocks)]
 
 
 def page_labels(patches: Iterable[Patch], rtl_scripts: frozenset[str] = frozenset()) -> dict[tuple[str, int], dict]:
@@ -27,6 +35,7 @@ def page_labels(patches: Iterable[Patch], rtl_scripts: frozenset[str] = frozense
             by_page[(p.doc_id, p.page)].append(p)
     out = {}
     for (doc, page), ps in sorted(by_page.items()):
+        ps = _without_covered_lines(ps)
         rtl = ps[0].script in rtl_scripts
         ps.sort(key=lambda p: (round(p.bbox[1] / 4), -p.bbox[2] if rtl else p.bbox[0]))
         w, h = ps[0].page_size

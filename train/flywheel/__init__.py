@@ -27,7 +27,7 @@ def run_flywheel(cfg: FlywheelAppConfig | DictConfig | dict, log=_console) -> di
     ``cfg``: ``conf/flywheel.yaml`` composed, or a (partial) dict set onto the schema defaults."""
     import torch
 
-    from data_engine.flywheel.dataset import generate_default_corpus, prepare_data
+    from data_engine.flywheel.dataset import generate_default_corpus, patch_kinds, prepare_data
     from data_engine.flywheel.detect import get_line_source
 
     from .report import table, write_run_report
@@ -49,12 +49,12 @@ def run_flywheel(cfg: FlywheelAppConfig | DictConfig | dict, log=_console) -> di
     else:
         pdf_dir = out / "pdfs"
         log(f"[flywheel] generating the embedded default corpus -> {pdf_dir}")
-        generate_default_corpus(pdf_dir, languages, fw.pages_per_doc, fw.seed)
+        generate_default_corpus(pdf_dir, languages, fw.pages_per_doc, fw.seed, tuple(fw.lines_per_block))
     det_kw = {"model_path": fw.detector.model_path, "threads": fw.threads, "dpi": fw.dpi} \
         if fw.detector.name == "ppocr_det" else {}
     detector = get_line_source(fw.detector.name, **det_kw)
     counts = prepare_data(out / "data", languages, pdf_dir=pdf_dir, detector=detector, dpi=fw.dpi,
-                          tokenizer_vocab=fw.tokenizer_vocab, log=log)
+                          tokenizer_vocab=fw.tokenizer_vocab, kinds=patch_kinds(fw.patches), log=log)
     if sum(c["pool"] for c in counts.values()) == 0:
         log("[flywheel] warning: nothing to label (no image-only pages and no refused text-layer lines)")
     runner = RoundRunner(fw, out, list(languages), log=log)

@@ -18,6 +18,9 @@ from data_engine.flywheel.accept import AcceptConfig
 from data_engine.flywheel.linepages import LineLanguage
 from data_engine.scripts import SCRIPTS
 
+PATCH_KINDS = ("lines", "blocks", "both")  # flywheel.patches
+LABEL_EXECUTORS = ("local", "ray")  # flywheel.label.executor
+
 __all__ = ["FlywheelAppConfig", "FlywheelConfig", "LanguagePlan", "as_app_config", "register", "typed"]
 
 
@@ -61,6 +64,16 @@ class LabelConfig(Schema):
     max_new_tokens: int = setting(64, ge=1)  # longer outputs are rejected as unfinished
     no_repeat_ngram: int = setting(8, ge=0)  # ban repeating an n-gram of this many tokens (0: off) ...
     window: int = setting(48, ge=1)   # ... within the last this many generated tokens
+    executor: str = setting("local", choices=LABEL_EXECUTORS)  # local: this process; ray: Ray actors (train/flywheel/ray_label.py)
+    actors: int = setting(2, ge=1)    # executor=ray on a cluster without GPUs: CPU actors (with GPUs: one per GPU)
+    ray_address: Optional[str] = None  # executor=ray: "auto", "host:6379", "ray://host:10001"; null: $RAY_ADDRESS, else a new local Ray instance
+
+    def check(self) -> None:
+        if self.executor == "ray":
+            try:
+                import ray  # noqa: F401
+            except ImportError as e:
+                raise ConfigError("flywheel.label.executor=ray needs Ray: pip install 'ocrflow[ray]'") from e
 
 
 @dataclass
@@ -84,6 +97,8 @@ class FlywheelConfig(Schema):
     dpi: int = setting(144, gt=0)     # page rendering for patch cutting and detection
     threads: int = setting(2, ge=1)   # torch / onnxruntime threads
     tokenizer_vocab: int = setting(512, ge=265)  # byte-level BPE on seed labels + the scripts' letters
+    patches: str = setting("lines", choices=PATCH_KINDS)  # what is cut: lines, blocks (text blocks / detector line groups) or both
+    lines_per_block: list[int] = setting([1, 1], ge=1)  # generated corpus: lines per paragraph [lo, hi] ([1, 1]: every line alone)
     detector: DetectorConfig = group(DetectorConfig)
     recognizer: RecognizerConfig = group(RecognizerConfig)
     label: LabelConfig = group(LabelConfig)
@@ -91,6 +106,9 @@ class FlywheelConfig(Schema):
     baseline: BaselineConfig = group(BaselineConfig)
 
     def check(self) -> None:
+        lo_hi = self.lines_per_block
+        if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
+            raise ConfigError(f"flywheel.lines_per_block must be [lo, hi] with lo <= hi, got {lo_hi}")
         specs = [lp.lang for lp in self.languages]
         if len(set(specs)) != len(specs):
             raise ConfigError(f"flywheel.languages: each lang may appear once, got {specs}")

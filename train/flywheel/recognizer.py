@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from data_engine.flywheel.patches import PROMPT, patch_canvas
+from data_engine.flywheel.patches import BLOCK, LINE, PROMPT, patch_canvas
 
 
 def recognizer_config(experiment: str, overrides: Sequence[str], *, shards: Sequence[str], tokenizer: str,
@@ -68,19 +68,29 @@ class _TokenLogProbs:
         return torch.stack(self.chosen, dim=1)
 
 
+def _tidy(text: str, kind: str) -> str:
+    """Whitespace runs -> one space; a block keeps its (non-empty) lines."""
+    if kind == BLOCK:
+        return "\n".join(" ".join(line.split()) for line in text.split("\n") if line.strip())
+    return " ".join(text.split())
+
+
 @torch.no_grad()
 def read_patches(model, tokenizer, crops: Sequence, *, batch_size: int = 16, max_new_tokens: int = 48,
-                 no_repeat_ngram: int = 8, window: int = 48, mode: str = "tiny") -> list[tuple[str, float, bool]]:
-    """(text, confidence, finished) per crop (PIL line images), in order, ``batch_size`` at a time."""
+                 no_repeat_ngram: int = 8, window: int = 48, mode: str = "tiny",
+                 kinds: Sequence[str] | None = None) -> list[tuple[str, float, bool]]:
+    """(text, confidence, finished) per crop (PIL images of lines, or of blocks where ``kinds``
+    says so), in order, ``batch_size`` at a time."""
     from models.generation import NoRepeatNGramLogitsProcessor, generate
     from models.image_processing import preprocess_image
 
     device = next(model.parameters()).device
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    kinds = list(kinds) if kinds is not None else [LINE] * len(crops)
     out: list[tuple[str, float, bool]] = []
     for i in range(0, len(crops), batch_size):
         chunk = crops[i:i + batch_size]
-        images = [preprocess_image(patch_canvas(c), mode) for c in chunk]
+        images = [preprocess_image(patch_canvas(c, kind=k), mode) for c, k in zip(chunk, kinds[i:i + batch_size])]
         ids = [tokenizer.encode_prompt(PROMPT, [img]) for img in images]
         T = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), T), pad, dtype=torch.long)
@@ -100,13 +110,13 @@ def read_patches(model, tokenizer, crops: Sequence, *, batch_size: int = 16, max
             n = seq.index(eos) + 1 if eos in seq else len(seq)  # tokens up to and incl. EOS
             conf = float(logp[r, :n].mean()) if n else float("-inf")
             text = tokenizer.decode(seq[:n], skip_special_tokens=True)
-            out.append((" ".join(text.split()), conf, bool(res.finished[r])))
+            out.append((_tidy(text, kinds[i + r]), conf, bool(res.finished[r])))
     return out
 
 
 @torch.no_grad()
 def reference_nll(model, tokenizer, crops: Sequence, texts: Sequence[str], *, batch_size: int = 16,
-                  mode: str = "tiny") -> float:
+                  mode: str = "tiny", kinds: Sequence[str] | None = None) -> float:
     """Mean teacher-forced cross-entropy (nats per token, EOS included) of the reference texts
     given the crops. With blank crops this is the image-blind control: a recognizer that reads
     has a clearly lower loss with the real crops, long before its greedy output is right."""
@@ -114,9 +124,11 @@ def reference_nll(model, tokenizer, crops: Sequence, texts: Sequence[str], *, ba
     from models.image_processing import preprocess_image
 
     device = next(model.parameters()).device
+    kinds = list(kinds) if kinds is not None else [LINE] * len(crops)
     total, count = 0.0, 0
     for i in range(0, len(crops), batch_size):
-        images = [preprocess_image(patch_canvas(c), mode) for c in crops[i:i + batch_size]]
+        images = [preprocess_image(patch_canvas(c, kind=k), mode)
+                  for c, k in zip(crops[i:i + batch_size], kinds[i:i + batch_size])]
         rows = []
         for img, text in zip(images, texts[i:i + batch_size]):
             prompt = tokenizer.encode_prompt(PROMPT, [img])

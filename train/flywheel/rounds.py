@@ -6,7 +6,8 @@ Round k (``<out>/round_<k>/``):
    < k (from scratch in round 0, then continuing from round k-1's model), by ``train.api.train``
    (which checkpoints and resumes itself); its exported model is ``train/model``.
 2. ``labels.jsonl``: the pool patches not yet accepted, labelled in fixed batches (one JSON line
-   per finished batch, fsynced), each with text, confidence and the acceptance verdict.
+   per finished batch, fsynced, in batch order), each with text, confidence and the acceptance
+   verdict; read in this process or on Ray actors (``flywheel.label.executor``, ``readers.py``).
 3. ``accepted/<lang>.tar``: the patches accepted in this round (patch shards, training format).
 4. ``pages/flywheel-000000.tar``: all patches accepted so far, reassembled per page into
    page-level fine labels (engine shard format, ``source: flywheel``) for stage 2.
@@ -25,6 +26,7 @@ import json
 import os
 import time
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 from data_engine.flywheel.accept import judge, length_range
@@ -34,6 +36,7 @@ from data_engine.flywheel.reassemble import page_labels, write_page_shard
 from data_engine.metrics import corpus_cer
 from data_engine.scripts import script_info
 
+from .readers import make_reader
 from .recognizer import load_recognizer, read_patches, recognizer_config, reference_nll, train_recognizer
 
 
@@ -131,29 +134,35 @@ class RoundRunner:
         return Path(res["export_dir"])
 
     # ------------------------------------------------------------------ 2.-3. label + accept
-    def label(self, k: int, model, tok, pool: list[Patch]) -> list[dict]:
-        lc = self.cfg.label
-        bs = lc.batch_size
+    def label(self, k: int, model, tok, pool: list[Patch], model_dir: Path | None = None) -> list[dict]:
+        """Label the batches of ``pool`` not yet in ``labels.jsonl`` (``model_dir``: the round's
+        exported model, which Ray actors load; default ``round_k/train/model``)."""
+        bs = self.cfg.label.batch_size
         path = self.rdir(k) / "labels.jsonl"
         done = read_label_batches(path)
-        rows = []
-        with open(path, "a", encoding="utf-8") as f:
-            for b in range(0, -(-len(pool) // bs)):
-                chunk = pool[b * bs:(b + 1) * bs]
-                if b not in done:
-                    reads = read_patches(model, tok, [p.image for p in chunk], **self.read_kw())
-                    done[b] = []
-                    for p, (text, conf, fin) in zip(chunk, reads):
-                        why = judge(text, confidence=conf, finished=fin, bbox=p.bbox, script=p.script,
-                                    cfg=self.accept_cfg, length_bounds=self.bounds[self.spec_of(p)])
-                        done[b].append({"key": p.key, "lang": p.lang, "text": text, "confidence": round(conf, 4),
-                                        "finished": fin, "reason": why})
-                    f.write(json.dumps({"batch": b, "rows": done[b]}, ensure_ascii=False) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
-                    self.log(f"[flywheel] round {k}: labelled {min(len(pool), (b + 1) * bs)}/{len(pool)}")
-                rows += done[b]
-        return rows
+        n_batches = -(-len(pool) // bs)
+        todo = [b for b in range(n_batches) if b not in done]
+        if todo:
+            reader = make_reader(self.cfg.label, model=model, tokenizer=tok,
+                                 model_dir=model_dir or self.rdir(k) / "train" / "model",
+                                 tokenizer_dir=self.data / "tokenizer", read_kw=self.read_kw(),
+                                 threads=self.cfg.threads, log=self.log)
+            try:
+                with open(path, "a", encoding="utf-8") as f:
+                    for b, reads in zip(todo, reader.map([pool[b * bs:(b + 1) * bs] for b in todo])):
+                        done[b] = []
+                        for p, (text, conf, fin) in zip(pool[b * bs:(b + 1) * bs], reads):
+                            why = judge(text, confidence=conf, finished=fin, bbox=p.bbox, script=p.script,
+                                        cfg=self.accept_cfg, length_bounds=self.bounds[self.spec_of(p)])
+                            done[b].append({"key": p.key, "lang": p.lang, "text": text,
+                                            "confidence": round(conf, 4), "finished": fin, "reason": why})
+                        f.write(json.dumps({"batch": b, "rows": done[b]}, ensure_ascii=False) + "\n")
+                        f.flush()
+                        os.fsync(f.fileno())
+                        self.log(f"[flywheel] round {k}: labelled {min(len(pool), (b + 1) * bs)}/{len(pool)}")
+            finally:
+                reader.close()
+        return [r for b in range(n_batches) for r in done[b]]
 
     def write_accepted(self, k: int, pool: list[Patch], rows: list[dict]) -> None:
         rd = self.rdir(k)
@@ -164,9 +173,7 @@ class RoundRunner:
         for r in rows:
             if r["reason"] is None:
                 p = by_key[r["key"]]
-                per[self.spec_of(p)].append(Patch(p.key, p.doc_id, p.page, p.bbox, p.lang, p.script, p.source,
-                                                  r["text"], p.source_path, p.page_size,
-                                                  {"round": k, "confidence": r["confidence"]}, p.image))
+                per[self.spec_of(p)].append(replace(p, text=r["text"], extra={"round": k, "confidence": r["confidence"]}))
         for s in self.langs:
             write_patch_shard(rd / "accepted" / f"{_key(s)}.tar", per[s])
         _atomic_json(rd / "ACCEPTED", {s: len(per[s]) for s in self.langs})
@@ -181,15 +188,17 @@ class RoundRunner:
             if not gold:
                 out[s] = {"gold_n": 0}
                 continue
-            kw = self.read_kw()
+            kw = dict(self.read_kw(), kinds=[p.kind for p in gold])
             reads = read_patches(model, tok, [p.image for p in gold], **kw)
             blanks = [Image.new("RGB", p.image.size, "white") for p in gold]
             blank = read_patches(model, tok, blanks, **kw)
             texts = [p.text for p in gold]
             out[s] = {"gold_n": len(gold), "cer": corpus_cer((p.text, r[0]) for p, r in zip(gold, reads)),
                       "cer_blind": corpus_cer((p.text, r[0]) for p, r in zip(gold, blank)),
-                      "loss": reference_nll(model, tok, [p.image for p in gold], texts, batch_size=kw["batch_size"]),
-                      "loss_blind": reference_nll(model, tok, blanks, texts, batch_size=kw["batch_size"]),
+                      "loss": reference_nll(model, tok, [p.image for p in gold], texts, batch_size=kw["batch_size"],
+                                            kinds=kw["kinds"]),
+                      "loss_blind": reference_nll(model, tok, blanks, texts, batch_size=kw["batch_size"],
+                                                  kinds=kw["kinds"]),
                       "examples": [{"ref": p.text, "pred": r[0]} for p, r in zip(gold[:3], reads[:3])]}
         return out
 
@@ -209,7 +218,8 @@ class RoundRunner:
             elif code is None or not gold:
                 out[s] = {"cer": None, "note": why or "no gold patches"}
             else:
-                out[s] = {"cer": corpus_cer((p.text, read_line(p.image, p.lang)) for p in gold), "lang": code}
+                out[s] = {"cer": corpus_cer((p.text, read_line(p.image, p.lang, block=p.kind == "block")) for p in gold),
+                          "lang": code}
         _atomic_json(path, out)
         return out
 
@@ -226,7 +236,7 @@ class RoundRunner:
         taken = {p.key for ps in prior.values() for p in ps}
         pool = [p for s in self.langs for p in read_patch_shard(self.data / "pool" / f"{_key(s)}.tar")
                 if p.key not in taken]
-        rows = self.label(k, model, tok, pool)
+        rows = self.label(k, model, tok, pool, model_dir)
         self.write_accepted(k, pool, rows)
         accepted = self.accepted_before(k + 1)
         pages = page_labels([p for ps in accepted.values() for p in ps],
