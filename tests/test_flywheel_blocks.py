@@ -119,6 +119,7 @@ def test_detector_lines_grouped_into_blocks(docs):
     assert len(grouped) == len(truth)
     for b in grouped:
         assert max(_iou(b, t["bbox"]) for t in truth) > 0.7
+    assert len(group_lines(boxes, min_lines=2)) == sum(t["lines"] >= 2 for t in truth) >= 1
 
 
 def test_block_shard_canvas_and_acceptance(tmp_path, docs):

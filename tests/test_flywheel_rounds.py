@@ -140,6 +140,13 @@ def test_config_schema_defaults_and_errors():
         with pytest.raises(ConfigError, match="flywheel.languages"):
             typed(compose(config_name="flywheel", overrides=["flywheel.languages=[{lang: eng-Xxxx}]"]),
                   FlywheelAppConfig)
+        assert (cfg.flywheel.patches, cfg.flywheel.label.executor, cfg.flywheel.label.ray_address) == ("lines", "local", None)
+        with pytest.raises(ConfigError, match="flywheel.patches must be one of"):
+            typed(compose(config_name="flywheel", overrides=["flywheel.patches=paragraphs"]), FlywheelAppConfig)
+        with pytest.raises(ConfigError, match="flywheel.label.executor must be one of"):
+            typed(compose(config_name="flywheel", overrides=["flywheel.label.executor=dask"]), FlywheelAppConfig)
+        with pytest.raises(ConfigError, match="lines_per_block"):
+            typed(compose(config_name="flywheel", overrides=["flywheel.lines_per_block=[3,1]"]), FlywheelAppConfig)
 
 
 @pytest.mark.slow  # its fixture run failed twice in a fresh clone under load; passes alone: ./launch.sh test -m slow

@@ -14,7 +14,8 @@ runs rather than refusing the whole block keeps what the per-line rule keeps for
 price is that a run is not always a whole paragraph (its box ends at the garbled line).
 
 When line patches are cut too (``flywheel.patches=both``), a one-line run is the same patch as
-its line patch (or its refused line) and is not cut a second time.
+its line patch (or its refused line) and is not cut a second time; the same holds for one-line
+detector groups and ground-truth blocks (``dataset.prepare_data``).
 """
 
 from __future__ import annotations
@@ -98,10 +99,12 @@ def cut_blocks(page: pymupdf.Page, page_img: Image.Image, text_dict: dict, *, do
     return good, refused
 
 
-def group_lines(boxes, max_gap: float = 0.8, min_overlap: float = 0.3) -> list[tuple[float, float, float, float]]:
+def group_lines(boxes, max_gap: float = 0.8, min_overlap: float = 0.3,
+                min_lines: int = 1) -> list[tuple[float, float, float, float]]:
     """Line boxes (a detector's, PDF points) grouped into block boxes: a line joins the block
     above it when the vertical gap is below ``max_gap`` x the line's height and the two overlap
-    horizontally by ``min_overlap`` of the narrower one. Blocks in reading order (top first)."""
+    horizontally by ``min_overlap`` of the narrower one. Blocks of at least ``min_lines`` lines,
+    in reading order (top first)."""
     blocks: list[list] = []
     for b in sorted((tuple(float(v) for v in b) for b in boxes), key=lambda b: (b[1], b[0])):
         h = b[3] - b[1]
@@ -114,4 +117,4 @@ def group_lines(boxes, max_gap: float = 0.8, min_overlap: float = 0.3) -> list[t
                 break
         else:
             blocks.append([b])
-    return sorted((_union(g) for g in blocks), key=lambda b: (b[1], b[0]))
+    return sorted((_union(g) for g in blocks if len(g) >= min_lines), key=lambda b: (b[1], b[0]))

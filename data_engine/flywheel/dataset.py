@@ -98,6 +98,7 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
                              "(flywheel.patches changed): use a new out= directory")
         return counts
     langs = {spec: LineLanguage.parse(spec) for spec in languages}
+    min_lines = 2 if LINE in kinds else 1  # block patches of one line only where lines are not cut
     seed, pool, gold = defaultdict(list), defaultdict(list), defaultdict(list)
     truth, refused, pages_log, seed_truth = {}, [], [], defaultdict(list)
     for spec, lang in langs.items():
@@ -118,7 +119,8 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
             for page in doc:
                 img = render_page(page, dpi)
                 lines = gt["pages"][page.number]["blocks"] if gt else []
-                page_truth = {LINE: lines, BLOCK: truth_blocks(lines)}  # a block's truth: its lines' union
+                # a block's truth: its lines' union; with line patches too, one-line blocks are the lines
+                page_truth = {LINE: lines, BLOCK: [b for b in truth_blocks(lines) if b["lines"] >= min_lines]}
                 common = dict(doc_id=path.stem, lang=lang.lang, script=lang.script, source_path=str(path.resolve()))
                 if is_gold:
                     for kind in kinds:
@@ -140,8 +142,9 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
                         source="textlayer_box", start=500, kind=kind, **common)]
                 else:  # image-only: the detector cuts the lines (grouped into blocks for block patches)
                     boxes = [b.bbox for b in detector.blocks(page, image=img)]
+                    regions = group_lines(boxes, min_lines=min_lines) if getattr(detector, "unit", None) == LINE else boxes
                     new = [p for kind in kinds for p in cut_boxes(
-                        img, page.rect, boxes if kind == LINE else group_lines(boxes), page=page.number,
+                        img, page.rect, boxes if kind == LINE else regions, page=page.number,
                         source="detector", kind=kind, **common)]
                     if not boxes:
                         pages_log.append({"doc_id": path.stem, "page": page.number, "reason": "no_lines_detected"})

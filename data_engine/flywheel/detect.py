@@ -11,7 +11,8 @@ interface:
   ``ch_PP-OCRv4_det_infer.onnx`` ships inside the ``rapidocr-onnxruntime==1.4.4`` wheel; nothing
   is downloaded. ``model_path=`` points at another copy.
 * any name of ``data_engine.layout.get_layout_source`` (e.g. ``textlayer``): layout blocks, for
-  block patches.
+  block patches (taken as they are; the line sources' boxes, ``unit = "line"``, are grouped
+  into blocks by ``blocks.group_lines`` instead).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def find_ppocr_det_model(model_path: str | Path | None = None) -> Path:
 class TextLayerLines:
     """Visual lines of the PDF text layer (``patches.visual_lines``)."""
 
+    unit = "line"  # what one box holds: block patches group these boxes (blocks.group_lines)
+
     def __init__(self, rtl: bool = False):
         self.rtl = rtl
 
@@ -62,6 +65,8 @@ class TextLayerLines:
 
 class PPOCRTextLines:
     """PP-OCRv4 text-line detection on the rendered page (``dpi``), boxes back in PDF points."""
+
+    unit = "line"
 
     def __init__(self, model_path: str | Path | None = None, dpi: int = 144, threads: int = 1,
                  box_thresh: float = 0.5, unclip_ratio: float = 1.6, limit_side_len: int = 736):
