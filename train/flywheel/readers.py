@@ -74,7 +74,10 @@ class RayReader:
 
         from data_engine.ray_executor import connect
 
-        self.owns = connect(address, num_cpus=actors * threads)
+        import torch
+
+        # a new local instance gets a CPU per GPU actor too (Ray detects this machine's GPUs)
+        self.owns = connect(address, num_cpus=max(actors * threads, torch.cuda.device_count()))
         try:
             gpus = int(ray.cluster_resources().get("GPU", 0))
             n, opts = (gpus, {"num_gpus": 1, "num_cpus": 1}) if gpus else (actors, {"num_cpus": threads})
