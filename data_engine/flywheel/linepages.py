@@ -193,8 +193,8 @@ def make_line_document(lang: LineLanguage, out_path: str | Path, *, kind: str = 
     for pno, lines in enumerate(planned):
         pix = doc[pno].get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB, alpha=False)
         blocks = []
-        for text, band, block, own_pix in lines:  # own_pix: the paragraph with only this line inked
-            box = _ink_box(own_pix or pix, band, zoom)
+        for text, band, block, ink in lines:  # ink: a paragraph line's box, measured when it was set
+            box = ink if block is not None else _ink_box(pix, band, zoom)
             if box is not None:
                 blocks.append({"label": "text", "bbox": [round(v, 2) for v in box], "text": text,
                                "lang": lang.lang, "script": lang.script})
@@ -220,8 +220,8 @@ def make_line_document(lang: LineLanguage, out_path: str | Path, *, kind: str = 
 
 def _add_paragraph(page, lines: list, rng: random.Random, script: str, rtl: bool, fnt, css: str, archive,
                    size: float, mx: float, y: float, W: float, H: float, k: int, zoom: float) -> float:
-    """Set up to ``k`` lines as one paragraph at ``y``; append (text, band, block, own pixmap)
-    per line to ``lines``; return the next paragraph's ``y``."""
+    """Set up to ``k`` lines as one paragraph at ``y``; append (text, band, block, ink box) per
+    line to ``lines``; return the next paragraph's ``y``."""
     lead = _PARAGRAPH_LEADING * size
     k = max(1, min(k, int((H - 30 - y - 3.0 * size) // lead) + 1))
     texts: list[str] = []
@@ -239,7 +239,7 @@ def _add_paragraph(page, lines: list, rng: random.Random, script: str, rtl: bool
             sp = scratch.new_page(width=W, height=H)
             sp.insert_htmlbox(rect, _paragraph_html(texts, rtl, visible=i), css=style, archive=archive, scale_low=1)
             own = sp.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB, alpha=False)
-            lines.append((text, rect, block, own))
+            lines.append((text, rect, block, _ink_box(own, rect, zoom)))
         scratch.close()
     return y + rect.height + rng.uniform(0.0, 0.5) * size
 
