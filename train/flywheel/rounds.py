@@ -194,6 +194,8 @@ class RoundRunner:
             blank = read_patches(model, tok, blanks, **kw)
             texts = [p.text for p in gold]
             out[s] = {"gold_n": len(gold), "cer": corpus_cer((p.text, r[0]) for p, r in zip(gold, reads)),
+                      "cer_by_kind": {kind: corpus_cer((p.text, r[0]) for p, r in zip(gold, reads) if p.kind == kind)
+                                      for kind in sorted({p.kind for p in gold})},
                       "cer_blind": corpus_cer((p.text, r[0]) for p, r in zip(gold, blank)),
                       "loss": reference_nll(model, tok, [p.image for p in gold], texts, batch_size=kw["batch_size"],
                                             kinds=kw["kinds"]),
@@ -244,13 +246,17 @@ class RoundRunner:
         n_pages = write_page_shard(rd / "pages" / "flywheel-000000.tar", pages)
         gold, tess = self.gold_cer(model, tok), self.tesseract()
         langs = {}
+        kind_of = {p.key: p.kind for p in pool}  # line | block
         for s in self.langs:
             lang_rows = [r for r in rows if self.spec_of_lang(r["lang"]) == s]
             acc = [r for r in lang_rows if r["reason"] is None]
             rej = [r for r in lang_rows if r["reason"] is not None]
+            by_kind = {kind: {"labelled": sum(kind_of[r["key"]] == kind for r in lang_rows),
+                              "accepted": sum(kind_of[r["key"]] == kind for r in acc)}
+                       for kind in sorted({kind_of[r["key"]] for r in lang_rows})}
             langs[s] = {
                 "seed_patches": len(self.seed[s]), "trained_on_accepted": len(prior.get(s, [])),
-                "labelled": len(lang_rows), "accepted": len(acc), "rejected": len(rej),
+                "labelled": len(lang_rows), "accepted": len(acc), "rejected": len(rej), "by_kind": by_kind,
                 "rejected_by_reason": dict(Counter(r["reason"] for r in rej)),
                 "accepted_total": len(accepted.get(s, [])),
                 "accepted_label_cer": corpus_cer((self.truth[r["key"]], r["text"]) for r in acc if r["key"] in self.truth),
