@@ -92,7 +92,8 @@ class Stage1Generator(nn.Module):
         super().__init__()
         self.model = _Stage1Body(stage1)
         self.lm_head = stage1.lm.lm_head
-        self.cfg = SimpleNamespace(eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+        self.cfg = SimpleNamespace(eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                                   image_token_id=stage1.image_token_id)
 
 
 def save_run_config(cfg: Any, out_dir: str | Path) -> Path:
