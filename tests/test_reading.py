@@ -69,14 +69,15 @@ def test_short_stage1_run_reads_held_out_easy_pages(easy, tmp_path):
     cfg = compose("reading_cpu", [
         f"model.tokenizer={easy['tokenizer']}", f"data.shards=[{easy['train']}]",
         f"train.reliance.shards=[{easy['heldout']}]", "train.reliance.every=100",
-        "train.steps=200", "train.seed=0", "train.resume=null", "logging=disabled", f"train.out_dir={out}",
+        "train.steps=250", "train.seed=0", "train.resume=null", "logging=disabled", f"train.out_dir={out}",
     ])
     run_stage1(cfg)
 
     rel = _reliance(out / "metrics.jsonl")
-    assert [r["step"] for r in rel] == [100, 200]
+    assert [r["step"] for r in rel] == [100, 200, 250]
     last = rel[-1]
-    # held-out loss with real pages at most 0.8 x the loss with blank pages
+    # held-out loss with real pages at most 0.8 x the loss with blank pages (measured over data
+    # orders: 0.26-0.34 at step 250; CER 0.14-0.16 against 0.95-0.96 blind)
     assert last["reliance/loss_real"] <= 0.8 * last["reliance/loss_blank"], last
 
     # and it reads them: greedy OCR of held-out pages against the image-blind row
