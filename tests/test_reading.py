@@ -76,8 +76,8 @@ def test_short_stage1_run_reads_held_out_easy_pages(easy, tmp_path):
     rel = _reliance(out / "metrics.jsonl")
     assert [r["step"] for r in rel] == [100, 200, 250]
     last = rel[-1]
-    # held-out loss with real pages at most 0.8 x the loss with blank pages (measured over data
-    # orders: 0.26-0.34 at step 250; CER 0.14-0.16 against 0.95-0.96 blind)
+    # held-out loss with real pages at most 0.8 x the loss with blank pages (measured over seeds:
+    # 0.26-0.34 at step 250; CER 0.14-0.16 against 0.95-0.96 blind)
     assert last["reliance/loss_real"] <= 0.8 * last["reliance/loss_blank"], last
 
     # and it reads them: greedy OCR of held-out pages against the image-blind row
