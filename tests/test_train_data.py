@@ -228,12 +228,19 @@ def test_source_and_mode_frequencies_follow_weights(data_dir, tok):
 def test_missing_source_is_dropped_and_renormalised(data_dir, tok, caplog):
     import train.data as td
     td._warned_dropped = False
+    # the schema's own weights (vision 0.2) without vision data: dropped quietly (DEBUG)
     with caplog.at_level(logging.WARNING, logger="train.data"):
         p = _pipe(data_dir, tok, source_weights={"ocr": 0.7, "vision": 0.2, "text": 0.1},
                   text_corpus=str(data_dir / "corpus"))
-        _pipe(data_dir, tok, source_weights={"ocr": 0.7, "vision": 0.2, "text": 0.1},
-              text_corpus=str(data_dir / "corpus"))
     assert p.source_w == {"ocr": 0.7, "text": 0.1}
+    assert not [r for r in caplog.records if "dropped" in r.getMessage()]
+    # a weight the user set without data: warned, once per process
+    with caplog.at_level(logging.WARNING, logger="train.data"):
+        p = _pipe(data_dir, tok, source_weights={"ocr": 0.6, "vision": 0.3, "text": 0.1},
+                  text_corpus=str(data_dir / "corpus"))
+        _pipe(data_dir, tok, source_weights={"ocr": 0.6, "vision": 0.3, "text": 0.1},
+              text_corpus=str(data_dir / "corpus"))
+    assert p.source_w == {"ocr": 0.6, "text": 0.1}
     msgs = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
     assert len(msgs) == 1 and "vision" in msgs[0]
     with pytest.raises(ValueError, match="unknown key"):

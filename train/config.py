@@ -19,6 +19,8 @@ default. Types are checked by OmegaConf (an override of the wrong type fails at 
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
@@ -193,7 +195,8 @@ class LoggingConfig(Schema):
     _key: ClassVar[str] = "logging"
 
     wandb: WandbConfig = group(WandbConfig)
-    log_every: int = setting(10, ge=0)  # console line every N optimizer steps (0: train.log_every); metrics.jsonl gets every step
+    log_every: int = setting(10, ge=1)  # console line (and stage 2's expert load) every N optimizer steps, plus the first and last; metrics.jsonl gets every step
+    verbose: bool = False  # true: libraries (DeepSpeed, distutils) print and log as they would; false: their chatter is kept off the console (train/logging.py quiet_libraries)
 
 
 # --------------------------------------------------------------------------- train (conf/train/)
@@ -232,7 +235,7 @@ class TrainConfig(Schema):
     out_dir: str = "runs/default"
     resume: Optional[str] = "auto"    # auto: continue from <out_dir>/checkpoints if present | a path | null
     seed: int = 42
-    log_every: int = setting(10, ge=1)  # stage 2 console line every N steps (and logging.log_every fallback)
+    log_every: Optional[int] = setting(None, ge=1)  # deprecated alias of logging.log_every (warned once)
     backend: Optional[str] = setting(None, choices=("nccl", "gloo"))  # null: nccl with CUDA, gloo without
     required: list[str] = setting([])  # dotted keys a recipe cannot run without (e.g. [model.init_from]); checked at start
     nproc_per_node: Optional[int] = setting(None, ge=1)  # launch.sh: processes per node (null: #GPUs, or pp on CPU)
@@ -252,6 +255,30 @@ class Config(Schema):
     deepspeed: DeepSpeedConfig = group(DeepSpeedConfig)
     logging: LoggingConfig = group(LoggingConfig)
     train: TrainConfig = group(TrainConfig)
+
+    def check(self) -> None:
+        # train.log_every is the old name of logging.log_every: honoured, with one warning
+        old = self.train.log_every
+        if old is None:
+            return
+        default = LoggingConfig.__dataclass_fields__["log_every"].default
+        if self.logging.log_every not in (default, old):
+            raise ConfigError(f"train.log_every={old} (deprecated) and logging.log_every="
+                              f"{self.logging.log_every} disagree: set logging.log_every only")
+        self.logging.log_every = old
+        _warn_once("train.log_every is deprecated: it sets logging.log_every "
+                   f"(console line every {old} steps); use logging.log_every={old}")
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    """A config deprecation warning, once per process and from rank 0 only (the config is
+    validated many times, on every rank)."""
+    if msg not in _warned and os.environ.get("RANK", "0") == "0":
+        _warned.add(msg)
+        logging.getLogger(__name__).warning(msg)
 
 
 def register() -> None:

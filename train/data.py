@@ -10,7 +10,8 @@ tar iteration, decode, log-and-skip bad samples), adapted to DeepSeek-OCR traini
   without the image, and/or ``data.text_corpus`` chunks). The mix (``train/mix.py``):
   ``source_weights`` (paper: 70/20/10) x ``ocr_weights`` (sub-weights inside OCR), by samples or
   tokens (``mix_by``), drawn stratified and deterministic; a leaf without data is dropped and
-  the rest renormalised, with one warning. The realised mix is counted (``mix/samples/<leaf>``,
+  the rest renormalised, with one warning if its weight is one you set (a default weight
+  without data, e.g. flywheel, is logged at DEBUG). The realised mix is counted (``mix/samples/<leaf>``,
   ``mix/tokens/<leaf>``) and logged every ``mix_log_every`` batches.
 * Page samples: engine pages give the label kind their mix leaf asks for (coarse / fine);
   other samples draw their kind by ``label_kind_weights`` among the kinds they have (kinds not
@@ -72,6 +73,17 @@ def _weights(name: str, given: Mapping | None, known: tuple[str, ...] | None) ->
     if any(v < 0 for v in w.values()):
         raise ValueError(f"data.{name} must be non-negative: {w}")
     return w
+
+
+def _weight_was_set(leaf: str, cfg: Mapping) -> bool:
+    """Whether the weight that puts mix leaf ``leaf`` (``vision``, ``ocr/flywheel``) in the mix
+    differs from the schema's default, i.e. a recipe or override set it."""
+    source, _, name = leaf.partition("/")
+    if not name:
+        return float(cfg["source_weights"].get(source, 0)) != DEFAULTS["source_weights"].get(source)
+    if cfg["ocr_weights"] is None:  # every ocr_sources entry weighs the same: named by the user?
+        return name not in DEFAULTS["ocr_sources"]
+    return float(cfg["ocr_weights"].get(name, 0)) != (DEFAULTS["ocr_weights"] or {}).get(name)
 
 
 def _choose(rng, weights: Mapping[str, float]) -> str:
@@ -192,10 +204,15 @@ class _WorkerPipeline:
         total = sum(targets.values())
         targets = {k: v / total for k, v in targets.items()}
         global _warned_dropped
-        if dropped and slot == 0 and not _warned_dropped:
-            _warned_dropped = True
-            log.warning("data sources %s have a weight but no data configured; dropped, the rest "
-                        "renormalised to %s", dropped, {k: round(v, 4) for k, v in targets.items()})
+        if dropped and slot == 0:
+            # a weight you set warns (once); the schema's own default (e.g. flywheel data the run
+            # does not have) is the plain case of a smaller run: DEBUG only
+            mine = [leaf for leaf in dropped if _weight_was_set(leaf, cfg)]
+            warn = bool(mine) and not _warned_dropped
+            _warned_dropped = _warned_dropped or warn
+            log.log(logging.WARNING if warn else logging.DEBUG,
+                    "data sources %s have a weight but no data configured; dropped, the rest "
+                    "renormalised to %s", mine or dropped, {k: round(v, 4) for k, v in targets.items()})
         return targets
 
     # ---- state -------------------------------------------------------------------------

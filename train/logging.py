@@ -15,10 +15,14 @@ stage 1 and stage 2 report the same names.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,8 @@ import torch
 
 from .common import to_container, world_info
 from .config import Config, typed
+
+log = logging.getLogger(__name__)
 
 
 def token_loss_breakdown(
@@ -80,6 +86,116 @@ def expert_load_metrics(counts: torch.Tensor, prefix: str = "expert_load") -> di
     return out
 
 
+# --------------------------------------------------------------------------- console lines
+
+CONSOLE_WIDTH = 100  # a step line never exceeds it (a terminal of that width shows one per line)
+
+
+def _rate(v: float) -> str:
+    """742 / 12.3k / 1.23M: tokens/s stays short at any scale."""
+    return f"{v:.0f}" if v < 1e4 else f"{v / 1e3:.3g}k" if v < 1e6 else f"{v / 1e6:.3g}M"
+
+
+def _duration(s: float) -> str:
+    s = max(0, round(s))
+    return f"{s}s" if s < 60 else f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def format_step(step: int, total: int, m: Mapping[str, float], eta_s: float | None = None,
+                width: int = CONSOLE_WIDTH) -> str:
+    """One console line for a step's metrics, at most ``width`` characters.
+
+    Always shown (when logged): step, loss, lr, tokens/s, s/step and, on the steps it is
+    measured, vision reliance as ``real/blank <held-out loss with real images>/<with blank
+    images>``. Shown while they fit, dropped in this order when they do not: per-source losses
+    (``src``), MoE aux loss, gradient norm, ETA. Everything is in metrics.jsonl and wandb anyway.
+    """
+    parts: list[tuple[str, int]] = []  # (text, drop rank: 0 = always kept, higher = dropped first)
+    parts.append((f"step {step}/{total}", 0))
+    if "loss" in m:
+        parts.append((f"loss {m['loss']:.4f}", 0))
+    if "aux_loss" in m:
+        parts.append((f"aux {m['aux_loss']:.4f}", 3))
+    if "lr" in m:
+        parts.append((f"lr {m['lr']:.2e}", 0))
+    if "grad_norm" in m:
+        parts.append((f"gnorm {m['grad_norm']:.2f}", 2))
+    if "tokens_per_s" in m:
+        parts.append((f"{_rate(m['tokens_per_s'])} tok/s", 0))
+    if "step_time_s" in m:
+        parts.append((f"{m['step_time_s']:.3g} s/step", 0))
+    if "reliance/loss_real" in m and "reliance/loss_blank" in m:
+        parts.append((f"real/blank {m['reliance/loss_real']:.3f}/{m['reliance/loss_blank']:.3f}", 0))
+    srcs = [f"{k.rsplit('/', 1)[-1]} {v:.2f}" for k, v in m.items() if k.startswith("loss/source/")]
+    if srcs:
+        parts.append(("src " + " ".join(srcs), 4))
+    if eta_s is not None:
+        parts.append((f"eta {_duration(eta_s)}", 1))
+    sep = "  "
+    while len(sep.join(t for t, _ in parts)) > width and any(r for _, r in parts):
+        worst = max(r for _, r in parts)
+        parts = [(t, r) for t, r in parts if r != worst]
+    return sep.join(t for t, _ in parts)
+
+
+# --------------------------------------------------------------------------- libraries' chatter
+
+# Library loggers whose messages on a normal run are chatter nobody can act on, and the level
+# they are raised to. ``logging.verbose=true`` leaves every library at its own levels.
+QUIET_LEVELS: dict[str, int] = {
+    # distutils' compiler command lines ("gcc ... test.c"): DeepSpeed's op builders probing for
+    # libaio while importing; they propagate to the root logger, which Hydra sets to INFO
+    "compilers": logging.WARNING,
+    # DeepSpeed's own logger: INFO is its config dump and per-step lines; warnings stay
+    "DeepSpeed": logging.WARNING,
+}
+
+
+def quiet_libraries(verbose: bool = False) -> None:
+    """Keep the libraries' chatter off the console; the trainers call this first thing.
+
+    * DeepSpeed's accelerator: without CUDA the trainers run on CPU (gloo), so the accelerator
+      is named (``DS_ACCELERATOR=cpu``) instead of DeepSpeed warning, on every rank, that it
+      fell back to CPU. A ``DS_ACCELERATOR`` already set is left alone. Must run before
+      ``import deepspeed`` (the detection runs on import).
+    * the loggers of ``QUIET_LEVELS`` are raised to their level.
+    * what libraries ``print`` while the trainers set up goes through ``library_prints``.
+
+    Warnings of ocrflow's own loggers (``train.*``, ``models.*``, ``data_engine.*``: a bad
+    setting, a dropped data source, an image-blind run) are untouched. ``verbose=True``
+    (``logging.verbose=true``) changes nothing, so every library speaks as it would.
+    """
+    if verbose:
+        return
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+    for name, level in QUIET_LEVELS.items():
+        lg = logging.getLogger(name)
+        if lg.getEffectiveLevel() < level:
+            lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def library_prints(verbose: bool = False) -> Iterator[None]:
+    """Lines that libraries ``print`` inside the block (DeepSpeed: "Using topology: ...",
+    "SEED_LAYERS=...", "... shm_comm_op built successfully") go to this module's logger at
+    DEBUG instead of stdout; if the block raises they are printed after all, as context for
+    the error. ``verbose=True``: printed as usual."""
+    if verbose:
+        yield
+        return
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            yield
+    except BaseException:
+        sys.stdout.write(buf.getvalue())
+        raise
+    for line in buf.getvalue().splitlines():
+        if line.strip():
+            log.debug("library output: %s", line)
+
+
 def _truncate_metrics(path: Path, last_step: int) -> None:
     """Keep the entries of ``metrics.jsonl`` up to ``last_step`` (atomic rewrite; a torn last
     line from a killed run is dropped too)."""
@@ -111,10 +227,11 @@ class MetricsLogger:
         self.out_dir = Path(out_dir)
         cfg = typed(cfg, Config)
         log_cfg = cfg.logging
-        self.console_every = log_cfg.log_every or cfg.train.log_every
+        self.console_every = log_cfg.log_every
         self._wandb_run = None
         self._jsonl = None
         self._t0 = time.perf_counter()
+        self._start_step = int(start_step)
         if not self.enabled:
             return
         from rich.console import Console
@@ -161,26 +278,17 @@ class MetricsLogger:
         if console is None:
             console = step == 1 or step % max(1, self.console_every) == 0 or step == self.total_steps
         if console:
-            self.console.print(self._format(step, metrics))
+            done = step - self._start_step  # steps timed by this process (a resumed run starts later)
+            eta = (time.perf_counter() - self._t0) / done * max(self.total_steps - step, 0) if done > 0 else None
+            from rich.text import Text
 
-    def _format(self, step: int, m: Mapping[str, float]) -> str:
-        elapsed = time.perf_counter() - self._t0
-        eta = elapsed / max(step, 1) * max(self.total_steps - step, 0)
-        parts = [f"[bold]step {step}/{self.total_steps}[/bold]"]
-        for key, fmt in (("loss", "{:.4f}"), ("aux_loss", "{:.4f}"), ("lr", "{:.2e}"),
-                         ("grad_norm", "{:.3f}"), ("tokens_per_s", "{:.0f}"),
-                         ("samples_per_s", "{:.2f}"), ("step_time_s", "{:.2f}")):
-            if key in m:
-                parts.append(f"{key} " + fmt.format(m[key]))
-        srcs = [f"{k.rsplit('/', 1)[-1]}={v:.3f}" for k, v in m.items() if k.startswith("loss/source/")]
-        if srcs:
-            parts.append("src " + " ".join(srcs))
-        parts.append(f"eta {eta / 60:.1f}m")
-        return " | ".join(parts)
+            line = Text(format_step(step, self.total_steps, metrics, eta))
+            line.stylize("bold", 0, len(f"step {step}/{self.total_steps}"))
+            self.console.print(line, soft_wrap=True)
 
     def info(self, msg: str) -> None:
-        if self.enabled:
-            self.console.print(msg)
+        if self.enabled:  # as is: no rich markup in paths, no line breaks at 80 columns off a terminal
+            self.console.print(msg, markup=False, soft_wrap=True)
 
     def summary(self, values: Mapping[str, Any]) -> None:
         if self.enabled and self._wandb_run is not None:

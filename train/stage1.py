@@ -42,7 +42,8 @@ from .common import (build_ds_config, build_lr_scheduler, build_optimizer, curre
                      resume_if_requested, save_checkpoint, start_run, touch_params)
 from .config import Config, Stage1LMConfig, typed
 from .eval.loading import save_run_config
-from .logging import MetricsLogger, reduce_breakdowns, token_loss_breakdown
+from .logging import (MetricsLogger, library_prints, quiet_libraries, reduce_breakdowns,
+                      token_loss_breakdown)
 
 IGNORE_INDEX = -100
 ENCODER_FILE = "encoder.safetensors"
@@ -229,28 +230,31 @@ def _all_reduce_sums(parts: dict[str, tuple[float, int]], extra: list[float], de
 
 def run_stage1(cfg: Any) -> dict:
     """Train stage 1 per ``cfg`` (see conf/); returns a summary dict (paths, losses, speed)."""
+    cfg = typed(cfg, Config)
+    verbose = cfg.logging.verbose
+    quiet_libraries(verbose)  # before DeepSpeed is imported
     import deepspeed
 
     from .data import build_train_loader
 
-    cfg = typed(cfg, Config)
-    (tcfg, mcfg, dcfg, rank, world, device, seed, steps, seq_len,
-     out_dir, ckpt_dir, tok) = start_run(cfg)
-    special = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
-               "pad_token_id": tok.pad_token_id, "image_token_id": tok.image_token_id}
-    model = build_stage1_model(cfg, tok.vocab_size, special_ids=special, seq_len=seq_len)
-    # model.sam_from / model.clip_from: public SAM ViT-B / CLIP ViT-L/14 weights (refused, named, on mismatch)
-    pretrained = init_encoder_from_pretrained(model.encoder, mcfg.sam_from, mcfg.clip_from)
-    if mcfg.gradient_checkpointing:
-        model.set_gradient_checkpointing(True)
-    stage2_width = get_preset(mcfg.preset).decoder.hidden_size
+    with library_prints(verbose):  # what DeepSpeed prints while it sets up
+        (tcfg, mcfg, dcfg, rank, world, device, seed, steps, seq_len,
+         out_dir, ckpt_dir, tok) = start_run(cfg)
+        special = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+                   "pad_token_id": tok.pad_token_id, "image_token_id": tok.image_token_id}
+        model = build_stage1_model(cfg, tok.vocab_size, special_ids=special, seq_len=seq_len)
+        # model.sam_from / model.clip_from: public SAM ViT-B / CLIP ViT-L/14 weights (refused, named, on mismatch)
+        pretrained = init_encoder_from_pretrained(model.encoder, mcfg.sam_from, mcfg.clip_from)
+        if mcfg.gradient_checkpointing:
+            model.set_gradient_checkpointing(True)
+        stage2_width = get_preset(mcfg.preset).decoder.hidden_size
 
-    ds_config = build_ds_config(cfg, world)
-    accum = ds_config["gradient_accumulation_steps"]
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_lr_scheduler(optimizer, cfg.optim, steps)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                           lr_scheduler=scheduler, config=ds_config)
+        ds_config = build_ds_config(cfg, world)
+        accum = ds_config["gradient_accumulation_steps"]
+        optimizer = build_optimizer(model, cfg.optim)
+        scheduler = build_lr_scheduler(optimizer, cfg.optim, steps)
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                               lr_scheduler=scheduler, config=ds_config)
     loader = build_train_loader(dcfg, tok, seq_len=seq_len,
                                 micro_batch_size=ds_config["train_micro_batch_size_per_gpu"],
                                 seed=seed, rank=rank, world_size=world)  # data.seed wins when set

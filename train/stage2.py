@@ -8,7 +8,7 @@ world / pp), AdamW with the step (or cosine) schedule of ``train.common``. The l
 * Data: only the first stage of each pipeline reads ``train.data.build_train_loader`` (with
   rank = DP rank, world = DP size); labels and source/mode ids ride along the activations.
 * Logging (rank 0): loss, CE, aux loss, per data source / resolution mode CE, lr, grad norm,
-  tokens/s, samples/s, step time, expert load (every ``log_every`` steps).
+  tokens/s, samples/s, step time, expert load (every ``logging.log_every`` steps).
 * Checkpoints: ``train.common.save_checkpoint`` every ``save_every`` steps and at the end
   (DeepSpeed layer files + optimizer + scheduler, per-rank RNG and data position), exact
   resume with ``train.resume`` (auto | path).
@@ -48,7 +48,7 @@ from .common import (
     start_run,
 )
 from .config import Config, ConfigError, typed
-from .logging import MetricsLogger, expert_load_metrics
+from .logging import MetricsLogger, expert_load_metrics, library_prints, quiet_libraries
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # model.dtype (schema choices)
 EXPORT_DIRNAME = "model"
@@ -224,27 +224,30 @@ def _check_pipeline_groups(cfg: Config, pp: int) -> None:
 
 def run_stage2(cfg: Any) -> dict:
     """Train stage 2 per ``cfg`` (see conf/, experiment/paper_stage2.yaml); returns a summary."""
+    cfg = typed(cfg, Config)
+    verbose = cfg.logging.verbose
+    quiet_libraries(verbose)  # before DeepSpeed is imported
     import deepspeed
 
     from .data import build_train_loader
     from .pipeline import PipelineBatches
 
-    cfg = typed(cfg, Config)
-    (tcfg, mcfg, dcfg, rank, world, device, seed, steps, seq_len,
-     out_dir, ckpt_dir, tok) = start_run(cfg)
-    pp = tcfg.pp
-    module, model_cfg, n_params = build_stage2_pipeline(cfg, tok, pp, device, seed)
-    dec = model_cfg.decoder
+    with library_prints(verbose):  # what DeepSpeed prints while it sets up (topology, seeds)
+        (tcfg, mcfg, dcfg, rank, world, device, seed, steps, seq_len,
+         out_dir, ckpt_dir, tok) = start_run(cfg)
+        pp = tcfg.pp
+        module, model_cfg, n_params = build_stage2_pipeline(cfg, tok, pp, device, seed)
+        dec = model_cfg.decoder
 
-    ds_config = build_ds_config(cfg, world)
-    accum = ds_config["gradient_accumulation_steps"]
-    # named: DeepEncoder parts get their own lr and warm-up (optim.encoder_lr_scale)
-    trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-    _check_pipeline_groups(cfg, pp)
-    optimizer = build_optimizer(trainable, cfg.optim)
-    scheduler = build_lr_scheduler(optimizer, cfg.optim, steps)
-    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
-                                           lr_scheduler=scheduler, config=ds_config)
+        ds_config = build_ds_config(cfg, world)
+        accum = ds_config["gradient_accumulation_steps"]
+        # named: DeepEncoder parts get their own lr and warm-up (optim.encoder_lr_scale)
+        trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        _check_pipeline_groups(cfg, pp)
+        optimizer = build_optimizer(trainable, cfg.optim)
+        scheduler = build_lr_scheduler(optimizer, cfg.optim, steps)
+        engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
+                                               lr_scheduler=scheduler, config=ds_config)
     dp, dp_rank = engine.dp_world_size, engine.grid.get_data_parallel_rank()
 
     loader = None
@@ -264,7 +267,7 @@ def run_stage2(cfg: Any) -> dict:
                 + (f", resumed at step {step} from {resume}" if resume else ""))
 
     data = PipelineBatches(iter(loader) if loader is not None else None, engine.is_first_stage())
-    save_every, keep_last, log_every = tcfg.save_every, tcfg.keep_last, tcfg.log_every
+    save_every, keep_last, log_every = tcfg.save_every, tcfg.keep_last, cfg.logging.log_every
     losses, step_times = [], []
     tokens_seen = 0
     while step < steps:
