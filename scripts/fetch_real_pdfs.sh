@@ -3,15 +3,15 @@
 # packages (documentation the project did not make; LPPL/GPL-licensed TeX documentation). The
 # .deb files are downloaded with `apt-get download` (no installation, no dependencies) and only
 # the named PDFs are extracted. Also installs poppler-utils (pdftotext, the independent
-# reference) when running as root.
+# reference) when it may (root or sudo; scripts/apt_install.sh).
 #
 #   bash scripts/fetch_real_pdfs.sh [DEST]      # default DEST: .cache/real_pdfs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST="${1:-.cache/real_pdfs}"
 mkdir -p "$DEST"
-if ! command -v pdftotext >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  apt-get install -y -q --no-install-recommends poppler-utils >/dev/null || echo "warning: poppler-utils not installed"
+if ! command -v pdftotext >/dev/null 2>&1; then
+  bash scripts/apt_install.sh poppler-utils >/dev/null || echo "warning: poppler-utils not installed"
 fi
 # package | path inside the package | file name under DEST (language prefix: what it exercises)
 FILES="

@@ -12,13 +12,6 @@ if [ ${#need[@]} -eq 0 ]; then
   echo "Noto fonts already installed"
   exit 0
 fi
-if ! command -v apt-get >/dev/null; then
-  echo "apt-get not found: install ${need[*]} (or the Noto font files) manually and set OCRFLOW_FONT_DIRS" >&2
-  exit 1
-fi
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" fontconfig
+bash "$(dirname "$0")/apt_install.sh" "${need[@]}" fontconfig \
+  || { echo "Noto fonts not installed: install the Noto font files any way you like and set OCRFLOW_FONT_DIRS" >&2; exit 1; }
 fc-cache -f >/dev/null 2>&1 || true
-echo "installed: ${need[*]}"

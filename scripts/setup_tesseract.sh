@@ -2,8 +2,8 @@
 # Install Tesseract 5 and the language packs the flywheel's baseline column uses (Debian/Ubuntu):
 # tesseract-ocr + tesseract-ocr-<lang> for each language given (default: eng hin).
 #   scripts/setup_tesseract.sh eng hin ben tam tha ara fas kor jpn khm mya sin
-# Idempotent. Without apt-get (or root/sudo) it says so and exits 1; the flywheel then shows the
-# Tesseract column empty with the reason instead of failing.
+# Idempotent (scripts/apt_install.sh). Without apt-get (or root/sudo) it says so and exits 1;
+# the flywheel then shows the Tesseract column empty with the reason instead of failing.
 set -euo pipefail
 
 langs=("$@")
@@ -19,12 +19,5 @@ if [ ${#need[@]} -eq 0 ]; then
   echo "Tesseract with ${langs[*]} already installed"
   exit 0
 fi
-if ! command -v apt-get >/dev/null; then
-  echo "apt-get not found: install ${need[*]} manually (the flywheel skips the Tesseract column meanwhile)" >&2
-  exit 1
-fi
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
-echo "installed: ${need[*]}"
+bash "$(dirname "$0")/apt_install.sh" "${need[@]}" \
+  || { echo "Tesseract not installed: the flywheel shows its column empty with the reason meanwhile" >&2; exit 1; }
