@@ -44,6 +44,7 @@ Recipes (conf/experiment/<recipe>.yaml; any Hydra override may follow)
     ./launch.sh paper_stage1 model.tokenizer=/ckpt/deepseek-ocr data.shards='[/data/shards/*.tar]'
     HOSTFILE=/etc/hosts.ds ./launch.sh paper_stage2 model.tokenizer=... model.encoder_from=...
     ./launch.sh smoke train.steps=100 logging.wandb.mode=disabled
+    ./launch.sh demo logging.verbose=true   # the libraries' own console output (DeepSpeed...) too
 
 Process layout
   Single node: one process per GPU (deepspeed launcher); on CPU one process per pipeline stage

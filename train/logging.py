@@ -101,6 +101,17 @@ def _duration(s: float) -> str:
     return f"{s}s" if s < 60 else f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+# metric -> console text, drop rank (0: always shown; the highest is dropped first when too long)
+_FIELDS = (
+    ("loss", "loss {:.4f}".format, 0),
+    ("aux_loss", "aux {:.4f}".format, 3),
+    ("lr", "lr {:.2e}".format, 0),
+    ("grad_norm", "gnorm {:.2f}".format, 2),
+    ("tokens_per_s", lambda v: f"{_rate(v)} tok/s", 0),
+    ("step_time_s", "{:.3g} s/step".format, 0),
+)
+
+
 def format_step(step: int, total: int, m: Mapping[str, float], eta_s: float | None = None,
                 width: int = CONSOLE_WIDTH) -> str:
     """One console line for a step's metrics, at most ``width`` characters.
@@ -110,20 +121,8 @@ def format_step(step: int, total: int, m: Mapping[str, float], eta_s: float | No
     images>``. Shown while they fit, dropped in this order when they do not: per-source losses
     (``src``), MoE aux loss, gradient norm, ETA. Everything is in metrics.jsonl and wandb anyway.
     """
-    parts: list[tuple[str, int]] = []  # (text, drop rank: 0 = always kept, higher = dropped first)
-    parts.append((f"step {step}/{total}", 0))
-    if "loss" in m:
-        parts.append((f"loss {m['loss']:.4f}", 0))
-    if "aux_loss" in m:
-        parts.append((f"aux {m['aux_loss']:.4f}", 3))
-    if "lr" in m:
-        parts.append((f"lr {m['lr']:.2e}", 0))
-    if "grad_norm" in m:
-        parts.append((f"gnorm {m['grad_norm']:.2f}", 2))
-    if "tokens_per_s" in m:
-        parts.append((f"{_rate(m['tokens_per_s'])} tok/s", 0))
-    if "step_time_s" in m:
-        parts.append((f"{m['step_time_s']:.3g} s/step", 0))
+    parts = [(f"step {step}/{total}", 0)]  # (text, drop rank: 0 = always kept, higher = dropped first)
+    parts += [(text(m[key]), rank) for key, text, rank in _FIELDS if key in m]
     if "reliance/loss_real" in m and "reliance/loss_blank" in m:
         parts.append((f"real/blank {m['reliance/loss_real']:.3f}/{m['reliance/loss_blank']:.3f}", 0))
     srcs = [f"{k.rsplit('/', 1)[-1]} {v:.2f}" for k, v in m.items() if k.startswith("loss/source/")]
