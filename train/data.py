@@ -457,7 +457,8 @@ class ResumableLoader:
             self.worker_states[logical] = state
             self.batches += 1
             every = int(self.dataset.cfg.get("mix_log_every") or 0)
-            if every and self.batches % every == 0 and self.dataset.rank == 0:
+            # one leaf (e.g. pages only) has nothing to report: its share is 100% by construction
+            if every and self.batches % every == 0 and self.dataset.rank == 0 and len(self.dataset.targets) > 1:
                 log.info("realised data mix after %d batches (by %s): %s", self.batches,
                          self.dataset.cfg["mix_by"], format_mix(self.mix_report(), self.dataset.cfg["mix_by"]))
             yield batch

@@ -11,6 +11,10 @@ it off. ``metrics.jsonl`` is always written: it is what tests and scripts read b
 
 Helpers that turn per-token losses / router counts into those metrics live here too, so
 stage 1 and stage 2 report the same names.
+
+Console: one line per ``logging.log_every`` steps, at most 100 columns (``format_step``). The
+trainers call ``quiet_libraries`` first and set up inside ``library_prints``, so DeepSpeed's
+and distutils' chatter stays off the console; ``logging.verbose=true`` lets it through.
 """
 
 from __future__ import annotations
@@ -229,7 +233,6 @@ class MetricsLogger:
         self.console_every = log_cfg.log_every
         self._wandb_run = None
         self._jsonl = None
-        self._t0 = time.perf_counter()
         self._start_step = int(start_step)
         if not self.enabled:
             return
@@ -241,6 +244,7 @@ class MetricsLogger:
         _truncate_metrics(path, start_step)
         self._jsonl = open(path, "a", encoding="utf-8")
         self._init_wandb(log_cfg, run_config if run_config is not None else cfg)
+        self._t0 = time.perf_counter()  # ETA: the steps' time, not wandb's start-up
 
     def _init_wandb(self, log_cfg: Any, run_config: Any) -> None:
         wb = log_cfg.wandb
