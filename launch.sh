@@ -191,7 +191,8 @@ run_demo() {
   # one thread: greedy decoding of a tiny model is latency-bound, a second thread only contends
   OMP_NUM_THREADS=1 python -m train.evaluate --model "$dir/stage1" --shards "$easy/heldout/engine/shards/*.tar" \
     --pages "${DEMO_EVAL_PAGES:-64}" --modes nano --out "$dir/eval_stage1" >"$dir/eval_stage1.txt" 2>&1 \
-    && echo "[demo] stage 1 (DeepEncoder + OPT) $(grep 'after training' "$dir/eval_stage1.txt" | tr -s ' ')"
+    && echo "[demo] stage 1 (DeepEncoder + OPT): held-out CER $(awk '/after training/ {print $3}' "$dir/eval_stage1.txt")" \
+            "after training, $(awk '/image-blind/ {print $4}' "$dir/eval_stage1.txt") image-blind ($dir/eval_stage1/report.md)"
   echo "[demo] stage 2 export (the whole model):"
   OMP_NUM_THREADS=1 python -m train.evaluate --model "$export" --tokenizer "$easy/tokenizer" \
     --shards "$easy/heldout/engine/shards/*.tar" --pages "${DEMO_EVAL_PAGES:-64}" --modes nano \
