@@ -12,7 +12,7 @@ usage() {
 Usage: ./launch.sh <command|recipe> [hydra overrides...]
 
 Commands
-  demo [overrides]     The embedded default, end to end on this machine (CPU, tiny model, ~15 min
+  demo [overrides]     The embedded default, end to end on this machine (CPU, tiny model, ~8 min
                        on 2 cores): synthetic document PDFs -> data engine -> shards + the other
                        sources; easy pages (large random letters) -> engine -> stage 1 from
                        scratch -> stage 2 (pipeline parallel over CPU processes) -> export ->
