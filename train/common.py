@@ -246,6 +246,13 @@ def part_schedule(part: str, optim_cfg: Any) -> tuple[float, int]:
     return scale, warmup
 
 
+def encoder_has_own_schedule(optim_cfg: Any) -> bool:
+    """True when an encoder part's (lr, warm-up) differs from the language model's, i.e. when
+    ``build_optimizer`` gives the encoder parameter groups of its own."""
+    lm = part_schedule("lm", optim_cfg)
+    return any(part_schedule(part, optim_cfg) != lm for part in ("encoder", "sam"))
+
+
 def build_optimizer(params: Iterable | torch.nn.Module, optim_cfg: Any) -> torch.optim.Optimizer:
     """torch AdamW; matrices get weight decay, vectors (norms, biases, newline) do not.
 
@@ -271,11 +278,12 @@ def build_optimizer(params: Iterable | torch.nn.Module, optim_cfg: Any) -> torch
     # pipeline has the same two groups, which ZeRO needs (it reduces norms group by group)
     groups: dict[tuple, dict] = {}
     for n, p in named:
-        scale, warmup = part_schedule(param_part(n), ocfg)
+        part = param_part(n)
+        scale, warmup = part_schedule(part, ocfg)
         key = (scale, warmup, p.ndim >= 2)
         if key not in groups:
             groups[key] = {"params": [], "weight_decay": wd if p.ndim >= 2 else 0.0,
-                           "lr": lr * scale, "warmup_steps": warmup, "part": param_part(n)}
+                           "lr": lr * scale, "warmup_steps": warmup, "part": part}
         groups[key]["params"].append(p)
     return torch.optim.AdamW(list(groups.values()), lr=lr, betas=tuple(ocfg.betas), eps=ocfg.eps)
 

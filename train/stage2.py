@@ -43,6 +43,7 @@ from .common import (
     build_lr_scheduler,
     build_optimizer,
     current_lrs,
+    encoder_has_own_schedule,
     resume_if_requested,
     save_checkpoint,
     start_run,
@@ -211,10 +212,7 @@ def _stage2_reliance(engine, cfg, tok, seq_len: int, micro: int, seed: int):
 def _check_pipeline_groups(cfg: Config, pp: int) -> None:
     """ZeRO reduces gradient norms once per parameter group across the pipeline stages, so every
     stage needs the same groups; the encoder lives on the first stages only."""
-    o = cfg.optim
-    own = (o.encoder_lr_scale != 1.0 or o.sam_lr_scale != 1.0
-           or o.encoder_warmup_steps not in (None, o.warmup_steps))
-    if pp > 1 and own and cfg.deepspeed.zero_stage >= 1:
+    if pp > 1 and encoder_has_own_schedule(cfg.optim) and cfg.deepspeed.zero_stage >= 1:
         raise ConfigError(
             "optim.encoder_lr_scale / sam_lr_scale / encoder_warmup_steps give the encoder its own "
             f"parameter groups, which only the first pipeline stages have; with train.pp={pp} and ZeRO "
@@ -236,6 +234,7 @@ def run_stage2(cfg: Any) -> dict:
         (tcfg, mcfg, dcfg, rank, world, device, seed, steps, seq_len,
          out_dir, ckpt_dir, tok) = start_run(cfg)
         pp = tcfg.pp
+        _check_pipeline_groups(cfg, pp)  # before the pipeline is built
         module, model_cfg, n_params = build_stage2_pipeline(cfg, tok, pp, device, seed)
         dec = model_cfg.decoder
 
@@ -243,7 +242,6 @@ def run_stage2(cfg: Any) -> dict:
         accum = ds_config["gradient_accumulation_steps"]
         # named: DeepEncoder parts get their own lr and warm-up (optim.encoder_lr_scale)
         trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-        _check_pipeline_groups(cfg, pp)
         optimizer = build_optimizer(trainable, cfg.optim)
         scheduler = build_lr_scheduler(optimizer, cfg.optim, steps)
         engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
