@@ -30,7 +30,6 @@ TASKS = {
     "nano": (dict(size=128, lines=2, chars=2), "nano", 48, 600, 1600),
     "micro": (dict(size=256, lines=4, chars=4), "micro", 64, 1200, 4000),
 }
-MODES = ("tiny", "small", "base", "large", "gundam", "gundam_m", "nano", "micro")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     from data_engine.easy_pages import EasyPageSpec, build_dataset
+    from models.config import RESOLUTION_MODES
     from train.api import compose
     from train.eval.suite import console_table, evaluate
     from train.stage1 import run_stage1
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     data = build_dataset(out / "data", a.train_pages or train_pages, a.heldout_pages, EasyPageSpec(**spec_kw), a.seed)
     t_data = time.time() - t0
 
-    weights = ", ".join(f"{m}: {1.0 if m == mode else 0.0}" for m in MODES)
+    weights = ", ".join(f"{m}: {1.0 if m == mode else 0.0}" for m in RESOLUTION_MODES)
     cfg = compose("reading_cpu", [
         f"model.tokenizer={data['tokenizer']}", f"data.shards=[{data['train']}]",
         f"train.reliance.shards=[{data['heldout']}]", f"data.mode_weights={{{weights}}}",
