@@ -31,6 +31,19 @@ def _text_pdf(path: Path | bytes, lines: list[str]) -> None:
         f.write(doc.tobytes())
 
 
+def text_corpus(d: Path, docs: int, pages: int, lines: int, template: str) -> Path:
+    """``docs`` PDFs of ``pages`` pages, each with ``lines`` lines of ``template`` formatted
+    with the document ``i``, page ``p`` and line ``k``; returns ``d``."""
+    for i in range(docs):
+        doc = pymupdf.open()
+        for p in range(pages):
+            page = doc.new_page()
+            for k in range(lines):
+                page.insert_text((72, 90 + 16 * k), template.format(i=i, p=p, k=k), fontname="helv", fontsize=10)
+        doc.save(d / f"doc_{i:02d}.pdf")
+    return d
+
+
 def _lines(tag: str) -> list[str]:
     return [f"{tag}: line {k} of a page with enough words to pass every filter." for k in range(6)]
 

@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import pymupdf
 import pytest
 
 ray = pytest.importorskip("ray")
@@ -45,16 +44,10 @@ def _quiet(**kw) -> dict:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("ray_corpus")
-    for i in range(N_DOCS):
-        doc = pymupdf.open()
-        for p in range(N_PAGES):
-            page = doc.new_page()
-            for k in range(10):
-                page.insert_text((72, 90 + 16 * k), f"Ray document {i} page {p} line {k}: enough words to keep.",
-                                 fontname="helv", fontsize=10)
-        doc.save(d / f"doc_{i:02d}.pdf")
-    return d
+    from test_engine_faults import text_corpus
+
+    return text_corpus(tmp_path_factory.mktemp("ray_corpus"), N_DOCS, N_PAGES, 10,
+                       "Ray document {i} page {p} line {k}: enough words to keep.")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import tarfile
 import time
 from pathlib import Path
 
-import pymupdf
 import pytest
 
 from data_engine.pipeline import run_engine
@@ -29,16 +28,10 @@ run_engine(dict(input=sys.argv[1], out=sys.argv[2], workers=2, max_count=5, prog
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("resume_corpus")
-    for i in range(N_DOCS):
-        doc = pymupdf.open()
-        for p in range(N_PAGES):
-            page = doc.new_page()
-            for k in range(8):
-                page.insert_text((72, 90 + 16 * k), f"Document {i} page {p} line {k}: a sentence long enough to count.",
-                                 fontname="helv", fontsize=10)
-        doc.save(d / f"doc_{i:02d}.pdf")
-    return d
+    from test_engine_faults import text_corpus
+
+    return text_corpus(tmp_path_factory.mktemp("resume_corpus"), N_DOCS, N_PAGES, 8,
+                       "Document {i} page {p} line {k}: a sentence long enough to count.")
 
 
 def _shard_bytes(out: Path) -> dict[str, bytes]:
