@@ -74,6 +74,23 @@ def default_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
+SHM_ALLREDUCE_OP = "deepspeed_shm_comm"  # DeepSpeed's CPU shared-memory all-reduce op (ShareMemCommBuilder)
+
+
+def _skip_shm_allreduce() -> None:
+    """Keep DeepSpeed's comm backend from building its shared-memory all-reduce op on CPU.
+
+    Training never calls it (ZeRO and the pipeline reduce through torch.distributed; the op
+    serves DeepSpeed's inference all-reduce), yet starting the backend JIT-compiles it (minutes
+    on a fresh machine) and leaves a 69 MB ``/dev/shm/deepspeed_allreduce_buffer_*`` segment
+    per rank behind at every run: it is never unlinked, so a test suite or a flywheel run of
+    many trainings fills /dev/shm, i.e. RAM.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__[SHM_ALLREDUCE_OP] = False
+
+
 def init_distributed(cfg: Any = None) -> tuple[int, int, torch.device]:
     """Initialise torch.distributed once; returns (rank, world_size, device).
 
@@ -99,6 +116,8 @@ def init_distributed(cfg: Any = None) -> tuple[int, int, torch.device]:
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_SIZE="1")
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ["MASTER_PORT"] = os.environ.get("MASTER_PORT") or str(_free_port())
+        if backend == "gloo":
+            _skip_shm_allreduce()
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     rank, world, local_rank = world_info()
     if torch.cuda.is_available() and backend == "nccl":
