@@ -1,11 +1,12 @@
 """Typed configuration for DeepSeek-OCR (DeepEncoder + DeepSeek-3B-MoE decoder).
 
-Two named presets (litgpt style):
+Named presets (litgpt style):
   * ``deepseek-ocr``: the published model (3,336,106,240 parameters), facts from
     ``PAPER_FACTS.md`` and the checkpoint's ``config.json``.
   * ``tiny``: the same structure (windowed + global SAM blocks, 16x compressor, CLIP over
     compressor tokens, a dense layer 0, MoE layers with shared + routed experts) at a few
     million parameters, for CPU tests and the embedded default run.
+  * ``tiny-wide``: ``tiny`` with a 128-wide decoder (the flywheel's CPU recognizer).
 
 Image sizes and patch sizes are the same in both presets, so every resolution mode yields the
 paper's vision token counts on the tiny model too; only widths and depths shrink.
@@ -158,9 +159,18 @@ def _tiny() -> DeepseekOCRConfig:
     )
 
 
+def _tiny_wide() -> DeepseekOCRConfig:
+    """``tiny`` with a 128-wide decoder: on CPU a 64-wide language model starts reading about
+    twice as late (docs/training.md); the flywheel's recognizer uses it."""
+    cfg = _tiny()
+    return dataclasses.replace(cfg, decoder=dataclasses.replace(
+        cfg.decoder, hidden_size=128, intermediate_size=256, moe_intermediate_size=64))
+
+
 PRESETS = {
     "deepseek-ocr": DeepseekOCRConfig,
     "tiny": _tiny,
+    "tiny-wide": _tiny_wide,
 }
 
 

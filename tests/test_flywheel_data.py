@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pymupdf
+from PIL import Image
 import pytest
 
 from data_engine.flywheel.accept import AcceptConfig, judge, loop_span
@@ -124,6 +125,24 @@ def test_canvas_rows_and_patch_shard_roundtrip(tmp_path, docs):
     assert canvas.size == (CANVAS, CANVAS)
     ink_rows = [y for y in range(CANVAS) if min(canvas.getpixel((x, y))[0] for x in range(0, CANVAS, 2)) < 128]
     assert ink_rows and ink_rows[0] % ROW != 0  # glyphs sit inside a row, with a margin
+    assert all(y % ROW not in (0, ROW - 1) for y in ink_rows)  # no glyph straddles a token row
+    # one scale for every line: a short crop and a long one (the same line twice) are set at
+    # the same height, the long one wrapped onto more rows
+    def rows_and_height(im):
+        c = patch_canvas(im)
+        ink = [y for y in range(CANVAS) if min(c.getpixel((x, y))[0] for x in range(0, CANVAS, 2)) < 128]
+        rows = {y // ROW for y in ink}
+        return len(rows), max(max(y for y in ink if y // ROW == r) - min(y for y in ink if y // ROW == r) for r in rows)
+    crop = patches[0].image
+    double = Image.new("RGB", (crop.width * 2, crop.height), "white")
+    double.paste(crop, (0, 0)); double.paste(crop, (crop.width, 0))
+    (r1, h1), (r2, h2) = rows_and_height(crop), rows_and_height(double)
+    assert r2 > r1 and h1 == h2 < ROW
+    wide = patch_canvas(crop, stretch=2.0)  # stretch widens: more ink columns or rows
+    ink_px = lambda im: sum(v < 128 for v in im.convert("L").getdata())  # noqa: E731
+    assert ink_px(wide) > 1.5 * ink_px(patch_canvas(crop))
+    with pytest.raises(ValueError, match="multiple of the token row"):
+        patch_canvas(crop, size=300)
     n = write_patch_shard(tmp_path / "p.tar", patches)
     back = list(read_patch_shard(tmp_path / "p.tar"))
     assert n == len(back) == len(patches)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from data_engine.flywheel.blocks import group_lines, lines_in
 from data_engine.flywheel.linepages import SYLLABLE_SIGNS, LineLanguage, make_line_corpus, truth_blocks
-from data_engine.flywheel.patches import BLOCK, LINE, Patch, cut_boxes, cut_text_layer, render_page, write_patch_shard
+from data_engine.flywheel.patches import BLOCK, CANVAS, LINE, Patch, cut_boxes, cut_text_layer, render_page, write_patch_shard
 from data_engine.metrics import corpus_cer
 from data_engine.scripts import letters, script_info
 
@@ -86,11 +86,18 @@ def patch_kinds(setting: str) -> tuple[str, ...]:
 
 
 def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dpi: int = 144,
-                 tokenizer_vocab: int = 512, kinds: tuple[str, ...] = (LINE,), log=print) -> dict:
-    """Cut seed / pool / gold patches per language and train the tokenizer (see module doc)."""
+                 tokenizer_vocab: int = 512, kinds: tuple[str, ...] = (LINE,), canvas: int = CANVAS,
+                 stretch: float = 1.0, log=print) -> dict:
+    """Cut seed / pool / gold patches per language and train the tokenizer (see module doc).
+    ``canvas`` / ``stretch``: how the shards' canvases are drawn (``patches.patch_canvas``)."""
     import pymupdf
 
+    view = {"canvas": canvas, "stretch": stretch}
     if (data_dir / "DONE").is_file():
+        made_view = json.loads((data_dir / "VIEW").read_text()) if (data_dir / "VIEW").is_file() else None
+        if made_view != view:
+            raise ValueError(f"{data_dir} holds patch canvases drawn as {made_view}, not {view} (the "
+                             "recognizer's mode or stretch changed): use a new out= directory")
         counts = json.loads((data_dir / "DONE").read_text())
         made = {tuple(c.get("by_kind", {LINE: 0})) for c in counts.values()}
         if made and made != {tuple(kinds)}:
@@ -160,16 +167,16 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
     counts = {}
     for spec in langs:
         key = spec.replace(":", "_").replace("-", "_")
-        counts[spec] = {"seed": write_patch_shard(data_dir / "seed" / f"{key}.tar", seed[spec]),
-                        "pool": write_patch_shard(data_dir / "pool" / f"{key}.tar", pool[spec]),
-                        "gold": write_patch_shard(data_dir / "gold" / f"{key}.tar", gold[spec]),
-                        "seed_refused": sum(r["lang"] == langs[spec].lang and r["kind"] == LINE for r in refused),
-                        "seed_refused_by_reason": dict(Counter(r["reason"] for r in refused
-                                                               if r["lang"] == langs[spec].lang and r["kind"] == LINE)),
-                        "by_kind": {kind: {name: sum(p.kind == kind for p in ps[spec])
-                                           for name, ps in (("seed", seed), ("pool", pool), ("gold", gold))}
-                                    for kind in kinds},
-                        "seed_label_cer": corpus_cer(seed_truth[spec])}
+        counts[spec] = {name: write_patch_shard(data_dir / name / f"{key}.tar", ps[spec], canvas, stretch)
+                        for name, ps in (("seed", seed), ("pool", pool), ("gold", gold))}
+        refused_here = [r for r in refused if r["lang"] == langs[spec].lang and r["kind"] == LINE]
+        counts[spec].update({
+            "seed_refused": len(refused_here),
+            "seed_refused_by_reason": dict(Counter(r["reason"] for r in refused_here)),
+            "by_kind": {kind: {name: sum(p.kind == kind for p in ps[spec])
+                               for name, ps in (("seed", seed), ("pool", pool), ("gold", gold))}
+                        for kind in kinds},
+            "seed_label_cer": corpus_cer(seed_truth[spec])})
         log(f"[flywheel] {spec}: {counts[spec]['seed']} seed patches (text layer), "
             f"{counts[spec]['seed_refused']} text-layer lines refused, {counts[spec]['pool']} to label, "
             f"{counts[spec]['gold']} held-out gold; seed-label CER vs ground truth "
@@ -180,6 +187,7 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
     (data_dir / "pages.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pages_log), encoding="utf-8")
     train_flywheel_tokenizer(data_dir / "tokenizer", [p.text for ps in seed.values() for p in ps],
                              [lg.script for lg in langs.values()], tokenizer_vocab)
+    _write_json(data_dir / "VIEW", view)
     _write_json(data_dir / "DONE", counts)
     return counts
 

@@ -7,11 +7,13 @@
   line never costs its page's good lines. With ``kinds`` including ``block`` it also cuts block
   patches (``blocks.py``: a text-layer block's trusted lines, newline-joined).
 * ``cut_boxes(page, boxes, ...)``: patches at given boxes (a detector's, or ground truth's).
-* ``patch_canvas(crop, kind)``: the recognizer reads a square image (the smallest native
-  resolution mode, 512 px = 8 x 8 vision tokens of 64 px). A wide line squeezed into a square
-  would leave a few pixels per character, so a line is scaled up and wrapped into rows whose
-  pitch is a whole number of token rows, read top to bottom like a page of text (GOT-style
-  patches); a block (several lines already) is scaled to fit, its aspect kept.
+* ``patch_canvas(crop, size, kind, stretch)``: the recognizer reads a square image, the side of
+  its resolution mode (default ``micro``, 256 px = 4 x 4 vision tokens of 64 px). A line is set
+  at one fixed scale, its glyphs as tall as one token row, and wrapped into rows read top to
+  bottom like a page of text (GOT-style patches): every patch shows text at the same size and
+  rows never straddle a token boundary, which a small recognizer learns much faster than lines
+  scaled to fill the square (docs/flywheel.md). A block (several lines already) is scaled to
+  fit, its aspect kept.
 * ``write_patch_shard`` / ``read_patch_shard``: webdataset tars in the engine's shard format
   (``png`` = the canvas, ``json`` = metadata with ``labels.coarse`` when the patch has a label),
   so the trainers read patch shards like page shards. Metadata per patch: doc_id, page, bbox
@@ -38,7 +40,7 @@ from data_engine.shards import SampleTarWriter, encode_meta
 from data_engine.text_assembly import rawdict_lines
 from models.prompts import PROMPT_COARSE
 
-CANVAS = 512  # side of the "tiny" resolution mode: the canvas is fed without resizing
+CANVAS = 256  # side of the recognizer's default mode ("micro"): the canvas is fed without resizing
 ROW = 64  # pixels per vision-token row (16 px SAM patches x 4 from the 16x compressor)
 PROMPT = PROMPT_COARSE  # patches carry coarse labels: the recognizer is asked for plain text
 LINE, BLOCK = "line", "block"  # patch kinds
@@ -172,37 +174,36 @@ def cut_text_layer(page: pymupdf.Page, page_img: Image.Image, *, doc_id: str, la
     return good, refused
 
 
-def patch_canvas(img: Image.Image, size: int = CANVAS, row: int = ROW, kind: str = LINE) -> Image.Image:
+def patch_canvas(img: Image.Image, size: int = CANVAS, row: int = ROW, kind: str = LINE,
+                 stretch: float = 1.0) -> Image.Image:
     """The line ``img`` wrapped into rows on a white ``size`` x ``size`` canvas (a block:
     ``block_canvas``).
 
-    Row pitch is a multiple of ``row`` (the vision tokens' height) so rows never straddle a
-    token boundary; the largest pitch whose rows hold the whole line is used (short lines get
-    large glyphs, long ones several rows), the glyphs taking 7/8 of the pitch.
+    Each row is one token row (``row`` px) high, the glyphs taking 7/8 of it, so a patch's
+    text always has the same size whatever the line's length; ``stretch`` widens the line
+    (glyphs of a narrow script spread over more tokens). A line longer than the canvas's rows
+    is shrunk, aspect kept, until it fits.
     """
     if kind == BLOCK:
         return block_canvas(img, size)
+    if size % row:
+        raise ValueError(f"canvas side {size} must be a multiple of the token row {row}")
     img = img.convert("L")
     w, h = img.size
-    pitch = size
-    while True:
-        glyph = pitch - pitch // 8
-        margin = (pitch - glyph) // 2
-        usable = size - 2 * margin
-        scale = glyph / max(h, 1)
-        width = max(1, round(w * scale))
-        n_rows = -(-width // usable)
-        if n_rows <= size // pitch or pitch <= row:
-            break
-        pitch //= 2
-    if n_rows > size // pitch:  # too long even at the smallest pitch: shrink it
-        scale *= (size // pitch) * usable / width
-        width, n_rows = max(1, round(w * scale)), size // pitch
-    line = img.resize((width, max(1, round(h * scale))), Image.BILINEAR)
+    glyph = row - row // 8
+    margin = (row - glyph) // 2
+    usable = size - 2 * margin
+    n_rows_max = size // row
+    width = max(1, round(w * glyph / max(h, 1) * stretch))
+    height = glyph
+    if width > n_rows_max * usable:  # too long: shrink (aspect kept) to fill every row
+        f = n_rows_max * usable / width
+        width, height = n_rows_max * usable, max(1, round(glyph * f))
+    line = img.resize((width, height), Image.BILINEAR)
     canvas = Image.new("L", (size, size), 255)
-    for r in range(n_rows):
-        seg = line.crop((r * usable, 0, min(width, (r + 1) * usable), line.height))
-        canvas.paste(seg, (margin, r * pitch + margin))
+    for r in range(-(-width // usable)):
+        seg = line.crop((r * usable, 0, min(width, (r + 1) * usable), height))
+        canvas.paste(seg, (margin, r * row + margin + (glyph - height) // 2))
     return canvas.convert("RGB")
 
 
@@ -223,8 +224,10 @@ def _png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def write_patch_shard(path: str | Path, patches: Iterable[Patch]) -> int:
-    """Patches (sorted by key) -> one tar; written to ``.tmp`` then renamed (all or nothing)."""
+def write_patch_shard(path: str | Path, patches: Iterable[Patch], size: int = CANVAS, stretch: float = 1.0) -> int:
+    """Patches (sorted by key) -> one tar; written to ``.tmp`` then renamed (all or nothing).
+    ``png`` is the canvas (``patch_canvas(size, stretch)``: what the trainer reads), ``crop.png``
+    the crop itself (what labelling and evaluation draw their canvases from)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -234,7 +237,7 @@ def write_patch_shard(path: str | Path, patches: Iterable[Patch]) -> int:
         for p in sorted(patches, key=lambda p: p.key):
             if p.image is None:
                 raise ValueError(f"patch {p.key} has no image")
-            w.write({"__key__": p.key, "png": _png(patch_canvas(p.image, kind=p.kind)), "crop.png": _png(p.image),
+            w.write({"__key__": p.key, "png": _png(patch_canvas(p.image, size, kind=p.kind, stretch=stretch)), "crop.png": _png(p.image),
                      "json": encode_meta(p.meta())})
             n += 1
         w.close()

@@ -30,6 +30,7 @@ def run_flywheel(cfg: FlywheelAppConfig | DictConfig | dict, log=_console) -> di
     from data_engine.flywheel.dataset import generate_default_corpus, patch_kinds, prepare_data
     from data_engine.flywheel.detect import get_line_source
 
+    from .recognizer import canvas_side
     from .report import table, write_run_report
     from .rounds import RoundRunner
 
@@ -54,7 +55,8 @@ def run_flywheel(cfg: FlywheelAppConfig | DictConfig | dict, log=_console) -> di
         if fw.detector.name == "ppocr_det" else {}
     detector = get_line_source(fw.detector.name, **det_kw)
     counts = prepare_data(out / "data", languages, pdf_dir=pdf_dir, detector=detector, dpi=fw.dpi,
-                          tokenizer_vocab=fw.tokenizer_vocab, kinds=patch_kinds(fw.patches), log=log)
+                          tokenizer_vocab=fw.tokenizer_vocab, kinds=patch_kinds(fw.patches),
+                          canvas=canvas_side(fw.recognizer.mode), stretch=fw.recognizer.stretch, log=log)
     if sum(c["pool"] for c in counts.values()) == 0:
         log("[flywheel] warning: nothing to label (no image-only pages and no refused text-layer lines)")
     runner = RoundRunner(fw, out, list(languages), log=log)

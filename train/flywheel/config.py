@@ -17,8 +17,10 @@ from data_engine.config import ConfigError, Schema, group, register_schema, sett
 from data_engine.flywheel.accept import AcceptConfig
 from data_engine.flywheel.linepages import LineLanguage
 from data_engine.scripts import SCRIPTS
+from models.config import RESOLUTION_MODES
 
 PATCH_KINDS = ("lines", "blocks", "both")  # flywheel.patches
+RECOGNIZER_MODES = tuple(name for name, m in RESOLUTION_MODES.items() if not m.tiled)  # one square view
 LABEL_EXECUTORS = ("local", "ray")  # flywheel.label.executor
 
 __all__ = ["FlywheelAppConfig", "FlywheelConfig", "LanguagePlan", "as_app_config", "register", "typed"]
@@ -47,9 +49,11 @@ class RecognizerConfig(Schema):
     _key: ClassVar[str] = "flywheel.recognizer"
 
     experiment: str = "flywheel_recognizer"  # conf/experiment recipe trained with train.api.train
-    steps: list[int] = setting([150, 75, 75], ge=1)  # optimizer steps per round (the last value repeats)
+    steps: list[int] = setting([1500, 300, 300], ge=1)  # optimizer steps per round (the last value repeats)
     continue_training: bool = True    # round k > 0 starts from round k-1's model
     overrides: list[str] = setting([])  # training overrides, e.g. [model.preset=deepseek-ocr]
+    mode: str = setting("micro", choices=RECOGNIZER_MODES)  # resolution mode it reads; patch canvases have its side
+    stretch: float = setting(1.0, gt=0)  # horizontal stretch of a line on its canvas (data_engine/flywheel/patches.py)
 
     def check(self) -> None:
         if not self.steps:

@@ -1,9 +1,9 @@
 """The flywheel's recognizer: the project's own DeepSeek-OCR, trained and run on line patches.
 
 Training is ``train.api.train`` on a recipe (default ``conf/experiment/flywheel_recognizer.yaml``:
-the tiny preset, stage 2 on one process, the 512 px ``tiny`` mode that patch canvases are drawn
-for) with the round's patch shards as data; the paper's size is the same recipe with
-``model.preset=deepseek-ocr`` on GPUs. The trainer checkpoints and resumes on its own
+the tiny-wide preset, stage 2 on one process) with the round's patch shards as data, in the
+resolution mode ``flywheel.recognizer.mode`` (default ``micro``, 256 px) that the patch canvases
+are drawn for; the paper's size is the same recipe with ``model.preset=deepseek-ocr`` on GPUs. The trainer checkpoints and resumes on its own
 (``train.resume=auto``), so a killed round continues its training where it stopped.
 
 Labelling is batched greedy decoding (``models.generation.generate``: KV cache, left padding,
@@ -22,16 +22,32 @@ from data_engine.flywheel.patches import BLOCK, LINE, PROMPT, patch_canvas
 
 
 def recognizer_config(experiment: str, overrides: Sequence[str], *, shards: Sequence[str], tokenizer: str,
-                      out_dir: str | Path, steps: int, seed: int, init_from: str | None = None):
-    """The training config of one round (``train.api.compose`` + the round's settings)."""
+                      out_dir: str | Path, steps: int, seed: int, init_from: str | None = None,
+                      mode: str = "micro"):
+    """The training config of one round (``train.api.compose`` + the round's settings); the
+    recognizer trains in ``mode`` only (the canvases are drawn at its side)."""
+    from omegaconf import OmegaConf
+
     from train.api import compose
 
     shard_list = "[" + ",".join(str(s) for s in shards) + "]"
-    return compose(experiment, [
+    cfg = compose(experiment, [
         *overrides,
         f"data.shards={shard_list}", f"model.tokenizer={tokenizer}", f"train.out_dir={out_dir}",
         f"train.steps={steps}", f"train.seed={seed}", f"model.init_from={init_from or 'null'}",
     ])
+    OmegaConf.update(cfg, "data.mode_weights", {mode: 1.0}, merge=False)
+    return cfg
+
+
+def canvas_side(mode: str) -> int:
+    """The side of the patch canvases for a recognizer reading in ``mode`` (its base size)."""
+    from models.config import get_mode
+
+    m = get_mode(mode)
+    if m.tiled:
+        raise ValueError(f"the recognizer reads one square view; {mode!r} is a tiled (Gundam) mode")
+    return m.base_size
 
 
 def train_recognizer(cfg) -> dict:
@@ -77,7 +93,7 @@ def _tidy(text: str, kind: str) -> str:
 
 @torch.no_grad()
 def read_patches(model, tokenizer, crops: Sequence, *, batch_size: int = 16, max_new_tokens: int = 48,
-                 no_repeat_ngram: int = 8, window: int = 48, mode: str = "tiny",
+                 no_repeat_ngram: int = 8, window: int = 48, mode: str = "micro", stretch: float = 1.0,
                  kinds: Sequence[str] | None = None) -> list[tuple[str, float, bool]]:
     """(text, confidence, finished) per crop (PIL images of lines, or of blocks where ``kinds``
     says so), in order, ``batch_size`` at a time."""
@@ -85,12 +101,14 @@ def read_patches(model, tokenizer, crops: Sequence, *, batch_size: int = 16, max
     from models.image_processing import preprocess_image
 
     device = next(model.parameters()).device
+    side = canvas_side(mode)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     kinds = list(kinds) if kinds is not None else [LINE] * len(crops)
     out: list[tuple[str, float, bool]] = []
     for i in range(0, len(crops), batch_size):
         chunk = crops[i:i + batch_size]
-        images = [preprocess_image(patch_canvas(c, kind=k), mode) for c, k in zip(chunk, kinds[i:i + batch_size])]
+        images = [preprocess_image(patch_canvas(c, side, kind=k, stretch=stretch), mode)
+                  for c, k in zip(chunk, kinds[i:i + batch_size])]
         ids = [tokenizer.encode_prompt(PROMPT, [img]) for img in images]
         T = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), T), pad, dtype=torch.long)
@@ -116,7 +134,7 @@ def read_patches(model, tokenizer, crops: Sequence, *, batch_size: int = 16, max
 
 @torch.no_grad()
 def reference_nll(model, tokenizer, crops: Sequence, texts: Sequence[str], *, batch_size: int = 16,
-                  mode: str = "tiny", kinds: Sequence[str] | None = None) -> float:
+                  mode: str = "micro", stretch: float = 1.0, kinds: Sequence[str] | None = None) -> float:
     """Mean teacher-forced cross-entropy (nats per token, EOS included) of the reference texts
     given the crops. With blank crops this is the image-blind control: a recognizer that reads
     has a clearly lower loss with the real crops, long before its greedy output is right."""
@@ -124,10 +142,11 @@ def reference_nll(model, tokenizer, crops: Sequence, texts: Sequence[str], *, ba
     from models.image_processing import preprocess_image
 
     device = next(model.parameters()).device
+    side = canvas_side(mode)
     kinds = list(kinds) if kinds is not None else [LINE] * len(crops)
     total, count = 0.0, 0
     for i in range(0, len(crops), batch_size):
-        images = [preprocess_image(patch_canvas(c, kind=k), mode)
+        images = [preprocess_image(patch_canvas(c, side, kind=k, stretch=stretch), mode)
                   for c, k in zip(crops[i:i + batch_size], kinds[i:i + batch_size])]
         rows = []
         for img, text in zip(images, texts[i:i + batch_size]):

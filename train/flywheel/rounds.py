@@ -37,7 +37,8 @@ from data_engine.metrics import corpus_cer
 from data_engine.scripts import script_info
 
 from .readers import make_reader
-from .recognizer import load_recognizer, read_patches, recognizer_config, reference_nll, train_recognizer
+from .recognizer import (canvas_side, load_recognizer, read_patches, recognizer_config, reference_nll,
+                         train_recognizer)
 
 
 def _key(spec: str) -> str:
@@ -99,8 +100,9 @@ class RoundRunner:
 
     def read_kw(self) -> dict:
         lc = self.cfg.label
+        rc = self.cfg.recognizer
         return dict(batch_size=lc.batch_size, max_new_tokens=lc.max_new_tokens,
-                    no_repeat_ngram=lc.no_repeat_ngram, window=lc.window)
+                    no_repeat_ngram=lc.no_repeat_ngram, window=lc.window, mode=rc.mode, stretch=rc.stretch)
 
     # ------------------------------------------------------------------ 1. train
     def training_shards(self, k: int) -> list[Path]:
@@ -125,7 +127,7 @@ class RoundRunner:
         tcfg = recognizer_config(rc.experiment, rc.overrides, shards=[str(s) for s in shards],
                                  tokenizer=str(self.data / "tokenizer"), out_dir=rd / "train",
                                  steps=rc.steps[min(k, len(rc.steps) - 1)], seed=self.cfg.seed + k,
-                                 init_from=init)
+                                 init_from=init, mode=rc.mode)
         t0 = time.process_time()
         res = train_recognizer(tcfg)
         _atomic_json(rd / "TRAINED", {"final_loss": res.get("final_loss"), "steps": res.get("steps"),
@@ -175,7 +177,8 @@ class RoundRunner:
                 p = by_key[r["key"]]
                 per[self.spec_of(p)].append(replace(p, text=r["text"], extra={"round": k, "confidence": r["confidence"]}))
         for s in self.langs:
-            write_patch_shard(rd / "accepted" / f"{_key(s)}.tar", per[s])
+            write_patch_shard(rd / "accepted" / f"{_key(s)}.tar", per[s], canvas_side(self.cfg.recognizer.mode),
+                              self.cfg.recognizer.stretch)
         _atomic_json(rd / "ACCEPTED", {s: len(per[s]) for s in self.langs})
 
     # ------------------------------------------------------------------ 5. measure
@@ -189,6 +192,7 @@ class RoundRunner:
                 out[s] = {"gold_n": 0}
                 continue
             kw = dict(self.read_kw(), kinds=[p.kind for p in gold])
+            nll_kw = {k: kw[k] for k in ("batch_size", "mode", "stretch", "kinds")}
             reads = read_patches(model, tok, [p.image for p in gold], **kw)
             blanks = [Image.new("RGB", p.image.size, "white") for p in gold]
             blank = read_patches(model, tok, blanks, **kw)
@@ -197,10 +201,8 @@ class RoundRunner:
                       "cer_by_kind": {kind: corpus_cer((p.text, r[0]) for p, r in zip(gold, reads) if p.kind == kind)
                                       for kind in sorted({p.kind for p in gold})},
                       "cer_blind": corpus_cer((p.text, r[0]) for p, r in zip(gold, blank)),
-                      "loss": reference_nll(model, tok, [p.image for p in gold], texts, batch_size=kw["batch_size"],
-                                            kinds=kw["kinds"]),
-                      "loss_blind": reference_nll(model, tok, blanks, texts, batch_size=kw["batch_size"],
-                                                  kinds=kw["kinds"]),
+                      "loss": reference_nll(model, tok, [p.image for p in gold], texts, **nll_kw),
+                      "loss_blind": reference_nll(model, tok, blanks, texts, **nll_kw),
                       "examples": [{"ref": p.text, "pred": r[0]} for p, r in zip(gold[:3], reads[:3])]}
         return out
 
