@@ -8,17 +8,29 @@ reason) and the CER of accepted labels; then checks the issue's targets:
 
     python benchmarks/bench_flywheel.py [hydra overrides of conf/flywheel.yaml]
     python benchmarks/bench_flywheel.py out=runs/bench_flywheel 'flywheel.recognizer.steps=[300,150,150]'
+    # the measured run (docs/flywheel.md): 2500 steps in round 0, the learning curve on the gold lines
+    python benchmarks/bench_flywheel.py flywheel.threads=1 'flywheel.recognizer.steps=[2500,500,500]' \
+        'flywheel.recognizer.overrides=["train.reliance.shards=[runs/bench_flywheel/data/gold/eng_Latn.tar]","train.reliance.every=500"]'
 
 CPU time is process time (the machine may be shared), printed per round.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def reliance_curve(metrics: Path) -> list[tuple[int, float, float]]:
+    """(step, held-out loss with real patches, with blank ones) from a round's training log."""
+    if not metrics.is_file():
+        return []
+    rows = (json.loads(line) for line in metrics.read_text().splitlines() if "reliance/loss_real" in line)
+    return [(d["step"], d["reliance/loss_real"], d["reliance/loss_blank"]) for d in rows]
 
 
 def main(argv: list[str]) -> int:
@@ -40,6 +52,9 @@ def main(argv: list[str]) -> int:
     for r in rounds:
         print(f"round {r['round']}: train {r['train'].get('steps')} steps, final loss "
               f"{r['train'].get('final_loss'):.3f}, round CPU {r['cpu_s_round_this_process']:.0f} s")
+        curve = reliance_curve(Path(cfg.out) / f"round_{r['round']}" / "train" / "metrics.jsonl")
+        if curve:  # measured when the recipe's overrides set train.reliance.shards (e.g. the gold shard)
+            print("  held-out loss real / blank: " + ", ".join(f"step {s} {a:.2f}/{b:.2f}" for s, a, b in curve))
     print(f"total: {time.process_time() - t0:.0f} CPU-s in this process, {time.time() - w0:.0f} s wall")
     langs = list(rounds[0]["languages"])
     ok = True
