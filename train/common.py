@@ -60,6 +60,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# Set by init_distributed to the MASTER_PORT of the world of one it makes up. The RANK and
+# MASTER_PORT it puts into os.environ are inherited by every child process, e.g. the
+# `python -m train.flywheel` that a test or notebook starts after training in-process: such a
+# child is not a launcher's rank, and its parent's TCP store still listens on that port.
+_SOLO_WORLD_ENV = "OCRFLOW_SOLO_WORLD_PORT"
+
+
+def _started_by_launcher() -> bool:
+    """RANK set by a launcher (torchrun, deepspeed), not inherited from a made-up world of one
+    (a launcher sets its own MASTER_PORT, so the port tells the two apart)."""
+    return "RANK" in os.environ and os.environ.get(_SOLO_WORLD_ENV) != os.environ.get("MASTER_PORT")
+
+
 def world_info() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from torch.distributed or the launcher's environment."""
     import torch.distributed as dist
@@ -105,17 +118,20 @@ def init_distributed(cfg: Any = None) -> tuple[int, int, torch.device]:
     backend = typed(cfg, Config).train.backend or default_backend()
     if backend == "nccl" and not torch.cuda.is_available():
         raise RuntimeError("train.backend=nccl needs CUDA; use gloo on CPU")
-    if "RANK" in os.environ and not dist.is_initialized():
+    launched = _started_by_launcher()
+    if launched and not dist.is_initialized():
         # Started by a launcher (torchrun, deepspeed): end with it. Otherwise a killed launcher
         # leaves the ranks blocked in a collective for ever, holding the GPUs.
         from data_engine.executor import die_with_parent
 
         die_with_parent(os.getppid())
     if not dist.is_initialized():
-        if "RANK" not in os.environ:  # not started by a launcher: a world of one
+        if not launched:  # not started by a launcher: a world of one
+            made_up = _SOLO_WORLD_ENV in os.environ  # a port made up before, e.g. by the parent
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_SIZE="1")
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ["MASTER_PORT"] = os.environ.get("MASTER_PORT") or str(_free_port())
+            port = None if made_up else os.environ.get("MASTER_PORT")  # a user's MASTER_PORT is kept
+            os.environ["MASTER_PORT"] = os.environ[_SOLO_WORLD_ENV] = port or str(_free_port())
         if backend == "gloo":
             _skip_shm_allreduce()
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
