@@ -138,6 +138,11 @@ def test_canvas_rows_and_patch_shard_roundtrip(tmp_path, docs):
     double.paste(crop, (0, 0)); double.paste(crop, (crop.width, 0))
     (r1, h1), (r2, h2) = rows_and_height(crop), rows_and_height(double)
     assert r2 > r1 and h1 == h2 < ROW
+    # a loose box (a text-layer line box carries the font's ascent and descent) shows the text
+    # at the same size as a box hugging the ink (detector, ground truth)
+    loose = Image.new("RGB", (crop.width + 20, crop.height * 2), "white")
+    loose.paste(crop, (10, crop.height // 2))
+    assert rows_and_height(loose) == rows_and_height(crop)
     wide = patch_canvas(crop, stretch=2.0)  # stretch widens: more ink columns or rows
     ink_px = lambda im: sum(v < 128 for v in im.convert("L").getdata())  # noqa: E731
     assert ink_px(wide) > 1.5 * ink_px(patch_canvas(crop))

@@ -179,8 +179,9 @@ def patch_canvas(img: Image.Image, size: int = CANVAS, row: int = ROW, kind: str
     """The line ``img`` wrapped into rows on a white ``size`` x ``size`` canvas (a block:
     ``block_canvas``).
 
-    Each row is one token row (``row`` px) high, the glyphs taking 7/8 of it, so a patch's
-    text always has the same size whatever the line's length; ``stretch`` widens the line
+    The crop is first cut to its ink (``ink_tight``). Each row is one token row (``row`` px)
+    high, the glyphs taking 7/8 of it, so a patch's text always has the same size whatever the
+    line's length or the source of its box; ``stretch`` widens the line
     (glyphs of a narrow script spread over more tokens). A line longer than the canvas's rows
     is shrunk, aspect kept, until it fits.
     """
@@ -188,7 +189,7 @@ def patch_canvas(img: Image.Image, size: int = CANVAS, row: int = ROW, kind: str
         return block_canvas(img, size)
     if size % row:
         raise ValueError(f"canvas side {size} must be a multiple of the token row {row}")
-    img = img.convert("L")
+    img = ink_tight(img.convert("L"))
     w, h = img.size
     glyph = row - row // 8
     margin = (row - glyph) // 2
@@ -205,6 +206,17 @@ def patch_canvas(img: Image.Image, size: int = CANVAS, row: int = ROW, kind: str
         seg = line.crop((r * usable, 0, min(width, (r + 1) * usable), height))
         canvas.paste(seg, (margin, r * row + margin + (glyph - height) // 2))
     return canvas.convert("RGB")
+
+
+def ink_tight(img: Image.Image, threshold: int = 160, pad: int = 1) -> Image.Image:
+    """``img`` (greyscale) cropped to its ink: text-layer line boxes carry the font's ascent and
+    descent, detector and ground-truth boxes hug the ink, so scaling by the box height would
+    show the same text at different sizes depending on where its box came from."""
+    ink = img.point(lambda v: 255 if v < threshold else 0).getbbox()
+    if ink is None:  # blank: nothing to tighten
+        return img
+    x0, y0, x1, y1 = ink
+    return img.crop((max(0, x0 - pad), max(0, y0 - pad), min(img.width, x1 + pad), min(img.height, y1 + pad)))
 
 
 def block_canvas(img: Image.Image, size: int = CANVAS) -> Image.Image:
