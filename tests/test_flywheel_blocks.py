@@ -14,7 +14,7 @@ from data_engine.flywheel.accept import AcceptConfig, chars_per_height, judge
 from data_engine.flywheel.blocks import block_runs, group_lines, lines_in
 from data_engine.flywheel.dataset import _iou, match_block_truth, prepare_data
 from data_engine.flywheel.detect import get_line_source
-from data_engine.flywheel.linepages import LineLanguage, make_line_document, truth_blocks
+from data_engine.flywheel.linepages import truth_blocks
 from data_engine.flywheel.patches import (BLOCK, CANVAS, LINE, cut_boxes, cut_text_layer, patch_canvas,
                                           read_patch_shard, render_page, write_patch_shard)
 from data_engine.flywheel.reassemble import page_labels
@@ -28,13 +28,9 @@ pytestmark = pytest.mark.skipif(find_font("NotoSansDevanagari-Regular.ttf") is N
 
 @pytest.fixture(scope="module")
 def docs(tmp_path_factory):
-    d = tmp_path_factory.mktemp("fwb")
-    out = {}
-    for spec, kind in (("eng-Latn", "digital"), ("hin-Deva", "digital"), ("eng-Latn", "scan")):
-        path = d / f"{spec}_{kind}.pdf"
-        out[(spec, kind)] = (path, make_line_document(LineLanguage.parse(spec), path, kind=kind, n_pages=1, seed=1,
-                                                      lines_per_block=(2, 4)))
-    return out
+    from test_flywheel_data import line_docs
+
+    return line_docs(tmp_path_factory.mktemp("fwb"), seed=1, lines_per_block=(2, 4))
 
 
 def _page(docs, key):

@@ -27,14 +27,20 @@ pytestmark = pytest.mark.skipif(find_font("NotoSansDevanagari-Regular.ttf") is N
                                 reason="Noto fonts missing (scripts/setup_fonts.sh)")
 
 
-@pytest.fixture(scope="module")
-def docs(tmp_path_factory):
-    d = tmp_path_factory.mktemp("fw")
+def line_docs(d: Path, seed: int, **kw) -> dict:
+    """One-page line documents {(lang, kind): (pdf path, ground truth)}: born-digital Latin and
+    Devanagari, image-only Latin (``kw``: more ``make_line_document`` settings)."""
     out = {}
     for spec, kind in (("eng-Latn", "digital"), ("hin-Deva", "digital"), ("eng-Latn", "scan")):
         path = d / f"{spec}_{kind}.pdf"
-        out[(spec, kind)] = (path, make_line_document(LineLanguage.parse(spec), path, kind=kind, n_pages=1, seed=3))
+        out[(spec, kind)] = (path, make_line_document(LineLanguage.parse(spec), path, kind=kind, n_pages=1,
+                                                      seed=seed, **kw))
     return out
+
+
+@pytest.fixture(scope="module")
+def docs(tmp_path_factory):
+    return line_docs(tmp_path_factory.mktemp("fw"), seed=3)
 
 
 def _match(box, truth):
