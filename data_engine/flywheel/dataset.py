@@ -165,17 +165,16 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
             doc.close()
     data_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
+    parts = (("seed", seed), ("pool", pool), ("gold", gold))
     for spec in langs:
         key = spec.replace(":", "_").replace("-", "_")
         counts[spec] = {name: write_patch_shard(data_dir / name / f"{key}.tar", ps[spec], canvas, stretch)
-                        for name, ps in (("seed", seed), ("pool", pool), ("gold", gold))}
+                        for name, ps in parts}
         refused_here = [r for r in refused if r["lang"] == langs[spec].lang and r["kind"] == LINE]
         counts[spec].update({
             "seed_refused": len(refused_here),
             "seed_refused_by_reason": dict(Counter(r["reason"] for r in refused_here)),
-            "by_kind": {kind: {name: sum(p.kind == kind for p in ps[spec])
-                               for name, ps in (("seed", seed), ("pool", pool), ("gold", gold))}
-                        for kind in kinds},
+            "by_kind": {kind: {name: sum(p.kind == kind for p in ps[spec]) for name, ps in parts} for kind in kinds},
             "seed_label_cer": corpus_cer(seed_truth[spec])})
         log(f"[flywheel] {spec}: {counts[spec]['seed']} seed patches (text layer), "
             f"{counts[spec]['seed_refused']} text-layer lines refused, {counts[spec]['pool']} to label, "

@@ -8,12 +8,12 @@
   patches (``blocks.py``: a text-layer block's trusted lines, newline-joined).
 * ``cut_boxes(page, boxes, ...)``: patches at given boxes (a detector's, or ground truth's).
 * ``patch_canvas(crop, size, kind, stretch)``: the recognizer reads a square image, the side of
-  its resolution mode (default ``micro``, 256 px = 4 x 4 vision tokens of 64 px). A line is set
-  at one fixed scale, its glyphs as tall as one token row, and wrapped into rows read top to
-  bottom like a page of text (GOT-style patches): every patch shows text at the same size and
-  rows never straddle a token boundary, which a small recognizer learns much faster than lines
-  scaled to fill the square (docs/flywheel.md). A block (several lines already) is scaled to
-  fit, its aspect kept.
+  its resolution mode (default ``micro``, 256 px = 4 x 4 vision tokens of 64 px). A line is cut
+  to its ink, set at one fixed scale, its glyphs as tall as one token row, and wrapped into rows
+  read top to bottom like a page of text (GOT-style patches): every patch shows text at the same
+  size whatever the source of its box, and rows never straddle a token boundary (measured in
+  docs/flywheel.md: scaling by box height put seed and gold text at different sizes). A block
+  (several lines already) is scaled to fit, its aspect kept.
 * ``write_patch_shard`` / ``read_patch_shard``: webdataset tars in the engine's shard format
   (``png`` = the canvas, ``json`` = metadata with ``labels.coarse`` when the patch has a label),
   so the trainers read patch shards like page shards. Metadata per patch: doc_id, page, bbox

@@ -3,8 +3,8 @@
 Training is ``train.api.train`` on a recipe (default ``conf/experiment/flywheel_recognizer.yaml``:
 the tiny-wide preset, stage 2 on one process) with the round's patch shards as data, in the
 resolution mode ``flywheel.recognizer.mode`` (default ``micro``, 256 px) that the patch canvases
-are drawn for; the paper's size is the same recipe with ``model.preset=deepseek-ocr`` on GPUs. The trainer checkpoints and resumes on its own
-(``train.resume=auto``), so a killed round continues its training where it stopped.
+are drawn for; the paper's size is the same recipe with ``model.preset=deepseek-ocr`` on GPUs.
+The trainer checkpoints and resumes on its own (``train.resume=auto``), so a killed round continues its training where it stopped.
 
 Labelling is batched greedy decoding (``models.generation.generate``: KV cache, left padding,
 no-repeat n-gram processor) with a confidence per patch: the mean log-probability of the
@@ -91,6 +91,14 @@ def _tidy(text: str, kind: str) -> str:
     return " ".join(text.split())
 
 
+def _patch_images(crops: Sequence, kinds: Sequence[str], mode: str, stretch: float) -> list:
+    """Each crop on its canvas (``patch_canvas``: the side of ``mode``), preprocessed for ``mode``."""
+    from models.image_processing import preprocess_image
+
+    side = canvas_side(mode)
+    return [preprocess_image(patch_canvas(c, side, kind=k, stretch=stretch), mode) for c, k in zip(crops, kinds)]
+
+
 @torch.no_grad()
 def read_patches(model, tokenizer, crops: Sequence, *, batch_size: int = 16, max_new_tokens: int = 48,
                  no_repeat_ngram: int = 8, window: int = 48, mode: str = "micro", stretch: float = 1.0,
@@ -98,17 +106,14 @@ def read_patches(model, tokenizer, crops: Sequence, *, batch_size: int = 16, max
     """(text, confidence, finished) per crop (PIL images of lines, or of blocks where ``kinds``
     says so), in order, ``batch_size`` at a time."""
     from models.generation import NoRepeatNGramLogitsProcessor, generate
-    from models.image_processing import preprocess_image
 
     device = next(model.parameters()).device
-    side = canvas_side(mode)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     kinds = list(kinds) if kinds is not None else [LINE] * len(crops)
     out: list[tuple[str, float, bool]] = []
     for i in range(0, len(crops), batch_size):
         chunk = crops[i:i + batch_size]
-        images = [preprocess_image(patch_canvas(c, side, kind=k, stretch=stretch), mode)
-                  for c, k in zip(chunk, kinds[i:i + batch_size])]
+        images = _patch_images(chunk, kinds[i:i + batch_size], mode, stretch)
         ids = [tokenizer.encode_prompt(PROMPT, [img]) for img in images]
         T = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), T), pad, dtype=torch.long)
@@ -139,15 +144,12 @@ def reference_nll(model, tokenizer, crops: Sequence, texts: Sequence[str], *, ba
     given the crops. With blank crops this is the image-blind control: a recognizer that reads
     has a clearly lower loss with the real crops, long before its greedy output is right."""
     from models.deepseek_ocr import causal_lm_loss
-    from models.image_processing import preprocess_image
 
     device = next(model.parameters()).device
-    side = canvas_side(mode)
     kinds = list(kinds) if kinds is not None else [LINE] * len(crops)
     total, count = 0.0, 0
     for i in range(0, len(crops), batch_size):
-        images = [preprocess_image(patch_canvas(c, side, kind=k, stretch=stretch), mode)
-                  for c, k in zip(crops[i:i + batch_size], kinds[i:i + batch_size])]
+        images = _patch_images(crops[i:i + batch_size], kinds[i:i + batch_size], mode, stretch)
         rows = []
         for img, text in zip(images, texts[i:i + batch_size]):
             prompt = tokenizer.encode_prompt(PROMPT, [img])
