@@ -31,7 +31,7 @@ from pathlib import Path
 
 from data_engine.flywheel.accept import judge, length_range
 from data_engine.flywheel.linepages import LineLanguage
-from data_engine.flywheel.patches import Patch, read_patch_shard, write_patch_shard
+from data_engine.flywheel.patches import BLOCK, Patch, read_patch_shard, write_patch_shard
 from data_engine.flywheel.reassemble import page_labels, write_page_shard
 from data_engine.metrics import corpus_cer
 from data_engine.scripts import script_info
@@ -222,7 +222,7 @@ class RoundRunner:
             elif code is None or not gold:
                 out[s] = {"cer": None, "note": why or "no gold patches"}
             else:
-                out[s] = {"cer": corpus_cer((p.text, read_line(p.image, p.lang, block=p.kind == "block")) for p in gold),
+                out[s] = {"cer": corpus_cer((p.text, read_line(p.image, p.lang, block=p.kind == BLOCK)) for p in gold),
                           "lang": code}
         _atomic_json(path, out)
         return out
