@@ -16,6 +16,8 @@ or both; every file below then holds those kinds (``kind`` in each patch's metad
 * ``gold/<lang>.tar``: held-out image-only patches cut at the ground-truth boxes (lines; blocks:
   ``linepages.truth_blocks``) (the recognizer's CER and Tesseract's are measured on them; never
   trained on).
+* ``collage/<lang>.tar`` (``collage`` > 0): collage lines, the words of trusted seed lines
+  recombined into new lines (``collage.py``), trained on with the seed.
 * ``tokenizer/``: byte-level BPE trained on the seed labels plus each script's letters.
 
 Every file is written atomically; ``data/DONE`` marks the whole step, so a killed run redoes
@@ -26,10 +28,13 @@ reason in ``data/pages.jsonl``, never crash the run.
 from __future__ import annotations
 
 import json
+import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
 from data_engine.flywheel.blocks import group_lines, lines_in
+from data_engine.flywheel.canvas import LAYOUT
+from data_engine.flywheel.collage import line_word_boxes, make_collages, word_pieces
 from data_engine.flywheel.linepages import SYLLABLE_SIGNS, LineLanguage, make_line_corpus, truth_blocks
 from data_engine.flywheel.patches import BLOCK, CANVAS, LINE, Patch, cut_boxes, cut_text_layer, render_page, write_patch_shard
 from data_engine.metrics import corpus_cer
@@ -87,17 +92,19 @@ def patch_kinds(setting: str) -> tuple[str, ...]:
 
 def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dpi: int = 144,
                  tokenizer_vocab: int = 512, kinds: tuple[str, ...] = (LINE,), canvas: int = CANVAS,
-                 stretch: float = 1.0, log=print) -> dict:
+                 stretch: float = 1.0, collage: float = 0.0, log=print) -> dict:
     """Cut seed / pool / gold patches per language and train the tokenizer (see module doc).
-    ``canvas`` / ``stretch``: how the shards' canvases are drawn (``patches.patch_canvas``)."""
+    ``canvas`` / ``stretch``: how the shards' canvases are drawn (``patches.patch_canvas``).
+    ``collage``: collage lines per seed line (``collage.py``: words of trusted lines recombined),
+    written to ``collage/<lang>.tar``."""
     import pymupdf
 
-    view = {"canvas": canvas, "stretch": stretch}
+    view = {"canvas": canvas, "stretch": stretch, "layout": LAYOUT, "collage": collage}
     if (data_dir / "DONE").is_file():
         made_view = json.loads((data_dir / "VIEW").read_text()) if (data_dir / "VIEW").is_file() else None
         if made_view != view:
-            raise ValueError(f"{data_dir} holds patch canvases drawn as {made_view}, not {view} (the "
-                             "recognizer's mode or stretch changed): use a new out= directory")
+            raise ValueError(f"{data_dir} holds patch canvases drawn as {made_view}, not {view} (the recognizer's "
+                             "mode or stretch, the canvas layout or flywheel.collage changed): use a new out= directory")
         counts = json.loads((data_dir / "DONE").read_text())
         made = {tuple(c.get("by_kind", {LINE: 0})) for c in counts.values()}
         if made and made != {tuple(kinds)}:
@@ -106,7 +113,7 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
         return counts
     langs = {spec: LineLanguage.parse(spec) for spec in languages}
     min_lines = 2 if LINE in kinds else 1  # block patches of one line only where lines are not cut
-    seed, pool, gold = defaultdict(list), defaultdict(list), defaultdict(list)
+    seed, pool, gold, pieces = defaultdict(list), defaultdict(list), defaultdict(list), defaultdict(list)
     truth, refused, pages_log, seed_truth = {}, [], [], defaultdict(list)
     for spec, lang in langs.items():
         rtl = script_info(lang.script).direction == "rtl"
@@ -139,6 +146,8 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
                 bad_lines = [r for r in bad if r["kind"] == LINE]
                 if good or bad:  # a text layer: trusted lines seed, the others' boxes join the pool
                     seed[spec] += good
+                    if collage > 0:
+                        pieces[spec] += _word_pieces(page, img, [p for p in good if p.kind == LINE])
                     for p in good:  # scored against the sidecar only (never used to train)
                         t = _truth_of(p, lines)
                         if t is not None:
@@ -165,21 +174,25 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
             doc.close()
     data_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
-    parts = (("seed", seed), ("pool", pool), ("gold", gold))
+    collages = {spec: make_collages(pieces[spec], round(collage * sum(p.kind == LINE for p in seed[spec])),
+                                    seed=zlib.crc32(f"collage:{spec}".encode()), template=seed[spec][0])
+                for spec in langs if pieces[spec]}
+    parts = (("seed", seed), ("pool", pool), ("gold", gold)) + ((("collage", collages),) if collage > 0 else ())
     for spec in langs:
         key = spec.replace(":", "_").replace("-", "_")
-        counts[spec] = {name: write_patch_shard(data_dir / name / f"{key}.tar", ps[spec], canvas, stretch)
+        counts[spec] = {name: write_patch_shard(data_dir / name / f"{key}.tar", ps.get(spec, []), canvas, stretch)
                         for name, ps in parts}
         refused_here = [r for r in refused if r["lang"] == langs[spec].lang and r["kind"] == LINE]
         counts[spec].update({
             "seed_refused": len(refused_here),
             "seed_refused_by_reason": dict(Counter(r["reason"] for r in refused_here)),
-            "by_kind": {kind: {name: sum(p.kind == kind for p in ps[spec]) for name, ps in parts} for kind in kinds},
+            "by_kind": {kind: {name: sum(p.kind == kind for p in ps.get(spec, [])) for name, ps in parts}
+                        for kind in kinds},
             "seed_label_cer": corpus_cer(seed_truth[spec])})
         log(f"[flywheel] {spec}: {counts[spec]['seed']} seed patches (text layer), "
             f"{counts[spec]['seed_refused']} text-layer lines refused, {counts[spec]['pool']} to label, "
             f"{counts[spec]['gold']} held-out gold; seed-label CER vs ground truth "
-            f"{counts[spec]['seed_label_cer']}")
+            f"{counts[spec]['seed_label_cer']}" + (f"; {counts[spec]['collage']} collage lines" if collage > 0 else ""))
     _write_json(data_dir / "pool_truth.json", truth)
     (data_dir / "seed_refused.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in refused),
                                                  encoding="utf-8")
@@ -189,6 +202,17 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
     _write_json(data_dir / "VIEW", view)
     _write_json(data_dir / "DONE", counts)
     return counts
+
+
+def _word_pieces(page, img, lines: list[Patch]) -> list:
+    """The words of trusted seed lines, cut for collage lines (``collage.py``)."""
+    words = page.get_text("words")
+    out = []
+    for p in lines:
+        boxes = line_word_boxes(page, p, words)
+        if boxes:
+            out += word_pieces(img, page.rect, p, boxes)
+    return out
 
 
 def train_flywheel_tokenizer(out_dir: Path, texts: list[str], scripts: list[str], vocab: int) -> None:

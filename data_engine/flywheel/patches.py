@@ -7,13 +7,9 @@
   line never costs its page's good lines. With ``kinds`` including ``block`` it also cuts block
   patches (``blocks.py``: a text-layer block's trusted lines, newline-joined).
 * ``cut_boxes(page, boxes, ...)``: patches at given boxes (a detector's, or ground truth's).
-* ``patch_canvas(crop, size, kind, stretch)``: the recognizer reads a square image, the side of
-  its resolution mode (default ``micro``, 256 px = 4 x 4 vision tokens of 64 px). A line is cut
-  to its ink, set at one fixed scale, its glyphs as tall as one token row, and wrapped into rows
-  read top to bottom like a page of text (GOT-style patches): every patch shows text at the same
-  size whatever the source of its box, and rows never straddle a token boundary (measured in
-  docs/flywheel.md: scaling by box height put seed and gold text at different sizes). A block
-  (several lines already) is scaled to fit, its aspect kept.
+* ``patch_canvas(crop, size, kind, stretch)`` (``canvas.py``): the square image the recognizer
+  reads, the side of its resolution mode: a line at one x-height, wrapped between words into
+  64 px token rows; a block scaled to fit.
 * ``write_patch_shard`` / ``read_patch_shard``: webdataset tars in the engine's shard format
   (``png`` = the canvas, ``json`` = metadata with ``labels.coarse`` when the patch has a label),
   so the trainers read patch shards like page shards. Metadata per patch: doc_id, page, bbox
@@ -34,16 +30,14 @@ from pathlib import Path
 import pymupdf
 from PIL import Image
 
+from data_engine.flywheel.canvas import BLOCK, CANVAS, LINE, ROW, patch_canvas  # noqa: F401 (re-exported)
 from data_engine.flywheel.trust import line_problem
 from data_engine.render import extract_text
 from data_engine.shards import SampleTarWriter, encode_meta
 from data_engine.text_assembly import rawdict_lines
 from models.prompts import PROMPT_COARSE
 
-CANVAS = 256  # side of the recognizer's default mode ("micro"): the canvas is fed without resizing
-ROW = 64  # pixels per vision-token row (16 px SAM patches x 4 from the 16x compressor)
 PROMPT = PROMPT_COARSE  # patches carry coarse labels: the recognizer is asked for plain text
-LINE, BLOCK = "line", "block"  # patch kinds
 
 
 @dataclass
@@ -172,62 +166,6 @@ def cut_text_layer(page: pymupdf.Page, page_img: Image.Image, *, doc_id: str, la
         good += blocks
         refused += bad_blocks
     return good, refused
-
-
-def patch_canvas(img: Image.Image, size: int = CANVAS, row: int = ROW, kind: str = LINE,
-                 stretch: float = 1.0) -> Image.Image:
-    """The line ``img`` wrapped into rows on a white ``size`` x ``size`` canvas (a block:
-    ``block_canvas``).
-
-    The crop is first cut to its ink (``ink_tight``). Each row is one token row (``row`` px)
-    high, the glyphs taking 7/8 of it, so a patch's text always has the same size whatever the
-    line's length or the source of its box; ``stretch`` widens the line
-    (glyphs of a narrow script spread over more tokens). A line longer than the canvas's rows
-    is shrunk, aspect kept, until it fits.
-    """
-    if kind == BLOCK:
-        return block_canvas(img, size)
-    if size % row:
-        raise ValueError(f"canvas side {size} must be a multiple of the token row {row}")
-    img = ink_tight(img.convert("L"))
-    w, h = img.size
-    glyph = row - row // 8
-    margin = (row - glyph) // 2
-    usable = size - 2 * margin
-    n_rows_max = size // row
-    width = max(1, round(w * glyph / max(h, 1) * stretch))
-    height = glyph
-    if width > n_rows_max * usable:  # too long: shrink (aspect kept) to fill every row
-        f = n_rows_max * usable / width
-        width, height = n_rows_max * usable, max(1, round(glyph * f))
-    line = img.resize((width, height), Image.BILINEAR)
-    canvas = Image.new("L", (size, size), 255)
-    for r in range(-(-width // usable)):
-        seg = line.crop((r * usable, 0, min(width, (r + 1) * usable), height))
-        canvas.paste(seg, (margin, r * row + margin + (glyph - height) // 2))
-    return canvas.convert("RGB")
-
-
-def ink_tight(img: Image.Image, threshold: int = 160, pad: int = 1) -> Image.Image:
-    """``img`` (greyscale) cropped to its ink: text-layer line boxes carry the font's ascent and
-    descent, detector and ground-truth boxes hug the ink, so scaling by the box height would
-    show the same text at different sizes depending on where its box came from."""
-    ink = img.point(lambda v: 255 if v < threshold else 0).getbbox()
-    if ink is None:  # blank: nothing to tighten
-        return img
-    x0, y0, x1, y1 = ink
-    return img.crop((max(0, x0 - pad), max(0, y0 - pad), min(img.width, x1 + pad), min(img.height, y1 + pad)))
-
-
-def block_canvas(img: Image.Image, size: int = CANVAS) -> Image.Image:
-    """A block (its lines already stacked) scaled to fit a white ``size`` square, aspect kept,
-    top-left aligned (small blocks are scaled up, at most 4x, so thin strokes stay thin)."""
-    img = img.convert("L")
-    w, h = img.size
-    scale = min(size / max(w, 1), size / max(h, 1), 4.0)
-    canvas = Image.new("L", (size, size), 255)
-    canvas.paste(img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR), (0, 0))
-    return canvas.convert("RGB")
 
 
 def _png(img: Image.Image) -> bytes:

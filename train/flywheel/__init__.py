@@ -56,7 +56,8 @@ def run_flywheel(cfg: FlywheelAppConfig | DictConfig | dict, log=_console) -> di
     detector = get_line_source(fw.detector.name, **det_kw)
     counts = prepare_data(out / "data", languages, pdf_dir=pdf_dir, detector=detector, dpi=fw.dpi,
                           tokenizer_vocab=fw.tokenizer_vocab, kinds=patch_kinds(fw.patches),
-                          canvas=canvas_side(fw.recognizer.mode), stretch=fw.recognizer.stretch, log=log)
+                          canvas=canvas_side(fw.recognizer.mode), stretch=fw.recognizer.stretch,
+                          collage=fw.collage, log=log)
     if sum(c["pool"] for c in counts.values()) == 0:
         log("[flywheel] warning: nothing to label (no image-only pages and no refused text-layer lines)")
     runner = RoundRunner(fw, out, list(languages), log=log)

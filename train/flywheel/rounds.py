@@ -106,8 +106,10 @@ class RoundRunner:
 
     # ------------------------------------------------------------------ 1. train
     def training_shards(self, k: int) -> list[Path]:
-        """Seed shards plus the non-empty accepted shards of rounds < k."""
+        """Seed (and collage) shards plus the non-empty accepted shards of rounds < k."""
+        made = json.loads((self.data / "DONE").read_text())
         shards = [self.data / "seed" / f"{_key(s)}.tar" for s in self.langs if self.seed[s]]
+        shards += [self.data / "collage" / f"{_key(s)}.tar" for s in self.langs if made.get(s, {}).get("collage")]
         for j in range(k):
             counts = json.loads((self.rdir(j) / "ACCEPTED").read_text())
             shards += [self.rdir(j) / "accepted" / f"{_key(s)}.tar" for s in self.langs if counts.get(s)]
