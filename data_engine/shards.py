@@ -109,6 +109,74 @@ def write_shard(path: Path, parts: Iterable[tuple[Path, list[str]]]) -> int:
     return n
 
 
+def _tar_index(tar_path: Path) -> dict[str, list[tuple[str, int, int]]]:
+    """{key: [(ext, data offset, size)]} of a tar's members, in file order."""
+    out: dict[str, list[tuple[str, int, int]]] = {}
+    with tarfile.open(tar_path, "r") as tf:
+        for info in tf:
+            if info.isfile():
+                key, _, ext = info.name.partition(".")
+                out.setdefault(key, []).append((ext, info.offset_data, info.size))
+    return out
+
+
+def mix_shards(sources: Iterable[Path], out_dir: Path, *, per_shard: int = 256, seed: int = 0,
+               prefix: str = "mix") -> list[Path]:
+    """The samples of ``sources`` in one seeded random order, written as shards of ``per_shard``
+    samples ``out_dir/{prefix}-{i:06d}.tar``; returns their paths.
+
+    Why: a reader goes through its shards one after another (their order and the records inside
+    a window shuffled), so a few large single-kind shards (one language's lines, one round's
+    accepted labels) are trained on in long single-kind blocks, and the model forgets one kind
+    while it sees another. Mixed shards interleave every kind at every step.
+
+    Idempotent: ``out_dir/DONE`` lists the shards (each written atomically), so a second call
+    returns them without rewriting; the same sources and seed give the same bytes. Keys must be
+    unique across the sources (a duplicate is an error, not a silent merge of two samples).
+    """
+    import random
+
+    out_dir = Path(out_dir)
+    done = out_dir / "DONE"
+    if done.is_file():
+        return [out_dir / name for name in json.loads(done.read_text())["shards"]]
+    if per_shard < 1:
+        raise ValueError(f"per_shard must be >= 1, got {per_shard}")
+    order: list[tuple[Path, str, list[tuple[str, int, int]]]] = []
+    seen: dict[str, Path] = {}
+    for src in sources:
+        src = Path(src)
+        for key, members in _tar_index(src).items():
+            if key in seen:
+                raise ValueError(f"sample key {key!r} is in both {seen[key]} and {src}")
+            seen[key] = src
+            order.append((src, key, members))
+    random.Random(seed).shuffle(order)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths, handles = [], {}
+    try:
+        for i in range(0, len(order), per_shard):
+            path = out_dir / f"{prefix}-{i // per_shard:06d}.tar"
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "wb") as f:
+                writer = tar_writer(f)
+                for src, key, members in order[i:i + per_shard]:
+                    fh = handles.get(src) or handles.setdefault(src, open(src, "rb"))  # noqa: SIM115 - closed below
+                    sample = {"__key__": key}
+                    for ext, offset, size in members:
+                        fh.seek(offset)
+                        sample[ext] = fh.read(size)
+                    writer.write(sample)
+                writer.close()
+            os.replace(tmp, path)
+            paths.append(path)
+    finally:
+        for fh in handles.values():
+            fh.close()
+    done.write_text(json.dumps({"shards": [p.name for p in paths], "samples": len(order)}))
+    return paths
+
+
 def iter_samples(urls: str | list[str]) -> Iterator[dict]:
     """Yield dict(key, image: PIL.Image (RGB), meta: dict) for each sample of the shards.
 

@@ -6,7 +6,7 @@ Named presets (litgpt style):
   * ``tiny``: the same structure (windowed + global SAM blocks, 16x compressor, CLIP over
     compressor tokens, a dense layer 0, MoE layers with shared + routed experts) at a few
     million parameters, for CPU tests and the embedded default run.
-  * ``tiny-wide``: ``tiny`` with a 128-wide decoder (the flywheel's CPU recognizer).
+  * ``tiny-wide``: ``tiny`` with a 128-wide decoder and 8 x 8 SAM windows (the flywheel's CPU recognizer).
 
 Image sizes and patch sizes are the same in both presets, so every resolution mode yields the
 paper's vision token counts on the tiny model too; only widths and depths shrink.
@@ -160,11 +160,15 @@ def _tiny() -> DeepseekOCRConfig:
 
 
 def _tiny_wide() -> DeepseekOCRConfig:
-    """``tiny`` with a 128-wide decoder: on CPU a 64-wide language model starts reading about
-    twice as late (docs/training.md); the flywheel's recognizer uses it."""
+    """``tiny`` with a 128-wide decoder and 8 x 8 SAM attention windows: the flywheel's recognizer.
+    On CPU a 64-wide language model starts reading about twice as late (docs/training.md); the
+    paper's 14 x 14 windows fit its 64 x 64 patch grid (1024 px) but pad the 16 x 16 grid of a
+    256 px ``micro`` view to 28 x 28, three times the tokens (SAM forward + backward: 2.9x the
+    CPU time of 8 x 8 windows, which divide every mode's grid)."""
     cfg = _tiny()
-    return dataclasses.replace(cfg, decoder=dataclasses.replace(
-        cfg.decoder, hidden_size=128, intermediate_size=256, moe_intermediate_size=64))
+    return dataclasses.replace(
+        cfg, sam=dataclasses.replace(cfg.sam, window_size=8),
+        decoder=dataclasses.replace(cfg.decoder, hidden_size=128, intermediate_size=256, moe_intermediate_size=64))
 
 
 PRESETS = {

@@ -119,3 +119,40 @@ def test_collage_lines_show_their_label(tmp_path):
     real = corpus_cer([(p.text, read_line(p.image, tess)) for p in lines])
     made = corpus_cer([(c.text, read_line(c.image, tess)) for c in collages])
     assert made <= max(0.05, 2 * real), (made, real)
+
+
+def test_mix_shards_interleaves_sources_and_is_idempotent(tmp_path):
+    """Training shards of several sources are mixed into small shards: every sample once, the
+    sources interleaved within each shard (not one source after another), the same bytes again
+    for the same seed, and a duplicate key across sources is an error."""
+    import tarfile
+
+    from data_engine.shards import SampleTarWriter, mix_shards
+
+    def make(path, prefix, n):
+        with open(path, "wb") as f:
+            w = SampleTarWriter(f)
+            for i in range(n):
+                w.write({"__key__": f"{prefix}_{i:04d}", "json": b"{}", "png": bytes([i % 256]) * 10})
+            w.close()
+        return path
+
+    a, b = make(tmp_path / "a.tar", "a", 300), make(tmp_path / "b.tar", "b", 60)
+    out = mix_shards([a, b], tmp_path / "mix", per_shard=100, seed=3)
+    assert [p.name for p in out] == [f"mix-{i:06d}.tar" for i in range(4)]
+    keys = []
+    for p in out:
+        with tarfile.open(p) as tf:
+            names = tf.getnames()
+            assert all(tf.extractfile(n).read() == (b"{}" if n.endswith("json") else
+                                                    bytes([int(n.split("_")[1][:4]) % 256]) * 10) for n in names)
+        shard_keys = sorted({n.split(".")[0] for n in names})
+        assert {k[0] for k in shard_keys} == {"a", "b"}  # both sources in every shard
+        keys += shard_keys
+    assert sorted(keys) == [f"a_{i:04d}" for i in range(300)] + [f"b_{i:04d}" for i in range(60)]
+    first = out[0].read_bytes()
+    assert mix_shards([a, b], tmp_path / "mix") == out  # DONE: returned as they are
+    again = mix_shards([a, b], tmp_path / "mix2", per_shard=100, seed=3)
+    assert again[0].read_bytes() == first
+    with pytest.raises(ValueError, match="a_0000"):
+        mix_shards([a, a], tmp_path / "dup")

@@ -26,6 +26,7 @@ TINY = [
     "flywheel.pages_per_doc=1", "flywheel.rounds=1", "flywheel.recognizer.steps=[2]",
     "flywheel.label.batch_size=4", "flywheel.label.max_new_tokens=6", "flywheel.threads=1",
     "flywheel.baseline.tesseract=false", "flywheel.recognizer.overrides=['train.save_every=1']",
+    "flywheel.collage=1",
 ]
 
 
@@ -88,6 +89,10 @@ def test_one_round_end_to_end(full_run):
     r0 = rep["rounds"][0]
     eng, khm = r0["languages"]["eng-Latn"], r0["languages"]["khm-Khmr"]
     assert rep["data"]["eng-Latn"]["seed"] > 0 and rep["data"]["eng-Latn"]["gold"] > 0
+    # collage lines (one per seed line) are made and trained on with the seed
+    assert rep["data"]["eng-Latn"]["collage"] == rep["data"]["eng-Latn"]["seed"]
+    trained = json.loads((full_run / "round_0" / "TRAINED").read_text())
+    assert any(s.endswith("collage/eng_Latn.tar") for s in trained["shards"])
     assert eng["labelled"] > 0 and eng["labelled"] == eng["accepted"] + eng["rejected"]
     assert sum(eng["rejected_by_reason"].values()) == eng["rejected"]
     assert eng["recognizer"]["gold_n"] > 0 and eng["recognizer"]["cer"] is not None

@@ -17,7 +17,8 @@ or both; every file below then holds those kinds (``kind`` in each patch's metad
   ``linepages.truth_blocks``) (the recognizer's CER and Tesseract's are measured on them; never
   trained on).
 * ``collage/<lang>.tar`` (``collage`` > 0): collage lines, the words of trusted seed lines
-  recombined into new lines (``collage.py``), trained on with the seed.
+  recombined into new lines (``collage.py``), trained on with the seed; as many per language as
+  ``collage`` x the best-seeded language's seed lines (a language with few seeds is balanced).
 * ``tokenizer/``: byte-level BPE trained on the seed labels plus each script's letters.
 
 Every file is written atomically; ``data/DONE`` marks the whole step, so a killed run redoes
@@ -95,8 +96,8 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
                  stretch: float = 1.0, collage: float = 0.0, log=print) -> dict:
     """Cut seed / pool / gold patches per language and train the tokenizer (see module doc).
     ``canvas`` / ``stretch``: how the shards' canvases are drawn (``patches.patch_canvas``).
-    ``collage``: collage lines per seed line (``collage.py``: words of trusted lines recombined),
-    written to ``collage/<lang>.tar``."""
+    ``collage``: collage lines (``collage.py``: words of trusted lines recombined) per seed line
+    of the best-seeded language, for every language with seed words, in ``collage/<lang>.tar``."""
     import pymupdf
 
     view = {"canvas": canvas, "stretch": stretch, "layout": LAYOUT, "collage": collage}
@@ -174,8 +175,11 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
             doc.close()
     data_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
-    collages = {spec: make_collages(pieces[spec], round(collage * sum(p.kind == LINE for p in seed[spec])),
-                                    seed=zlib.crc32(f"collage:{spec}".encode()), template=seed[spec][0])
+    # balanced: every language gets as many collage lines (from its own words) as the
+    # best-seeded one, so a language with few seed lines is not a rounding error of the mix
+    most = max((sum(p.kind == LINE for p in seed[spec]) for spec in langs), default=0)
+    collages = {spec: make_collages(pieces[spec], round(collage * most), seed=zlib.crc32(f"collage:{spec}".encode()),
+                                    template=seed[spec][0])
                 for spec in langs if pieces[spec]}
     parts = (("seed", seed), ("pool", pool), ("gold", gold)) + ((("collage", collages),) if collage > 0 else ())
     for spec in langs:

@@ -4,7 +4,9 @@ Round k (``<out>/round_<k>/``):
 
 1. ``train/``: the recognizer trained on the seed patches plus every patch accepted in rounds
    < k (from scratch in round 0, then continuing from round k-1's model), by ``train.api.train``
-   (which checkpoints and resumes itself); its exported model is ``train/model``.
+   (which checkpoints and resumes itself); its exported model is ``train/model``. The training
+   patches (seed, collage, accepted) are first interleaved in one seeded order into small shards
+   (``train_data/``, ``data_engine.shards.mix_shards``).
 2. ``labels.jsonl``: the pool patches not yet accepted, labelled in fixed batches (one JSON line
    per finished batch, fsynced, in batch order), each with text, confidence and the acceptance
    verdict; read in this process or on Ray actors (``flywheel.label.executor``, ``readers.py``).
@@ -34,6 +36,7 @@ from data_engine.flywheel.linepages import LineLanguage
 from data_engine.flywheel.patches import BLOCK, Patch, read_patch_shard, write_patch_shard
 from data_engine.flywheel.reassemble import page_labels, write_page_shard
 from data_engine.metrics import corpus_cer
+from data_engine.shards import mix_shards
 from data_engine.scripts import script_info
 
 from .readers import make_reader
@@ -126,7 +129,10 @@ class RoundRunner:
                              "(give born-digital pages with a trustworthy text layer)")
         rc = self.cfg.recognizer
         init = str(self.rdir(k - 1) / "train" / "model") if k > 0 and rc.continue_training else None
-        tcfg = recognizer_config(rc.experiment, rc.overrides, shards=[str(s) for s in shards],
+        # one seeded mix of every kind (languages, collage, accepted labels) in small shards:
+        # read shard after shard, the sources would be trained on in long single-kind blocks
+        mixed = mix_shards(shards, rd / "train_data", seed=self.cfg.seed + k)
+        tcfg = recognizer_config(rc.experiment, rc.overrides, shards=[str(s) for s in mixed],
                                  tokenizer=str(self.data / "tokenizer"), out_dir=rd / "train",
                                  steps=rc.steps[min(k, len(rc.steps) - 1)], seed=self.cfg.seed + k,
                                  init_from=init, mode=rc.mode)
