@@ -156,3 +156,39 @@ def test_mix_shards_interleaves_sources_and_is_idempotent(tmp_path):
     assert again[0].read_bytes() == first
     with pytest.raises(ValueError, match="a_0000"):
         mix_shards([a, a], tmp_path / "dup")
+
+
+@pytest.mark.skipif(find_font("NotoSansHebrew-Regular.ttf") is None,
+                    reason="Noto Hebrew font missing (scripts/setup_fonts.sh)")
+def test_a_right_to_left_line_starts_on_the_first_row_at_the_right():
+    """Hebrew runs right to left: its first word (rightmost) opens the first row, set at the
+    canvas's right edge, and its last word (leftmost) ends the last row."""
+    from data_engine.flywheel.canvas import MARGIN, is_rtl
+
+    assert is_rtl("Hebr") and is_rtl("Arab") and not is_rtl("Latn") and not is_rtl("Deva")
+    doc = pymupdf.open()
+    page = doc.new_page(width=900, height=120)
+    page.insert_htmlbox(pymupdf.Rect(20, 20, 880, 110),
+                        '<p dir="rtl" style="font-size:16pt">שלום עולם טוב מאוד יפה</p>',
+                        css=f'@font-face {{font-family: h; src: url("{find_font("NotoSansHebrew-Regular.ttf")}");}} '
+                            '* {font-family: h;}')
+    img = render_page(page)
+    words = sorted(page.get_text("words"), key=lambda w: -w[2])  # right to left
+    assert len(words) == 5
+    box = pymupdf.Rect(words[0][:4])
+    for w in words[1:]:
+        box |= pymupdf.Rect(w[:4])
+    line = crop(img, page.rect, tuple(box))
+    canvas = np.asarray(line_canvas(line, rtl=True).convert("L")) < 128
+    rows = [r for r in range(CANVAS // ROW) if canvas[r * ROW:(r + 1) * ROW].any()]
+    assert len(rows) >= 2
+    first = canvas[:ROW]
+    assert first.any(0)[CANVAS - MARGIN - 3:CANVAS - MARGIN].any()  # the first row ends at the right edge
+    ltr = np.asarray(line_canvas(line).convert("L")) < 128
+    assert ltr[:ROW].any(0)[MARGIN:MARGIN + 3].any() and not first.any(0)[:MARGIN + 3].any()
+    # the first row of the right-to-left canvas shows the line's right end (its first words):
+    # the same pixels as the right end of the normalised line
+    norm = normalize_line(line)
+    right = np.asarray(norm.image)[:, -40:] < 128
+    shown = first[:, CANVAS - MARGIN - 40:CANVAS - MARGIN]
+    assert right.sum() > 0 and abs(int(shown.sum()) - int(right.sum())) <= 0.1 * right.sum()

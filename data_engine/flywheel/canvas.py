@@ -14,6 +14,8 @@ text before recognition (x-height and baseline normalisation), then wrapped like
    no glyph is split between two rows (a fixed-width cut split one glyph per row break).
 3. Each row's baseline sits ``BASELINE`` px below the top of a 64 px token row; what would
    cross into the next token row is clipped, so a glyph never straddles two vision-token rows.
+4. Right-to-left scripts (``is_rtl``: Arabic, Hebrew, ...) start at the line's right end: rows
+   are cut from the right and set right-aligned, so the first row holds the first words.
 
 A line too long for the canvas's rows is shrunk until it fits. A block (several lines already)
 is scaled to fit the square, its aspect kept (``block_canvas``). Measured in docs/flywheel.md.
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+
+from data_engine.scripts import script_info
 
 CANVAS = 256  # side of the recognizer's default mode ("micro"): the canvas is fed without resizing
 ROW = 64  # pixels per vision-token row (16 px SAM patches x 4 from the 16x compressor)
@@ -119,16 +123,18 @@ def wrap_spans(ink_cols: np.ndarray, width: int, max_rows: int, space: int) -> l
 
 
 def line_canvas(img: Image.Image, size: int = CANVAS, row: int = ROW, stretch: float = 1.0,
-                x_height: int = X_HEIGHT) -> Image.Image:
+                x_height: int = X_HEIGHT, rtl: bool = False) -> Image.Image:
     """The line ``img`` normalised (``normalize_line``) and wrapped into token rows on a white
-    ``size`` x ``size`` canvas (module docstring)."""
+    ``size`` x ``size`` canvas (module docstring). ``rtl`` (Arabic, Hebrew...): the line starts
+    at its right end, so rows are cut from the right and set right-aligned, like a paragraph."""
     if size % row:
         raise ValueError(f"canvas side {size} must be a multiple of the token row {row}")
     baseline_at, xh = round(BASELINE * row / ROW), round(x_height * row / ROW)
     line = normalize_line(img, xh, stretch)
     usable, max_rows = size - 2 * MARGIN, size // row
     while True:  # shrink (aspect kept) until the line fits the rows
-        spans = wrap_spans(_ink(line.image).sum(0), usable, max_rows, space=max(3, round(0.45 * xh)))
+        ink_cols = _ink(line.image).sum(0)
+        spans = wrap_spans(ink_cols[::-1] if rtl else ink_cols, usable, max_rows, space=max(3, round(0.45 * xh)))
         if spans is not None:
             break
         xh *= 0.85
@@ -136,12 +142,13 @@ def line_canvas(img: Image.Image, size: int = CANVAS, row: int = ROW, stretch: f
         line = NormalLine(line.image.resize((max(1, round(w * 0.85)), max(1, round(h * 0.85))), Image.BILINEAR),
                           round(line.baseline * 0.85), line.scale * 0.85, line.x0)
     canvas = Image.new("L", (size, size), 255)
-    height = line.image.height
+    width, height = line.image.size
     for r, (a, b) in enumerate(spans):
         y = r * row + baseline_at - line.baseline  # where the line's top row lands
         top, bottom = max(0, r * row - y), min(height, (r + 1) * row - y)  # clip to this token row
         if bottom > top and b > a:
-            canvas.paste(line.image.crop((a, top, b, bottom)), (MARGIN, y + top))
+            x0, x1 = (width - b, width - a) if rtl else (a, b)  # spans of the mirrored line -> columns
+            canvas.paste(line.image.crop((x0, top, x1, bottom)), (size - MARGIN - (b - a) if rtl else MARGIN, y + top))
     return canvas.convert("RGB")
 
 
@@ -157,8 +164,13 @@ def block_canvas(img: Image.Image, size: int = CANVAS) -> Image.Image:
 
 
 def patch_canvas(img: Image.Image, size: int = CANVAS, row: int = ROW, kind: str = LINE,
-                 stretch: float = 1.0) -> Image.Image:
+                 stretch: float = 1.0, rtl: bool = False) -> Image.Image:
     """The canvas of a patch crop: ``line_canvas`` for a line, ``block_canvas`` for a block."""
     if kind == BLOCK:
         return block_canvas(img, size)
-    return line_canvas(img, size, row, stretch)
+    return line_canvas(img, size, row, stretch, rtl=rtl)
+
+
+def is_rtl(script: str) -> bool:
+    """Whether lines of ``script`` (ISO 15924) run right to left."""
+    return script_info(script).direction == "rtl"

@@ -36,7 +36,8 @@ class WordPiece:
     text: str
 
 
-def line_word_boxes(page: pymupdf.Page, line: Patch, words: list | None = None) -> list[tuple[float, float, str]] | None:
+def line_word_boxes(page: pymupdf.Page, line: Patch,
+                    words: list | None = None) -> list[tuple[float, float, str]] | None:
     """The text layer's words of ``line`` as (x0, x1, text) in PDF points, left to right, or
     None when they do not spell the line's text (then the line gives no pieces)."""
     words = page.get_text("words") if words is None else words

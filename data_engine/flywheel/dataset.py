@@ -104,8 +104,9 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
     if (data_dir / "DONE").is_file():
         made_view = json.loads((data_dir / "VIEW").read_text()) if (data_dir / "VIEW").is_file() else None
         if made_view != view:
-            raise ValueError(f"{data_dir} holds patch canvases drawn as {made_view}, not {view} (the recognizer's "
-                             "mode or stretch, the canvas layout or flywheel.collage changed): use a new out= directory")
+            raise ValueError(f"{data_dir} holds patch canvases drawn as {made_view}, not {view} (the "
+                             "recognizer's mode or stretch, the canvas layout or flywheel.collage changed): "
+                             "use a new out= directory")
         counts = json.loads((data_dir / "DONE").read_text())
         made = {tuple(c.get("by_kind", {LINE: 0})) for c in counts.values()}
         if made and made != {tuple(kinds)}:

@@ -30,7 +30,7 @@ from pathlib import Path
 import pymupdf
 from PIL import Image
 
-from data_engine.flywheel.canvas import BLOCK, CANVAS, LINE, ROW, patch_canvas  # noqa: F401 (re-exported)
+from data_engine.flywheel.canvas import BLOCK, CANVAS, LINE, ROW, is_rtl, patch_canvas  # noqa: F401 (re-exported)
 from data_engine.flywheel.trust import line_problem
 from data_engine.render import extract_text
 from data_engine.shards import SampleTarWriter, encode_meta
@@ -187,7 +187,8 @@ def write_patch_shard(path: str | Path, patches: Iterable[Patch], size: int = CA
         for p in sorted(patches, key=lambda p: p.key):
             if p.image is None:
                 raise ValueError(f"patch {p.key} has no image")
-            w.write({"__key__": p.key, "png": _png(patch_canvas(p.image, size, kind=p.kind, stretch=stretch)), "crop.png": _png(p.image),
+            w.write({"__key__": p.key, "png": _png(patch_canvas(p.image, size, kind=p.kind, stretch=stretch,
+                                                                   rtl=is_rtl(p.script))), "crop.png": _png(p.image),
                      "json": encode_meta(p.meta())})
             n += 1
         w.close()

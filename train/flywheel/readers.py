@@ -27,11 +27,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from data_engine.flywheel.canvas import is_rtl
+
 from .recognizer import load_recognizer, read_patches
 
 
 def _read(model, tok, batch, read_kw: dict) -> list[tuple[str, float, bool]]:
-    return read_patches(model, tok, [p.image for p in batch], kinds=[p.kind for p in batch], **read_kw)
+    return read_patches(model, tok, [p.image for p in batch], kinds=[p.kind for p in batch],
+                        rtl=[is_rtl(p.script) for p in batch], **read_kw)
 
 
 class LocalReader:
@@ -92,7 +95,7 @@ class RayReader:
 
     def map(self, batches: Iterable[list]) -> Iterator[list]:
         # strip what the actors do not need (the crops and kinds travel; keys, texts stay here)
-        slim = [[_Slim(p.image, p.kind) for p in batch] for batch in batches]
+        slim = [[_Slim(p.image, p.kind, p.script) for p in batch] for batch in batches]
         return self.pool.map(lambda actor, batch: actor.read.remote(batch), slim)
 
     def close(self) -> None:
@@ -109,10 +112,10 @@ class RayReader:
 class _Slim:
     """What ``read_patches`` needs of a patch."""
 
-    __slots__ = ("image", "kind")
+    __slots__ = ("image", "kind", "script")
 
-    def __init__(self, image, kind: str):
-        self.image, self.kind = image, kind
+    def __init__(self, image, kind: str, script: str):
+        self.image, self.kind, self.script = image, kind, script
 
 
 def make_reader(label_cfg, *, model, tokenizer, model_dir: Path, tokenizer_dir: Path, read_kw: dict,

@@ -91,20 +91,24 @@ def _tidy(text: str, kind: str) -> str:
     return " ".join(text.split())
 
 
-def _patch_images(crops: Sequence, kinds: Sequence[str], mode: str, stretch: float) -> list:
+def _patch_images(crops: Sequence, kinds: Sequence[str], mode: str, stretch: float,
+                  rtl: Sequence[bool] | None = None) -> list:
     """Each crop on its canvas (``patch_canvas``: the side of ``mode``), preprocessed for ``mode``."""
     from models.image_processing import preprocess_image
 
     side = canvas_side(mode)
-    return [preprocess_image(patch_canvas(c, side, kind=k, stretch=stretch), mode) for c, k in zip(crops, kinds)]
+    rtl = list(rtl) if rtl is not None else [False] * len(crops)
+    return [preprocess_image(patch_canvas(c, side, kind=k, stretch=stretch, rtl=r), mode)
+            for c, k, r in zip(crops, kinds, rtl)]
 
 
 @torch.no_grad()
 def read_patches(model, tokenizer, crops: Sequence, *, batch_size: int = 16, max_new_tokens: int = 48,
                  no_repeat_ngram: int = 8, window: int = 48, mode: str = "micro", stretch: float = 1.0,
-                 kinds: Sequence[str] | None = None) -> list[tuple[str, float, bool]]:
+                 kinds: Sequence[str] | None = None,
+                 rtl: Sequence[bool] | None = None) -> list[tuple[str, float, bool]]:
     """(text, confidence, finished) per crop (PIL images of lines, or of blocks where ``kinds``
-    says so), in order, ``batch_size`` at a time."""
+    says so; ``rtl``: lines of right-to-left scripts), in order, ``batch_size`` at a time."""
     from models.generation import NoRepeatNGramLogitsProcessor, generate
 
     device = next(model.parameters()).device
@@ -113,7 +117,8 @@ def read_patches(model, tokenizer, crops: Sequence, *, batch_size: int = 16, max
     out: list[tuple[str, float, bool]] = []
     for i in range(0, len(crops), batch_size):
         chunk = crops[i:i + batch_size]
-        images = _patch_images(chunk, kinds[i:i + batch_size], mode, stretch)
+        images = _patch_images(chunk, kinds[i:i + batch_size], mode, stretch,
+                               None if rtl is None else rtl[i:i + batch_size])
         ids = [tokenizer.encode_prompt(PROMPT, [img]) for img in images]
         T = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), T), pad, dtype=torch.long)
@@ -139,7 +144,8 @@ def read_patches(model, tokenizer, crops: Sequence, *, batch_size: int = 16, max
 
 @torch.no_grad()
 def reference_nll(model, tokenizer, crops: Sequence, texts: Sequence[str], *, batch_size: int = 16,
-                  mode: str = "micro", stretch: float = 1.0, kinds: Sequence[str] | None = None) -> float:
+                  mode: str = "micro", stretch: float = 1.0, kinds: Sequence[str] | None = None,
+                  rtl: Sequence[bool] | None = None) -> float:
     """Mean teacher-forced cross-entropy (nats per token, EOS included) of the reference texts
     given the crops. With blank crops this is the image-blind control: a recognizer that reads
     has a clearly lower loss with the real crops, long before its greedy output is right."""
@@ -149,7 +155,8 @@ def reference_nll(model, tokenizer, crops: Sequence, texts: Sequence[str], *, ba
     kinds = list(kinds) if kinds is not None else [LINE] * len(crops)
     total, count = 0.0, 0
     for i in range(0, len(crops), batch_size):
-        images = _patch_images(crops[i:i + batch_size], kinds[i:i + batch_size], mode, stretch)
+        images = _patch_images(crops[i:i + batch_size], kinds[i:i + batch_size], mode, stretch,
+                               None if rtl is None else rtl[i:i + batch_size])
         rows = []
         for img, text in zip(images, texts[i:i + batch_size]):
             prompt = tokenizer.encode_prompt(PROMPT, [img])

@@ -32,6 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from data_engine.flywheel.accept import judge, length_range
+from data_engine.flywheel.canvas import is_rtl
 from data_engine.flywheel.linepages import LineLanguage
 from data_engine.flywheel.patches import BLOCK, Patch, read_patch_shard, write_patch_shard
 from data_engine.flywheel.reassemble import page_labels, write_page_shard
@@ -199,8 +200,8 @@ class RoundRunner:
             if not gold:
                 out[s] = {"gold_n": 0}
                 continue
-            kw = dict(self.read_kw(), kinds=[p.kind for p in gold])
-            nll_kw = {k: kw[k] for k in ("batch_size", "mode", "stretch", "kinds")}
+            kw = dict(self.read_kw(), kinds=[p.kind for p in gold], rtl=[is_rtl(p.script) for p in gold])
+            nll_kw = {k: kw[k] for k in ("batch_size", "mode", "stretch", "kinds", "rtl")}
             reads = read_patches(model, tok, [p.image for p in gold], **kw)
             blanks = [Image.new("RGB", p.image.size, "white") for p in gold]
             blank = read_patches(model, tok, blanks, **kw)
