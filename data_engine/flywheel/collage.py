@@ -22,7 +22,7 @@ import pymupdf
 from PIL import Image
 
 from data_engine.flywheel.canvas import X_HEIGHT, normalize_line
-from data_engine.flywheel.patches import Patch, crop
+from data_engine.flywheel.patches import Patch
 
 WORD_GAP = 0.55  # x-heights between two words (Noto Sans: a space plus side bearings)
 
@@ -57,10 +57,11 @@ def _nfkc(text: str) -> str:
 
 def word_pieces(page_img: Image.Image, page_rect: pymupdf.Rect, line: Patch,
                 word_boxes: list[tuple[float, float, str]]) -> list[WordPiece]:
-    """Cut the normalised line into its words (boxes in PDF points, as ``line_word_boxes``)."""
+    """Cut the normalised line (``line.image``: its crop, ``patches.crop``) into its words (boxes
+    in PDF points, as ``line_word_boxes``)."""
     sx = page_img.width / page_rect.width
-    left = max(0, int((line.bbox[0] - 2.0) * sx))  # where ``crop`` starts (its default padding)
-    norm = normalize_line(crop(page_img, page_rect, line.bbox))
+    left = max(0, int((line.bbox[0] - 2.0) * sx))  # where ``crop`` started (its default padding)
+    norm = normalize_line(line.image)
     out = []
     for wx0, wx1, text in word_boxes:
         a = max(0, int((wx0 * sx - left - norm.x0) * norm.scale) - 1)
