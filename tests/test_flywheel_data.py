@@ -12,11 +12,11 @@ import pymupdf
 from PIL import Image
 import pytest
 
-from data_engine.flywheel.accept import AcceptConfig, judge, loop_span
-from data_engine.flywheel.dataset import _iou
+from data_engine.flywheel.accept import AcceptConfig, calibrate, judge, loop_span
+from data_engine.flywheel.dataset import _iou, split_calibration
 from data_engine.flywheel.detect import PPOCR_DET_FILE, find_ppocr_det_model, get_line_source
 from data_engine.flywheel.linepages import LineLanguage, make_line_document
-from data_engine.flywheel.patches import (CANVAS, ROW, cut_boxes, cut_text_layer, patch_canvas, read_patch_shard,
+from data_engine.flywheel.patches import (CANVAS, ROW, Patch, cut_boxes, cut_text_layer, patch_canvas, read_patch_shard,
                                           render_page, write_patch_shard)
 from data_engine.flywheel.reassemble import page_labels
 from data_engine.flywheel.trust import line_problem
@@ -118,6 +118,42 @@ def test_acceptance_filters_give_reasons():
     assert judge("abc defg hij", script="Latn", **{**ok, "confidence": -2.0}) == "low_confidence"
     assert judge("a", script="Latn", **ok) == "length_mismatch"  # 1 char over 10 heights
     assert judge("abc defg hij", script="Latn", length_bounds=(3.0, 5.0), **ok) == "length_mismatch"
+
+
+
+def test_calibrated_threshold_reaches_target_cer_on_held_out_lines():
+    # (confidence, truth, read): the confident reads are right, the unsure ones wrong
+    good = [(-0.05 * i, "abcdefghij", "abcdefghij") for i in range(6)]
+    bad = [(-1.0 - 0.1 * i, "abcdefghij", "xyzxyzxyzx") for i in range(6)]
+    cal = calibrate(good + bad, target_cer=0.10, min_lines=8)
+    assert cal["status"] == "calibrated" and cal["threshold"] == -0.25  # the 6th good read, none of the bad
+    assert cal["cer_at_threshold"] == 0.0 and cal["share"] == 0.5
+    # one wrong character among the three most confident lines (1 / 30) stays under 10 %
+    mixed = [(-0.1, "abcdefghij", "abcdefghiX"), (-0.2, "abcdefghij", "abcdefghij"), (-0.3, "abcdefghij", "abcdefghij")]
+    assert calibrate(mixed + bad, 0.10, 8)["threshold"] == -0.3
+    assert calibrate(bad + [(-0.5, "abcdefghij", "abcdefghij")], 0.10, 5)["status"] == "unreachable"
+    assert calibrate(good[:4], 0.10, 8)["status"] == "too_few"
+    # equal confidences are accepted together: the boundary cannot fall inside a tie
+    tie = [(-0.1, "abcdefghij", "abcdefghij")] * 3 + [(-0.1, "abcdefghij", "xyzxyzxyzx")] * 3
+    assert calibrate(tie, 0.10, 5)["status"] == "unreachable"
+    # the calibrated threshold, not the fixed one, decides low_confidence
+    cfg, ok = AcceptConfig(), dict(finished=True, bbox=(0, 0, 200, 20), script="Latn")
+    assert judge("abc defg hij", confidence=-0.5, cfg=cfg, **ok) == "low_confidence"  # fixed -0.35
+    assert judge("abc defg hij", confidence=-0.5, cfg=cfg, min_confidence=-0.6, **ok) is None
+    assert judge("abc defg hij", confidence=-0.01, cfg=cfg, min_confidence=float("inf"), **ok) == "low_confidence"
+
+
+def test_calibration_split_holds_out_whole_documents():
+    seed = [Patch(key=f"d{d}_{i}", doc_id=f"doc{d}", page=0, bbox=(0, 0, 1, 1), lang="eng", script="Latn",
+                  source="textlayer", text="x") for d in range(10) for i in range(5)]
+    train, held = split_calibration(seed, 8)
+    held_docs = {p.doc_id for p in held}
+    assert len(held) == 10  # two documents: the first reaching 8 lines, within a quarter of 50
+    assert held_docs.isdisjoint({p.doc_id for p in train}) and len(train) + len(held) == len(seed)
+    assert split_calibration(seed, 8) == (train, held)  # a fixed order: the same split every run
+    # few seeds: never more than a quarter held out (here one document is half of them)
+    assert split_calibration(seed[:10], 12) == (seed[:10], [])
+    assert split_calibration(seed, 0) == (seed, [])
 
 
 def test_canvas_rows_and_patch_shard_roundtrip(tmp_path, docs):

@@ -13,7 +13,16 @@ failures first):
   Devanagari page.
 * ``length_mismatch``: characters per box width (in box heights) outside the range seen on
   this language's seed patches (widened by ``length_slack``), or the defaults without seeds.
-* ``low_confidence``: mean token log-probability below ``min_confidence``.
+* ``low_confidence``: mean token log-probability below the language's threshold: calibrated
+  per round on held-out seed lines (``calibrate``) where there are enough of them, else
+  ``min_confidence``.
+
+Calibration: the recognizer reads ``calibration_lines`` seed lines per language that it was not
+trained on (whole documents held out, ``dataset.split_calibration``); the threshold is the lowest
+confidence at which the labels at or above it (among those passing the other filters) have a CER
+of at most ``target_cer``. A fixed threshold cannot serve every language and round: the same
+``min_confidence`` accepted Latin labels at CER 0.175 and Devanagari labels at 0.78-0.86
+(docs/flywheel.md), and training on those teaches the recognizer its own errors.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from typing import ClassVar
 
 from data_engine.config import Schema, setting
 from data_engine.flywheel.trust import line_problem
+from data_engine.metrics import cer_counts
 
 EMPTY, UNFINISHED, REPETITION = "empty", "unfinished", "repetition"
 LENGTH_MISMATCH, LOW_CONFIDENCE = "length_mismatch", "low_confidence"
@@ -36,7 +46,10 @@ class AcceptConfig(Schema):
 
     _key: ClassVar[str] = "flywheel.accept"
 
-    min_confidence: float = -0.35     # mean log-prob per token (exp(-0.35) ~ 0.70 per token)
+    min_confidence: float = -0.35     # mean log-prob per token (exp(-0.35) ~ 0.70 per token); used where not calibrated
+    calibration_lines: int = setting(32, ge=0)  # seed lines per language held out (whole documents) to calibrate the threshold; 0: off
+    target_cer: float = setting(0.10, gt=0, le=1)  # calibrated: accepted labels' CER aimed at on the held-out lines
+    min_calibration: int = setting(8, ge=1)  # fewer held-out lines passing the other filters: min_confidence instead
     min_repeats: int = setting(4, ge=2)  # a loop: one unit repeated at least this often ...
     max_unit: int = setting(10, ge=1)  # ... a unit of up to this many characters ...
     loop_share: float = setting(0.5, gt=0, le=1)  # ... covering at least this share of the text
@@ -87,9 +100,33 @@ def length_range(samples: Iterable[tuple[str, tuple]], slack: float) -> tuple[fl
     return lo / slack, hi * slack
 
 
+def calibrate(rows: Iterable[tuple[float, str, str]], target_cer: float, min_lines: int) -> dict:
+    """The confidence threshold from held-out lines' (confidence, truth, read) that pass the
+    other filters: the lowest confidence c such that the lines read at confidence >= c have a
+    CER <= ``target_cer`` (at least 3 lines, so that one lucky line does not set it).
+    ``status``: ``calibrated`` (``threshold`` = c), ``unreachable`` (no such c: accept nothing)
+    or ``too_few`` (fewer than ``min_lines`` rows: the caller uses its fixed threshold)."""
+    rows = sorted(rows, key=lambda r: -r[0])
+    out = {"status": "too_few", "threshold": None, "lines": len(rows), "cer_at_threshold": None, "share": 0.0}
+    if len(rows) < min_lines:
+        return out
+    out["status"] = "unreachable"
+    errors = chars = 0
+    for i, (conf, truth, read) in enumerate(rows):
+        e, n = cer_counts(truth, read)
+        errors, chars = errors + e, chars + n
+        # lines of equal confidence are accepted together: only a boundary between two values counts
+        last_of_tie = i + 1 == len(rows) or rows[i + 1][0] < conf
+        if i >= 2 and last_of_tie and chars and errors / chars <= target_cer:
+            out.update(status="calibrated", threshold=conf, cer_at_threshold=round(errors / chars, 4),
+                       share=round((i + 1) / len(rows), 3))
+    return out
+
+
 def judge(text: str, *, confidence: float, finished: bool, bbox, script: str, cfg: AcceptConfig,
-          length_bounds: tuple[float, float] | None = None) -> str | None:
-    """None (accept) or the rejection reason of one recognizer label."""
+          length_bounds: tuple[float, float] | None = None, min_confidence: float | None = None) -> str | None:
+    """None (accept) or the rejection reason of one recognizer label (``min_confidence``: the
+    calibrated threshold, default ``cfg.min_confidence``)."""
     if not any(unicodedata.category(c)[0] in "LN" for c in text):
         return EMPTY
     if not finished:
@@ -103,6 +140,6 @@ def judge(text: str, *, confidence: float, finished: bool, bbox, script: str, cf
     lo, hi = length_bounds or cfg.default_chars_per_height
     if not lo <= chars_per_height(text, bbox) <= hi:
         return LENGTH_MISMATCH
-    if confidence < cfg.min_confidence:
+    if confidence < (cfg.min_confidence if min_confidence is None else min_confidence):
         return LOW_CONFIDENCE
     return None

@@ -16,6 +16,9 @@ or both; every file below then holds those kinds (``kind`` in each patch's metad
 * ``gold/<lang>.tar``: held-out image-only patches cut at the ground-truth boxes (lines; blocks:
   ``linepages.truth_blocks``) (the recognizer's CER and Tesseract's are measured on them; never
   trained on).
+* ``calib/<lang>.tar``: about ``calibration_lines`` trusted seed lines per language, whole
+  documents held out of training (their words stay out of the collage lines too), on which each
+  round calibrates its acceptance threshold (``accept.py`` ``calibrate``); ``split_calibration``.
 * ``collage/<lang>.tar`` (``collage`` > 0): collage lines, the words of trusted seed lines
   recombined into new lines (``collage.py``), trained on with the seed; as many per language as
   ``collage`` x the best-seeded language's seed lines (a language with few seeds is balanced).
@@ -93,19 +96,22 @@ def patch_kinds(setting: str) -> tuple[str, ...]:
 
 def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dpi: int = 144,
                  tokenizer_vocab: int = 512, kinds: tuple[str, ...] = (LINE,), canvas: int = CANVAS,
-                 stretch: float = 1.0, collage: float = 0.0, log=print) -> dict:
+                 stretch: float = 1.0, collage: float = 0.0, calibration_lines: int = 0, log=print) -> dict:
     """Cut seed / pool / gold patches per language and train the tokenizer (see module doc).
     ``canvas`` / ``stretch``: how the shards' canvases are drawn (``patches.patch_canvas``).
     ``collage``: collage lines (``collage.py``: words of trusted lines recombined) per seed line
-    of the best-seeded language, for every language with seed words, in ``collage/<lang>.tar``."""
+    of the best-seeded language, for every language with seed words, in ``collage/<lang>.tar``.
+    ``calibration_lines``: seed lines per language held out for calibration (``split_calibration``)."""
     import pymupdf
 
-    view = {"canvas": canvas, "stretch": stretch, "layout": LAYOUT, "collage": collage}
+    view = {"canvas": canvas, "stretch": stretch, "layout": LAYOUT, "collage": collage,
+            "calibration_lines": calibration_lines}
     if (data_dir / "DONE").is_file():
         made_view = json.loads((data_dir / "VIEW").read_text()) if (data_dir / "VIEW").is_file() else None
         if made_view != view:
             raise ValueError(f"{data_dir} holds patch canvases drawn as {made_view}, not {view} (the "
-                             "recognizer's mode or stretch, the canvas layout or flywheel.collage changed): "
+                             "recognizer's mode or stretch, the canvas layout, flywheel.collage or "
+                             "flywheel.accept.calibration_lines changed): "
                              "use a new out= directory")
         counts = json.loads((data_dir / "DONE").read_text())
         made = {tuple(c.get("by_kind", {LINE: 0})) for c in counts.values()}
@@ -115,7 +121,8 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
         return counts
     langs = {spec: LineLanguage.parse(spec) for spec in languages}
     min_lines = 2 if LINE in kinds else 1  # block patches of one line only where lines are not cut
-    seed, pool, gold, pieces = defaultdict(list), defaultdict(list), defaultdict(list), defaultdict(list)
+    seed, pool, gold, calib = defaultdict(list), defaultdict(list), defaultdict(list), {}
+    pieces = defaultdict(list)  # spec -> [(doc_id, word pieces of one page)]
     truth, refused, pages_log, seed_truth = {}, [], [], defaultdict(list)
     for spec, lang in langs.items():
         rtl = script_info(lang.script).direction == "rtl"
@@ -149,7 +156,7 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
                 if good or bad:  # a text layer: trusted lines seed, the others' boxes join the pool
                     seed[spec] += good
                     if collage > 0:
-                        pieces[spec] += _word_pieces(page, img, [p for p in good if p.kind == LINE])
+                        pieces[spec].append((path.stem, _word_pieces(page, img, [p for p in good if p.kind == LINE])))
                     for p in good:  # scored against the sidecar only (never used to train)
                         t = _truth_of(p, lines)
                         if t is not None:
@@ -176,13 +183,18 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
             doc.close()
     data_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
+    for spec in langs:  # held-out documents leave the seed and give no collage words
+        seed[spec], calib[spec] = split_calibration(seed[spec], calibration_lines)
+        held = {p.doc_id for p in calib[spec]}
+        pieces[spec] = [w for doc_id, ws in pieces[spec] if doc_id not in held for w in ws]
     # balanced: every language gets as many collage lines (from its own words) as the
     # best-seeded one, so a language with few seed lines is not a rounding error of the mix
     most = max((sum(p.kind == LINE for p in seed[spec]) for spec in langs), default=0)
     collages = {spec: make_collages(pieces[spec], round(collage * most), seed=zlib.crc32(f"collage:{spec}".encode()),
                                     template=seed[spec][0])
                 for spec in langs if pieces[spec]}
-    parts = (("seed", seed), ("pool", pool), ("gold", gold)) + ((("collage", collages),) if collage > 0 else ())
+    parts = (("seed", seed), ("pool", pool), ("gold", gold), ("calib", calib)) + \
+        ((("collage", collages),) if collage > 0 else ())
     for spec in langs:
         key = spec.replace(":", "_").replace("-", "_")
         counts[spec] = {name: write_patch_shard(data_dir / name / f"{key}.tar", ps.get(spec, []), canvas, stretch)
@@ -196,7 +208,8 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
             "seed_label_cer": corpus_cer(seed_truth[spec])})
         log(f"[flywheel] {spec}: {counts[spec]['seed']} seed patches (text layer), "
             f"{counts[spec]['seed_refused']} text-layer lines refused, {counts[spec]['pool']} to label, "
-            f"{counts[spec]['gold']} held-out gold; seed-label CER vs ground truth "
+            f"{counts[spec]['gold']} held-out gold, {counts[spec]['calib']} held out for calibration; "
+            f"seed-label CER vs ground truth "
             f"{counts[spec]['seed_label_cer']}" + (f"; {counts[spec]['collage']} collage lines" if collage > 0 else ""))
     _write_json(data_dir / "pool_truth.json", truth)
     (data_dir / "seed_refused.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in refused),
@@ -207,6 +220,26 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
     _write_json(data_dir / "VIEW", view)
     _write_json(data_dir / "DONE", counts)
     return counts
+
+
+def split_calibration(seed: list[Patch], n: int, max_share: float = 0.25) -> tuple[list[Patch], list[Patch]]:
+    """(training seed, calibration lines): whole documents' line patches held out, in a fixed
+    pseudo-random document order, until at least ``n`` lines, but never more than ``max_share``
+    of the language's seed lines (a language with few seeds keeps most of them to learn from;
+    ``n`` = 0 or a single document: nothing is held out). Whole documents, so that the
+    calibration lines share no page, and no collage word, with what the recognizer trains on."""
+    lines = Counter(p.doc_id for p in seed if p.kind == LINE)
+    if n <= 0 or len(lines) < 2:
+        return seed, []
+    cap, held, count = max_share * sum(lines.values()), set(), 0
+    for doc_id in sorted(lines, key=lambda d: zlib.crc32(d.encode())):
+        if count >= n:
+            break
+        if count + lines[doc_id] <= cap:
+            held.add(doc_id)
+            count += lines[doc_id]
+    return ([p for p in seed if p.doc_id not in held],
+            [p for p in seed if p.doc_id in held and p.kind == LINE])
 
 
 def _word_pieces(page, img, lines: list[Patch]) -> list:

@@ -57,7 +57,7 @@ def run_flywheel(cfg: FlywheelAppConfig | DictConfig | dict, log=_console) -> di
     counts = prepare_data(out / "data", languages, pdf_dir=pdf_dir, detector=detector, dpi=fw.dpi,
                           tokenizer_vocab=fw.tokenizer_vocab, kinds=patch_kinds(fw.patches),
                           canvas=canvas_side(fw.recognizer.mode), stretch=fw.recognizer.stretch,
-                          collage=fw.collage, log=log)
+                          collage=fw.collage, calibration_lines=fw.accept.calibration_lines, log=log)
     if sum(c["pool"] for c in counts.values()) == 0:
         log("[flywheel] warning: nothing to label (no image-only pages and no refused text-layer lines)")
     runner = RoundRunner(fw, out, list(languages), log=log)

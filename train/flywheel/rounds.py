@@ -7,13 +7,16 @@ Round k (``<out>/round_<k>/``):
    (which checkpoints and resumes itself); its exported model is ``train/model``. The training
    patches (seed, collage, accepted) are first interleaved in one seeded order into small shards
    (``train_data/``, ``data_engine.shards.mix_shards``).
-2. ``labels.jsonl``: the pool patches not yet accepted, labelled in fixed batches (one JSON line
+2. ``calibration.json``: per language the acceptance threshold, calibrated on the held-out seed
+   lines (``data/calib``, ``accept.py`` ``calibrate``): the lowest confidence whose labels reach
+   ``accept.target_cer`` there.
+3. ``labels.jsonl``: the pool patches not yet accepted, labelled in fixed batches (one JSON line
    per finished batch, fsynced, in batch order), each with text, confidence and the acceptance
    verdict; read in this process or on Ray actors (``flywheel.label.executor``, ``readers.py``).
-3. ``accepted/<lang>.tar``: the patches accepted in this round (patch shards, training format).
-4. ``pages/flywheel-000000.tar``: all patches accepted so far, reassembled per page into
+4. ``accepted/<lang>.tar``: the patches accepted in this round (patch shards, training format).
+5. ``pages/flywheel-000000.tar``: all patches accepted so far, reassembled per page into
    page-level fine labels (engine shard format, ``source: flywheel``) for stage 2.
-5. ``report.json``: per language the recognizer's CER on held-out gold patches (and with blank
+6. ``report.json``: per language the recognizer's CER on held-out gold patches (and with blank
    images, the image-blind control), Tesseract's CER on the same patches, patches accepted and
    rejected by reason, and the CER of accepted (and rejected) labels against ground truth.
 
@@ -31,7 +34,7 @@ from collections import Counter, defaultdict
 from dataclasses import replace
 from pathlib import Path
 
-from data_engine.flywheel.accept import judge, length_range
+from data_engine.flywheel.accept import calibrate, judge, length_range
 from data_engine.flywheel.canvas import is_rtl
 from data_engine.flywheel.linepages import LineLanguage
 from data_engine.flywheel.patches import BLOCK, Patch, read_patch_shard, write_patch_shard
@@ -144,7 +147,49 @@ class RoundRunner:
                                       "shards": [str(s) for s in shards]})
         return Path(res["export_dir"])
 
-    # ------------------------------------------------------------------ 2.-3. label + accept
+    # ------------------------------------------------------------------ 2. calibrate
+    def calibration(self, k: int, model, tok) -> dict:
+        """Per language: the acceptance threshold calibrated on the held-out seed lines (read by
+        round k's model; those failing another filter do not count), written once per round."""
+        path = self.rdir(k) / "calibration.json"
+        if path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+        ac, out = self.accept_cfg, {}
+        for s in self.langs:
+            shard = self.data / "calib" / f"{_key(s)}.tar"
+            lines = list(read_patch_shard(shard)) if shard.is_file() else []
+            reads = read_patches(model, tok, [p.image for p in lines], **dict(
+                self.read_kw(), kinds=[p.kind for p in lines], rtl=[is_rtl(p.script) for p in lines])) if lines else []
+            rows = [(conf, p.text, text) for p, (text, conf, fin) in zip(lines, reads)
+                    if judge(text, confidence=0.0, finished=fin, bbox=p.bbox, script=p.script, cfg=ac,
+                             length_bounds=self.bounds[s], min_confidence=float("-inf")) is None]
+            cal = calibrate(rows, ac.target_cer, ac.min_calibration)
+            cal.update(held_out=len(lines), cer_all=corpus_cer((p.text, r[0]) for p, r in zip(lines, reads)))
+            if cal["status"] == "too_few":
+                cal["note"] = (f"{len(rows)} of {len(lines)} held-out lines pass the other filters (fewer than "
+                               f"accept.min_calibration={ac.min_calibration}): min_confidence={ac.min_confidence} is used")
+            elif cal["status"] == "unreachable":
+                cal["note"] = (f"no confidence level reaches CER <= {ac.target_cer} on the held-out lines: "
+                               "nothing is accepted in this language this round")
+            out[s] = cal
+        self.log(f"[flywheel] round {k}: acceptance thresholds " + ", ".join(
+            f"{s} {c['status']} {c['threshold']}" for s, c in out.items()))
+        _atomic_json(path, out)
+        return out
+
+    def min_confidence(self, k: int) -> dict[str, float]:
+        """The confidence threshold per language in round k (calibrated, else the fixed one)."""
+        path = self.rdir(k) / "calibration.json"
+        cal = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+        def threshold(c: dict) -> float:
+            if c.get("status") == "calibrated":
+                return c["threshold"]
+            return float("inf") if c.get("status") == "unreachable" else self.accept_cfg.min_confidence
+
+        return {s: threshold(cal.get(s, {})) for s in self.langs}
+
+    # ------------------------------------------------------------------ 3.-4. label + accept
     def label(self, k: int, model, tok, pool: list[Patch], model_dir: Path | None = None) -> list[dict]:
         """Label the batches of ``pool`` not yet in ``labels.jsonl`` (``model_dir``: the round's
         exported model, which Ray actors load; default ``round_k/train/model``)."""
@@ -153,6 +198,7 @@ class RoundRunner:
         done = read_label_batches(path)
         n_batches = -(-len(pool) // bs)
         todo = [b for b in range(n_batches) if b not in done]
+        thresholds = self.min_confidence(k)
         if todo:
             reader = make_reader(self.cfg.label, model=model, tokenizer=tok,
                                  model_dir=model_dir or self.rdir(k) / "train" / "model",
@@ -164,7 +210,8 @@ class RoundRunner:
                         done[b] = []
                         for p, (text, conf, fin) in zip(pool[b * bs:(b + 1) * bs], reads):
                             why = judge(text, confidence=conf, finished=fin, bbox=p.bbox, script=p.script,
-                                        cfg=self.accept_cfg, length_bounds=self.bounds[self.spec_of(p)])
+                                        cfg=self.accept_cfg, length_bounds=self.bounds[self.spec_of(p)],
+                                        min_confidence=thresholds[self.spec_of(p)])
                             done[b].append({"key": p.key, "lang": p.lang, "text": text,
                                             "confidence": round(conf, 4), "finished": fin, "reason": why})
                         f.write(json.dumps({"batch": b, "rows": done[b]}, ensure_ascii=False) + "\n")
@@ -249,6 +296,7 @@ class RoundRunner:
         taken = {p.key for ps in prior.values() for p in ps}
         pool = [p for s in self.langs for p in read_patch_shard(self.data / "pool" / f"{_key(s)}.tar")
                 if p.key not in taken]
+        calibration = self.calibration(k, model, tok)
         rows = self.label(k, model, tok, pool, model_dir)
         self.write_accepted(k, pool, rows)
         accepted = self.accepted_before(k + 1)
@@ -272,7 +320,7 @@ class RoundRunner:
                 "accepted_total": len(accepted.get(s, [])),
                 "accepted_label_cer": corpus_cer((self.truth[r["key"]], r["text"]) for r in acc if r["key"] in self.truth),
                 "rejected_label_cer": corpus_cer((self.truth[r["key"]], r["text"]) for r in rej if r["key"] in self.truth),
-                "recognizer": gold[s], "tesseract": tess[s],
+                "recognizer": gold[s], "tesseract": tess[s], "calibration": calibration[s],
                 "note": None if self.seed[s] else "no seed patches: the recognizer has not seen this script "
                                                   "in round 0; its labels are expected to be rejected",
             }
