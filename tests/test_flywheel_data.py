@@ -13,6 +13,7 @@ from PIL import Image
 import pytest
 
 from data_engine.flywheel.accept import AcceptConfig, calibrate, judge, loop_span
+from data_engine.flywheel.collage import refused_line_words
 from data_engine.flywheel.dataset import _iou, split_calibration
 from data_engine.flywheel.detect import PPOCR_DET_FILE, find_ppocr_det_model, get_line_source
 from data_engine.flywheel.linepages import LineLanguage, make_line_document
@@ -75,12 +76,46 @@ def test_garbled_lines_refused_per_line_good_lines_kept(docs):
     assert exact >= 0.8 * len(good), [(p.text, _match(p.bbox, truth)[0]["text"]) for p in good]
 
 
+
+def test_refused_lines_give_their_trustworthy_words(tmp_path):
+    # ten Devanagari pages: the words that pass the trust check on their own, cut from the
+    # refused lines for collage lines, against the generator's words (the text layer's word count
+    # matching the truth's, so that words align by position)
+    right = wrong = words = 0
+    for seed in range(10):
+        path = tmp_path / f"hin_{seed}.pdf"
+        gt = make_line_document(LineLanguage.parse("hin-Deva"), path, kind="digital", n_pages=1, seed=seed)
+        page = pymupdf.open(path)[0]
+        truth = gt["pages"][0]["blocks"]
+        _, refused = cut_text_layer(page, render_page(page), doc_id="d", lang="hin", script="Deva")
+        page_words = page.get_text("words")
+        for r in refused:
+            line = Patch("k", "d", 0, tuple(r["bbox"]), "hin", "Deva", "textlayer_box")
+            t = _match(r["bbox"], truth)[0]["text"].split(" ")
+            inside = [w for w in page_words if r["bbox"][1] <= (w[1] + w[3]) / 2 <= r["bbox"][3]]
+            if len(inside) != len(t):
+                continue
+            got = refused_line_words(line, page_words)
+            words += len(t)
+            order = sorted(inside, key=lambda w: w[0])
+            for x0, _, text in got:
+                i = next(i for i, w in enumerate(order) if w[0] == x0)
+                right, wrong = right + (text == t[i]), wrong + (text != t[i])
+    assert right >= 0.5 * words, (right, wrong, words)  # most words of a refused line are usable
+    assert wrong <= 0.01 * (right + wrong), (right, wrong)  # and the ones taken are right
+
+
 def test_trust_and_script_checks():
     assert line_problem("hello world", "Latn") is None
     assert line_problem("नमस्ते दुनिया", "Deva") is None
     assert line_problem("ɟ ताब नम×ते", "Deva") == "wrong_script"  # what MuPDF extracts for "किताब नमस्ते"
     assert line_problem("नम×ते", "Deva") == "invalid_sequence"
     assert line_problem("ि कताब", "Deva") == "invalid_sequence"  # a vowel sign opening a word
+    # unmapped conjunct glyphs at a word's edge (MuPDF's text of the embedded default's pages)
+    for garbled in ("·पुद", "णो½झछे", "¾नऑ", "×ख"):
+        assert line_problem(f"कताब {garbled}", "Deva") == "invalid_sequence", garbled
+    assert line_problem("नमस्ते। दुनिया, 5 × 3", "Deva") is None  # punctuation, and symbols between numbers
+    assert line_problem("x² + y²", "Latn") is None  # an exact script keeps its symbols
     assert line_problem("ङ\ufffd छरैटं", "Deva") == "bad_chars"
     assert line_problem(" . ", "Latn") == "empty"
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from data_engine.flywheel.blocks import group_lines, lines_in
 from data_engine.flywheel.canvas import LAYOUT
-from data_engine.flywheel.collage import line_word_boxes, make_collages, word_pieces
+from data_engine.flywheel.collage import COLLAGE_WORDS, line_word_boxes, make_collages, refused_line_words, word_pieces
 from data_engine.flywheel.linepages import SYLLABLE_SIGNS, LineLanguage, make_line_corpus, truth_blocks
 from data_engine.flywheel.patches import BLOCK, CANVAS, LINE, Patch, cut_boxes, cut_text_layer, render_page, write_patch_shard
 from data_engine.metrics import corpus_cer
@@ -104,7 +104,7 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
     ``calibration_lines``: seed lines per language held out for calibration (``split_calibration``)."""
     import pymupdf
 
-    view = {"canvas": canvas, "stretch": stretch, "layout": LAYOUT, "collage": collage,
+    view = {"canvas": canvas, "stretch": stretch, "layout": LAYOUT, "collage": collage, "collage_words": COLLAGE_WORDS,
             "calibration_lines": calibration_lines}
     if (data_dir / "DONE").is_file():
         made_view = json.loads((data_dir / "VIEW").read_text()) if (data_dir / "VIEW").is_file() else None
@@ -165,6 +165,9 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
                     new = [p for kind in kinds for p in cut_boxes(
                         img, page.rect, [r["bbox"] for r in bad if r["kind"] == kind], page=page.number,
                         source="textlayer_box", start=500, kind=kind, **common)]
+                    if collage > 0:  # the refused lines' words that are trustworthy on their own
+                        pieces[spec].append((path.stem, _word_pieces(page, img, [p for p in new if p.kind == LINE],
+                                                                     refused=True)))
                 else:  # image-only: the detector cuts the lines (grouped into blocks for block patches)
                     boxes = [b.bbox for b in detector.blocks(page, image=img)]
                     regions = group_lines(boxes, min_lines=min_lines) if getattr(detector, "unit", None) == LINE else boxes
@@ -191,7 +194,7 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
     # best-seeded one, so a language with few seed lines is not a rounding error of the mix
     most = max((sum(p.kind == LINE for p in seed[spec]) for spec in langs), default=0)
     collages = {spec: make_collages(pieces[spec], round(collage * most), seed=zlib.crc32(f"collage:{spec}".encode()),
-                                    template=seed[spec][0])
+                                    template=(seed[spec] or pool[spec])[0])  # pool: no trusted line, trusted words
                 for spec in langs if pieces[spec]}
     parts = (("seed", seed), ("pool", pool), ("gold", gold), ("calib", calib)) + \
         ((("collage", collages),) if collage > 0 else ())
@@ -242,12 +245,13 @@ def split_calibration(seed: list[Patch], n: int, max_share: float = 0.25) -> tup
             [p for p in seed if p.doc_id in held and p.kind == LINE])
 
 
-def _word_pieces(page, img, lines: list[Patch]) -> list:
-    """The words of trusted seed lines, cut for collage lines (``collage.py``)."""
+def _word_pieces(page, img, lines: list[Patch], refused: bool = False) -> list:
+    """The words of trusted seed lines (``refused``: the trusted words of refused lines), cut
+    for collage lines (``collage.py``)."""
     words = page.get_text("words")
     out = []
     for p in lines:
-        boxes = line_word_boxes(page, p, words)
+        boxes = refused_line_words(p, words) if refused else line_word_boxes(page, p, words)
         if boxes:
             out += word_pieces(img, page.rect, p, boxes)
     return out

@@ -86,6 +86,7 @@ class RoundRunner:
         self.accept_cfg = cfg.accept
         self.seed = {s: list(read_patch_shard(self.data / "seed" / f"{_key(s)}.tar")) for s in self.langs}
         self.truth = json.loads((self.data / "pool_truth.json").read_text(encoding="utf-8"))
+        self.made = json.loads((self.data / "DONE").read_text())  # per language: patches of each file
         self.bounds = {s: length_range([(p.text, p.bbox) for p in self.seed[s]], self.accept_cfg.length_slack)
                        for s in self.langs}
 
@@ -114,9 +115,8 @@ class RoundRunner:
     # ------------------------------------------------------------------ 1. train
     def training_shards(self, k: int) -> list[Path]:
         """Seed (and collage) shards plus the non-empty accepted shards of rounds < k."""
-        made = json.loads((self.data / "DONE").read_text())
         shards = [self.data / "seed" / f"{_key(s)}.tar" for s in self.langs if self.seed[s]]
-        shards += [self.data / "collage" / f"{_key(s)}.tar" for s in self.langs if made.get(s, {}).get("collage")]
+        shards += [self.data / "collage" / f"{_key(s)}.tar" for s in self.langs if self.made.get(s, {}).get("collage")]
         for j in range(k):
             counts = json.loads((self.rdir(j) / "ACCEPTED").read_text())
             shards += [self.rdir(j) / "accepted" / f"{_key(s)}.tar" for s in self.langs if counts.get(s)]
@@ -321,8 +321,9 @@ class RoundRunner:
                 "accepted_label_cer": corpus_cer((self.truth[r["key"]], r["text"]) for r in acc if r["key"] in self.truth),
                 "rejected_label_cer": corpus_cer((self.truth[r["key"]], r["text"]) for r in rej if r["key"] in self.truth),
                 "recognizer": gold[s], "tesseract": tess[s], "calibration": calibration[s],
-                "note": None if self.seed[s] else "no seed patches: the recognizer has not seen this script "
-                                                  "in round 0; its labels are expected to be rejected",
+                "note": None if self.seed[s] or self.made.get(s, {}).get("collage") else
+                "no seed patches: the recognizer has not seen this script in round 0; its labels are expected "
+                "to be rejected",
             }
         report = {"round": k, "languages": langs, "pages_reassembled": n_pages,
                   "train": json.loads((rd / "TRAINED").read_text()), "cpu_s_round_this_process": round(time.process_time() - t0, 1)}
