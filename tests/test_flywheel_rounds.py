@@ -97,6 +97,9 @@ def test_one_round_end_to_end(full_run):
     assert sum(eng["rejected_by_reason"].values()) == eng["rejected"]
     assert eng["recognizer"]["gold_n"] > 0 and eng["recognizer"]["cer"] is not None
     assert eng["recognizer"]["cer_blind"] is not None  # the image-blind control is always there
+    # one born-digital document cannot be split for calibration: the fixed threshold, said so
+    assert eng["calibration"]["status"] == "too_few" and "min_confidence" in eng["calibration"]["note"]
+    assert json.loads((full_run / "round_0" / "calibration.json").read_text())["eng-Latn"]["held_out"] == 0
     # a language with no seed patches is labelled and reported with a reason, never a crash
     assert khm["seed_patches"] == 0 and "no seed patches" in khm["note"] and khm["labelled"] > 0
     assert (full_run / "report.png").stat().st_size > 1000

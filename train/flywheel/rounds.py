@@ -86,7 +86,8 @@ class RoundRunner:
         self.accept_cfg = cfg.accept
         self.seed = {s: list(read_patch_shard(self.data / "seed" / f"{_key(s)}.tar")) for s in self.langs}
         self.truth = json.loads((self.data / "pool_truth.json").read_text(encoding="utf-8"))
-        self.made = json.loads((self.data / "DONE").read_text())  # per language: patches of each file
+        done = self.data / "DONE"  # per language: the patches of each file (prepare_data)
+        self.made = json.loads(done.read_text()) if done.is_file() else {}
         self.bounds = {s: length_range([(p.text, p.bbox) for p in self.seed[s]], self.accept_cfg.length_slack)
                        for s in self.langs}
 
