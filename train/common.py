@@ -320,7 +320,9 @@ def build_optimizer(params: Iterable | torch.nn.Module, optim_cfg: Any) -> torch
             groups[key] = {"params": [], "weight_decay": wd if p.ndim >= 2 else 0.0,
                            "lr": lr * scale, "warmup_steps": warmup, "part": part}
         groups[key]["params"].append(p)
-    return torch.optim.AdamW(list(groups.values()), lr=lr, betas=tuple(ocfg.betas), eps=ocfg.eps)
+    # fused: one kernel over all tensors instead of a Python loop per parameter (CPU and CUDA
+    # both have it): AdamW was 3 % of a CPU step of the flywheel's small recognizer
+    return torch.optim.AdamW(list(groups.values()), lr=lr, betas=tuple(ocfg.betas), eps=ocfg.eps, fused=True)
 
 
 def current_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
