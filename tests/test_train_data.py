@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import tarfile
 
 import pytest
 import torch
@@ -20,7 +22,7 @@ from models.image_processing import num_vision_tokens, preprocess_image
 from models.prompts import PROMPT_COARSE, PROMPT_FINE, format_grounded_page
 from models.tokenizer import SPECIAL_TOKENS, load_tokenizer
 from train.data import IGNORE_INDEX, MODES, SOURCES, _WorkerPipeline, DEFAULTS, build_train_loader
-from train.data_sources import ShardStream, TextCorpusStream, expand_urls
+from train.data_sources import ShardStream, TextCorpusStream, expand_urls, stable_rng
 
 WORDS = ("invoice total amount paid page section table figure summary the of and report "
          "quarterly revenue growth margin customer order number date").split()
@@ -377,3 +379,155 @@ def test_text_from_shard_labels(data_dir, tok):
     assert s.labels == [IGNORE_INDEX] + s.input_ids[1:]
     words = tok.decode(s.input_ids[1:-1]).split()
     assert words and all(w in WORDS for w in words)
+
+
+# ----------------------------------------------------------------- shards read interleaved
+
+
+def _kind_shard(path, kind: str, n: int, payload: int = 300) -> list[str]:
+    """A tar of ``n`` small records ``{kind}{i:04d}`` (json + bin); returns the keys."""
+    keys = [f"{kind}{i:04d}" for i in range(n)]
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tf:
+        for i, key in enumerate(keys):
+            for ext, data in (("json", json.dumps({"i": i}).encode()), ("bin", bytes([i % 251]) * payload)):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    return keys
+
+
+def _keys(stream: ShardStream, n: int) -> list[str]:
+    it = iter(stream)
+    return [next(it)["__key__"] for _ in range(n)]
+
+
+def _first_epoch(stream: ShardStream) -> list[str]:
+    keys = []
+    for rec in stream:
+        if stream.epoch > 0:
+            return keys
+        keys.append(rec["__key__"])
+
+
+def _stream(urls, **kw) -> ShardStream:
+    return ShardStream(urls, **{"name": "ocr", "slot": 0, "nslots": 1, "seed": 5, "shuffle_window": 4, **kw})
+
+
+@pytest.fixture(scope="module")
+def kinds(tmp_path_factory):
+    """Six single-kind shards of different sizes (a..f)."""
+    root = tmp_path_factory.mktemp("kinds")
+    sizes = {"a": 20, "b": 3, "c": 11, "d": 16, "e": 7, "f": 9}
+    return {k: (str(root / f"{k}.tar"), _kind_shard(root / f"{k}.tar", k, n)) for k, n in sizes.items()}
+
+
+def _old_reader(urls, *, seed, window, epochs, name="ocr") -> list[str]:
+    """The reader before open_shards, written independently of ShardStream: each epoch the
+    shards in a seeded order, one after another, records (grouped by key with ``tarfile``)
+    permuted inside windows of ``window``."""
+    out = []
+    for epoch in range(epochs):
+        order = list(urls)
+        stable_rng(seed, name, 0, "shards", epoch).shuffle(order)
+        for url in order:
+            with tarfile.open(url) as tf:
+                keys = list(dict.fromkeys(m.name.split(".")[0] for m in tf.getmembers()))
+            for w in range(0, len(keys), window):
+                win = keys[w:w + window]
+                stable_rng(seed, name, url, epoch, w // window).shuffle(win)
+                out += win
+    return out
+
+
+def test_one_open_shard_reads_as_before_and_old_positions_resume(kinds):
+    urls = sorted(u for u, _ in kinds.values())
+    per_epoch = sum(len(k) for _, k in kinds.values())
+    ref = _old_reader(urls, seed=5, window=4, epochs=3)
+    assert _keys(_stream(urls, open_shards=1), 3 * per_epoch) == ref
+    # A position saved before open_shards existed: epoch 1, third shard, 3 records into it.
+    order = list(urls)
+    stable_rng(5, "ocr", 0, "shards", 1).shuffle(order)
+    done = per_epoch + sum(len(kinds[os.path.basename(u)[0]][1]) for u in order[:2]) + 3
+    old = {"epoch": 1, "shard_pos": 2, "index": 3}
+    s = _stream(urls, open_shards=1)
+    s.load(old)
+    assert _keys(s, 2 * per_epoch + 10 - done) == ref[done:2 * per_epoch + 10]
+    # ...and with several open shards it continues the same epoch, nothing lost or repeated.
+    s = _stream(urls, open_shards=3)
+    s.load(old)
+    assert sorted(_keys(s, 2 * per_epoch - done)) == sorted(ref[done:2 * per_epoch])
+
+
+def test_open_shards_interleave_kinds_instead_of_blocks(tmp_path):
+    urls = [str(tmp_path / f"{k}.tar") for k in "wxyz"]
+    for u, k in zip(urls, "wxyz"):
+        _kind_shard(u, k, 64)
+
+    def kinds_per_window(keys):
+        return [len({k[0] for k in keys[i:i + 32]}) for i in range(len(keys) - 31)]
+
+    mixed = _keys(_stream(urls, open_shards=4, shuffle_window=8), 128)
+    assert min(kinds_per_window(mixed)) >= 3
+    blocks = _keys(_stream(urls, open_shards=1, shuffle_window=8), 128)
+    assert max(kinds_per_window(blocks)) == 2 and min(kinds_per_window(blocks)) == 1
+    # Picks weigh shards by size: a small shard is spread over the big one, not used up first.
+    small, big = str(tmp_path / "small.tar"), str(tmp_path / "big.tar")
+    _kind_shard(small, "s", 16)
+    _kind_shard(big, "B", 112)
+    keys = _keys(_stream([small, big], open_shards=2), 128)
+    at = [i for i, k in enumerate(keys) if k[0] == "s"]
+    assert len(at) == 16 and at[-1] >= 64 and at[7] >= 16
+
+
+def test_open_shards_give_every_record_once_per_epoch(kinds):
+    urls = [u for u, _ in kinds.values()]
+    every = sorted(k for _, keys in kinds.values() for k in keys)
+    s = _stream(urls, open_shards=4, shuffle_window=5)
+    got = _keys(s, 3 * len(every))
+    epochs = [got[i * len(every):(i + 1) * len(every)] for i in range(3)]
+    assert all(sorted(e) == every for e in epochs)
+    assert epochs[0] != epochs[1] != epochs[2] and s.epoch == 2
+    # Several readers (nodes x workers): disjoint shares that cover everything.
+    shares = [_first_epoch(_stream(urls, open_shards=2, slot=r, nslots=3)) for r in range(3)]
+    assert sum(len(x) for x in shares) == len(every) and set().union(*shares) == set(every)
+
+
+def test_open_shards_resume_exactly(kinds):
+    urls = [u for u, _ in kinds.values()]
+    per_epoch = sum(len(k) for _, k in kinds.values())
+    ref = _keys(_stream(urls, open_shards=4), 2 * per_epoch + 20)
+    for cut in (1, 9, 37, per_epoch - 1, per_epoch, per_epoch + 13):
+        a = _stream(urls, open_shards=4)
+        assert _keys(a, cut) == ref[:cut]
+        b = _stream(urls, open_shards=4)
+        b.load(json.loads(json.dumps(a.state())))
+        assert _keys(b, len(ref) - cut) == ref[cut:], cut
+
+
+def test_truncated_shard_among_open_ones(kinds, tmp_path, caplog):
+    shards = {k: kinds[k] for k in "acdf"}
+    whole = [u for u, _ in shards.values()]
+    with tarfile.open(shards["a"][0]) as tf:
+        members = tf.getmembers()
+    cut = members[29].offset_data + 100  # inside record a0014's bin member
+    damaged = tmp_path / "a.tar"
+    damaged.write_bytes(open(shards["a"][0], "rb").read()[:cut])
+    urls = [str(damaged), *whole[1:]]
+    n = 14 + sum(len(shards[k][1]) for k in "cdf")
+    s = _stream(urls, open_shards=4, seed=2)
+    with caplog.at_level(logging.WARNING, logger="train.data_sources"):
+        got = _first_epoch(s)
+    assert len(got) == n and s.shard_errors == 1 and "a.tar after 14 records" in caplog.text
+    assert sorted(got) == sorted(shards["a"][1][:14] + [k for c in "cdf" for k in shards[c][1]])
+    # The other shards' own (window-permuted) order is the same as with an intact shard.
+    intact = _keys(_stream(whole, open_shards=4, seed=2), n + 6)
+    for c in "cdf":
+        assert [k for k in got if k[0] == c] == [k for k in intact if k[0] == c]
+    # A position taken after the error still resumes exactly.
+    ref = _keys(_stream(urls, open_shards=4, seed=2), n + 20)
+    for at in (5, n - 3, n + 1):
+        a = _stream(urls, open_shards=4, seed=2)
+        _keys(a, at)
+        b = _stream(urls, open_shards=4, seed=2)
+        b.load(a.state())
+        assert _keys(b, n + 20 - at) == ref[at:]

@@ -119,6 +119,11 @@ class DataConfig(Schema):
     overlong: str = setting("truncate", choices=("truncate", "skip"))  # sample longer than seq_len
     pack_buffer: int = setting(8, ge=1)  # look-ahead samples for first-fit packing (1 = sequential)
     shuffle_window: int = setting(256, ge=1)  # records permuted together inside a shard
+    # shards read at once, each next record drawn from one of them (weighted by shard size): a few
+    # big single-kind shards (one per language) are interleaved, not trained on in long blocks that
+    # make the model forget the other kinds; 1 = one shard after another. Memory: up to
+    # open_shards x shuffle_window raw records per source and worker
+    open_shards: int = setting(4, ge=1)
     max_bad_shards: int = setting(8, ge=1)  # unreadable shards in a row before the loader stops with an error
     max_tiles: Optional[int] = setting(None, ge=1)  # Gundam tile budget override (null = mode default 6)
     num_workers: int = setting(2, ge=0)  # DataLoader workers per rank (must match to resume exactly)

@@ -152,7 +152,7 @@ class _WorkerPipeline:
         if not 1 <= chunk <= seq_len - 2:
             raise ValueError(f"data.text_chunk_tokens must be in 1..seq_len-2 ({seq_len - 2}), got {chunk}")
         common = dict(slot=slot, nslots=nslots, seed=seed, shuffle_window=int(cfg["shuffle_window"]),
-                      max_bad_shards=int(cfg["max_bad_shards"]))
+                      open_shards=int(cfg["open_shards"]), max_bad_shards=int(cfg["max_bad_shards"]))
         self.streams: dict[str, object] = {}
         if urls := expand_urls(cfg["shards"]):
             self.streams["ocr"] = ShardStream(urls, name="ocr", **common)

@@ -7,8 +7,10 @@ instead of replaying the run:
 * ``ShardStream``: raw samples of webdataset shards (docs/INTERFACES.md "Shard format").
   The slot's shard list (split by node and DataLoader worker) is reshuffled every epoch;
   inside a shard, samples are permuted within fixed windows of ``shuffle_window`` records,
-  so a position is just ``(epoch, shard_pos, index)`` and restoring it means re-reading the
-  shard's bytes up to that point (no decoding).
+  and ``open_shards`` shards are read at once, interleaved by a seeded, size-weighted draw.
+  A position is the epoch, the next shard to open, ``(shard_pos, records consumed)`` of each
+  open shard and the records drawn this epoch; restoring it means re-reading the open
+  shards' bytes up to that point (no decoding).
 * ``TextCorpusStream``: a directory of plain-text files (one per language) cut into token
   chunks of at most ``chunk_tokens``; the position is ``(epoch, file_pos, byte offset of the
   current line, token offset inside that line)``.
@@ -29,6 +31,7 @@ import logging
 import os
 import random
 from collections.abc import Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 
 from braceexpand import braceexpand
@@ -96,31 +99,73 @@ def split_for_slot(items: list, slot: int, nslots: int) -> tuple[list, int]:
     return list(items), nslots
 
 
+def _pick_weights(urls: list[str]) -> dict[str, float]:
+    """Weight of each shard when several are open: its size in bytes (local shards).
+
+    Drawn in proportion to their sizes, shards opened together drain at the same pace (records
+    per byte are about constant within a source), so a small shard is not used up long before
+    a big one and the end of a big shard is not read alone. Sizes of remote shards
+    (``pipe:``, URLs) are unknown: then every shard weighs 1 (uniform).
+    """
+    weights = {}
+    for u in urls:
+        if u.startswith("pipe:") or "://" in u:
+            return dict.fromkeys(urls, 1.0)
+        try:
+            weights[u] = float(max(os.path.getsize(u), 1))
+        except OSError:  # vanished since the listing: it fails (logged) when opened
+            weights[u] = 1.0
+    return weights
+
+
 class ShardStream:
-    """Infinite stream of raw webdataset samples (dicts of bytes + ``__key__``, ``__url__``)."""
+    """Infinite stream of raw webdataset samples (dicts of bytes + ``__key__``, ``__url__``).
+
+    Up to ``open_shards`` shards (in the epoch's shuffled order) are open at once and every
+    next record comes from one of them, drawn by a seeded choice weighted by shard size (as
+    webdataset's several-shards-open shuffling): a few large single-kind shards (one per
+    language) are interleaved instead of being trained on in long blocks. ``open_shards=1``
+    reads one shard after another.
+    """
 
     def __init__(self, urls: list[str], *, name: str, slot: int, nslots: int, seed: int,
-                 shuffle_window: int = 256, suffixes: Sequence[str] | None = None,
+                 shuffle_window: int = 256, open_shards: int = 1, suffixes: Sequence[str] | None = None,
                  max_bad_shards: int = 8):
         if not urls:
             raise ValueError(f"source {name!r} has no shards")
         if shuffle_window < 1:
             raise ValueError(f"shuffle_window must be >= 1, got {shuffle_window}")
+        if open_shards < 1:
+            raise ValueError(f"open_shards must be >= 1, got {open_shards}")
         if max_bad_shards < 1:
             raise ValueError(f"max_bad_shards must be >= 1, got {max_bad_shards}")
-        self.max_bad_shards = max_bad_shards
+        self.max_bad_shards, self.open_shards = max_bad_shards, open_shards
         self.name, self.slot, self.seed, self.window = name, slot, seed, shuffle_window
         self.urls, self.stride = split_for_slot(urls, slot, nslots)
         self.rank_of = {u: i for i, u in enumerate(self.urls)}  # rotates the record split per shard
+        self.weight = _pick_weights(self.urls)
         self.suffixes = set(suffixes) if suffixes else None
         self.shard_errors = 0
-        self.epoch, self.shard_pos, self.index = 0, 0, 0  # index: records consumed in this shard
+        # Position: next shard (in the epoch's order) to open; the open shards as
+        # [shard_pos, records consumed] in pick order; records yielded this epoch (seeds the picks).
+        self.epoch, self.next_pos, self.open, self.drawn = 0, 0, [], 0
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "shard_pos": self.shard_pos, "index": self.index}
+        return {"epoch": self.epoch, "next": self.next_pos, "open": [list(o) for o in self.open],
+                "drawn": self.drawn}
 
     def load(self, state: dict) -> None:
-        self.epoch, self.shard_pos, self.index = state["epoch"], state["shard_pos"], state["index"]
+        self.epoch = state["epoch"]
+        if "open" not in state:
+            # A checkpoint from before open_shards: (epoch, shard_pos, index) of the one shard
+            # being read. It is the one open shard, the next ones follow it in order (with
+            # open_shards=1 exactly the old continuation); `drawn` only needs to be non-zero
+            # mid-epoch (records came before: the empty-epoch check must not fire).
+            pos, index = state["shard_pos"], state["index"]
+            self.next_pos, self.open, self.drawn = pos + 1, [[pos, index]], pos + index
+            return
+        self.next_pos, self.drawn = state["next"], state["drawn"]
+        self.open = [list(o) for o in state["open"]]
 
     def _order(self, epoch: int) -> list[str]:
         order = list(self.urls)
@@ -167,40 +212,63 @@ class ShardStream:
         if window:
             yield from flush()
 
+    def _pick(self, order: list[str]) -> int:
+        """Index into ``self.open`` of the shard giving the next record: a function of the
+        position only (seed, slot, epoch, records drawn, the open shards), so a resumed stream
+        makes the same choices."""
+        if len(self.open) == 1:
+            return 0
+        weights = [self.weight[order[pos]] for pos, _ in self.open]
+        u = stable_rng(self.seed, self.name, self.slot, self.epoch, "pick", self.drawn).random() * sum(weights)
+        for j, w in enumerate(weights):
+            u -= w
+            if u < 0:
+                return j
+        return len(weights) - 1  # float rounding at the top end
+
     def __iter__(self) -> Iterator[dict]:
-        """Unreadable shards are logged and skipped, up to ``max_bad_shards`` in a row; more,
-        or a whole epoch without a record, is an error: the run cannot make progress."""
+        """Unreadable shards are logged and skipped, up to ``max_bad_shards`` in a row (shards
+        ending in an error, in the order they end; a shard read to its end resets the count);
+        more, or a whole epoch without a record, is an error: the run cannot make progress."""
         bad_streak = 0
         while True:
             order = self._order(self.epoch)
-            got = self.shard_pos > 0 or self.index > 0  # resumed mid-epoch: records came before
-            while self.shard_pos < len(order):
-                url = order[self.shard_pos]
-                skip = self.index  # resuming: these records were consumed before
+            # Resuming: re-read each open shard's bytes up to what was consumed (no decoding).
+            readers = [islice(self._permuted(order[pos], self.epoch), used, None) for pos, used in self.open]
+            while True:
+                while len(self.open) < self.open_shards and self.next_pos < len(order):
+                    self.open.append([self.next_pos, 0])
+                    readers.append(self._permuted(order[self.next_pos], self.epoch))
+                    self.next_pos += 1
+                if not self.open:
+                    break
+                j = self._pick(order)
                 try:
-                    for i, rec in enumerate(self._permuted(url, self.epoch)):
-                        if i < skip:
-                            continue
-                        self.index, got = i + 1, True
-                        yield rec
+                    rec = next(readers[j])
+                except StopIteration:
                     bad_streak = 0
                 except Exception as e:  # unreadable/truncated shard: log, count, go on
                     self.shard_errors += 1
                     bad_streak += 1
-                    msg = f"{url} after {self.index} records ({type(e).__name__}: {e})"
+                    msg = f"{order[self.open[j][0]]} after {self.open[j][1]} records ({type(e).__name__}: {e})"
                     if bad_streak >= self.max_bad_shards:
                         raise RuntimeError(
                             f"source {self.name}: {bad_streak} shards in a row could not be read, the last "
                             f"{msg}; check the shard files (limit: data.max_bad_shards={self.max_bad_shards})"
                         ) from None
                     log.warning("source %s: error reading shard %s; moving to the next shard", self.name, msg)
-                self.shard_pos, self.index = self.shard_pos + 1, 0
-            if not got:
+                else:
+                    self.open[j][1] += 1
+                    self.drawn += 1
+                    yield rec
+                    continue
+                del self.open[j], readers[j]  # this shard is done: the next one opens in its place
+            if not self.drawn:
                 raise RuntimeError(
                     f"source {self.name}: a whole pass over its {len(order)} shard(s) gave reader slot "
                     f"{self.slot} no record ({self.shard_errors} read errors): the shards are empty, "
                     f"unreadable or fewer records than readers")
-            self.epoch, self.shard_pos = self.epoch + 1, 0
+            self.epoch, self.next_pos, self.drawn = self.epoch + 1, 0, 0
 
 
 def decode_json(rec: dict) -> dict:
