@@ -46,21 +46,23 @@ def _epoch(stream: ShardStream) -> list[str]:
     return keys
 
 
-def test_all_bad_shards_stop_with_one_clear_error(tmp_path, caplog):
+@pytest.mark.parametrize("open_shards", [1, 4])
+def test_all_bad_shards_stop_with_one_clear_error(tmp_path, caplog, open_shards):
     bad = []
     for i, data in enumerate([b"", b"not a tar at all" * 100, os.urandom(4096)]):
         (tmp_path / f"bad-{i}.tar").write_bytes(data)
         bad.append(str(tmp_path / f"bad-{i}.tar"))
     with caplog.at_level(logging.WARNING, logger="train.data_sources"):
         with pytest.raises(RuntimeError, match="a whole pass over its 3 shard.*no record"):
-            next(iter(ShardStream(bad, name="ocr", slot=0, nslots=1, seed=0)))
+            next(iter(ShardStream(bad, name="ocr", slot=0, nslots=1, seed=0, open_shards=open_shards)))
     assert len(caplog.records) <= 3  # one warning per shard, no flood
     with pytest.raises(RuntimeError, match=r"2 shards in a row could not be read.*max_bad_shards=2"):
-        next(iter(ShardStream(bad, name="ocr", slot=0, nslots=1, seed=0, max_bad_shards=2)))
+        next(iter(ShardStream(bad, name="ocr", slot=0, nslots=1, seed=0, max_bad_shards=2, open_shards=open_shards)))
     # a good shard among bad ones keeps the stream going: the streak resets (at most 3 + 3 bad
     # in a row across an epoch boundary)
     good = _shard(tmp_path / "good.tar", 3)
-    st = ShardStream([*bad, str(tmp_path / "good.tar")], name="ocr", slot=0, nslots=1, seed=0, max_bad_shards=7)
+    st = ShardStream([*bad, str(tmp_path / "good.tar")], name="ocr", slot=0, nslots=1, seed=0, max_bad_shards=7,
+                     open_shards=open_shards)
     it = iter(st)
     assert sorted(next(it)["__key__"] for _ in range(9)) == sorted(good * 3)
 

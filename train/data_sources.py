@@ -155,6 +155,8 @@ class ShardStream:
                 "drawn": self.drawn}
 
     def load(self, state: dict) -> None:
+        """Restore a ``state()``. One saved with another ``open_shards`` keeps its open shards
+        (no record lost or repeated); the new count applies as they end."""
         self.epoch = state["epoch"]
         if "open" not in state:
             # A checkpoint from before open_shards: (epoch, shard_pos, index) of the one shard
@@ -262,7 +264,7 @@ class ShardStream:
                     self.drawn += 1
                     yield rec
                     continue
-                del self.open[j], readers[j]  # this shard is done: the next one opens in its place
+                del self.open[j], readers[j]  # this shard is done: the next one in the order opens
             if not self.drawn:
                 raise RuntimeError(
                     f"source {self.name}: a whole pass over its {len(order)} shard(s) gave reader slot "
