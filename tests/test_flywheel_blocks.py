@@ -166,7 +166,8 @@ def test_prepare_data_blocks(tmp_path, docs):
     counts = prepare_data(tmp_path / "data", {"eng-Latn": {}}, pdf_dir=pdfs, detector=None, kinds=(BLOCK,),
                           tokenizer_vocab=300, log=lambda m: None)
     c = counts["eng-Latn"]
-    assert c["by_kind"] == {BLOCK: {"seed": c["seed"], "pool": 0, "gold": c["gold"], "calib": 0}} and c["seed"] > 0
+    assert c["by_kind"] == {BLOCK: {"seed": c["seed"], "pool": 0, "gold": c["gold"], "calib": 0, "gold_unseen": 0}} \
+        and c["seed"] > 0
     assert c["seed_label_cer"] == 0.0 and c["gold"] == len(truth_blocks(docs[("eng-Latn", "scan")][1]["pages"][0]["blocks"]))
     seed = list(read_patch_shard(tmp_path / "data" / "seed" / "eng_Latn.tar"))
     assert all(p.kind == BLOCK for p in seed) and any("\n" in p.text for p in seed)

@@ -97,6 +97,8 @@ def test_one_round_end_to_end(full_run):
     assert sum(eng["rejected_by_reason"].values()) == eng["rejected"]
     assert eng["recognizer"]["gold_n"] > 0 and eng["recognizer"]["cer"] is not None
     assert eng["recognizer"]["cer_blind"] is not None  # the image-blind control is always there
+    # held-out pages of words no training page has: the CER of reading letters, measured apart
+    assert eng["recognizer"]["unseen_n"] > 0 and eng["recognizer"]["cer_unseen"] is not None
     # one born-digital document cannot be split for calibration: the fixed threshold, said so
     assert eng["calibration"]["status"] == "too_few" and "min_confidence" in eng["calibration"]["note"]
     assert json.loads((full_run / "round_0" / "calibration.json").read_text())["eng-Latn"]["held_out"] == 0

@@ -19,6 +19,9 @@ or both; every file below then holds those kinds (``kind`` in each patch's metad
 * ``calib/<lang>.tar``: about ``calibration_lines`` trusted seed lines per language, whole
   documents held out of training (their words stay out of the collage lines too), on which each
   round calibrates its acceptance threshold (``accept.py`` ``calibrate``); ``split_calibration``.
+* ``gold_unseen/<lang>.tar``: like ``gold``, from held-out pages whose words come from another
+  pseudo-word lexicon than every other page's (the generated corpus; ``pdfs/gold_unseen/``
+  for inputs of your own): the recognizer's CER on words it never saw.
 * ``collage/<lang>.tar`` (``collage`` > 0): collage lines, the words of trusted seed lines
   recombined into new lines (``collage.py``), trained on with the seed; as many per language as
   ``collage`` x the best-seeded language's seed lines (a language with few seeds is balanced).
@@ -39,10 +42,14 @@ from pathlib import Path
 from data_engine.flywheel.blocks import group_lines, lines_in
 from data_engine.flywheel.canvas import LAYOUT
 from data_engine.flywheel.collage import COLLAGE_WORDS, line_word_boxes, make_collages, refused_line_words, word_pieces
-from data_engine.flywheel.linepages import SYLLABLE_SIGNS, LineLanguage, make_line_corpus, truth_blocks
+from data_engine.flywheel.linepages import (SYLLABLE_SIGNS, UNSEEN_LEXICON, LineLanguage, make_line_corpus,
+                                            truth_blocks)
 from data_engine.flywheel.patches import BLOCK, CANVAS, LINE, Patch, cut_boxes, cut_text_layer, render_page, write_patch_shard
 from data_engine.metrics import corpus_cer
 from data_engine.scripts import letters, script_info
+
+
+UNSEEN_DIR = "gold_unseen"  # held-out pages of words that no training page has (generated corpus)
 
 
 def _iou(a, b) -> float:
@@ -87,6 +94,9 @@ def generate_default_corpus(pdf_dir: Path, languages: dict, pages_per_doc: int, 
     gold = {spec: {"scan": int(kinds.get("gold", 0))} for spec, kinds in languages.items()}
     make_line_corpus(pdf_dir / "gold", gold, pages_per_doc=pages_per_doc, seed=seed + 7919,
                      lines_per_block=lines_per_block)
+    # the same held-out pages again, from a lexicon the training pages never use (unseen words)
+    make_line_corpus(pdf_dir / UNSEEN_DIR, gold, pages_per_doc=pages_per_doc, seed=seed + 104729,
+                     lines_per_block=lines_per_block, lexicon_seed=UNSEEN_LEXICON)
 
 
 def patch_kinds(setting: str) -> tuple[str, ...]:
@@ -121,17 +131,19 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
         return counts
     langs = {spec: LineLanguage.parse(spec) for spec in languages}
     min_lines = 2 if LINE in kinds else 1  # block patches of one line only where lines are not cut
-    seed, pool, gold, calib = defaultdict(list), defaultdict(list), defaultdict(list), {}
+    seed, pool, gold, calib, unseen = defaultdict(list), defaultdict(list), defaultdict(list), {}, defaultdict(list)
     pieces = defaultdict(list)  # spec -> [(doc_id, word pieces of one page)]
     truth, refused, pages_log, seed_truth = {}, [], [], defaultdict(list)
     for spec, lang in langs.items():
         rtl = script_info(lang.script).direction == "rtl"
         files = sorted(pdf_dir.glob(f"{lang.lang}_{lang.script}_*.pdf")) + \
-            sorted((pdf_dir / "gold").glob(f"{lang.lang}_{lang.script}_*.pdf"))
+            sorted((pdf_dir / "gold").glob(f"{lang.lang}_{lang.script}_*.pdf")) + \
+            sorted((pdf_dir / UNSEEN_DIR).glob(f"{lang.lang}_{lang.script}_*.pdf"))
         if not files:
             log(f"[flywheel] {spec}: no input PDFs under {pdf_dir}")
         for path in files:
-            is_gold = path.parent.name == "gold"
+            is_gold = path.parent.name in ("gold", UNSEEN_DIR)
+            held_out = gold if path.parent.name == "gold" else unseen
             gt_path = path.with_suffix(".gt.json")
             gt = json.loads(gt_path.read_text(encoding="utf-8")) if gt_path.is_file() else None
             try:
@@ -147,9 +159,9 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
                 common = dict(doc_id=path.stem, lang=lang.lang, script=lang.script, source_path=str(path.resolve()))
                 if is_gold:
                     for kind in kinds:
-                        gold[spec] += cut_boxes(img, page.rect, [b["bbox"] for b in page_truth[kind]], page=page.number,
-                                                source="gold", texts=[b["text"] for b in page_truth[kind]], kind=kind,
-                                                **common)
+                        held_out[spec] += cut_boxes(img, page.rect, [b["bbox"] for b in page_truth[kind]],
+                                                    page=page.number, source="gold", kind=kind,
+                                                    texts=[b["text"] for b in page_truth[kind]], **common)
                     continue
                 good, bad = cut_text_layer(page, img, rtl=rtl, kinds=kinds, **common)
                 bad_lines = [r for r in bad if r["kind"] == LINE]
@@ -196,7 +208,7 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
     collages = {spec: make_collages(pieces[spec], round(collage * most), seed=zlib.crc32(f"collage:{spec}".encode()),
                                     template=(seed[spec] or pool[spec])[0])  # pool: no trusted line, trusted words
                 for spec in langs if pieces[spec]}
-    parts = (("seed", seed), ("pool", pool), ("gold", gold), ("calib", calib)) + \
+    parts = (("seed", seed), ("pool", pool), ("gold", gold), ("calib", calib), (UNSEEN_DIR, unseen)) + \
         ((("collage", collages),) if collage > 0 else ())
     for spec in langs:
         key = spec.replace(":", "_").replace("-", "_")

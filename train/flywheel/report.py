@@ -22,9 +22,9 @@ def _threshold(cal: dict | None) -> str:
 
 
 def table(rounds: list[dict]) -> str:
-    head = ("| round | language | recognizer CER (gold) | image-blind CER | gold loss real / blind | Tesseract CER | "
-            "threshold (held-out CER at it) | labelled | accepted | rejected (reasons) | accepted-label CER | "
-            "rejected-label CER | accepted total |")
+    head = ("| round | language | recognizer CER (gold) | image-blind CER | CER on unseen words | gold loss real / blind | "
+            "Tesseract CER | threshold (held-out CER at it) | labelled | accepted | rejected (reasons) | "
+            "accepted-label CER | rejected-label CER | accepted total |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rounds:
         for spec, d in r["languages"].items():
@@ -32,7 +32,8 @@ def table(rounds: list[dict]) -> str:
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(d["rejected_by_reason"].items())) or "-"
             tess_s = _f(tess.get("cer")) if tess.get("cer") is not None else f"- ({tess.get('note', 'n/a')})"
             lines.append(f"| {r['round']} | {spec} | {_f(rec.get('cer'))} (n={rec.get('gold_n', 0)}) | "
-                         f"{_f(rec.get('cer_blind'))} | {_f(rec.get('loss'))} / {_f(rec.get('loss_blind'))} | {tess_s} | "
+                         f"{_f(rec.get('cer_blind'))} | {_f(rec.get('cer_unseen'))} | "
+                         f"{_f(rec.get('loss'))} / {_f(rec.get('loss_blind'))} | {tess_s} | "
                          f"{_threshold(d.get('calibration'))} | {d['labelled']} | {d['accepted']} | "
                          f"{d['rejected']} ({reasons}) | {_f(d['accepted_label_cer'])} | "
                          f"{_f(d['rejected_label_cer'])} | {d['accepted_total']} |")

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from data_engine.flywheel.accept import calibrate, judge, length_range
 from data_engine.flywheel.canvas import is_rtl
+from data_engine.flywheel.dataset import UNSEEN_DIR
 from data_engine.flywheel.linepages import LineLanguage
 from data_engine.flywheel.patches import BLOCK, Patch, read_patch_shard, write_patch_shard
 from data_engine.flywheel.reassemble import page_labels, write_page_shard
@@ -261,6 +262,13 @@ class RoundRunner:
                       "loss": reference_nll(model, tok, [p.image for p in gold], texts, **nll_kw),
                       "loss_blind": reference_nll(model, tok, blanks, texts, **nll_kw),
                       "examples": [{"ref": p.text, "pred": r[0]} for p, r in zip(gold[:3], reads[:3])]}
+            unseen_path = self.data / UNSEEN_DIR / f"{_key(s)}.tar"
+            unseen = list(read_patch_shard(unseen_path)) if unseen_path.is_file() else []
+            if unseen:  # words no training page has: reading letters, not recognising known words
+                reads = read_patches(model, tok, [p.image for p in unseen], **dict(
+                    self.read_kw(), kinds=[p.kind for p in unseen], rtl=[is_rtl(p.script) for p in unseen]))
+                out[s].update(cer_unseen=corpus_cer((p.text, r[0]) for p, r in zip(unseen, reads)),
+                              unseen_n=len(unseen))
         return out
 
     def tesseract(self) -> dict:
