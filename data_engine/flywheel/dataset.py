@@ -20,8 +20,8 @@ or both; every file below then holds those kinds (``kind`` in each patch's metad
   documents held out of training (their words stay out of the collage lines too), on which each
   round calibrates its acceptance threshold (``accept.py`` ``calibrate``); ``split_calibration``.
 * ``gold_unseen/<lang>.tar``: like ``gold``, from held-out pages whose words come from another
-  pseudo-word lexicon than every other page's (the generated corpus; ``pdfs/gold_unseen/``
-  for inputs of your own): the recognizer's CER on words it never saw.
+  pseudo-word lexicon than every other page's (the generated corpus; ``<input>/gold_unseen/``
+  for inputs of your own, optional): the recognizer's CER on words it never saw.
 * ``collage/<lang>.tar`` (``collage`` > 0): collage lines, the words of trusted seed lines
   recombined into new lines (``collage.py``), trained on with the seed; as many per language as
   ``collage`` x the best-seeded language's seed lines (a language with few seeds is balanced).
