@@ -114,6 +114,14 @@ class RoundRunner:
         return dict(batch_size=lc.batch_size, max_new_tokens=lc.max_new_tokens,
                     no_repeat_ngram=lc.no_repeat_ngram, window=lc.window, mode=rc.mode, stretch=rc.stretch)
 
+    def patch_kw(self, patches: list[Patch]) -> dict:
+        """``read_kw`` plus how each patch's canvas is drawn (kind, right-to-left)."""
+        return dict(self.read_kw(), kinds=[p.kind for p in patches], rtl=[is_rtl(p.script) for p in patches])
+
+    def read(self, model, tok, patches: list[Patch]) -> list[tuple[str, float, bool]]:
+        """(text, confidence, finished) per patch, decoded as the labelling decodes."""
+        return read_patches(model, tok, [p.image for p in patches], **self.patch_kw(patches)) if patches else []
+
     # ------------------------------------------------------------------ 1. train
     def training_shards(self, k: int) -> list[Path]:
         """Seed (and collage) shards plus the non-empty accepted shards of rounds < k."""
@@ -160,8 +168,7 @@ class RoundRunner:
         for s in self.langs:
             shard = self.data / "calib" / f"{_key(s)}.tar"
             lines = list(read_patch_shard(shard)) if shard.is_file() else []
-            reads = read_patches(model, tok, [p.image for p in lines], **dict(
-                self.read_kw(), kinds=[p.kind for p in lines], rtl=[is_rtl(p.script) for p in lines])) if lines else []
+            reads = self.read(model, tok, lines)
             rows = [(conf, p.text, text) for p, (text, conf, fin) in zip(lines, reads)
                     if judge(text, confidence=0.0, finished=fin, bbox=p.bbox, script=p.script, cfg=ac,
                              length_bounds=self.bounds[s], min_confidence=float("-inf")) is None]
@@ -249,9 +256,9 @@ class RoundRunner:
             if not gold:
                 out[s] = {"gold_n": 0}
                 continue
-            kw = dict(self.read_kw(), kinds=[p.kind for p in gold], rtl=[is_rtl(p.script) for p in gold])
+            kw = self.patch_kw(gold)
             nll_kw = {k: kw[k] for k in ("batch_size", "mode", "stretch", "kinds", "rtl")}
-            reads = read_patches(model, tok, [p.image for p in gold], **kw)
+            reads = self.read(model, tok, gold)
             blanks = [Image.new("RGB", p.image.size, "white") for p in gold]
             blank = read_patches(model, tok, blanks, **kw)
             texts = [p.text for p in gold]
@@ -265,8 +272,7 @@ class RoundRunner:
             unseen_path = self.data / UNSEEN_DIR / f"{_key(s)}.tar"
             unseen = list(read_patch_shard(unseen_path)) if unseen_path.is_file() else []
             if unseen:  # words no training page has: reading letters, not recognising known words
-                reads = read_patches(model, tok, [p.image for p in unseen], **dict(
-                    self.read_kw(), kinds=[p.kind for p in unseen], rtl=[is_rtl(p.script) for p in unseen]))
+                reads = self.read(model, tok, unseen)
                 out[s].update(cer_unseen=corpus_cer((p.text, r[0]) for p, r in zip(unseen, reads)),
                               unseen_n=len(unseen))
         return out
