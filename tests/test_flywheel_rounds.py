@@ -219,6 +219,30 @@ def test_accepted_labels_feed_page_labels_and_next_round(full_run, tmp_path):
     assert texts and set(texts) <= {runner.truth[p.key] for p in acc}
 
 
+def test_calibration_status_sets_each_language_threshold(full_run, tmp_path):
+    """A round's calibration.json -> the threshold each language's labels are judged by: the
+    calibrated value, nothing (unreachable: no label accepted) or the fixed min_confidence."""
+    import shutil
+
+    from data_engine.flywheel.accept import judge
+    from train.flywheel.config import as_app_config
+    from train.flywheel.rounds import RoundRunner
+
+    out = tmp_path / "copy"
+    shutil.copytree(full_run / "data", out / "data")
+    cfg = as_app_config({"out": str(out), "flywheel": {"languages": [{"lang": "eng-Latn"}, {"lang": "khm-Khmr"}]}})
+    runner = RoundRunner(cfg.flywheel, out, ["eng-Latn", "khm-Khmr"], log=lambda m: None)
+    runner.rdir(3).mkdir(parents=True)
+    (runner.rdir(3) / "calibration.json").write_text(json.dumps(
+        {"eng-Latn": {"status": "calibrated", "threshold": -0.8}, "khm-Khmr": {"status": "unreachable", "threshold": None}}))
+    assert runner.min_confidence(3) == {"eng-Latn": -0.8, "khm-Khmr": float("inf")}
+    ok = dict(finished=True, bbox=(0, 0, 200, 20), cfg=cfg.flywheel.accept)
+    assert judge("abc defg hij", confidence=-0.5, script="Latn", min_confidence=-0.8, **ok) is None  # fixed -0.35 would reject
+    assert judge("ខ្មែរ ភាសា", confidence=-0.001, script="Khmr", min_confidence=float("inf"), **ok) == "low_confidence"
+    (runner.rdir(3) / "calibration.json").write_text(json.dumps({"eng-Latn": {"status": "too_few", "threshold": None}}))
+    assert runner.min_confidence(3) == {"eng-Latn": -0.35, "khm-Khmr": -0.35}  # the fixed threshold
+
+
 def test_torn_label_line_is_cut_off(tmp_path):
     from train.flywheel.rounds import read_label_batches
 
