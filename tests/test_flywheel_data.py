@@ -191,6 +191,29 @@ def test_calibration_split_holds_out_whole_documents():
     assert split_calibration(seed, 0) == (seed, [])
 
 
+def test_unseen_word_pages_share_no_word_with_the_training_lexicon(tmp_path):
+    import random
+
+    from data_engine.flywheel.dataset import generate_default_corpus
+    from data_engine.flywheel.linepages import UNSEEN, Vocabulary, lexicon, make_line
+
+    for script in ("Latn", "Deva"):
+        for size in (300, 1000):
+            train, unseen = set(Vocabulary(size).words(script)), set(Vocabulary(size, UNSEEN).words(script))
+            assert len(train) == size and len(unseen) > 0.8 * size and not train & unseen
+    # the default vocabulary is the lexicon lines always drew from: existing corpora are unchanged
+    rng_a, rng_b = random.Random(5), random.Random(5)
+    words = lexicon("Latn")
+    assert make_line(rng_a, "Latn") == " ".join(rng_b.choice(words) for _ in range(rng_b.randint(2, 4)))
+    # a run directory's pages keep their lexicon size: another one is refused
+    plan = {"eng-Latn": {"digital": 0, "scan": 0, "gold": 0}}
+    generate_default_corpus(tmp_path / "pdfs", plan, 1, 0, lexicon_size=500)
+    assert json.loads((tmp_path / "pdfs" / "CORPUS.json").read_text()) == {"lexicon_size": 500}
+    generate_default_corpus(tmp_path / "pdfs", plan, 1, 0, lexicon_size=500)  # the same: fine
+    with pytest.raises(ValueError, match="500-word lexicons, not flywheel.lexicon_size=300"):
+        generate_default_corpus(tmp_path / "pdfs", plan, 1, 0)
+
+
 def test_canvas_rows_and_patch_shard_roundtrip(tmp_path, docs):
     path, gt = docs[("eng-Latn", "scan")]
     page = pymupdf.open(path)[0]

@@ -10,8 +10,8 @@ same glyphs, word sequences the recognizer has never seen, as many as asked for.
 Words come from trusted lines whose text-layer words spell the line's text (a line whose words
 do not match is skipped, never guessed) and from refused lines, word by word: a Devanagari line
 is refused for one unmapped conjunct, but most of its words pass the trust check on their own
-(75 % of the words against 30 % of the lines in the embedded default; ``refused_line_words``). Scripts written without spaces have no
-word boxes to cut and get no collage lines.
+(75 % of the words against 30 % of the lines in the embedded default; ``refused_line_words``).
+Scripts written without spaces have no word boxes to cut and get no collage lines.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from pathlib import Path
 from data_engine.flywheel.blocks import group_lines, lines_in
 from data_engine.flywheel.canvas import LAYOUT
 from data_engine.flywheel.collage import COLLAGE_WORDS, line_word_boxes, make_collages, refused_line_words, word_pieces
-from data_engine.flywheel.linepages import (SYLLABLE_SIGNS, UNSEEN_LEXICON, LineLanguage, make_line_corpus,
+from data_engine.flywheel.linepages import (SYLLABLE_SIGNS, UNSEEN, LineLanguage, Vocabulary, make_line_corpus,
                                             truth_blocks)
 from data_engine.flywheel.patches import BLOCK, CANVAS, LINE, Patch, cut_boxes, cut_text_layer, render_page, write_patch_shard
 from data_engine.metrics import corpus_cer
@@ -87,16 +87,29 @@ def _write_json(path: Path, obj) -> None:
 
 
 def generate_default_corpus(pdf_dir: Path, languages: dict, pages_per_doc: int, seed: int,
-                            lines_per_block: tuple[int, int] = (1, 1)) -> None:
-    """Embedded default: synthetic line pages, ``languages`` = {spec: {digital, scan, gold}}."""
+                            lines_per_block: tuple[int, int] = (1, 1), lexicon_size: int = 300) -> None:
+    """Embedded default: synthetic line pages, ``languages`` = {spec: {digital, scan, gold}},
+    words from a lexicon of ``lexicon_size`` pseudo-words per script (``pdf_dir/CORPUS.json``
+    records it: documents already there are kept, so another size needs another directory)."""
+    record = pdf_dir / "CORPUS.json"
+    made = json.loads(record.read_text())["lexicon_size"] if record.is_file() else None
+    if made is None and any(pdf_dir.glob("*.pdf")):
+        made = 300  # directories made before the record existed: every lexicon had 300 words
+    if made is not None and made != lexicon_size:
+        raise ValueError(f"{pdf_dir} holds pages made with {made}-word lexicons, not flywheel.lexicon_size="
+                         f"{lexicon_size}: use a new out= directory")
+    pdf_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(record, {"lexicon_size": lexicon_size})
+    train, unseen = Vocabulary(lexicon_size), Vocabulary(lexicon_size, UNSEEN)
     plan = {spec: {k: int(v) for k, v in kinds.items() if k in ("digital", "scan")} for spec, kinds in languages.items()}
-    make_line_corpus(pdf_dir, plan, pages_per_doc=pages_per_doc, seed=seed, lines_per_block=lines_per_block)
+    make_line_corpus(pdf_dir, plan, pages_per_doc=pages_per_doc, seed=seed, lines_per_block=lines_per_block,
+                     vocab=train)
     gold = {spec: {"scan": int(kinds.get("gold", 0))} for spec, kinds in languages.items()}
     make_line_corpus(pdf_dir / "gold", gold, pages_per_doc=pages_per_doc, seed=seed + 7919,
-                     lines_per_block=lines_per_block)
-    # the same held-out pages again, from a lexicon the training pages never use (unseen words)
+                     lines_per_block=lines_per_block, vocab=train)
+    # the same held-out pages again, from words the training pages never use
     make_line_corpus(pdf_dir / UNSEEN_DIR, gold, pages_per_doc=pages_per_doc, seed=seed + 104729,
-                     lines_per_block=lines_per_block, lexicon_seed=UNSEEN_LEXICON)
+                     lines_per_block=lines_per_block, vocab=unseen)
 
 
 def patch_kinds(setting: str) -> tuple[str, ...]:

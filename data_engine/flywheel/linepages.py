@@ -96,21 +96,32 @@ def lexicon(script: str, size: int = 300, seed: int = 0) -> tuple[str, ...]:
     return tuple(sorted(words))
 
 
-# The lexicon of held-out "unseen words" gold pages: no word in common with lexicon seed 0 (the
-# training pages'), so their CER measures reading letters, not recognising the 300 words.
-UNSEEN_LEXICON = 1
+@dataclass(frozen=True)
+class Vocabulary:
+    """The pseudo-words lines draw from: lexicon ``seed`` of ``size`` words. Seed 0 is the
+    training pages' lexicon; another seed gives words none of its (same size) words are, for
+    held-out pages of unseen words (``UNSEEN``): their CER measures reading letters, not
+    recognising the lexicon's words."""
+
+    size: int = 300
+    seed: int = 0
+
+    def words(self, script: str) -> tuple[str, ...]:
+        return _vocabulary_words(script, self.size, self.seed)
+
+
+UNSEEN = 1  # the lexicon seed of the unseen-word gold pages
 
 
 @lru_cache(maxsize=None)
-def line_words(script: str, lexicon_seed: int = 0) -> tuple[str, ...]:
-    """The words lines are made of: the lexicon ``lexicon_seed``, less the training lexicon's
-    (seed 0) words when it is another one (short pseudo-words of two lexicons can coincide)."""
-    words = lexicon(script, seed=lexicon_seed)
-    return words if lexicon_seed == 0 else tuple(w for w in words if w not in set(lexicon(script)))
+def _vocabulary_words(script: str, size: int, seed: int) -> tuple[str, ...]:
+    words = lexicon(script, size, seed)
+    # short pseudo-words of two lexicons can coincide: the training lexicon's are left out
+    return words if seed == 0 else tuple(w for w in words if w not in set(lexicon(script, size, 0)))
 
 
-def make_line(rng: random.Random, script: str, lo: int = 2, hi: int = 4, lexicon_seed: int = 0) -> str:
-    words = line_words(script, lexicon_seed)
+def make_line(rng: random.Random, script: str, lo: int = 2, hi: int = 4, vocab: Vocabulary = Vocabulary()) -> str:
+    words = vocab.words(script)
     words = [rng.choice(words) for _ in range(rng.randint(lo, hi))]
     return (" " if script_info(script).spaced else "").join(words)
 
@@ -157,10 +168,10 @@ def _paragraph_html(texts: list[str], rtl: bool, visible: int | None = None) -> 
 def make_line_document(lang: LineLanguage, out_path: str | Path, *, kind: str = "digital",
                        n_pages: int = 1, seed: int = 0, page_size: tuple[float, float] = (420.0, 595.0),
                        lines_per_page: tuple[int, int] = (8, 12), scan_dpi: int = 144,
-                       lines_per_block: tuple[int, int] = (1, 1), lexicon_seed: int = 0) -> dict:
+                       lines_per_block: tuple[int, int] = (1, 1), vocab: Vocabulary = Vocabulary()) -> dict:
     """Write one PDF of line pages (+ ``.gt.json``); return the ground truth. ``lines_per_block``
     (lo, hi): lines per paragraph; (1, 1) sets every line on its own (the default corpus).
-    ``lexicon_seed``: which pseudo-word lexicon the lines draw from (``lexicon``)."""
+    ``vocab``: the pseudo-words the lines draw from."""
     if kind not in ("digital", "scan"):
         raise ValueError(f"kind must be 'digital' or 'scan', got {kind!r}")
     require_fonts([lang.script])
@@ -188,9 +199,9 @@ def make_line_document(lang: LineLanguage, out_path: str | Path, *, kind: str = 
                 break
             if paragraphs:
                 y = _add_paragraph(page, lines, rng, lang.script, rtl, fnt, css, archive, size, mx, y, W, H,
-                                   min(rng.randint(*lines_per_block), n - len(lines)), zoom, lexicon_seed)
+                                   min(rng.randint(*lines_per_block), n - len(lines)), zoom, vocab)
                 continue
-            text = make_line(rng, lang.script, lexicon_seed=lexicon_seed)
+            text = make_line(rng, lang.script, vocab=vocab)
             if fnt.text_length(text, fontsize=size) > 0.85 * (W - 2 * mx):
                 continue  # keep every line on one visual line (shaping may widen it a little)
             # MuPDF's line box is taller than the glyphs: 3 x size always holds one line, and
@@ -235,14 +246,14 @@ def make_line_document(lang: LineLanguage, out_path: str | Path, *, kind: str = 
 
 def _add_paragraph(page, lines: list, rng: random.Random, script: str, rtl: bool, fnt, css: str, archive,
                    size: float, mx: float, y: float, W: float, H: float, k: int, zoom: float,
-                   lexicon_seed: int = 0) -> float:
+                   vocab: Vocabulary = Vocabulary()) -> float:
     """Set up to ``k`` lines as one paragraph at ``y``; append (text, band, block, ink box) per
     line to ``lines``; return the next paragraph's ``y``."""
     lead = _PARAGRAPH_LEADING * size
     k = max(1, min(k, int((H - 30 - y - 3.0 * size) // lead) + 1))
     texts: list[str] = []
     while len(texts) < k:
-        text = make_line(rng, script, lexicon_seed=lexicon_seed)
+        text = make_line(rng, script, vocab=vocab)
         if fnt.text_length(text, fontsize=size) <= 0.85 * (W - 2 * mx):
             texts.append(text)
     rect = pymupdf.Rect(mx, y, W - mx, y + (k - 1) * lead + 3.0 * size)
@@ -261,9 +272,10 @@ def _add_paragraph(page, lines: list, rng: random.Random, script: str, rtl: bool
 
 
 def make_line_corpus(out_dir: str | Path, plan: dict[str, dict[str, int]], *, pages_per_doc: int = 2,
-                     seed: int = 0, lines_per_block: tuple[int, int] = (1, 1), lexicon_seed: int = 0) -> list[Path]:
+                     seed: int = 0, lines_per_block: tuple[int, int] = (1, 1),
+                     vocab: Vocabulary = Vocabulary()) -> list[Path]:
     """``plan`` = {language spec: {kind: number of documents}}; writes ``{lang}_{kind}_{i}.pdf``
-    (lines drawn from the pseudo-word lexicon ``lexicon_seed``).
+    (lines drawn from ``vocab``).
 
     Seeds are per (seed, language, kind, index), so adding a language or documents changes
     nothing that was already planned. Files already there are kept (whatever their settings).
@@ -277,6 +289,6 @@ def make_line_corpus(out_dir: str | Path, plan: dict[str, dict[str, int]], *, pa
                 path = Path(out_dir) / f"{lang.lang}_{lang.script}_{kind}_{i:04d}.pdf"
                 if not (path.is_file() and path.with_suffix(".gt.json").is_file()):
                     make_line_document(lang, path, kind=kind, n_pages=pages_per_doc, seed=s,
-                                       lines_per_block=lines_per_block, lexicon_seed=lexicon_seed)
+                                       lines_per_block=lines_per_block, vocab=vocab)
                 paths.append(path)
     return paths
