@@ -123,6 +123,15 @@ def calibrate(rows: Iterable[tuple[float, str, str]], target_cer: float, min_lin
     return out
 
 
+def threshold_of(calibration: dict | None, fixed: float) -> float:
+    """The confidence threshold a ``calibrate`` result sets: its threshold when calibrated,
+    +inf (accept nothing) when unreachable, else (too few lines, or none) the ``fixed`` one."""
+    status = (calibration or {}).get("status")
+    if status == "calibrated":
+        return calibration["threshold"]
+    return float("inf") if status == "unreachable" else fixed
+
+
 def judge(text: str, *, confidence: float, finished: bool, bbox, script: str, cfg: AcceptConfig,
           length_bounds: tuple[float, float] | None = None, min_confidence: float | None = None) -> str | None:
     """None (accept) or the rejection reason of one recognizer label (``min_confidence``: the

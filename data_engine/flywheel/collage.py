@@ -44,10 +44,7 @@ def line_word_boxes(page: pymupdf.Page, line: Patch,
                     words: list | None = None) -> list[tuple[float, float, str]] | None:
     """The text layer's words of ``line`` as (x0, x1, text) in PDF points, left to right, or
     None when they do not spell the line's text (then the line gives no pieces)."""
-    words = page.get_text("words") if words is None else words
-    x0, y0, x1, y1 = line.bbox
-    inside = sorted((w for w in words if y0 <= (w[1] + w[3]) / 2 <= y1 and w[0] >= x0 - 1 and w[2] <= x1 + 1),
-                    key=lambda w: w[0])
+    inside = _words_in(line.bbox, page.get_text("words") if words is None else words)
     texts = line.text.split(" ")
     # compatibility-normalised: raw words keep ligature characters (U+FB02) the line's text spells out
     if len(inside) != len(texts) or _nfkc(" ".join(w[4] for w in inside)) != _nfkc(line.text):
@@ -59,10 +56,15 @@ def refused_line_words(line: Patch, words: list) -> list[tuple[float, float, str
     """The words of a refused text-layer line (``line.bbox``; its text is garbled somewhere)
     that pass the trust check on their own, as (x0, x1, text) in PDF points: ``words`` is the
     page's ``get_text("words")``."""
-    x0, y0, x1, y1 = line.bbox
-    inside = sorted((w for w in words if y0 <= (w[1] + w[3]) / 2 <= y1 and w[0] >= x0 - 1 and w[2] <= x1 + 1),
-                    key=lambda w: w[0])
-    return [(w[0], w[2], w[4]) for w in inside if line_problem(w[4], line.script) is None]
+    return [(w[0], w[2], w[4]) for w in _words_in(line.bbox, words) if line_problem(w[4], line.script) is None]
+
+
+def _words_in(bbox, words: list) -> list:
+    """The page's words (``get_text("words")`` tuples) of the line box ``bbox``, left to right:
+    vertical centre inside the box, horizontally within it (1 pt of slack)."""
+    x0, y0, x1, y1 = bbox
+    return sorted((w for w in words if y0 <= (w[1] + w[3]) / 2 <= y1 and w[0] >= x0 - 1 and w[2] <= x1 + 1),
+                  key=lambda w: w[0])
 
 
 def _nfkc(text: str) -> str:

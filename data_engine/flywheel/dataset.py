@@ -40,13 +40,13 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from data_engine.flywheel.blocks import group_lines, lines_in
-from data_engine.flywheel.canvas import LAYOUT
+from data_engine.flywheel.canvas import LAYOUT, is_rtl
 from data_engine.flywheel.collage import COLLAGE_WORDS, line_word_boxes, make_collages, refused_line_words, word_pieces
 from data_engine.flywheel.linepages import (SYLLABLE_SIGNS, UNSEEN, LineLanguage, Vocabulary, make_line_corpus,
                                             truth_blocks)
 from data_engine.flywheel.patches import BLOCK, CANVAS, LINE, Patch, cut_boxes, cut_text_layer, render_page, write_patch_shard
 from data_engine.metrics import corpus_cer
-from data_engine.scripts import letters, script_info
+from data_engine.scripts import letters
 
 
 UNSEEN_DIR = "gold_unseen"  # held-out pages of words that no training page has (generated corpus)
@@ -148,7 +148,7 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
     pieces = defaultdict(list)  # spec -> [(doc_id, word pieces of one page)]
     truth, refused, pages_log, seed_truth = {}, [], [], defaultdict(list)
     for spec, lang in langs.items():
-        rtl = script_info(lang.script).direction == "rtl"
+        rtl = is_rtl(lang.script)
         files = sorted(pdf_dir.glob(f"{lang.lang}_{lang.script}_*.pdf")) + \
             sorted((pdf_dir / "gold").glob(f"{lang.lang}_{lang.script}_*.pdf")) + \
             sorted((pdf_dir / UNSEEN_DIR).glob(f"{lang.lang}_{lang.script}_*.pdf"))

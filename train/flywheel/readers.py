@@ -32,9 +32,14 @@ from data_engine.flywheel.canvas import is_rtl
 from .recognizer import load_recognizer, read_patches
 
 
-def _read(model, tok, batch, read_kw: dict) -> list[tuple[str, float, bool]]:
-    return read_patches(model, tok, [p.image for p in batch], kinds=[p.kind for p in batch],
-                        rtl=[is_rtl(p.script) for p in batch], **read_kw)
+def canvas_kw(patches) -> dict:
+    """How each patch's canvas is drawn (``read_patches`` / ``reference_nll``): kind, direction."""
+    return {"kinds": [p.kind for p in patches], "rtl": [is_rtl(p.script) for p in patches]}
+
+
+def read_batch(model, tok, batch, read_kw: dict) -> list[tuple[str, float, bool]]:
+    """(text, confidence, finished) per patch of ``batch`` (anything with image, kind, script)."""
+    return read_patches(model, tok, [p.image for p in batch], **canvas_kw(batch), **read_kw)
 
 
 class LocalReader:
@@ -45,7 +50,7 @@ class LocalReader:
 
     def map(self, batches: Iterable[list]) -> Iterator[list]:
         for batch in batches:
-            yield _read(self.model, self.tok, batch, self.read_kw)
+            yield read_batch(self.model, self.tok, batch, self.read_kw)
 
     def close(self) -> None:
         pass
@@ -64,7 +69,7 @@ class RecognizerActor:
         self.read_kw = read_kw
 
     def read(self, batch: list) -> list[tuple[str, float, bool]]:
-        return _read(self.model, self.tok, batch, self.read_kw)
+        return read_batch(self.model, self.tok, batch, self.read_kw)
 
 
 class RayReader:

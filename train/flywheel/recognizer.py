@@ -91,13 +91,11 @@ def _tidy(text: str, kind: str) -> str:
     return " ".join(text.split())
 
 
-def _patch_images(crops: Sequence, kinds: Sequence[str], mode: str, stretch: float,
-                  rtl: Sequence[bool] | None = None) -> list:
+def _patch_images(crops: Sequence, kinds: Sequence[str], mode: str, stretch: float, rtl: Sequence[bool]) -> list:
     """Each crop on its canvas (``patch_canvas``: the side of ``mode``), preprocessed for ``mode``."""
     from models.image_processing import preprocess_image
 
     side = canvas_side(mode)
-    rtl = list(rtl) if rtl is not None else [False] * len(crops)
     return [preprocess_image(patch_canvas(c, side, kind=k, stretch=stretch, rtl=r), mode)
             for c, k, r in zip(crops, kinds, rtl)]
 
@@ -114,11 +112,11 @@ def read_patches(model, tokenizer, crops: Sequence, *, batch_size: int = 16, max
     device = next(model.parameters()).device
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     kinds = list(kinds) if kinds is not None else [LINE] * len(crops)
+    rtl = list(rtl) if rtl is not None else [False] * len(crops)
     out: list[tuple[str, float, bool]] = []
     for i in range(0, len(crops), batch_size):
         chunk = crops[i:i + batch_size]
-        images = _patch_images(chunk, kinds[i:i + batch_size], mode, stretch,
-                               None if rtl is None else rtl[i:i + batch_size])
+        images = _patch_images(chunk, kinds[i:i + batch_size], mode, stretch, rtl[i:i + batch_size])
         ids = [tokenizer.encode_prompt(PROMPT, [img]) for img in images]
         T = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), T), pad, dtype=torch.long)
@@ -153,10 +151,10 @@ def reference_nll(model, tokenizer, crops: Sequence, texts: Sequence[str], *, ba
 
     device = next(model.parameters()).device
     kinds = list(kinds) if kinds is not None else [LINE] * len(crops)
+    rtl = list(rtl) if rtl is not None else [False] * len(crops)
     total, count = 0.0, 0
     for i in range(0, len(crops), batch_size):
-        images = _patch_images(crops[i:i + batch_size], kinds[i:i + batch_size], mode, stretch,
-                               None if rtl is None else rtl[i:i + batch_size])
+        images = _patch_images(crops[i:i + batch_size], kinds[i:i + batch_size], mode, stretch, rtl[i:i + batch_size])
         rows = []
         for img, text in zip(images, texts[i:i + batch_size]):
             prompt = tokenizer.encode_prompt(PROMPT, [img])

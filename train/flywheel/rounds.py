@@ -34,7 +34,7 @@ from collections import Counter, defaultdict
 from dataclasses import replace
 from pathlib import Path
 
-from data_engine.flywheel.accept import calibrate, judge, length_range
+from data_engine.flywheel.accept import calibrate, judge, length_range, threshold_of
 from data_engine.flywheel.canvas import is_rtl
 from data_engine.flywheel.dataset import UNSEEN_DIR
 from data_engine.flywheel.linepages import LineLanguage
@@ -42,9 +42,8 @@ from data_engine.flywheel.patches import BLOCK, Patch, read_patch_shard, write_p
 from data_engine.flywheel.reassemble import page_labels, write_page_shard
 from data_engine.metrics import corpus_cer
 from data_engine.shards import mix_shards
-from data_engine.scripts import script_info
 
-from .readers import make_reader
+from .readers import canvas_kw, make_reader, read_batch
 from .recognizer import (canvas_side, load_recognizer, read_patches, recognizer_config, reference_nll,
                          train_recognizer)
 
@@ -114,13 +113,9 @@ class RoundRunner:
         return dict(batch_size=lc.batch_size, max_new_tokens=lc.max_new_tokens,
                     no_repeat_ngram=lc.no_repeat_ngram, window=lc.window, mode=rc.mode, stretch=rc.stretch)
 
-    def patch_kw(self, patches: list[Patch]) -> dict:
-        """``read_kw`` plus how each patch's canvas is drawn (kind, right-to-left)."""
-        return dict(self.read_kw(), kinds=[p.kind for p in patches], rtl=[is_rtl(p.script) for p in patches])
-
     def read(self, model, tok, patches: list[Patch]) -> list[tuple[str, float, bool]]:
         """(text, confidence, finished) per patch, decoded as the labelling decodes."""
-        return read_patches(model, tok, [p.image for p in patches], **self.patch_kw(patches)) if patches else []
+        return read_batch(model, tok, patches, self.read_kw()) if patches else []
 
     # ------------------------------------------------------------------ 1. train
     def training_shards(self, k: int) -> list[Path]:
@@ -190,13 +185,7 @@ class RoundRunner:
         """The confidence threshold per language in round k (calibrated, else the fixed one)."""
         path = self.rdir(k) / "calibration.json"
         cal = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-        def threshold(c: dict) -> float:
-            if c.get("status") == "calibrated":
-                return c["threshold"]
-            return float("inf") if c.get("status") == "unreachable" else self.accept_cfg.min_confidence
-
-        return {s: threshold(cal.get(s, {})) for s in self.langs}
+        return {s: threshold_of(cal.get(s), self.accept_cfg.min_confidence) for s in self.langs}
 
     # ------------------------------------------------------------------ 3.-4. label + accept
     def label(self, k: int, model, tok, pool: list[Patch], model_dir: Path | None = None) -> list[dict]:
@@ -256,7 +245,7 @@ class RoundRunner:
             if not gold:
                 out[s] = {"gold_n": 0}
                 continue
-            kw = self.patch_kw(gold)
+            kw = dict(self.read_kw(), **canvas_kw(gold))
             nll_kw = {k: kw[k] for k in ("batch_size", "mode", "stretch", "kinds", "rtl")}
             reads = self.read(model, tok, gold)
             blanks = [Image.new("RGB", p.image.size, "white") for p in gold]
@@ -316,7 +305,7 @@ class RoundRunner:
         self.write_accepted(k, pool, rows)
         accepted = self.accepted_before(k + 1)
         pages = page_labels([p for ps in accepted.values() for p in ps],
-                            frozenset(s for s in {p.script for p in pool} if script_info(s).direction == "rtl"))
+                            frozenset(s for s in {p.script for p in pool} if is_rtl(s)))
         n_pages = write_page_shard(rd / "pages" / "flywheel-000000.tar", pages)
         gold, tess = self.gold_cer(model, tok), self.tesseract()
         langs = {}
