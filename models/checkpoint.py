@@ -190,6 +190,11 @@ def published_config(cfg: DeepseekOCRConfig, torch_dtype: torch.dtype | None = t
         },
         "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
         "pad_token_id": cfg.pad_token_id, "image_token_id": cfg.image_token_id,
+        # Read by vLLM's DeepseekVLV2Config, whose defaults would not load: its tile_tag default
+        # is the string "tile_tag" and the official model supports only "2D". The global view
+        # (SAM's input size) comes first, like the published config.json.
+        "tile_tag": "2D", "global_view_pos": "head",
+        "candidate_resolutions": [[s.img_size, s.img_size]],
         "ocrflow": cfg.to_dict(),
     }
     if torch_dtype is not None:
@@ -251,6 +256,7 @@ def export_checkpoint(
     dtype: torch.dtype | None = torch.bfloat16,
     cfg: DeepseekOCRConfig | None = None,
     max_shard_bytes: int | None = 10 * 2**30,
+    tokenizer: str | Path | None = None,
 ) -> Path:
     """Write ``model`` (or a state dict) in the published layout + config.json to ``out_dir``.
 
@@ -296,8 +302,18 @@ def export_checkpoint(
         (out / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
 
     stored = dtype or next((t.dtype for t in pub.values() if t.is_floating_point()), None)
-    (out / CONFIG_FILE).write_text(json.dumps(published_config(cfg, stored), indent=2, ensure_ascii=False))
+    _write_config(out, cfg, stored, tokenizer)
     return out
+
+
+def _write_config(out: Path, cfg: DeepseekOCRConfig, dtype: torch.dtype | None,
+                  tokenizer: str | Path | None) -> None:
+    """config.json, and the tokenizer files when a tokenizer is given (both exports)."""
+    (out / CONFIG_FILE).write_text(json.dumps(published_config(cfg, dtype), indent=2, ensure_ascii=False))
+    if tokenizer is not None:
+        from .tokenizer import copy_tokenizer_files
+
+        copy_tokenizer_files(tokenizer, out)
 
 
 def shard_file_name(index: int, total: int) -> str:
@@ -358,7 +374,8 @@ def _safetensors_header(path: Path) -> dict:
 
 
 def write_checkpoint_index(out_dir: str | Path, cfg: DeepseekOCRConfig, total: int,
-                           dtype: torch.dtype | None = torch.bfloat16) -> Path:
+                           dtype: torch.dtype | None = torch.bfloat16,
+                           tokenizer: str | Path | None = None) -> Path:
     """``model.safetensors.index.json`` + ``config.json`` for the ``total`` files written by
     ``write_checkpoint_shard``, from their headers only (no tensor is read). Raises unless the
     files hold every tensor of ``cfg``'s model exactly once, with the right shapes."""
@@ -382,7 +399,7 @@ def write_checkpoint_index(out_dir: str | Path, cfg: DeepseekOCRConfig, total: i
     for stale in (out / SINGLE_FILE, out / INDEX_FILE):
         stale.unlink(missing_ok=True)
     (out / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": size}, "weight_map": weight_map}, indent=2))
-    (out / CONFIG_FILE).write_text(json.dumps(published_config(cfg, dtype), indent=2, ensure_ascii=False))
+    _write_config(out, cfg, dtype, tokenizer)
     return out
 
 

@@ -155,4 +155,25 @@ def load_tokenizer(path: str | Path) -> OCRTokenizer:
     return OCRTokenizer(tok, source=str(file), **names)
 
 
-__all__ = ["BOS_TOKEN", "EOS_TOKEN", "PAD_TOKEN", "SPECIAL_TOKENS", "OCRTokenizer", "load_tokenizer"]
+# The files a model folder carries so that the official scripts (which load the tokenizer from
+# the model folder) run on an export.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def copy_tokenizer_files(src: str | Path, dest: str | Path) -> list[Path]:
+    """Copy ``src``'s tokenizer files (a directory or its tokenizer.json) into ``dest``."""
+    import shutil
+
+    src = Path(src).expanduser()
+    folder = src if src.is_dir() else src.parent
+    if not (folder / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"no tokenizer.json at {src} to copy into {dest}")
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (folder / name).is_file():
+            copied.append(Path(shutil.copyfile(folder / name, Path(dest) / name)))
+    return copied
+
+
+__all__ = ["BOS_TOKEN", "EOS_TOKEN", "PAD_TOKEN", "SPECIAL_TOKENS", "TOKENIZER_FILES", "OCRTokenizer",
+           "copy_tokenizer_files", "load_tokenizer"]

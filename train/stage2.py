@@ -163,10 +163,11 @@ def _expert_load(engine, num_layers: int, n_experts: int) -> torch.Tensor | None
     return counts[keep] if keep.any() else None
 
 
-def export_pipeline(engine, mcfg, out_dir: Path, dtype: torch.dtype | None) -> Path:
+def export_pipeline(engine, mcfg, out_dir: Path, dtype: torch.dtype | None, tokenizer: str | None = None) -> Path:
     """Collective: the first DP replica of every stage writes its parameters (published names)
     as file ``stage`` of ``pp`` of a sharded checkpoint in ``out_dir/model``; rank 0 then writes
-    the index and config.json from the files' headers. No rank loads more than its stage.
+    the index and config.json from the files' headers (+ the ``tokenizer`` folder's files). No
+    rank loads more than its stage.
     Needs a file system all ranks see (the usual shared run directory)."""
     import torch.distributed as dist
 
@@ -183,9 +184,15 @@ def export_pipeline(engine, mcfg, out_dir: Path, dtype: torch.dtype | None) -> P
         write_checkpoint_shard(engine.module.model_state_dict(), dest, engine.stage_id, n_stages, dtype)
     dist.barrier()
     if dist.get_rank() == 0:
-        write_checkpoint_index(dest, mcfg, n_stages, dtype)
+        write_checkpoint_index(dest, mcfg, n_stages, dtype, tokenizer=tokenizer)
     dist.barrier()
     return dest
+
+
+def _tokenizer_file(tok) -> str | None:
+    """The tokenizer.json the run loaded (copied into the export), None for an in-memory one."""
+    source = getattr(tok, "source", None)
+    return source if source and Path(source).is_file() else None
 
 
 def _stage2_reliance(engine, cfg, tok, seq_len: int, micro: int, seed: int):
@@ -299,7 +306,8 @@ def run_stage2(cfg: Any) -> dict:
                             keep_last=keep_last)
 
     export_dtype = _DTYPES[mcfg.dtype]
-    export_dir = export_pipeline(engine, model_cfg, out_dir, export_dtype)
+    export_dir = export_pipeline(engine, model_cfg, out_dir, export_dtype,
+                                 tokenizer=_tokenizer_file(tok))
     timed = step_times[1:] if len(step_times) > 1 else step_times
     result = {
         "stage": 2, "out_dir": str(out_dir), "checkpoint_dir": str(ckpt_dir),
