@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from data_engine.config import EngineConfig, register
 from data_engine.executor import WorkerStartError
+from data_engine.lock import FolderInUseError
 from data_engine.pipeline import run_engine
 from data_engine.queue import OutputError
 
@@ -25,7 +26,7 @@ register()
 def _main(cfg: DictConfig) -> None:
     try:
         rep = run_engine(EngineConfig.from_any(cfg.data_engine))  # ranges checked before any work
-    except WorkerStartError as e:
+    except (WorkerStartError, FolderInUseError) as e:
         raise SystemExit(f"data engine stopped: {e}") from None
     except OutputError as e:  # disk full, a path in the way: not the documents' fault
         raise SystemExit(f"data engine stopped: {e}\nFix the cause and run the same command again: "

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from data_engine import coarse, langid, metrics, queue, render, report, shards
 from data_engine.config import ENGINE_VERSION, LABEL_KINDS, EngineConfig  # noqa: F401 (re-exported)
 from data_engine.executor import LocalExecutor
+from data_engine.lock import folder_lock
 
 
 # Unit-level failure reasons (the whole document is skipped); page-level reasons live in coarse.py,
@@ -409,6 +410,13 @@ def run_engine(cfg: EngineConfig | Mapping) -> dict:
     out = Path(cfg.out).resolve()
     cfg.out = str(out)
     cfg.work_dir = str(Path(cfg.work_dir).resolve() if cfg.work_dir else out / "work")
+    with queue.output_io(f"cannot create the output folder {queue.display_path(str(out))}"):
+        out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, "data engine"):  # one engine per out=: FolderInUseError names the other
+        return _run_locked(cfg, out)
+
+
+def _run_locked(cfg: EngineConfig, out: Path) -> dict:
     with queue.output_io(f"cannot create the work folder {queue.display_path(cfg.work_dir)}"):
         Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
     n_workers = _num_workers(cfg)
