@@ -531,3 +531,23 @@ def test_truncated_shard_among_open_ones(kinds, tmp_path, caplog):
         b = _stream(urls, open_shards=4, seed=2)
         b.load(a.state())
         assert _keys(b, n + 20 - at) == ref[at:]
+
+
+def test_empty_and_whitespace_labels_are_skipped_and_counted(tmp_path, tok):
+    """A page whose label text is empty or only whitespace teaches image -> end token: skipped,
+    counted as skipped/empty_label, never packed."""
+    pages = []
+    for i, text in enumerate(["", " \n\t ", None, None]):
+        jpg, meta = _page(60 + i)
+        if text is not None:
+            meta["labels"]["coarse"]["text"] = text
+        pages.append((f"p{i}", jpg, json.dumps(meta).encode()))
+    _write_shard(tmp_path / "e-000000.tar", pages)
+    p = _pipe(tmp_path, tok, shards=[str(tmp_path / "e-*.tar")], shuffle_window=1,
+              label_kind_weights={"coarse": 1.0, "fine": 0.0}, ocr_weights=None)
+    samples = _sample_n(p, 6)
+    assert p.stats["skipped/empty_label"] >= 2
+    eos = tok.eos_token_id
+    for s in samples:  # every trained label has text before its end token
+        label = [t for t in s.labels if t != IGNORE_INDEX]
+        assert len(label) > 1 and label[-1] == eos

@@ -224,3 +224,18 @@ def test_ranks_exit_when_their_launcher_dies(tmp_path, still_running):
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+@pytest.mark.parametrize("where", ["next_header", "end_blocks"])
+def test_truncated_tar_keeps_every_complete_record(tmp_path, where):
+    """Cut at the next record's header, or where the end-of-archive blocks were lost: every
+    record whose members are all present is read (before, the last one was dropped: 4 of 5)."""
+    keys = _shard(tmp_path / "t.tar", 5)
+    data = (tmp_path / "t.tar").read_bytes()
+    with tarfile.open(tmp_path / "t.tar") as tf:
+        members = tf.getmembers()
+    last = members[-1]
+    cut = members[8].offset + 10 if where == "next_header" else last.offset_data + last.size
+    (tmp_path / "t.tar").write_bytes(data[:cut])
+    got = _epoch(ShardStream([str(tmp_path / "t.tar")], name="ocr", slot=0, nslots=1, seed=0, shuffle_window=1))
+    assert sorted(got) == (keys[:4] if where == "next_header" else keys)

@@ -279,6 +279,8 @@ class _WorkerPipeline:
                 prompt, text = label.get("prompt"), label.get("text")
                 if not isinstance(prompt, str) or not isinstance(text, str):
                     raise BadSample("bad_json", "label without string prompt/text")
+                if not text.strip():  # would teach image -> end token
+                    raise BadSample("empty_label", f"{kind} label text is empty or whitespace")
                 mode = _choose(rng, self.mode_w)
                 try:
                     img = preprocess_image(image, mode, self.cfg["max_tiles"])
@@ -303,8 +305,10 @@ class _WorkerPipeline:
                 rec = self._next(part)
                 try:
                     lab = decode_json(rec)["labels"].get(self.cfg["text_label_kind"])
-                    if not isinstance(lab, dict) or not isinstance(lab.get("text"), str) or not lab["text"]:
+                    if not isinstance(lab, dict) or not isinstance(lab.get("text"), str):
                         raise BadSample("no_label", f"no {self.cfg['text_label_kind']!r} label text")
+                    if not lab["text"].strip():
+                        raise BadSample("empty_label", f"{self.cfg['text_label_kind']} label text is empty or whitespace")
                     break
                 except BadSample as e:
                     self._bad(e.reason, rec.get("__key__", "?"), rec.get("__url__", "?"), str(e))

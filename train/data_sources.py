@@ -36,7 +36,7 @@ from pathlib import Path
 
 from braceexpand import braceexpand
 from PIL import Image
-from webdataset.tariterators import group_by_keys, tar_file_iterator, url_opener
+from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator, url_opener
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class ShardStream:
             files = tar_file_iterator(stream["stream"], select_files=select)
             files = ({**f, "__url__": url} for f in files)
             first = self.rank_of[url]
-            for i, rec in enumerate(group_by_keys(files)):
+            for i, rec in enumerate(_records_up_to_damage(files)):
                 if (i + first) % self.stride == self.slot % self.stride:
                     yield rec
 
@@ -271,6 +271,38 @@ class ShardStream:
                     f"{self.slot} no record ({self.shard_errors} read errors): the shards are empty, "
                     f"unreadable or fewer records than readers")
             self.epoch, self.next_pos, self.drawn = self.epoch + 1, 0, 0
+
+
+def _records_up_to_damage(files: Iterator[dict]) -> Iterator[dict]:
+    """webdataset's ``group_by_keys``, except that a read error first yields the record in hand.
+
+    A record is complete only once the next one starts, so on a truncated tar (lost end blocks,
+    a cut in the next header) ``group_by_keys`` drops the last whole record with the error.
+    The record in hand is yielded when it has the members of the record before it (a shard's
+    records share their members; tar reading yields no partial file)."""
+    pending: list[dict] = []
+    members = None
+    try:
+        for rec in group_by_keys(_noting(files, pending)):
+            members = {k for k in rec if not k.startswith("__")}
+            yield rec
+    except Exception:
+        held = list(group_by_keys(iter(pending)))
+        if held and (members is None or {k for k in held[0] if not k.startswith("__")} == members):
+            yield held[0]
+        raise
+
+
+def _noting(files: Iterator[dict], pending: list[dict]) -> Iterator[dict]:
+    """Pass ``files`` on, keeping in ``pending`` the members of the record not yet yielded."""
+    key = None
+    for f in files:
+        k = base_plus_ext(f["fname"])[0]
+        if k != key:
+            pending.clear()
+            key = k
+        pending.append(f)
+        yield f
 
 
 def decode_json(rec: dict) -> dict:
