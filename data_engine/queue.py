@@ -280,6 +280,10 @@ class _GuardedFile:
         self._f, self._path = f, path
 
     def write(self, data) -> int:
+        if self._f.closed:
+            # A tar stream abandoned by a failed write flushes its buffer when collected; the
+            # temporary file is discarded anyway, and the stop is already reported.
+            return len(data)
         with output_io(f"cannot write {display_path(str(self._path))}"):
             return self._f.write(data)
 

@@ -229,3 +229,31 @@ def test_workers_die_with_a_killed_driver(tmp_path, still_running):
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux) to fill a disk")
+def test_disk_full_stop_leaves_no_closed_file_traceback(tmp_path):
+    """A unit's tar on a full disk (/dev/full: every write fails with ENOSPC) stops with the
+    OutputError alone; the tar stream dropped afterwards must not print "Exception ignored ...
+    ValueError: write to closed file" (it flushed into the closed file when collected)."""
+    import gc
+
+    from data_engine import shards
+
+    store = queue.UnitStore(tmp_path / "work")
+    doc_id = "ab" + "0" * 14
+    tmp_tar = store.tmp_tar_path(doc_id)
+    tmp_tar.symlink_to("/dev/full")
+    unraisable = []
+    old_hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    try:
+        with pytest.raises(queue.OutputError, match="No space left"):
+            with store.open_tmp_tar(doc_id) as f:  # the sequence of pipeline._process_document
+                writer = shards.tar_writer(f)
+                writer.write({"__key__": f"{doc_id}_00000", "jpg": os.urandom(200_000), "json": b"{}"})
+                writer.close()
+        del writer
+        gc.collect()
+    finally:
+        sys.unraisablehook = old_hook
+    assert not unraisable, [f"{u.exc_type.__name__}: {u.exc_value}" for u in unraisable]
