@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Optional, TypeVar
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue, OmegaConfBaseException
 
-from data_engine.render import IMAGE_FORMATS
+IMAGE_FORMATS = ("jpg", "png")  # page image formats render.py writes (here: the trainers' config check imports no PyMuPDF)
 
 ENGINE_VERSION = 3  # bump when sample bytes change for the same config (forces re-processing)
 LABEL_KINDS = ("coarse", "fine")

@@ -19,6 +19,8 @@ import numpy as np
 import pymupdf
 from PIL import Image
 
+from data_engine.config import IMAGE_FORMATS
+
 try:  # optional fast path; PIL (also libjpeg-turbo) is the fallback
     import simplejpeg
 except ImportError:  # pragma: no cover - depends on the environment
@@ -29,7 +31,6 @@ except ImportError:  # pragma: no cover - depends on the environment
 # whole extraction. Layout sources that need figure boxes use page.get_image_info().
 TEXT_FLAGS = pymupdf.TEXT_PRESERVE_WHITESPACE | pymupdf.TEXT_MEDIABOX_CLIP
 
-IMAGE_FORMATS = ("jpg", "png")
 
 
 def quiet_mupdf() -> None:

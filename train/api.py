@@ -23,6 +23,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from .config import Config, ConfigError, register, typed
+from .preflight import check_inputs, check_overrides, explain_composition_error
 
 CONF_DIR = Path(os.environ.get("OCRFLOW_CONF", Path(__file__).resolve().parents[1] / "conf"))
 
@@ -35,7 +36,7 @@ def compose(experiment: str | None = None, overrides: Sequence[str] = ()) -> Dic
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import ConfigCompositionException
+    from hydra.errors import ConfigCompositionException, MissingConfigException
 
     if not (CONF_DIR / "config.yaml").is_file():
         raise FileNotFoundError(f"no config.yaml in {CONF_DIR} (set OCRFLOW_CONF to the conf/ folder)")
@@ -46,11 +47,11 @@ def compose(experiment: str | None = None, overrides: Sequence[str] = ()) -> Dic
         GlobalHydra.instance().clear()
     register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        check_overrides(overrides)  # "+train.stpes=3": Hydra would add the misspelt key
         try:
             cfg = hydra_compose(config_name="config", overrides=overrides)
-        except ConfigCompositionException as e:  # "Error merging override train.steps=abc" + why
-            why = str(e.__cause__).splitlines()[0] if e.__cause__ else ""
-            raise ConfigError(f"{e}: {why}" if why else str(e)) from e
+        except (ConfigCompositionException, MissingConfigException) as e:  # one line, "did you mean"
+            raise explain_composition_error(e) from e
     typed(cfg, Config)
     return cfg
 
@@ -78,6 +79,7 @@ def train(cfg: Config | DictConfig | Mapping[str, Any]) -> dict:
     if missing:
         raise ConfigError(f"config values required but not set: {missing}; pass them as overrides, "
                           "e.g. model.init_from=/path")
+    check_inputs(cfg)  # shards, tokenizer, output folder: before any model is built
     stage = cfg.train.stage
     if stage == 1:
         from .stage1 import run_stage1

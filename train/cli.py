@@ -17,13 +17,17 @@ from omegaconf import DictConfig
 
 from .api import train
 from .config import register
+from .preflight import USER_ERRORS, fail
 
 register()  # the typed schema (train/config.py) that conf/config.yaml names first in its defaults
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except USER_ERRORS as e:  # one line; the traceback with logging.verbose=true
+        fail(e, bool(cfg.logging.verbose))
     from .common import world_info
 
     if world_info()[0] == 0:

@@ -36,7 +36,6 @@ from pathlib import Path
 
 from braceexpand import braceexpand
 from PIL import Image
-from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator, url_opener
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +175,8 @@ class ShardStream:
 
     def _raw(self, url: str) -> Iterator[dict]:
         """Records of one shard in file order (this slot's share only)."""
+        from webdataset.tariterators import tar_file_iterator, url_opener  # imports torch: not at module import
+
         select = None
         if self.suffixes is not None:
             sfx = self.suffixes
@@ -280,6 +281,8 @@ def _records_up_to_damage(files: Iterator[dict]) -> Iterator[dict]:
     a cut in the next header) ``group_by_keys`` drops the last whole record with the error.
     The record in hand is yielded when it has the members of the record before it (a shard's
     records share their members; tar reading yields no partial file)."""
+    from webdataset.tariterators import group_by_keys
+
     pending: list[dict] = []
     members = None
     try:
@@ -295,6 +298,8 @@ def _records_up_to_damage(files: Iterator[dict]) -> Iterator[dict]:
 
 def _noting(files: Iterator[dict], pending: list[dict]) -> Iterator[dict]:
     """Pass ``files`` on, keeping in ``pending`` the members of the record not yet yielded."""
+    from webdataset.tariterators import base_plus_ext
+
     key = None
     for f in files:
         k = base_plus_ext(f["fname"])[0]
