@@ -18,7 +18,7 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from PIL import Image
+from data_engine.images import decode_rgb
 
 # Pinned tar metadata: equal content -> equal bytes, whoever runs the engine and whenever.
 TAR_META = dict(user="ocrflow", group="ocrflow", mode=0o444, mtime=0.0)
@@ -193,6 +193,5 @@ def iter_samples(urls: str | list[str]) -> Iterator[dict]:
         img_bytes = sample.get("jpg", sample.get("png"))
         if img_bytes is None or "json" not in sample:
             raise ValueError(f"sample {sample.get('__key__')} in {sample.get('__url__')} lacks an image or json member")
-        image = Image.open(io.BytesIO(img_bytes))
-        image = image.convert("RGB") if image.mode != "RGB" else image
+        image = decode_rgb(img_bytes)
         yield {"key": sample["__key__"], "image": image, "meta": json.loads(sample["json"])}

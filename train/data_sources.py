@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import io
 import json
 import logging
 import os
@@ -36,6 +35,8 @@ from pathlib import Path
 
 from braceexpand import braceexpand
 from PIL import Image
+
+from data_engine.images import decode_rgb
 
 log = logging.getLogger(__name__)
 
@@ -329,9 +330,7 @@ def decode_page(rec: dict) -> tuple[Image.Image, dict]:
     if ext is None:
         raise BadSample("missing_image")
     try:
-        img = Image.open(io.BytesIO(rec[ext]))
-        img.load()  # force the full decode here so truncated files fail now, not later
-        img = img.convert("RGB")
+        img = decode_rgb(rec[ext])  # upright (EXIF); fully decoded: truncated files fail now, not later
     except Exception as e:  # PIL raises several unrelated types for corrupt data
         raise BadSample("bad_image", f"{type(e).__name__}: {e}") from None
     if min(img.size) < 1:

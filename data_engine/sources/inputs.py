@@ -12,7 +12,6 @@ is read directly, in any process, in a fixed order:
 from __future__ import annotations
 
 import glob
-import io
 import os
 import tarfile
 from collections.abc import Sequence
@@ -107,12 +106,10 @@ class ImageInputs:
 
 def decode_image(data: bytes, what: str):
     """RGB PIL image, or ``Skip("bad_image")`` for bytes that are not a decodable image."""
-    from PIL import Image
+    from data_engine.images import decode_rgb
 
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-        img = img.convert("RGB")
+        img = decode_rgb(data)  # upright by its EXIF orientation, like the official pipeline
     except Exception as e:  # noqa: BLE001 - PIL raises several unrelated types for corrupt data
         raise Skip("bad_image", f"{what}: {type(e).__name__}: {e}") from None
     if min(img.size) < 8:
