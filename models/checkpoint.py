@@ -342,12 +342,24 @@ _ST_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"
               torch.uint8: "U8", torch.bool: "BOOL"}
 
 
-def _stream_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, dtype: torch.dtype | None) -> None:
+def write_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path,
+                      metadata: Mapping[str, str] | None = None, dtype: torch.dtype | None = None) -> Path:
+    """A safetensors file whose bytes depend on its content only: tensors and metadata keys in
+    sorted order. (``save_file`` writes the metadata in hash-map order, which changes from one
+    call to the next: equal tensors, different bytes.)"""
+    path = Path(path)
+    _stream_safetensors(tensors, path, dtype, {"format": "pt", **(metadata or {})})
+    return path
+
+
+def _stream_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, dtype: torch.dtype | None,
+                        metadata: Mapping[str, str] | None = None) -> None:
     """Write a safetensors file one tensor at a time (cast / copied one at a time), so writing a
     3 GB stage costs one tensor of extra memory, not a second copy of the stage as
     ``save_file`` would (expert slices share storage and must be copied for it)."""
     names = sorted(tensors)
-    header: dict = {"__metadata__": {"format": "pt"}}
+    meta = metadata or {"format": "pt"}
+    header: dict = {"__metadata__": {k: str(meta[k]) for k in sorted(meta)}}
     offset = 0
     for n in names:
         t = tensors[n]

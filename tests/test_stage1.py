@@ -272,3 +272,21 @@ def test_text_only_batch_gives_every_parameter_a_gradient():
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not no_grad, no_grad[:5]
     assert not model.encoder.sam_model.patch_embed.proj.weight.grad.any()
+
+
+def test_encoder_file_bytes_depend_on_its_tensors_only(tmp_path):
+    """Equal tensors, equal bytes: the header (metadata keys included) is written in sorted
+    order, so an encoder saved after a resume is byte-identical to the uninterrupted run's."""
+    from safetensors.torch import load_file
+
+    from train.stage1 import build_stage1_model, save_encoder
+
+    torch.manual_seed(0)
+    model = build_stage1_model({"model": {"preset": "tiny"}}, 64, special_ids=dict(
+        bos_token_id=0, eos_token_id=1, pad_token_id=2, image_token_id=3))
+    meta = {"preset": "tiny", "steps": 3}
+    files = [save_encoder(model, tmp_path / f"e{i}.safetensors", 64, dict(meta)).read_bytes() for i in range(6)]
+    assert all(f == files[0] for f in files[1:])
+    loaded = load_file(str(tmp_path / "e0.safetensors"))
+    state = model.encoder.state_dict()
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)

@@ -189,7 +189,7 @@ def encoder_state_for_stage2(model: Stage1Model, stage2_width: int) -> dict[str,
 
 
 def save_encoder(model: Stage1Model, path: str | Path, stage2_width: int, meta: dict | None = None) -> Path:
-    from safetensors.torch import save_file
+    from models.checkpoint import write_safetensors
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,8 +197,7 @@ def save_encoder(model: Stage1Model, path: str | Path, stage2_width: int, meta: 
     metadata = {"format": "pt", "producer": "ocrflow.train.stage1",
                 "stage1_lm_width": str(model.width), "stage2_width": str(stage2_width),
                 **{k: str(v) for k, v in (meta or {}).items()}}
-    save_file(tensors, str(path), metadata=metadata)
-    return path
+    return write_safetensors(tensors, path, metadata)  # same tensors, same bytes (resumed or not)
 
 
 def _group_sums(token_loss, label_mask, batch) -> dict[str, tuple[float, int]]:
