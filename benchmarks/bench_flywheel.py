@@ -1,7 +1,7 @@
 """Flywheel benchmark: runs the rounds on the embedded default (or overrides) and prints, per
 round and language, the recognizer's CER on held-out image-only line patches (with the
 image-blind control), Tesseract's CER on the same patches, patches accepted / rejected (by
-reason) and the CER of accepted labels; then checks the issue's targets:
+reason) and the CER of accepted labels; then checks the flywheel's targets:
 
 * round 0 (text-layer patches only) reaches CER <= 0.10 on held-out Latin-script patches;
 * on the language seeded with the fewest patches, CER after round 2 <= 0.8 x CER after round 0.

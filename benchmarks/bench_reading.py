@@ -9,8 +9,8 @@ greedily (train/eval) and prints CER for
 * the same model with blank pages (image-blind baseline: what the label prior alone gives),
 * the untrained model (same architecture, fresh init),
 
-with the training's CPU time (process time of all threads) and wall time. Targets (issue
-"Training that reads"): CER <= 0.15 after <= 15 CPU-minutes of training. Prints numbers and
+with the training's CPU time (process time of all threads) and wall time. Targets (training
+that reads): CER <= 0.15 after <= 15 CPU-minutes of training. Prints numbers and
 whether the targets are met; exits 1 when they are not. Nothing is asserted elsewhere.
 
     python benchmarks/bench_reading.py                      # nano view, 2 lines x 2 letters

@@ -126,7 +126,7 @@ def test_render_dpi_cap_and_jpeg():
 
 
 def test_synthetic_pages_round_trip(tmp_path, noto_fonts):
-    """Engineer E's generator: coarse text holds exactly the characters the generator placed."""
+    """The synthetic generator: coarse text holds exactly the characters the generator placed."""
     from data_engine.synthetic import generate_corpus
 
     noto_fonts("Cyrl", "Latn")

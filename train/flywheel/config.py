@@ -68,7 +68,7 @@ class LabelConfig(Schema):
     max_new_tokens: int = setting(64, ge=1)  # longer outputs are rejected as unfinished
     no_repeat_ngram: int = setting(8, ge=0)  # ban repeating an n-gram of this many tokens (0: off) ...
     window: int = setting(48, ge=1)   # ... within the last this many generated tokens
-    executor: str = setting("local", choices=LABEL_EXECUTORS)  # local: this process; ray: Ray actors (train/flywheel/ray_label.py)
+    executor: str = setting("local", choices=LABEL_EXECUTORS)  # local: this process; ray: Ray actors (train/flywheel/readers.py)
     actors: int = setting(2, ge=1)    # executor=ray on a cluster without GPUs: CPU actors (with GPUs: one per GPU)
     ray_address: Optional[str] = None  # executor=ray: "auto", "host:6379", "ray://host:10001"; null: $RAY_ADDRESS, else a new local Ray instance
 
