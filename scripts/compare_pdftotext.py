@@ -135,15 +135,23 @@ def engine_page(page, flt) -> tuple[str, str | None, str, str]:
     built the text from `render.extract_text` + `coarse.text_from_dict`."""
     from data_engine import coarse, langid, render
 
-    if hasattr(coarse, "page_text"):
-        text = coarse.page_text(page)[0]
-    else:
-        text = coarse.text_from_dict(render.extract_text(page))
-    check = getattr(flt, "check", None)
-    if check is not None:  # newer filters may repair the text (returns text, reason, detail)
-        text, reason, _ = check(text)
-    else:
-        reason = flt.reason(text)
+    try:  # engines with second readings of unmapped glyphs (data_engine/fallback.py)
+        from data_engine import fallback
+
+        (text, reason, _), _, _ = fallback.page_check(page, flt)
+    except ImportError:
+        if hasattr(coarse, "page_text"):
+            text = coarse.page_text(page)[0]
+        else:
+            text = coarse.text_from_dict(render.extract_text(page))
+        check = getattr(flt, "check", None)
+        if check is not None:  # newer filters may repair the text (returns text, reason, detail)
+            text, reason, _ = check(text)
+        else:
+            reason = flt.reason(text)
+    if hasattr(langid, "page_language_and_script"):  # script by weighted share, language of its letters
+        lang, script, _ = langid.page_language_and_script(text)
+        return text, reason, lang, script
     return text, reason, langid.detect_language(text)[0], langid.detect_script(text)
 
 
