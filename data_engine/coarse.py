@@ -120,8 +120,14 @@ def strip_bad_chars(text: str) -> str:
 
 # Single-byte code pages whose text, decoded as Latin-1/cp1252, is the classic mojibake; each
 # with the script its real text is in (repair is accepted only when that script results).
-_CODEPAGES = (("cp1251", "Cyrl"), ("koi8_r", "Cyrl"), ("cp1253", "Grek"), ("cp1255", "Hebr"), ("cp1256", "Arab"))
-_LATIN1_LETTERS = re.compile("[\u00c0-\u00ff]")
+# cp874 (TIS-620): Thai TeX fonts without ToUnicode (lshort-thai) read as Latin-1.
+_CODEPAGES = (("cp1251", "Cyrl"), ("koi8_r", "Cyrl"), ("cp1253", "Grek"), ("cp1255", "Hebr"),
+              ("cp1256", "Arab"), ("cp874", "Thai"))
+# A run of Latin letters and Latin-1 symbols/letters (cp1251 "ч" is "÷", TIS-620 Thai letters
+# start at 0xA1): the unit a partial repair decodes.
+_LATIN1_RUN = re.compile("[A-Za-z\u00a1-\u00ff]{3,}")
+MOJIBAKE_WORD_SHARE = 0.8  # Latin-1 (0xA1-0xFF) share of a run that makes it a mojibake word
+MOJIBAKE_MIN_LETTERS = 20  # mojibake letters on a page below which nothing is decided
 
 
 MOJIBAKE_FIXED = "mojibake repaired: "
@@ -135,6 +141,8 @@ def apply_repair(text: str, detail: str | None) -> str:
             text = "".join(ch for ch in text if not _is_bad_char(ch))
         elif step.startswith(MOJIBAKE_FIXED + "Latin-1 -> "):
             text = redecode(text, step.rsplit(" ", 1)[1])
+        elif step.startswith(MOJIBAKE_FIXED + "words Latin-1 -> "):
+            text = redecode_words(text, step.rsplit(" ", 1)[1])
         elif step == MOJIBAKE_FIXED + "ftfy":
             import ftfy
 
@@ -161,28 +169,72 @@ def redecode(text: str, codec: str) -> str:
     return "".join(table.get(ch, ch) for ch in text)
 
 
+def _is_mojibake_word(word: str) -> bool:
+    return sum("\u00a1" <= ch for ch in word) >= MOJIBAKE_WORD_SHARE * len(word)
+
+
+_ANY_RUN = re.compile("[A-Za-z\u00a1-\u00ff]+")
+
+
+def redecode_words(text: str, codec: str) -> str:
+    """Re-decode only the mojibake words of `text` (a page that quotes Russian in English), and
+    on their lines the short words made only of Latin-1 letters ("ïî", "è": Russian "по", "и")."""
+    def line(ln: str) -> str:
+        if not any(_is_mojibake_word(w) for w in _LATIN1_RUN.findall(ln)):
+            return ln
+        return _ANY_RUN.sub(lambda m: redecode(m.group(), codec) if (
+            _is_mojibake_word(m.group()) if len(m.group()) >= 3 else all(ch >= "\u00a1" for ch in m.group()))
+            else m.group(), ln)
+
+    return "\n".join(line(ln) for ln in text.split("\n"))
+
+
+def _best_codepage(chars: Counter) -> tuple[str | None, float]:
+    """(code page, share) that turns the most of `chars` (Latin-1 characters with counts) into
+    letters/marks of its script; a code page that leaves any of them undefined is out."""
+    from fontTools.unicodedata import script as char_script
+
+    total = sum(chars.values()) or 1
+    best, best_share = None, 0.0
+    for codec, script in _CODEPAGES:
+        table = _redecode_map("".join(chars), codec)
+        if any(v == "\ufffd" for v in table.values()):
+            continue
+        good = sum(n for ch, n in chars.items() if char_script(table[ch]) == script)
+        if good / total > best_share:
+            best, best_share = codec, good / total
+    return best, best_share
+
+
 def repair_mojibake(text: str, min_share: float = 0.5) -> tuple[str | None, str | None]:
     """(repaired text, how) for a text layer that is a single-byte code page read as Latin-1,
     (None, why) when it is such mojibake but no code page repairs it, (text, None) when clean.
 
     No living language writes more than ~20% of its letters with Latin-1's accented block
-    (Vietnamese comes closest); cp1251 Russian read as Latin-1 ("Íå î÷åíü") is ~95%. A code page
-    repairs it when >90% of those letters become letters of its script (ASCII, e.g. LaTeX
-    commands in a Russian manual, is the same in every code page). UTF-8 read as cp1252 ("Ã©")
-    is left to ftfy's detector."""
-    from fontTools.unicodedata import script as char_script
-
+    (Vietnamese comes closest), and none writes whole words of them; cp1251 Russian read as
+    Latin-1 ("Íå î÷åíü") is ~95%, in every word. Mojibake words are runs of >= 3 letters with at
+    least `MOJIBAKE_WORD_SHARE` of them in 0xA1-0xFF; once a page has `MOJIBAKE_MIN_LETTERS` of
+    them, the code page that turns > 90% of their characters into its script repairs them:
+    the whole text when they are over `min_share` of its letters, else those words only (an
+    English page quoting Russian). UTF-8 read as cp1252 ("Ã©") is left to ftfy's detector."""
     counts = Counter(text)
     n_letters = sum(n for ch, n in counts.items() if ch.isalpha())
-    latin1 = {ch: n for ch, n in counts.items() if "\u00c0" <= ch <= "\u00ff"}
-    n_latin1 = sum(latin1.values())
-    if n_letters >= 20 and n_latin1 > min_share * n_letters:
-        for codec, script in _CODEPAGES:
-            table = _redecode_map(text, codec)
-            good = sum(n for ch, n in latin1.items() if table[ch].isalpha() and char_script(table[ch]) == script)
-            if good > 0.9 * n_latin1 and not any(v == "\ufffd" for v in table.values()):
-                return "".join(table.get(ch, ch) for ch in text), f"{MOJIBAKE_FIXED}Latin-1 -> {codec}"
-        return None, "mojibake: mostly Latin-1 accented letters, no code page repairs it"
+    n_latin1 = sum(n for ch, n in counts.items() if "\u00a1" <= ch <= "\u00ff")
+    if n_latin1 >= MOJIBAKE_MIN_LETTERS:
+        words = [w for w in _LATIN1_RUN.findall(text) if _is_mojibake_word(w)]
+        moji = Counter(ch for w in words for ch in w if ch >= "\u00a1")
+        n_moji = sum(moji.values())
+        if n_moji >= MOJIBAKE_MIN_LETTERS:
+            codec, share = _best_codepage(moji)
+            whole = n_latin1 > min_share * n_letters
+            if codec is not None and share > 0.9:
+                if whole:
+                    return redecode(text, codec), f"{MOJIBAKE_FIXED}Latin-1 -> {codec}"
+                return redecode_words(text, codec), f"{MOJIBAKE_FIXED}words Latin-1 -> {codec}"
+            if whole:
+                return None, "mojibake: mostly Latin-1 accented letters, no code page repairs it"
+    if not any("\u00c2" <= ch <= "\u00f4" for ch in counts):
+        return text, None  # UTF-8 read as cp1252 always holds a lead byte 0xC2-0xF4
     import ftfy
 
     if ftfy.is_bad(text):
@@ -190,6 +242,8 @@ def repair_mojibake(text: str, min_share: float = 0.5) -> tuple[str | None, str 
         if fixed != text:
             return fixed, MOJIBAKE_FIXED + "ftfy"
     return text, None
+
+
 def _is_wide(ch: str) -> bool:
     # Han, kana, Hangul and fullwidth forms: BPE vocabularies spend about one token per char.
     return unicodedata.east_asian_width(ch) in ("W", "F")

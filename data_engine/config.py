@@ -32,7 +32,7 @@ from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryV
 
 IMAGE_FORMATS = ("jpg", "png")  # page image formats render.py writes (here: the trainers' config check imports no PyMuPDF)
 
-ENGINE_VERSION = 3  # bump when sample bytes change for the same config (forces re-processing)
+ENGINE_VERSION = 4  # bump when sample bytes change for the same config (forces re-processing)
 LABEL_KINDS = ("coarse", "fine")
 EXECUTORS = ("local", "ray")  # where units run: this machine's process pool, or a Ray cluster (docs/cluster.md)
 
@@ -183,6 +183,8 @@ class EngineConfig(Schema):
     max_crash_retries: int = setting(1, ge=0)  # a unit that kills its worker more often is worker_crash
     # wall-clock limit per document: its worker is stopped, the document recorded as timeout (None: no limit)
     doc_timeout_s: Optional[float] = setting(900.0, gt=0)
+    # wall-clock limit per page (local executor): a page still running is recorded as page_timeout and skipped, the rest of its document goes on (None: no limit)
+    page_timeout_s: Optional[float] = setting(60.0, gt=0)
     executor: str = setting("local", choices=EXECUTORS)  # local: process pool here; ray: Ray tasks on a cluster
     ray_address: Optional[str] = None  # executor=ray: "auto", "host:6379", "ray://host:10001"; None: $RAY_ADDRESS, else a new local Ray instance
     ray_runtime_env: dict[str, Any] = setting({})  # executor=ray: Ray runtime_env of the workers ({}: this checkout on PYTHONPATH)

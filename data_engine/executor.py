@@ -6,6 +6,9 @@ run the same units with the same commits:
 - a per-document wall-clock limit: a worker still busy after ``timeout_s`` is stopped
   (SIGTERM, then SIGKILL: a render stuck inside MuPDF never returns to Python) and the
   document is recorded as ``timeout``;
+- a per-page wall-clock limit (``stalled``): a worker whose current page has run too long is
+  stopped the same way and its document re-queued with that page marked to be skipped, so one
+  page cannot hold a worker for the whole document limit;
 - crash isolation: a worker that dies (MuPDF segfault, OOM killer) fails only the document it
   was running, which is retried up to ``max_crash_retries`` times, then recorded as
   ``worker_crash``;
@@ -104,12 +107,15 @@ class LocalExecutor:
                                        context=mp.get_context(start_method))
 
     def run(self, fn: Callable[[dict], dict], units: Sequence[dict], *, timeout_s: float | None,
-            max_crash_retries: int, fail: Callable[[dict, str, str], dict]) -> Iterator[dict]:
+            max_crash_retries: int, fail: Callable[[dict, str, str], dict],
+            stalled: Callable[[dict], dict | None] | None = None, poll_s: float = 1.0) -> Iterator[dict]:
         """Yield the record of every unit as it finishes (any order).
 
         ``fn(unit)`` processes and commits a unit and returns its record; ``fail(unit, reason,
         detail)`` commits and returns a failure record made by the driver (timeout, crash, an
         exception ``fn`` let through). ``queue.OutputError`` propagates: the run must stop.
+        ``stalled(unit)``, asked every ``poll_s`` about each running unit, returns the unit to
+        re-queue (e.g. with a page to skip) when its worker must be stopped, else None.
         """
         pending = list(reversed(units))  # pop() from the end keeps submission in the given order
         in_flight: dict = {}
@@ -119,7 +125,13 @@ class LocalExecutor:
             while pending and len(in_flight) < window:
                 u = pending.pop()
                 in_flight[self.pool.schedule(_call, args=(fn, u), timeout=timeout_s)] = u
-            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            finished, _ = wait(in_flight, timeout=poll_s if stalled else None, return_when=FIRST_COMPLETED)
+            if stalled is not None:
+                for fut, u in list(in_flight.items()):
+                    retry = None if fut.done() or not fut.running() else stalled(u)
+                    if retry is not None and fut.cancel():  # a running pebble task: its worker is stopped
+                        del in_flight[fut]
+                        pending.append(retry)
             for fut in finished:
                 u = in_flight.pop(fut)
                 try:

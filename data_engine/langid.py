@@ -17,7 +17,9 @@ languages of the model, ~130) and varieties are mapped to their ISO 639-3 macrol
 Script: letters are counted per writing system, not per Unicode script: Han joins kana
 (Japanese, `Jpan`) or Hangul (Korean, `Kore`; Hangul alone `Hang`), as ISO 15924 defines those
 composite codes, and then the largest writing system wins. Joining first matters: a Japanese
-page quoting some English has more Latin letters than kana or Han alone.
+page quoting some English has more Latin letters than kana or Han alone. A Han character or a
+Hangul/Ethiopic syllable then counts as several letters (`SCRIPT_WEIGHTS`), and a page whose
+second writing system has a fifth of the weight is recorded as mixed (`mixed_scripts`).
 """
 
 from __future__ import annotations
@@ -107,9 +109,51 @@ def writing_systems(counts: Counter) -> Counter:
     return ws
 
 
-def detect_script(text: str) -> str:
-    """Dominant writing system (ISO 15924) of `text`'s letters (`Zyyy` when it has none)."""
+# Letters of these writing systems carry about a word each (a Han character, a Hangul or
+# Ethiopic syllable): counted with this weight against alphabets' single letters, so a Chinese
+# page that quotes LaTeX code is not "Latin" because the code has more letters.
+SCRIPT_WEIGHTS = {"Hani": 3.0, "Jpan": 3.0, "Kore": 3.0, "Hang": 2.0, "Ethi": 2.0, "Yiii": 3.0}
+MIXED_SHARE = 0.2  # a second writing system with this weighted share makes the page mixed
+
+
+def script_shares(text: str) -> dict[str, float]:
+    """Weighted share of each writing system among `text`'s letters, largest first ({} without
+    letters). Shares are rounded to 0.01."""
     counts = writing_systems(script_histogram(text))
-    if not counts:
-        return NO_SCRIPT
-    return counts.most_common(1)[0][0]
+    weighted = {k: v * SCRIPT_WEIGHTS.get(k, 1.0) for k, v in counts.items()}
+    total = sum(weighted.values())
+    if not total:
+        return {}
+    return {k: round(v / total, 2) for k, v in sorted(weighted.items(), key=lambda kv: -kv[1])}
+
+
+def mixed_scripts(shares: dict[str, float]) -> dict[str, float] | None:
+    """The shares of a mixed page (a second writing system >= `MIXED_SHARE`), else None."""
+    return shares if len(shares) > 1 and list(shares.values())[1] >= MIXED_SHARE else None
+
+
+_MEMBERS = {"Jpan": {"Hani", "Hira", "Kana", "Hang"}, "Kore": {"Hani", "Hang"}}
+
+
+def text_of_script(text: str, ws: str) -> str:
+    """The characters of `text` written in writing system `ws` (and whitespace): what the
+    language of a mixed page is decided on (LaTeX code on a Chinese page is not its language)."""
+    members = _MEMBERS.get(ws, {ws})
+    keep = {ch for ch in set(text) if ch.isspace() or _char_script(ch) in members}
+    return "".join(ch for ch in text if ch in keep)
+
+
+def page_language_and_script(text: str, min_prob: float = 0.5) -> tuple[str, str, dict | None]:
+    """(ISO 639-3 language, dominant writing system, shares when mixed else None) of a page."""
+    shares = script_shares(text)
+    script = next(iter(shares), NO_SCRIPT)
+    mixed = mixed_scripts(shares)
+    lang, _ = detect_language(text_of_script(text, script) if mixed else text, min_prob)
+    return lang, script, mixed
+
+
+def detect_script(text: str) -> str:
+    """Dominant writing system (ISO 15924) of `text`'s letters by weighted share
+    (`SCRIPT_WEIGHTS`; `Zyyy` when it has none)."""
+    shares = script_shares(text)
+    return next(iter(shares), NO_SCRIPT)

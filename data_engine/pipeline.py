@@ -32,7 +32,7 @@ from pathlib import Path
 import pymupdf
 from tqdm import tqdm
 
-from data_engine import coarse, langid, metrics, queue, render, report, shards
+from data_engine import coarse, fallback, langid, metrics, queue, render, report, shards
 from data_engine.config import ENGINE_VERSION, LABEL_KINDS, EngineConfig  # noqa: F401 (re-exported)
 from data_engine.executor import LocalExecutor
 from data_engine.lock import folder_lock
@@ -46,6 +46,7 @@ NOT_PDF, NOT_IMAGE = "not_pdf", "not_image"  # content sniffing: e.g. an HTML pa
 UNIT_ERROR, WORKER_CRASH, TIMEOUT, DUPLICATE = queue.UNIT_ERROR, queue.WORKER_CRASH, queue.TIMEOUT, "duplicate"
 RENDER_ERROR, EXTRACT_ERROR = "render_error", "extract_error"
 FINE_EMPTY, FINE_ERROR = "fine_empty", "fine_error"
+PAGE_TIMEOUT = "page_timeout"  # a page over page_timeout_s: its worker was stopped, the page skipped
 
 
 # --------------------------------------------------------------------------- worker side
@@ -112,19 +113,68 @@ def _ground_truth_pages(unit: dict) -> dict[int, tuple[str, str]]:
         return {}
 
 
+def progress_path(work_dir: str | Path, doc_id: str) -> Path:
+    """The file a worker rewrites as it starts each page of `doc_id` (its mtime: the page's
+    start), which the driver reads to enforce `page_timeout_s`."""
+    return Path(work_dir) / "progress" / f"{doc_id}.page"
+
+
+def _page_stalled(cfg: EngineConfig, u: dict) -> dict | None:
+    """`u` with its current page marked to be skipped when that page has run longer than
+    `page_timeout_s`, else None (the executor then stops the worker and re-queues `u`)."""
+    path = progress_path(cfg.work_dir, u["doc_id"])
+    try:
+        st = os.stat(path)
+        page = int(path.read_bytes() or b"-1")
+    except (OSError, ValueError):
+        return None
+    running = time.time() - st.st_mtime
+    if page < 0 or running <= cfg.page_timeout_s:
+        return None
+    path.unlink(missing_ok=True)
+    skip = dict(u.get("skip_pages") or {})
+    skip[str(page)] = f"still running after {cfg.page_timeout_s:g} s: its worker was stopped, the page skipped"
+    return dict(u, skip_pages=skip)
+
+
 def _process_pages(doc, unit: dict, record: dict, writer) -> None:
     cfg: EngineConfig = _W["cfg"]
     n_pages = doc.page_count if cfg.max_pages_per_doc is None else min(doc.page_count, cfg.max_pages_per_doc)
     kind_skips: dict[str, dict[str, int]] = {k: {} for k in cfg.labels}
     truth = _ground_truth_pages(unit)
+    skip_pages = unit.get("skip_pages") or {}
+    progress = None
+    if cfg.page_timeout_s is not None:
+        path = progress_path(cfg.work_dir, unit["doc_id"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        progress = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _label_pages(doc, unit, record, writer, n_pages, kind_skips, truth, skip_pages, progress)
+    finally:
+        if progress is not None:
+            os.close(progress)
+            progress_path(cfg.work_dir, unit["doc_id"]).unlink(missing_ok=True)
+    record["kind_skips"] = kind_skips
+    record["pages_seen"] = n_pages
+
+
+def _label_pages(doc, unit, record, writer, n_pages, kind_skips, truth, skip_pages, progress) -> None:
+    cfg: EngineConfig = _W["cfg"]
     for i in range(n_pages):
+        if str(i) in skip_pages:
+            record["skipped"].append({"page": i, "reason": PAGE_TIMEOUT, "detail": skip_pages[str(i)]})
+            continue
+        if progress is not None:  # the page's start, for the driver's page_timeout_s
+            os.pwrite(progress, b"%10d" % i, 0)
         try:
             page = doc.load_page(i)
-            tdict = render.extract_text(page, sort=cfg.sort_text)
+            # (label text, reason, detail); a page of unmapped glyphs gets a second reading
+            page_check, tdict, source = fallback.page_check(page, _W["filter"], cfg.sort_text)
         except Exception as e:  # noqa: BLE001 - bad input is recorded, never fatal
             record["skipped"].append({"page": i, "reason": EXTRACT_ERROR, "detail": f"{type(e).__name__}: {e}"[:300]})
             continue
-        page_check = _W["filter"].check(coarse.text_from_dict(tdict))  # (label text, reason, detail)
+        if source is not None:  # where the page's text came from (data_engine/fallback.py)
+            record.setdefault("text_source", []).append({"page": i, "source": source, "detail": page_check[2]})
         text = page_check[0]
         w_pt, h_pt = page.rect.width, page.rect.height
         labels, reasons = {}, {}
@@ -132,7 +182,9 @@ def _process_pages(doc, unit: dict, record: dict, writer) -> None:
             reasons["coarse"] = page_check[1]
             if reasons["coarse"] is None:
                 labels["coarse"] = {"prompt": _W["prompts"]["coarse"], "text": text}
-        if "fine" in cfg.labels:
+        if "fine" in cfg.labels and tdict is None:  # poppler's text has no glyph boxes
+            reasons["fine"] = coarse.GARBLED_TEXT
+        elif "fine" in cfg.labels:
             labels["fine"], reasons["fine"] = _fine_labels(page, tdict, w_pt, h_pt, page_check)
             if labels["fine"] is None:
                 del labels["fine"]
@@ -150,8 +202,7 @@ def _process_pages(doc, unit: dict, record: dict, writer) -> None:
         except Exception as e:  # noqa: BLE001 - bad input is recorded, never fatal
             record["skipped"].append({"page": i, "reason": RENDER_ERROR, "detail": f"{type(e).__name__}: {e}"[:300]})
             continue
-        lang, _ = langid.detect_language(text, cfg.min_lang_prob)
-        script = langid.detect_script(text)
+        lang, script, script_mix = langid.page_language_and_script(text, cfg.min_lang_prob)
         key = shards.sample_key(unit["doc_id"], i)
         meta = {
             "doc_id": unit["doc_id"], "source_path": unit["path"], "page": i, "num_pages": doc.page_count,
@@ -159,18 +210,20 @@ def _process_pages(doc, unit: dict, record: dict, writer) -> None:
             "page_size": [round(w_pt, 2), round(h_pt, 2)], "image_size": list(img.size),
             "source": unit["source"], "data_source": "ocr", "labels": labels,
         }
+        if script_mix:  # a page of two writing systems: both, with their weighted shares
+            meta["script_mix"] = script_mix
         meta_bytes = shards.encode_meta(meta)
         writer.write({"__key__": key, img.fmt: img.data, "json": meta_bytes})
         sample = {"key": key, "page": i, "size": len(img.data) + len(meta_bytes),
                   "lang": lang, "script": script, "labels": sorted(labels)}
+        if script_mix:
+            sample["script_mix"] = script_mix
         if i in truth and "coarse" in labels:
             # Synthetic page: score the coarse label against the text the generator placed.
             gt_lang, gt_text = truth[i]
             sample["gt_lang"] = gt_lang
             sample["gt_edits"], sample["gt_chars"] = metrics.cer_counts(gt_text, labels["coarse"]["text"])
         record["samples"].append(sample)
-    record["kind_skips"] = kind_skips
-    record["pages_seen"] = n_pages
 
 
 _FILETYPES = {"pdf": "pdf", "png": "png", "jpeg": "jpg", "tiff": "tiff"}
@@ -465,7 +518,9 @@ def _run_locked(cfg: EngineConfig, out: Path) -> dict:
         new = []
         for rec in executor.run(process_unit, todo, timeout_s=cfg.doc_timeout_s,
                                 max_crash_retries=cfg.max_crash_retries,
-                                fail=lambda u, reason, detail: _commit_failure(cfg, u, reason, detail)):
+                                fail=lambda u, reason, detail: _commit_failure(cfg, u, reason, detail),
+                                **({"stalled": lambda u: _page_stalled(cfg, u),
+                                    "poll_s": min(1.0, cfg.page_timeout_s / 4)} if cfg.page_timeout_s else {})):
             new.append(rec)
             _tick(bar, rec)
         bar.close()

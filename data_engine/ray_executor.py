@@ -128,8 +128,11 @@ class RayExecutor:
             out[in_flight.pop(ref)] = ray.get(ref)
 
     def run(self, fn: Callable[[dict], dict], units: Sequence[dict], *, timeout_s: float | None,
-            max_crash_retries: int, fail: Callable[[dict, str, str], dict]) -> Iterator[dict]:
+            max_crash_retries: int, fail: Callable[[dict, str, str], dict],
+            stalled: Callable[[dict], dict | None] | None = None, poll_s: float = 1.0) -> Iterator[dict]:
         """Yield the record of every unit as it finishes (any order); see `LocalExecutor.run`.
+        `stalled` (the per-page limit) is not enforced here: the progress files it reads live
+        on the workers' nodes; a stuck page costs its document at `timeout_s`.
 
         `timeout_s` counts from the task's submission: with a limit, at most one task per
         cluster CPU is in flight, so a task waits for a CPU only while the cluster is shared

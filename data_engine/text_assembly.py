@@ -327,6 +327,79 @@ def _along(line: dict, d) -> list[tuple]:
     return out
 
 
+LETTER_SPACED_SHARE = 0.6  # share of a run's glyph gaps above the word gap that makes it letter-spaced
+LETTER_SPACED_WORD = 0.3   # x font size beyond the run's usual letter gap: a word break there
+
+
+_PLAIN: set[str] = set()  # characters known to need no special handling (grows per process)
+
+
+def _is_plain_text(text: str) -> bool:
+    """No right-to-left letter or spacing accent in `text` (set operations in C; each new
+    character is classified once)."""
+    if _PLAIN.issuperset(text):
+        return True
+    special = _special_chars()
+    new = set(text) - _PLAIN
+    if any(ch in special for ch in new):
+        return False
+    _PLAIN.update(new)
+    return True
+
+
+def _fast_line(spans: list) -> str | None:
+    """The text of a left-to-right line without right-to-left letters or spacing accents, a
+    space at word gaps; None when the line needs the full path (`line_text`). One list
+    comprehension per quantity over the whole line (a per-glyph Python loop costs ~2 us a
+    glyph). A letter-spaced line (most gaps word-wide: monospace code drawn glyph by glyph,
+    tracked headings) breaks only where a gap exceeds its usual letter gap by
+    `LETTER_SPACED_WORD` x the font size."""
+    chars, sizes, lens = [], [], []
+    for span in spans:
+        sc = span.get("chars")
+        if sc is None:
+            return None
+        chars += sc
+        sizes += [span.get("size", 10.0) or 1.0] * len(sc)
+        lens.append(len(sc))
+    text = "".join([c["c"] for c in chars])
+    pos = 0
+    for span, n in zip(spans, lens):
+        span["text"] = text[pos:pos + n]
+        pos += n
+    if len(text) != len(chars) or not _is_plain_text(text):
+        return None
+    if " " in text and any([c.get("synthetic") for c in chars]):
+        # MuPDF's synthesised spaces stand for gaps, which are measured here anyway (and a
+        # letter-spaced line must not keep one between every pair of letters)
+        keep = [i for i, c in enumerate(chars) if not c.get("synthetic")]
+        chars, sizes = [chars[i] for i in keep], [sizes[i] for i in keep]
+        text = "".join([c["c"] for c in chars])
+    if len(chars) < 2:
+        return text
+    x0s = [c["bbox"][0] for c in chars]
+    x1s = [c["bbox"][2] for c in chars]
+    cand = [i for i, (a, b, sa, sb) in enumerate(zip(x1s, x0s[1:], sizes, sizes[1:]), 1)
+            if b - a > SPACE_GAP * (sa if sa < sb else sb)]
+    if not cand:
+        return text
+    if len(cand) >= 3 and len(cand) > LETTER_SPACED_SHARE * (len(chars) - 1):
+        usual = sorted(b - a for a, b in zip(x1s, x0s[1:]))[(len(chars) - 1) // 2]
+        cand = [i for i in cand if x0s[i] - x1s[i - 1] > usual + LETTER_SPACED_WORD * sizes[i]]
+    out, last = [], 0
+    for i in cand:
+        a, b = text[i - 1], text[i]
+        if a.isspace() or b.isspace():
+            continue
+        if _unspaced(a) and _unspaced(b) and x0s[i] - x1s[i - 1] <= CJK_SPACE_GAP * min(sizes[i - 1], sizes[i]):
+            continue
+        out.append(text[last:i])
+        out.append(" ")
+        last = i
+    out.append(text[last:])
+    return "".join(out)
+
+
 def rawdict_lines(page_raw: dict):
     """Yield (block, line, text) for every text line of a `get_text("rawdict")` result; also
     sets each span's "text" (as `get_text("dict")` has it) and each line's "text" so layout code
@@ -335,6 +408,13 @@ def rawdict_lines(page_raw: dict):
         if block.get("type", 0) != 0:
             continue
         for line in block.get("lines", ()):
+            d = line.get("dir", (1.0, 0.0))
+            if abs(d[1]) < 1e-3 and d[0] > 0:
+                text = _fast_line(line["spans"])
+                if text is not None:
+                    line["text"] = text = unicodedata.normalize("NFC", text)
+                    yield block, line, text
+                    continue
             chars = []
             for span in line["spans"]:
                 size = span.get("size", 10.0)
@@ -345,7 +425,6 @@ def rawdict_lines(page_raw: dict):
                     continue
                 span["text"] = "".join(c["c"] for c in span_chars)
                 chars.extend((c["c"], c["bbox"][0], c["bbox"][2], size) for c in span_chars)
-            d = line.get("dir", (1.0, 0.0))
             if not (abs(d[1]) < 1e-3 and d[0] > 0) and chars and all(len(c) == 4 for c in chars):
                 chars = _along(line, d)  # rotated line: positions along its writing direction
             line["text"] = text = line_text(chars)

@@ -135,15 +135,23 @@ def engine_page(page, flt) -> tuple[str, str | None, str, str]:
     built the text from `render.extract_text` + `coarse.text_from_dict`."""
     from data_engine import coarse, langid, render
 
-    if hasattr(coarse, "page_text"):
-        text = coarse.page_text(page)[0]
-    else:
-        text = coarse.text_from_dict(render.extract_text(page))
-    check = getattr(flt, "check", None)
-    if check is not None:  # newer filters may repair the text (returns text, reason, detail)
-        text, reason, _ = check(text)
-    else:
-        reason = flt.reason(text)
+    try:  # engines with second readings of unmapped glyphs (data_engine/fallback.py)
+        from data_engine import fallback
+
+        (text, reason, _), _, _ = fallback.page_check(page, flt)
+    except ImportError:
+        if hasattr(coarse, "page_text"):
+            text = coarse.page_text(page)[0]
+        else:
+            text = coarse.text_from_dict(render.extract_text(page))
+        check = getattr(flt, "check", None)
+        if check is not None:  # newer filters may repair the text (returns text, reason, detail)
+            text, reason, _ = check(text)
+        else:
+            reason = flt.reason(text)
+    if hasattr(langid, "page_language_and_script"):  # script by weighted share, language of its letters
+        lang, script, _ = langid.page_language_and_script(text)
+        return text, reason, lang, script
     return text, reason, langid.detect_language(text)[0], langid.detect_script(text)
 
 
@@ -151,6 +159,23 @@ def _ref_language(text: str) -> str:
     import py3langid
 
     return py3langid.classify(text[:3000])[0] if sum(c.isalpha() for c in text) >= 20 else "und"
+
+
+_VERSION = re.compile(r"[\s(,;-]*(v(ersion)?\s*)?\d[\w.()-]*|\(.*?\)|[\u00ae\u2122]|www\.\S+|https?://\S+", re.I)
+_OFFICE_APPS = ("Word", "Excel", "PowerPoint", "InDesign", "Writer", "Calc", "Impress", "XeLaTeX", "LaTeX")
+
+
+def producer_family(metadata: dict) -> str:
+    """The program that wrote a PDF, without versions: pdfinfo's Producer, plus the authoring
+    application from Creator when the producer is only a PDF library ("Adobe PDF Library
+    (Excel)")."""
+    prod = _VERSION.sub(" ", (metadata or {}).get("producer") or "").split(";")[0]
+    prod = " ".join(prod.replace("-", " ").split()[:3]) or "unknown"
+    creator = (metadata or {}).get("creator") or ""
+    app = next((a for a in _OFFICE_APPS if re.search(rf"\b{a}\b", creator)), None)
+    if app and app not in prod and not (app.endswith("LaTeX") and "TeX" in prod):
+        prod += f" ({app})"
+    return prod
 
 
 def run(paths: list[Path], pages_per_doc: int) -> list[dict]:
@@ -168,6 +193,7 @@ def run(paths: list[Path], pages_per_doc: int) -> list[dict]:
         except Exception as e:  # noqa: BLE001 - report and go on
             print(f"skip {path}: {type(e).__name__}: {e}", file=sys.stderr)
             continue
+        producer = producer_family(doc.metadata)
         for i in sample_pages(doc.page_count, pages_per_doc):
             ref = pdftotext_page(path, i)
             if sum(not c.isspace() for c in ref) < 20:
@@ -176,7 +202,7 @@ def run(paths: list[Path], pages_per_doc: int) -> list[dict]:
             letters = [c for c in ref if c.isalpha()]
             # the reference itself is single-byte mojibake (cp1251 read as Latin-1): no yardstick
             suspect = sum("\u00c0" <= c <= "\u00ff" for c in letters) > 0.5 * max(len(letters), 1)
-            row = {"doc": str(path), "page": i, "ref_mojibake": suspect,
+            row = {"doc": str(path), "page": i, "ref_mojibake": suspect, "producer": producer,
                    "script": writing_system(clean(ref)), "lang": _ref_language(clean(ref)),
                    "engine_reason": reason, "engine_lang": lang, "engine_script": script}
             row.update(page_metrics(ref, hyp))
@@ -222,12 +248,13 @@ def summarize(rows: list[dict], key: str) -> dict:
 
 
 def format_table(summary: dict, title: str) -> str:
-    head = (f"{title:<6} {'docs':>4} {'pages':>5} {'CER':>7} {'median':>7} {'brk rec':>7} {'brk ratio':>9} "
+    width = max([6, len(title)] + [len(str(g)) for g in summary])
+    head = (f"{title:<{width}} {'docs':>4} {'pages':>5} {'CER':>7} {'median':>7} {'brk rec':>7} {'brk ratio':>9} "
             f"{'acc/1k':>6} {'kept':>5} {'script ok':>9}  bidi (lam-alef, digit runs, kashida)  engine labels")
     lines = [head]
     for g, s in summary.items():
         bidi = f"{s['lamalef']:.2f}, {s['digit_runs']:.2f}, {s['kashida']}" if "rtl_pages" in s else "-"
-        lines.append(f"{g:<6} {s['docs']:>4} {s['pages']:>5} {s['cer']:>7.4f} {s['cer_median']:>7.4f} "
+        lines.append(f"{g:<{width}} {s['docs']:>4} {s['pages']:>5} {s['cer']:>7.4f} {s['cer_median']:>7.4f} "
                      f"{s['break_recall']:>7.3f} {s['break_ratio']:>9.3f} {s['accents_per_1k']:>6.2f} "
                      f"{s['kept']:>5} {s['script_agree']:>9.3f}  {bidi:<37} {s['engine_scripts']} {s['engine_langs']}")
     return "\n".join(lines)
@@ -251,7 +278,8 @@ def main(argv=None) -> dict:
     if not paths:
         sys.exit(f"no PDFs found in {args.inputs}")
     rows = run(paths, args.pages_per_doc)
-    result = {"by_script": summarize(rows, "script"), "by_language": summarize(rows, "lang"), "rows": rows}
+    result = {"by_script": summarize(rows, "script"), "by_language": summarize(rows, "lang"),
+              "by_producer": summarize(rows, "producer"), "rows": rows}
     bad_refs = [r for r in rows if r["ref_mojibake"]]
     if bad_refs:
         kept = Counter(r["engine_script"] for r in bad_refs)
@@ -261,6 +289,8 @@ def main(argv=None) -> dict:
     print(format_table(result["by_script"], "script"))
     print()
     print(format_table(result["by_language"], "lang"))
+    print()
+    print(format_table(result["by_producer"], "producer"))
     if args.worst:
         print(f"\nworst {args.worst} pages by CER:")
         for r in sorted(rows, key=lambda r: -r["edits"] / max(r["ref_chars"], 1))[:args.worst]:

@@ -148,6 +148,29 @@ def test_slow_pdf_is_stopped_at_the_time_limit(tmp_path):
     assert _run(src, tmp_path / "out", doc_timeout_s=2.5)["throughput"]["units_processed"] == 1
 
 
+def test_a_stuck_page_is_skipped_at_the_page_limit(tmp_path):
+    """`page_timeout_s`: the worker stuck on page 1 is stopped, the document re-run without
+    that page; its other pages are labelled and page 1 is recorded with its reason."""
+    src = tmp_path / "in"
+    src.mkdir()
+    slow_pdf(tmp_path / "slow.pdf")
+    doc = pymupdf.open()
+    for k in range(3):
+        if k == 1:
+            doc.insert_pdf(pymupdf.open(tmp_path / "slow.pdf"))
+        else:
+            doc.new_page().insert_text((72, 90), f"page {k}: " + _lines("paged")[0], fontname="helv", fontsize=10)
+    doc.save(src / "three.pdf")
+    t0 = time.monotonic()
+    rep = _run(src, tmp_path / "out", page_timeout_s=1.5, doc_timeout_s=120)
+    assert time.monotonic() - t0 < 60
+    assert rep["docs"]["failed_by_reason"] == {} and rep["pages"]["written"] == 2
+    unit = json.loads(next((tmp_path / "out" / "work" / "units").rglob("*.json")).read_text())
+    assert [s["page"] for s in unit["samples"]] == [0, 2]
+    (skip,) = unit["skipped"]
+    assert skip["page"] == 1 and skip["reason"] == "page_timeout" and "1.5 s" in skip["detail"]
+
+
 def test_output_faults_stop_the_run_and_a_rerun_completes_everything(tmp_path):
     src = tmp_path / "in"
     src.mkdir()

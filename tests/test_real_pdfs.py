@@ -94,3 +94,22 @@ def test_russian_cp1251_mojibake_is_repaired():
         assert reason is None and "cp1251" in detail
         assert "Верстка текста" in text
         assert langid.detect_language(text)[0] == "rus" and langid.detect_script(text) == "Cyrl"
+
+
+def test_thai_tex_manual_is_read_from_its_character_codes():
+    # lshort-thai (pdfTeX 0.14, Thai TeX fonts without ToUnicode): MuPDF gives U+FFFD for every
+    # Thai glyph; its character codes are TIS-620 (cp874), which the engine's second reading
+    # decodes (data_engine/fallback.py). pdftotext reads glyph names and gets most of it.
+    from data_engine import fallback, langid
+
+    path = PDF_DIR / "tha_lsh132.pdf"
+    if not path.is_file():
+        pytest.skip(f"{path} absent: run scripts/fetch_real_pdfs.sh (downloads Debian texlive-lang-other)")
+    doc = pymupdf.open(path)
+    flt = coarse.CoarseFilter()
+    for i in (10, 30):
+        assert flt.check(coarse.page_text(doc[i])[0])[1] == coarse.GARBLED_TEXT  # MuPDF's reading
+        (text, reason, detail), tdict, source = fallback.page_check(doc[i], flt)
+        assert reason is None and source == fallback.CODES and "cp874" in detail and tdict is not None
+        assert langid.page_language_and_script(text)[:2] == ("tha", "Thai")
+    assert "สารบัญ" in fallback.page_check(doc[10], flt)[0][0]
