@@ -7,6 +7,9 @@ Named presets (litgpt style):
     compressor tokens, a dense layer 0, MoE layers with shared + routed experts) at a few
     million parameters, for CPU tests and the embedded default run.
   * ``tiny-wide``: ``tiny`` with a 128-wide decoder and 8 x 8 SAM windows (the flywheel's CPU recognizer).
+  * ``deepseek-ocr-slice``: the published sizes with 4 of the 12 decoder layers (the dense layer 0
+    and 3 MoE layers): what ``benchmarks/gpu_check.py`` trains and times on one GPU with its
+    optimizer state.
 
 Image sizes and patch sizes are the same in both presets, so every resolution mode yields the
 paper's vision token counts on the tiny model too; only widths and depths shrink.
@@ -171,8 +174,16 @@ def _tiny_wide() -> DeepseekOCRConfig:
         decoder=dataclasses.replace(cfg.decoder, hidden_size=128, intermediate_size=256, moe_intermediate_size=64))
 
 
+def _paper_slice() -> DeepseekOCRConfig:
+    """The published model with decoder layers 0-3: every kind of layer at full size (dense
+    layer 0, MoE layers), a third of the depth, so one GPU holds it with ZeRO-1 optimizer state."""
+    cfg = DeepseekOCRConfig()
+    return dataclasses.replace(cfg, decoder=dataclasses.replace(cfg.decoder, num_hidden_layers=4))
+
+
 PRESETS = {
     "deepseek-ocr": DeepseekOCRConfig,
+    "deepseek-ocr-slice": _paper_slice,
     "tiny": _tiny,
     "tiny-wide": _tiny_wide,
 }

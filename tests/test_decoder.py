@@ -2,8 +2,8 @@
 
 ``transformers.models.deepseek_ocr2.DeepseekOcr2TextModel`` is DeepSeek-V2 with MHA instead
 of MLA, a dense layer 0 and greedy softmax top-k routing without renormalization: the same
-decoder as DeepSeek-OCR's. We copy our weights into it (joining the stacked gate/up experts
-into its fused ``gate_up_proj``) and compare hidden states.
+decoder as DeepSeek-OCR's. We copy our weights into it (``benchmarks/check/reference.py``: the stacked gate/up experts
+joined into its fused ``gate_up_proj``) and compare hidden states.
 """
 
 from __future__ import annotations
@@ -12,37 +12,14 @@ import dataclasses
 
 import pytest
 import torch
-from torch import nn
 
 from models.config import get_preset
-from models.decoder import DecoderLayer, KVCache, RMSNorm, RotaryEmbedding, build_attention_mask
+from models.decoder import DecoderLayer, KVCache, RotaryEmbedding, build_attention_mask
 
-hf_cfg_mod = pytest.importorskip("transformers.models.deepseek_ocr2.configuration_deepseek_ocr2")
-hf_mod = pytest.importorskip("transformers.models.deepseek_ocr2.modeling_deepseek_ocr2")
+pytest.importorskip("transformers.models.deepseek_ocr2.modeling_deepseek_ocr2")
 
-
-class Stack(nn.Module):
-    """embed + our DecoderLayers + final norm, named like the checkpoint's ``model.*``."""
-
-    def __init__(self, c):
-        super().__init__()
-        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(c, i) for i in range(c.num_hidden_layers))
-        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
-        self.rope = RotaryEmbedding(c.head_dim, c.rope_theta)
-
-    def forward(self, ids, attention_mask=None, position_ids=None, cache=None):
-        B, T = ids.shape
-        past = cache.seq_len if cache is not None else 0
-        if position_ids is None:
-            position_ids = torch.arange(past, past + T).expand(B, T)
-        cos, sin = self.rope(position_ids)
-        mask = build_attention_mask(None, attention_mask, T, past)
-        h, aux = self.embed_tokens(ids), 0.0
-        for layer in self.layers:
-            h, a = layer(h, cos, sin, mask, cache)
-            aux = aux + a
-        return self.norm(h), aux
+from benchmarks.check.reference import TextDecoder as Stack  # noqa: E402
+from benchmarks.check.reference import copy_decoder_to_hf, hf_text_model  # noqa: E402
 
 
 def _tiny_decoder(**kw):
@@ -51,33 +28,7 @@ def _tiny_decoder(**kw):
 
 
 def _reference(c):
-    hc = hf_cfg_mod.DeepseekOcr2TextConfig(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-        moe_intermediate_size=c.moe_intermediate_size, num_hidden_layers=c.num_hidden_layers,
-        num_attention_heads=c.num_attention_heads, num_key_value_heads=c.num_key_value_heads,
-        n_routed_experts=c.n_routed_experts, num_experts_per_tok=c.num_experts_per_tok,
-        n_shared_experts=c.n_shared_experts, n_group=1, topk_group=1, topk_method="greedy",
-        mlp_layer_types=["dense" if i < c.first_k_dense_replace else "sparse" for i in range(c.num_hidden_layers)],
-        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
-        rms_norm_eps=c.rms_norm_eps, max_position_embeddings=c.max_position_embeddings,
-    )
-    hc._attn_implementation = "eager"
-    return hf_mod.DeepseekOcr2TextModel(hc).eval()
-
-
-def _copy_into_reference(ours: Stack, ref: nn.Module) -> None:
-    sd = {}
-    for k, v in ours.state_dict().items():
-        if ".mlp.experts.gate_proj" in k:
-            up = ours.state_dict()[k.replace("gate_proj", "up_proj")]
-            sd[k.replace("gate_proj", "gate_up_proj")] = torch.cat([v, up], dim=1)  # (E, 2I, D)
-        elif ".mlp.experts.up_proj" in k:
-            continue
-        else:
-            sd[k] = v
-    missing, unexpected = ref.load_state_dict(sd, strict=False)
-    assert not unexpected, unexpected
-    assert all("rotary" in m for m in missing), missing  # only RoPE buffers are not copied
+    return hf_text_model(c, attn="eager")
 
 
 def _init(stack: Stack, seed=0, std=0.1):
@@ -97,7 +48,7 @@ def pair():
     ours = Stack(c).eval()
     _init(ours)
     ref = _reference(c)
-    _copy_into_reference(ours, ref)
+    copy_decoder_to_hf(ours, ref)
     return c, ours, ref
 
 
