@@ -1,4 +1,5 @@
-"""ocrflow models: DeepEncoder + DeepSeek-3B-MoE (DeepSeek-OCR), tokenizer, prompts, checkpoints.
+"""ocrflow models: DeepEncoder + DeepSeek-3B-MoE (DeepSeek-OCR), DeepEncoder V2 + the same decoder
+(DeepSeek-OCR 2), tokenizer, prompts, checkpoints.
 
 Configs, tokenizer and prompts are imported eagerly (they are light and do not import torch,
 so data-engine workers that only need the prompt format stay cheap). Model classes and the
@@ -16,7 +17,9 @@ from .config import (
     RESOLUTION_MODES,
     ClipConfig,
     DecoderConfig,
+    DeepseekOCR2Config,
     DeepseekOCRConfig,
+    FlowEncoderConfig,
     ResolutionMode,
     SamConfig,
     get_mode,
@@ -39,6 +42,8 @@ from .tokenizer import SPECIAL_TOKENS, OCRTokenizer, load_tokenizer
 _LAZY = {
     "DeepseekOCRForCausalLM": "deepseek_ocr",
     "DeepseekOCRModel": "deepseek_ocr",
+    "DeepseekOCR2Model": "deepseek_ocr",
+    "DeepEncoderV2": "deepencoder_v2",
     "DeepEncoder": "deepencoder",
     "ImageInput": "image_processing",
     "preprocess_image": "image_processing",
@@ -71,7 +76,7 @@ def __dir__():
 
 __all__ = [
     # config
-    "DeepseekOCRConfig", "SamConfig", "ClipConfig", "DecoderConfig", "ResolutionMode",
+    "DeepseekOCRConfig", "DeepseekOCR2Config", "FlowEncoderConfig", "SamConfig", "ClipConfig", "DecoderConfig", "ResolutionMode",
     "PRESETS", "RESOLUTION_MODES", "get_preset", "get_mode",
     # tokenizer / prompts
     "OCRTokenizer", "load_tokenizer", "SPECIAL_TOKENS",

@@ -7,6 +7,18 @@ exception (docs/INTERFACES.md): routed experts are stored stacked for grouped GE
     ours:      model.layers.L.mlp.experts.{gate,up,down}_proj            (E, ...)
     published: model.layers.L.mlp.experts.{e}.{gate,up,down}_proj.weight (...)   e = 0..E-1
 
+DeepSeek-OCR 2 (deepseek-ai/DeepSeek-OCR-2) uses the same layout for SAM, the projector, the
+separator and the decoder, and adds the flow encoder, whose published names carry two more
+``model.`` levels than ours (``models/flow_encoder.py``):
+
+    ours:      model.qwen2_model.{layers.N.*, norm.weight}, model.qwen2_model.query_{768,1024}.weight
+    published: model.qwen2_model.model.model.{layers.N.*, norm.weight}, (queries: same names)
+
+``DeepseekOcr2ForConditionalGeneration.save_pretrained`` (transformers 5) writes exactly this
+published layout: it reverses its own load-time renames (``vision_tower.*``,
+``language_model.*``, fused ``gate_up_proj``) on save, so one layout serves both, and its
+config.json (``model_type: deepseek_ocr2``) is what ``published_config`` writes for v2.
+
 This module converts between the two, writes checkpoints (single file, or shards plus a
 ``model.safetensors.index.json`` as in Hugging Face hubs), writes a ``config.json`` carrying
 the published architecture fields plus our full config under ``"ocrflow"``, and loads
@@ -28,7 +40,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .config import DeepseekOCRConfig
+from .config import DeepseekOCR2Config, DeepseekOCRConfig, ModelConfig
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -48,6 +60,25 @@ _MAX_LISTED = 20  # names listed per problem kind in an error message
 
 # ------------------------------------------------------------------------- name mapping
 
+# (our prefix, published prefix) of module paths whose names differ beyond the experts
+_RENAMED = (("model.qwen2_model.layers.", "model.qwen2_model.model.model.layers."),
+            ("model.qwen2_model.norm.", "model.qwen2_model.model.model.norm."))
+
+
+def to_published_name(name: str) -> str:
+    for ours, pub in _RENAMED:
+        if name.startswith(ours):
+            return pub + name[len(ours):]
+    return name
+
+
+def from_published_name(name: str) -> str:
+    for ours, pub in _RENAMED:
+        if name.startswith(pub):
+            return ours + name[len(pub):]
+    return name
+
+
 
 def _strip_wrappers(name: str) -> str:
     changed = True
@@ -66,7 +97,7 @@ def state_dict_to_published(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.T
         name = _strip_wrappers(name)
         m = _STACKED.match(name)
         if m is None:
-            out[name] = t
+            out[to_published_name(name)] = t
             continue
         for e in range(t.shape[0]):  # (E, out, in) -> E x (out, in)
             out[f"{m['prefix']}.{e}.{m['proj']}.weight"] = t[e]
@@ -84,7 +115,7 @@ def published_to_state_dict(sd: Mapping[str, torch.Tensor], cfg: DeepseekOCRConf
     for name, t in sd.items():
         m = _PUBLISHED.match(name)
         if m is None:
-            out[name] = t
+            out[from_published_name(name)] = t
         else:
             experts.setdefault(f"{m['prefix']}.{m['proj']}", {})[int(m["e"])] = t
     for key, per in sorted(experts.items()):
@@ -102,7 +133,7 @@ def _published_targets(model_shapes: Mapping[str, torch.Size]) -> dict[str, tupl
     for name, shape in model_shapes.items():
         m = _STACKED.match(name)
         if m is None:
-            targets[name] = (name, None, tuple(shape))
+            targets[to_published_name(name)] = (name, None, tuple(shape))
         else:
             for e in range(shape[0]):
                 targets[f"{m['prefix']}.{e}.{m['proj']}.weight"] = (name, e, tuple(shape[1:]))
@@ -156,8 +187,10 @@ def expected_published_shapes(cfg: DeepseekOCRConfig) -> dict[str, tuple[int, ..
 _PUBLISHED_VISION_MLP_RATIO = 3.7362
 
 
-def published_config(cfg: DeepseekOCRConfig, torch_dtype: torch.dtype | None = torch.bfloat16) -> dict:
+def published_config(cfg: ModelConfig, torch_dtype: torch.dtype | None = torch.bfloat16) -> dict:
     """config.json content: the published architecture fields plus ``"ocrflow"`` (our full config)."""
+    if isinstance(cfg, DeepseekOCR2Config):
+        return published_config_v2(cfg, torch_dtype)
     d, s, c = cfg.decoder, cfg.sam, cfg.clip
     out = {
         "architectures": ["DeepseekOCRForCausalLM"],
@@ -202,14 +235,87 @@ def published_config(cfg: DeepseekOCRConfig, torch_dtype: torch.dtype | None = t
     return out
 
 
-def config_from_json(d: Mapping) -> DeepseekOCRConfig:
+# transformers' DeepSeek-OCR 2 config names -> ours (SAM, flow encoder, decoder)
+_HF_SAM = {"hidden_size": "width", "num_hidden_layers": "depth", "num_attention_heads": "num_heads",
+           "output_channels": "neck_channels", "image_size": "img_size", "patch_size": "patch_size",
+           "mlp_ratio": "mlp_ratio", "window_size": "window_size", "global_attn_indexes": "global_attn_indexes",
+           "downsample_channels": "downsample_channels"}
+_HF_ENCODER = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "rms_norm_eps")
+_HF_TEXT = ("vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size", "num_hidden_layers",
+            "num_attention_heads", "num_key_value_heads", "n_routed_experts", "num_experts_per_tok",
+            "n_shared_experts", "max_position_embeddings", "rms_norm_eps")
+
+
+def _rope(c: Mapping) -> dict:
+    return {"rope_type": "default", "rope_theta": c}
+
+
+def published_config_v2(cfg: DeepseekOCR2Config, torch_dtype: torch.dtype | None = torch.bfloat16) -> dict:
+    """config.json of DeepSeek-OCR 2 as transformers writes it (``DeepseekOcr2Config``), so
+    ``DeepseekOcr2ForConditionalGeneration.from_pretrained`` reads our exports, plus ``"ocrflow"``."""
+    s, e, d = cfg.sam, cfg.encoder, cfg.decoder
+    sam = {hf: getattr(s, ours) for hf, ours in _HF_SAM.items()}
+    sam.update(global_attn_indexes=list(s.global_attn_indexes), downsample_channels=list(s.downsample_channels),
+               layer_norm_eps=1e-6, model_type="deepseek_ocr2_sam_vision_model")
+    encoder = {k: getattr(e, k) for k in _HF_ENCODER}
+    encoder.update(rope_parameters=_rope(e.rope_theta), model_type="deepseek_ocr2_encoder")
+    text = {k: getattr(d, k) for k in _HF_TEXT}
+    text.update(
+        mlp_layer_types=["dense" if i < d.first_k_dense_replace else "sparse" for i in range(d.num_hidden_layers)],
+        n_group=1, topk_group=1, topk_method="greedy", routed_scaling_factor=1.0,
+        rope_parameters=_rope(d.rope_theta), model_type="deepseek_ocr2_text",
+    )
+    if d.norm_topk_prob:
+        raise ValueError("DeepSeek-OCR 2's layout has no norm_topk_prob: export needs decoder.norm_topk_prob=False")
+    out = {
+        "architectures": ["DeepseekOcr2ForConditionalGeneration"],
+        "model_type": "deepseek_ocr2",
+        "vision_config": {"model_type": "deepseek_ocr2_vision", "sam_config": sam, "encoder_config": encoder},
+        "text_config": text,
+        "image_token_id": cfg.image_token_id, "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id, "tie_word_embeddings": False,
+        "ocrflow": cfg.to_dict(),
+    }
+    if torch_dtype is not None:
+        out["dtype"] = str(torch_dtype).removeprefix("torch.")
+    return out
+
+
+def _config_from_hf_v2(d: Mapping) -> DeepseekOCR2Config:
+    """An official / transformers DeepSeek-OCR 2 config.json -> ours (unstated fields: preset values)."""
+    base = DeepseekOCR2Config().to_dict()
+    vision = d.get("vision_config") or {}
+    sam, enc, text = vision.get("sam_config") or {}, vision.get("encoder_config") or {}, d.get("text_config") or {}
+    base["sam"].update({ours: sam[hf] for hf, ours in _HF_SAM.items() if hf in sam})
+    base["encoder"].update({k: enc[k] for k in _HF_ENCODER if k in enc})
+    base["encoder"]["rope_theta"] = (enc.get("rope_parameters") or {}).get("rope_theta", enc.get("rope_theta", base["encoder"]["rope_theta"]))
+    base["decoder"].update({k: text[k] for k in _HF_TEXT if k in text})
+    base["decoder"]["rope_theta"] = (text.get("rope_parameters") or {}).get("rope_theta", text.get("rope_theta", base["decoder"]["rope_theta"]))
+    if "mlp_layer_types" in text:
+        kinds = list(text["mlp_layer_types"])
+        dense = next((i for i, k in enumerate(kinds) if k != "dense"), len(kinds))
+        if any(k == "dense" for k in kinds[dense:]):
+            raise ValueError(f"mlp_layer_types {kinds}: dense layers must come first (first_k_dense_replace)")
+        base["decoder"]["first_k_dense_replace"] = dense
+    for k in ("bos_token_id", "eos_token_id", "pad_token_id", "image_token_id"):
+        if isinstance(d.get(k), int):
+            base[k] = d[k]
+    return DeepseekOCR2Config.from_dict(base)
+
+
+def config_from_json(d: Mapping) -> ModelConfig:
     """Rebuild the config from a config.json: exact from ``"ocrflow"``, else from the published fields.
 
     The official config.json has no ``"ocrflow"`` entry; its architecture fields override the
     ``deepseek-ocr`` defaults (fields it does not state, like CLIP's MLP width, keep them).
+    ``model_type: deepseek_ocr2`` marks a DeepSeek-OCR 2 checkpoint.
     """
+    v2 = d.get("model_type") == "deepseek_ocr2"
     if "ocrflow" in d:
-        return DeepseekOCRConfig.from_dict(d["ocrflow"])
+        return (DeepseekOCR2Config if v2 else DeepseekOCRConfig).from_dict(d["ocrflow"])
+    if v2:
+        return _config_from_hf_v2(d)
     base = DeepseekOCRConfig().to_dict()
     lang = d.get("language_config", {})
     base["decoder"].update({k: v for k, v in lang.items() if k in base["decoder"]})
@@ -242,10 +348,10 @@ def load_config(path: str | Path) -> DeepseekOCRConfig:
 # ------------------------------------------------------------------------------ export
 
 
-def _model_config(model: nn.Module) -> DeepseekOCRConfig | None:
+def _model_config(model: nn.Module) -> ModelConfig | None:
     for attr in ("cfg", "config"):
         c = getattr(model, attr, None)
-        if isinstance(c, DeepseekOCRConfig):
+        if isinstance(c, (DeepseekOCRConfig, DeepseekOCR2Config)):
             return c
     return None
 
@@ -306,7 +412,7 @@ def export_checkpoint(
     return out
 
 
-def _write_config(out: Path, cfg: DeepseekOCRConfig, dtype: torch.dtype | None,
+def _write_config(out: Path, cfg: ModelConfig, dtype: torch.dtype | None,
                   tokenizer: str | Path | None) -> None:
     """config.json, and the tokenizer files when a tokenizer is given (both exports)."""
     (out / CONFIG_FILE).write_text(json.dumps(published_config(cfg, dtype), indent=2, ensure_ascii=False))
@@ -466,12 +572,18 @@ def _listing(kind: str, items: list[str]) -> str:
 
 
 def _check_match(path, have: Mapping[str, tuple], targets: Mapping[str, tuple], strict: bool) -> tuple[list[str], list[str]]:
-    """Compare checkpoint shapes with the model's; raise naming every problem (wrong shapes always)."""
+    """Compare checkpoint shapes with the model's; raise naming every problem (wrong shapes always).
+    A tensor whose model name differs from its checkpoint name is listed under both."""
+    def both(n: str) -> str:
+        ours = targets[n][0] if n in targets else from_published_name(n)
+        return n if ours == n or _PUBLISHED.match(n) else f"{n} (model: {ours})"
+
     missing = sorted(set(targets) - set(have))
     unexpected = sorted(set(have) - set(targets))
-    wrong = sorted(f"{n}: checkpoint {list(have[n])} vs model {list(targets[n][2])}"
+    wrong = sorted(f"{both(n)}: checkpoint {list(have[n])} vs model {list(targets[n][2])}"
                    for n in set(have) & set(targets) if tuple(have[n]) != targets[n][2])
-    kinds = [("wrong-shaped", wrong)] + ([("missing", missing), ("unexpected", unexpected)] if strict else [])
+    kinds = [("wrong-shaped", wrong)] + ([("missing", [both(n) for n in missing]),
+                                          ("unexpected", [both(n) for n in unexpected])] if strict else [])
     parts = [_listing(k, v) for k, v in kinds if v]
     if parts:
         raise ValueError(f"checkpoint {path} does not match the model:\n" + "\n".join(parts))
@@ -578,7 +690,7 @@ def import_checkpoint(path: str | Path, cfg: DeepseekOCRConfig | None = None, de
     if isinstance(dtype, str):
         dtype = _DTYPES[dtype.removeprefix("torch.")]
     if dtype is None:
-        dtype = _DTYPES.get(cj.get("torch_dtype", "float32"), torch.float32)
+        dtype = _DTYPES.get(cj.get("torch_dtype", cj.get("dtype", "float32")), torch.float32)
 
     # Fail fast, before allocating anything: compare with the model built on the meta device.
     meta = build_meta_model(cfg)

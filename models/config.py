@@ -1,4 +1,5 @@
-"""Typed configuration for DeepSeek-OCR (DeepEncoder + DeepSeek-3B-MoE decoder).
+"""Typed configuration for DeepSeek-OCR (DeepEncoder + DeepSeek-3B-MoE decoder) and DeepSeek-OCR 2
+(DeepEncoder V2 + the same decoder).
 
 Named presets (litgpt style):
   * ``deepseek-ocr``: the published model (3,336,106,240 parameters), facts from
@@ -10,6 +11,11 @@ Named presets (litgpt style):
   * ``deepseek-ocr-slice``: the published sizes with 4 of the 12 decoder layers (the dense layer 0
     and 3 MoE layers): what ``benchmarks/gpu_check.py`` trains and times on one GPU with its
     optimizer state.
+  * ``deepseek-ocr2``: DeepSeek-OCR 2 (arXiv 2601.20552): SAM-base + compressor to 896 channels,
+    a Qwen2-0.5B-shaped encoder with 144 / 256 causal flow queries, a linear projector and the
+    same DeepSeek-3B-MoE decoder (``DeepseekOCR2Config``).
+  * ``tiny-ocr2``: the same structure at a few million parameters (CPU tests and runs); the
+    query counts stay 144 / 256 because the checkpoint layout fixes them.
 
 Image sizes and patch sizes are the same in both presets, so every resolution mode yields the
 paper's vision token counts on the tiny model too; only widths and depths shrink.
@@ -95,8 +101,37 @@ class DecoderConfig:
         return self.hidden_size // self.num_attention_heads
 
 
+class _ModelConfigMethods:
+    """Copy / serialisation helpers shared by ``DeepseekOCRConfig`` and ``DeepseekOCR2Config``
+    (frozen dataclasses whose nested parts are listed in ``_PARTS``)."""
+
+    _PARTS: dict = {}
+    family: str = ""  # "deepseek-ocr" | "deepseek-ocr2": picks the encoder, the modes and the checkpoint layout
+
+    def replace(self, **changes):
+        """Copy with top-level fields changed; nested configs are replaced whole."""
+        return dataclasses.replace(self, **changes)
+
+    def with_vocab(self, vocab_size: int, **token_ids: int):
+        """Copy sized for a tokenizer (e.g. the engine's BPE): vocab + special token ids."""
+        dec = dataclasses.replace(self.decoder, vocab_size=vocab_size)
+        return dataclasses.replace(self, decoder=dec, **token_ids)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        def tup(x):
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in x.items()}
+
+        d = dict(d)
+        parts = {name: part(**tup(d.pop(name, {}))) for name, part in cls._PARTS.items()}
+        return cls(**parts, **d)
+
+
 @dataclass(frozen=True)
-class DeepseekOCRConfig:
+class DeepseekOCRConfig(_ModelConfigMethods):
     sam: SamConfig = field(default_factory=SamConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
@@ -105,6 +140,9 @@ class DeepseekOCRConfig:
     bos_token_id: int = 0
     eos_token_id: int = 1
     pad_token_id: int = 1
+
+    _PARTS = {"sam": SamConfig, "clip": ClipConfig, "decoder": DecoderConfig}
+    family = "deepseek-ocr"
 
     def __post_init__(self) -> None:
         if self.clip.width != self.sam.out_channels:
@@ -118,30 +156,59 @@ class DeepseekOCRConfig:
                 f"compressor channels ({self.clip.width} + {self.sam.out_channels})"
             )
 
-    def replace(self, **changes) -> "DeepseekOCRConfig":
-        """Copy with top-level fields changed; nested configs are replaced whole."""
-        return dataclasses.replace(self, **changes)
 
-    def with_vocab(self, vocab_size: int, **token_ids: int) -> "DeepseekOCRConfig":
-        """Copy sized for a tokenizer (e.g. the engine's BPE): vocab + special token ids."""
-        dec = dataclasses.replace(self.decoder, vocab_size=vocab_size)
-        return dataclasses.replace(self, decoder=dec, **token_ids)
+@dataclass(frozen=True)
+class FlowEncoderConfig:
+    """DeepEncoder V2's LLM-style encoder (``model.qwen2_model``): Qwen2-0.5B-shaped decoder
+    layers (GQA with q/k/v bias, SwiGLU, RMSNorm, RoPE theta 1e6) run over the compressor's
+    tokens followed by learned causal flow queries. Qwen2-0.5B's published shape; the
+    reference's ``query_768_resolution`` / ``query_1024_resolution`` fix the query counts."""
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    hidden_size: int = 896  # = the compressor's output channels: SAM tokens enter unprojected
+    intermediate_size: int = 4864
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 14
+    num_key_value_heads: int = 2
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    queries_768: int = 144  # 12 x 12: views of up to 144 SAM tokens (768 px tiles)
+    queries_1024: int = 256  # 16 x 16: larger views (the 1024 px global view)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "DeepseekOCRConfig":
-        def tup(x):
-            return {k: tuple(v) if isinstance(v, list) else v for k, v in x.items()}
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
 
-        d = dict(d)
-        return cls(
-            sam=SamConfig(**tup(d.pop("sam", {}))),
-            clip=ClipConfig(**tup(d.pop("clip", {}))),
-            decoder=DecoderConfig(**tup(d.pop("decoder", {}))),
-            **d,
-        )
+    def num_queries(self, num_patches: int) -> int:
+        """Flow queries (= output tokens) of a view with ``num_patches`` compressor tokens."""
+        return self.queries_768 if num_patches <= self.queries_768 else self.queries_1024
+
+
+@dataclass(frozen=True)
+class DeepseekOCR2Config(_ModelConfigMethods):
+    """DeepSeek-OCR 2: SAM-base + compressor (896 channels) -> flow encoder -> linear projector
+    -> DeepSeek-3B-MoE decoder (the v1 decoder, unchanged)."""
+
+    sam: SamConfig = field(default_factory=lambda: SamConfig(downsample_channels=(512, 896)))
+    encoder: FlowEncoderConfig = field(default_factory=FlowEncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    image_token_id: int = 128815
+    bos_token_id: int = 0
+    eos_token_id: int = 1
+    pad_token_id: int = 1
+
+    _PARTS = {"sam": SamConfig, "encoder": FlowEncoderConfig, "decoder": DecoderConfig}
+    family = "deepseek-ocr2"
+
+    def __post_init__(self) -> None:
+        if self.encoder.hidden_size != self.sam.out_channels:
+            raise ValueError(
+                f"flow encoder width ({self.encoder.hidden_size}) must equal the compressor's output "
+                f"channels ({self.sam.out_channels}): the encoder reads the SAM tokens directly"
+            )
+        if self.encoder.hidden_size % self.encoder.num_attention_heads or \
+                self.encoder.num_attention_heads % self.encoder.num_key_value_heads:
+            raise ValueError(f"flow encoder heads {self.encoder.num_attention_heads} / kv heads "
+                             f"{self.encoder.num_key_value_heads} do not divide width {self.encoder.hidden_size}")
 
 
 def _tiny() -> DeepseekOCRConfig:
@@ -181,15 +248,32 @@ def _paper_slice() -> DeepseekOCRConfig:
     return dataclasses.replace(cfg, decoder=dataclasses.replace(cfg.decoder, num_hidden_layers=4))
 
 
+def _tiny_ocr2() -> DeepseekOCR2Config:
+    """``tiny``'s SAM and decoder, a 2-layer 64-wide flow encoder (GQA 4 heads / 2 kv heads)."""
+    t = _tiny()
+    return DeepseekOCR2Config(
+        sam=t.sam,
+        encoder=FlowEncoderConfig(hidden_size=t.sam.out_channels, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2),
+        decoder=t.decoder,
+        image_token_id=t.image_token_id, bos_token_id=t.bos_token_id, eos_token_id=t.eos_token_id,
+        pad_token_id=t.pad_token_id,
+    )
+
+
+ModelConfig = DeepseekOCRConfig | DeepseekOCR2Config
+
 PRESETS = {
     "deepseek-ocr": DeepseekOCRConfig,
     "deepseek-ocr-slice": _paper_slice,
     "tiny": _tiny,
     "tiny-wide": _tiny_wide,
+    "deepseek-ocr2": DeepseekOCR2Config,
+    "tiny-ocr2": _tiny_ocr2,
 }
 
 
-def get_preset(name: str) -> DeepseekOCRConfig:
+def get_preset(name: str) -> ModelConfig:
     try:
         return PRESETS[name]()
     except KeyError:
@@ -212,6 +296,7 @@ class ResolutionMode:
     # tiled modes cut tiles once a side exceeds this, whatever the tile size (the official
     # process/image_process.py tests ``<= 640`` for Gundam and Gundam-M alike)
     tile_threshold: int = 640
+    version: int = 1  # 1: DeepSeek-OCR's processing and layout; 2: DeepSeek-OCR 2's (models/image_processing_v2.py)
 
     @property
     def tiled(self) -> bool:
@@ -233,7 +318,15 @@ CPU_MODES: dict[str, ResolutionMode] = {
     "nano": ResolutionMode("nano", 128, pad=False),
     "micro": ResolutionMode("micro", 256, pad=False),
 }
-RESOLUTION_MODES: dict[str, ResolutionMode] = {**PAPER_MODES, **CPU_MODES}
+# DeepSeek-OCR 2 (its reference image processor): a 1024 px padded global view plus, when the
+# longer side exceeds 768 px, 2..6 tiles of 768 px (``ocr2``); without tiling the global view is
+# 768 px (``ocr2_768``). ``ocr2_micro``: a 256 px CPU view (16 SAM tokens -> 144 flow queries).
+OCR2_MODES: dict[str, ResolutionMode] = {
+    "ocr2": ResolutionMode("ocr2", 1024, pad=True, tile_size=768, tile_threshold=768, version=2),
+    "ocr2_768": ResolutionMode("ocr2_768", 768, pad=True, version=2),
+    "ocr2_micro": ResolutionMode("ocr2_micro", 256, pad=False, version=2),
+}
+RESOLUTION_MODES: dict[str, ResolutionMode] = {**PAPER_MODES, **CPU_MODES, **OCR2_MODES}
 
 
 def get_mode(name: str) -> ResolutionMode:

@@ -181,9 +181,10 @@ def _check_keys(t: Tensor, name: str, T: int, S: int) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Multi-head attention (GQA-capable) with RoPE, SDPA and an optional KV cache."""
+    """Multi-head attention (GQA-capable) with RoPE, SDPA and an optional KV cache.
+    ``qkv_bias``: biases on q/k/v (Qwen2 layers of DeepEncoder V2; the decoder has none)."""
 
-    def __init__(self, cfg: DecoderConfig, layer_idx: int):
+    def __init__(self, cfg: DecoderConfig, layer_idx: int, qkv_bias: bool = False):
         super().__init__()
         self.layer_idx = layer_idx
         self.n_heads = cfg.num_attention_heads
@@ -192,9 +193,9 @@ class Attention(nn.Module):
         if cfg.hidden_size != self.n_heads * self.head_dim or self.n_heads % self.n_kv:
             raise ValueError(f"bad head layout: hidden {cfg.hidden_size}, heads {self.n_heads}, kv {self.n_kv}")
         D = cfg.hidden_size
-        self.q_proj = nn.Linear(D, self.n_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(D, self.n_kv * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(D, self.n_kv * self.head_dim, bias=False)
+        self.q_proj = nn.Linear(D, self.n_heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(D, self.n_kv * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(D, self.n_kv * self.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, D, bias=False)
 
     def forward(

@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from models.config import DeepseekOCRConfig
+from models.config import DeepseekOCR2Config, DeepseekOCRConfig
 from models.decoder import DecoderLayer, KVCache, RMSNorm, RotaryEmbedding, build_attention_mask
 from models.deepencoder import DeepEncoder
+from models.deepencoder_v2 import DeepEncoderV2
 from models.image_processing import ImageInput
 from models.moe import MoE
 
@@ -77,11 +78,12 @@ def causal_lm_loss(logits: Tensor, labels: Tensor, segment_ids: Tensor | None = 
     return F.cross_entropy(pred, target[valid])
 
 
-class DeepseekOCRModel(DeepEncoder):
-    """DeepEncoder + token embedding + decoder layers + final norm (``model.*``)."""
+class LanguageModelMixin(nn.Module):
+    """Token embedding + decoder layers + final norm (``model.*``) on top of a vision encoder
+    (``DeepEncoder`` or ``DeepEncoderV2``, listed after this class): DeepSeek-OCR and
+    DeepSeek-OCR 2 share the decoder and everything here."""
 
-    def __init__(self, cfg: DeepseekOCRConfig):
-        super().__init__(cfg)
+    def _build_language_model(self, cfg) -> None:
         d = cfg.decoder
         self.cfg = cfg
         self.image_token_id = cfg.image_token_id
@@ -122,12 +124,13 @@ class DeepseekOCRModel(DeepEncoder):
         self.init_language_weights(std)
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
-        super().set_gradient_checkpointing(enabled)
+        super().set_gradient_checkpointing(enabled)  # the encoder's
         self.gradient_checkpointing_layers = enabled
 
     # ------------------------------------------------------------------ pieces
     def encode_images(self, images: Sequence[ImageInput], max_batch: int | None = None) -> list[Tensor]:
-        """DeepEncoder.forward: one (img.num_tokens, D) tensor per image."""
+        """DeepEncoder.forward (the vision forward of both encoders): one (img.num_tokens, D)
+        tensor per image."""
         return DeepEncoder.forward(self, images, max_batch)
 
     def embed(self, input_ids: Tensor, vision_embeds: Sequence[Tensor] | Tensor | None = None) -> Tensor:
@@ -197,13 +200,31 @@ class DeepseekOCRModel(DeepEncoder):
         return self.norm(h), aux, cache
 
 
-class DeepseekOCRForCausalLM(nn.Module):
-    """``model`` (DeepseekOCRModel) + untied ``lm_head``."""
+class DeepseekOCRModel(LanguageModelMixin, DeepEncoder):
+    """DeepSeek-OCR: DeepEncoder (SAM + compressor + CLIP + projector) + the MoE decoder."""
 
     def __init__(self, cfg: DeepseekOCRConfig):
+        DeepEncoder.__init__(self, cfg)
+        self._build_language_model(cfg)
+
+
+class DeepseekOCR2Model(LanguageModelMixin, DeepEncoderV2):
+    """DeepSeek-OCR 2: DeepEncoder V2 (SAM + compressor + flow encoder + projector) + the same
+    MoE decoder."""
+
+    def __init__(self, cfg: DeepseekOCR2Config):
+        DeepEncoderV2.__init__(self, cfg)
+        self._build_language_model(cfg)
+
+
+class DeepseekOCRForCausalLM(nn.Module):
+    """``model`` (DeepseekOCRModel, or DeepseekOCR2Model for a ``DeepseekOCR2Config``) +
+    untied ``lm_head``."""
+
+    def __init__(self, cfg: DeepseekOCRConfig | DeepseekOCR2Config):
         super().__init__()
         self.cfg = cfg
-        self.model = DeepseekOCRModel(cfg)
+        self.model = DeepseekOCR2Model(cfg) if isinstance(cfg, DeepseekOCR2Config) else DeepseekOCRModel(cfg)
         self.lm_head = nn.Linear(cfg.decoder.hidden_size, cfg.decoder.vocab_size, bias=False)
         nn.init.normal_(self.lm_head.weight, std=0.02)
 

@@ -12,6 +12,9 @@ inference code's processor; tiling follows InternVL2's ``dynamic_preprocess``.
   a 900x900 image is cut into 2x2 tiles of 1024); without tiles Gundam degrades to Base.
 * Any input mode is turned into RGB by a plain ``convert("RGB")`` (official code).
 
+DeepSeek-OCR 2's modes (``ocr2``, ``ocr2_768``, ``ocr2_micro``) have their own views, pixel
+arithmetic and token count: see the section at the end of this file.
+
 Pixels are normalised with mean = std = 0.5 (to [-1, 1]). Each output token covers 64x64
 pixels (16-pixel patches, 16x compressor) in every preset, so token counts depend on the mode
 only. Token layout per image (see ``models/deepencoder.py``): tiles stitched into one grid
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .config import PAPER_MODES, ResolutionMode, SamConfig, get_mode
+from .config import PAPER_MODES, FlowEncoderConfig, ResolutionMode, SamConfig, get_mode
 
 PIXELS_PER_TOKEN = SamConfig().downsample  # 64 = 16-pixel patch * 2 * 2 (compressor)
 PAD_COLOR = (127, 127, 127)  # int(0.5 * 255): the normalisation mean
@@ -36,7 +39,7 @@ MAX_TILES_LIMIT = 9  # the paper's largest tile count
 __all__ = [
     "ImageInput", "preprocess_image", "num_vision_tokens", "layout_tokens", "paper_token_table",
     "count_tokens_table", "valid_tokens", "choose_tile_grid", "candidate_grids", "to_rgb",
-    "pil_to_tensor", "PIXELS_PER_TOKEN", "PAD_COLOR",
+    "pil_to_tensor", "PIXELS_PER_TOKEN", "PAD_COLOR", "preprocess_image_v2", "ocr2_layout_tokens", "view_queries",
 ]
 
 
@@ -61,6 +64,8 @@ def num_vision_tokens(mode: str, tile_grid: tuple[int, int] = (0, 0)) -> int:
         raise ValueError(f"tile_grid must be (0, 0) or two positive ints, got {tile_grid}")
     if cols and not m.tiled:
         raise ValueError(f"mode {m.name!r} does not tile, but tile_grid={tile_grid}")
+    if m.version == 2:
+        return ocr2_layout_tokens(m.base_size, m.tile_size, cols * rows)
     return layout_tokens(m.base_size // PIXELS_PER_TOKEN, m.tile_size // PIXELS_PER_TOKEN, tile_grid)
 
 
@@ -131,6 +136,7 @@ class ImageInput:
     tiles: torch.Tensor  # (n, 3, t, t); n == 0 when not tiled
     tile_grid: tuple[int, int]  # (cols, rows); (0, 0) when n == 0
     valid_tokens: int  # paper's N_valid for the global view
+    version: int = 1  # 2: a DeepSeek-OCR 2 image (models/image_processing_v2.py): its token layout
 
     def __post_init__(self) -> None:
         cols, rows = self.tile_grid
@@ -147,13 +153,15 @@ class ImageInput:
     @property
     def num_tokens(self) -> int:
         """Vision tokens incl. newlines + separator (from the tensors' actual sizes)."""
+        if self.version == 2:
+            return ocr2_layout_tokens(self.global_view.shape[-1], self.tiles.shape[-1], self.tiles.shape[0])
         tile_side = self.tiles.shape[-1] // PIXELS_PER_TOKEN if self.tiles.shape[0] else 0
         return layout_tokens(self.global_view.shape[-1] // PIXELS_PER_TOKEN, tile_side, self.tile_grid)
 
     def to(self, *args, **kwargs) -> "ImageInput":
         """Tensor.to on both tensors (device / dtype), other fields unchanged."""
         return ImageInput(self.mode, self.global_view.to(*args, **kwargs), self.tiles.to(*args, **kwargs),
-                          self.tile_grid, self.valid_tokens)
+                          self.tile_grid, self.valid_tokens, self.version)
 
 
 def _global_view(image: Image.Image, m: ResolutionMode) -> tuple[Image.Image, int]:
@@ -173,6 +181,8 @@ def preprocess_image(image: Image.Image, mode: str, max_tiles: int | None = None
     if image.width <= 0 or image.height <= 0:
         raise ValueError(f"empty image ({image.width}x{image.height})")
     m = get_mode(mode)
+    if m.version == 2:
+        return preprocess_image_v2(image, mode, max_tiles)
     image = to_rgb(image)
     view, n_valid = _global_view(image, m)
     global_view = pil_to_tensor(view)
@@ -190,3 +200,73 @@ def preprocess_image(image: Image.Image, mode: str, max_tiles: int | None = None
             # row-major tiles: tile k sits at (row k // cols, col k % cols)
             tiles = big.reshape(3, rows, t, cols, t).permute(1, 3, 0, 2, 4).reshape(rows * cols, 3, t, t)
     return ImageInput(m.name, global_view, tiles.contiguous(), grid, n_valid)
+
+
+# ---------------------------------------------------------------------------------------
+# DeepSeek-OCR 2 (reference: transformers.models.deepseek_ocr2's image processor, PIL backend,
+# and its processor's token count; the tests compare pixels and counts with them)
+#
+# * Global view (``ocr2``: 1024 px, ``ocr2_768``: 768 px): the longer side is scaled to the view
+#   side (sides rounded to the nearest pixel, bicubic), then centred on a mean-colour square.
+#   ``ocr2_micro`` (CPU, not in the paper) resizes plainly.
+# * Tiles (``ocr2`` only, when the longer side exceeds 768 px): the image resized to the best
+#   (cols, rows) grid of 768 px tiles, 2 <= cols * rows <= 6 (``choose_tile_grid``: the
+#   reference's grid choice is the same), cut row-major.
+# * Pixels: uint8 -> x * (1/255) in float64, then float32 -> (x - 0.5) / 0.5: the reference's
+#   arithmetic, so the tensors are bit-identical.
+# * Tokens (laid out by models/deepencoder_v2.py): each view gives its flow queries, 144 for a
+#   view of at most 144 SAM tokens (<= 768 px), else 256, plus one separator per image:
+#   n tiles -> 144 n + 256 + 1 at 1024 px; 145 for the 768 px view alone.
+# ---------------------------------------------------------------------------------------
+
+_FLOW = FlowEncoderConfig()  # query counts only (fixed by the checkpoint layout)
+
+
+def view_queries(side: int) -> int:
+    """Flow queries (output tokens) of one square view of ``side`` pixels."""
+    return _FLOW.num_queries((side // PIXELS_PER_TOKEN) ** 2)
+
+
+def ocr2_layout_tokens(side: int, tile_side: int = 0, n_tiles: int = 0) -> int:
+    """Tokens of one image: its tiles' queries, the global view's queries, one separator."""
+    return n_tiles * (view_queries(tile_side) if n_tiles else 0) + view_queries(side) + 1
+
+
+def normalize_v2(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> (3, H, W) float32 in [-1, 1], with the reference's rounding."""
+    x = (np.asarray(image, dtype=np.uint8).astype(np.float64) * (1 / 255)).astype(np.float32)
+    x = (x - np.float32(0.5)) / np.float32(0.5)  # (H, W, 3)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def pad_to_view(image: Image.Image, side: int) -> Image.Image:
+    """Longer side scaled to ``side`` (rounded sides, bicubic), centred on a mean-colour square."""
+    scale = side / max(image.width, image.height)
+    w, h = round(image.width * scale), round(image.height * scale)
+    resized = image.resize((w, h), Image.Resampling.BICUBIC)
+    canvas = Image.new("RGB", (side, side), PAD_COLOR)
+    canvas.paste(resized, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+def preprocess_image_v2(image: Image.Image, mode: str, max_tiles: int | None = None) -> ImageInput:
+    """PIL image -> ImageInput (``version=2``) for a DeepSeek-OCR 2 ``mode``."""
+    m = get_mode(mode)
+    if m.version != 2:
+        raise ValueError(f"mode {m.name!r} is a DeepSeek-OCR mode; DeepSeek-OCR 2 reads ocr2, ocr2_768, ocr2_micro")
+    if image.width <= 0 or image.height <= 0:
+        raise ValueError(f"empty image ({image.width}x{image.height})")
+    image = to_rgb(image)
+    S = m.base_size
+    view = pad_to_view(image, S) if m.pad else image.resize((S, S), Image.Resampling.BICUBIC)
+    t, grid = m.tile_size, (0, 0)
+    tiles = torch.empty(0, 3, t, t) if m.tiled else torch.empty(0, 3, 0, 0)
+    if m.tiled and max(image.width, image.height) > m.tile_threshold:
+        budget = m.max_tiles if max_tiles is None else max_tiles
+        if not m.min_tiles <= budget <= MAX_TILES_LIMIT:
+            raise ValueError(f"max_tiles must be in [{m.min_tiles}, {MAX_TILES_LIMIT}], got {budget}")
+        cols, rows = grid = choose_tile_grid(image.width, image.height, t, m.min_tiles, budget)
+        big = normalize_v2(image.resize((cols * t, rows * t), Image.Resampling.BICUBIC))  # (3, rows*t, cols*t)
+        tiles = big.reshape(3, rows, t, cols, t).permute(1, 3, 0, 2, 4).reshape(rows * cols, 3, t, t)
+    n = view_queries(S)
+    return ImageInput(m.name, normalize_v2(view), tiles.contiguous(), grid, n, version=2)
