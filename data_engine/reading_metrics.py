@@ -177,9 +177,9 @@ def control_rows(s: dict) -> list[tuple[str, dict]]:
 def reading_lines(s: dict, title: str = "this model", indent: str = "  ") -> list[str]:
     """A small text table: the model and its controls (CER, word / first-letter accuracy), the chance
     line, the loss ratio (reported, never the verdict) and the verdict."""
-    lines = [f"{indent}{'':44s}{'CER':>8s}{'word acc':>10s}{'1st letter':>12s}"]
+    lines = [f"{indent}{'':46s}{'CER':>8s}{'word acc':>10s}{'1st letter':>12s}"]
     for t, r in [(title, s), *control_rows(s)]:
-        lines.append(f"{indent}{t:44s}{_f(r['cer']):>8s}{_f(r['word_accuracy']):>10s}"
+        lines.append(f"{indent}{t:46s}{_f(r['cer']):>8s}{_f(r['word_accuracy']):>10s}"
                      f"{_f(r['first_letter_accuracy']):>12s}")
     lines += chance_lines(s, indent)
     return lines
@@ -191,7 +191,7 @@ def chance_lines(s: dict, indent: str = "  ") -> list[str]:
     out = [f"{indent}word accuracy by chance {_f(ch['word_accuracy'])} (best of wrong-page, constant output, "
            f"most frequent word {s['word_prior']['word']!r}); {s['words']} reference words"]
     if s.get("loss_ratio") is not None:
-        out.append(f"{indent}held-out loss ratio real/blank {s['loss_ratio']:.3f} (reported only: a ratio "
-                   "below 1 does not show reading)")
+        out.append(f"{indent}held-out loss ratio real/blank {s['loss_ratio']:.3f} (reported only: a low ratio "
+                   "alone does not show reading)")
     out.append(f"{indent}verdict: {s['verdict']}")
     return out

@@ -55,6 +55,35 @@ def heldout_pages(shards: str | Sequence[str], n: int | None, label_kinds: Seque
     return pages
 
 
+def plain_text(label: dict) -> str:
+    """A label's page text without layout markup: a fine label's blocks joined, else its text."""
+    from models.prompts import BLOCK_SEPARATOR
+
+    boxes = label.get("boxes") or []
+    return BLOCK_SEPARATOR.join(b["text"] for b in boxes) if boxes else label["text"]
+
+
+def label_texts(shards: str | Sequence[str], label_kinds: Sequence[str], n: int | None = None) -> dict[str, list[str]]:
+    """kind -> plain label texts (``plain_text``) of the first ``n`` samples of ``shards`` (all when
+    None), read from the JSON members only: the training labels of the constant-output baseline."""
+    import json
+
+    import webdataset as wds
+
+    urls = sorted(glob.glob(shards)) if isinstance(shards, str) else [u for s in shards for u in sorted(glob.glob(s))]
+    if not urls:
+        raise FileNotFoundError(f"no shards match {shards!r}")
+    out: dict[str, list[str]] = {k: [] for k in label_kinds}
+    for i, s in enumerate(wds.WebDataset(urls, shardshuffle=False, empty_check=False).select(lambda x: "json" in x)):
+        if n is not None and i == n:
+            break
+        labels = json.loads(s["json"]).get("labels", {})
+        for k in label_kinds:
+            if isinstance(labels.get(k), dict) and labels[k].get("text"):
+                out[k].append(plain_text(labels[k]))
+    return {k: v for k, v in out.items() if v}
+
+
 def token_budget(ref_tokens: int, factor: float = 1.5, margin: int = 16, cap: int | None = None) -> int:
     b = math.ceil(factor * ref_tokens) + margin
     return max(1, min(b, cap) if cap else b)
