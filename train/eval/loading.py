@@ -241,7 +241,7 @@ def run_train_shards(run: Path) -> list[str] | None:
     cfg_file = next((run / c for c in STAGE1_CONFIGS if (run / c).is_file()), None)
     if cfg_file is None:
         return None
-    shards = OmegaConf.select(OmegaConf.load(cfg_file), "data.shards")
+    shards = OmegaConf.select(OmegaConf.load(cfg_file), "data.shards", throw_on_resolution_failure=False)
     return [str(s) for s in shards] if shards else None
 
 
