@@ -257,6 +257,9 @@ def test_stage1_run_report_with_compression_table_and_plots(tmp_path, capsys, hf
         sum(r["words_right"] for r in trained_rows) / sum(r["ref_words"] for r in trained_rows))
     assert reading["blank"]["cer"] == pytest.approx(rep["summary"]["tiny"]["coarse"]["blind"]["cer"])
     assert not reading["reads"]  # 3 steps from random encoders do not read
+    ratios = [r["reliance/ratio"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+              if "reliance/ratio" in r]
+    assert ratios and reading["loss_ratio"] == ratios[-1]  # the run's last held-out loss ratio, reported
     assert "Reading verdict per mode and label kind" in md and "wrong-page reference" in md
     for name in ("cer", "compression", "languages", "reading", "length_ratio"):
         with Image.open(tmp_path / "eval" / f"{name}.png") as im:

@@ -32,13 +32,19 @@ class Page:
     meta: dict = field(default_factory=dict)
 
 
+def shard_urls(shards: str | Sequence[str]) -> list[str]:
+    """The shard files a glob (or a list of globs) names, sorted per glob; an error if none."""
+    urls = sorted(glob.glob(shards)) if isinstance(shards, str) else [u for s in shards for u in sorted(glob.glob(s))]
+    if not urls:
+        raise FileNotFoundError(f"no shards match {shards!r}")
+    return urls
+
+
 def heldout_pages(shards: str | Sequence[str], n: int | None, label_kinds: Sequence[str] = ("coarse",)) -> list[Page]:
     """The first ``n`` pages (all when None) carrying at least one of ``label_kinds``."""
     from data_engine.shards import iter_samples
 
-    urls = sorted(glob.glob(shards)) if isinstance(shards, str) else [u for s in shards for u in sorted(glob.glob(s))]
-    if not urls:
-        raise FileNotFoundError(f"no shards match {shards!r}")
+    urls = shard_urls(shards)
     pages: list[Page] = []
     for s in iter_samples(urls):
         labels = {k: v for k, v in s["meta"].get("labels", {}).items()
@@ -70,9 +76,7 @@ def label_texts(shards: str | Sequence[str], label_kinds: Sequence[str], n: int 
 
     import webdataset as wds
 
-    urls = sorted(glob.glob(shards)) if isinstance(shards, str) else [u for s in shards for u in sorted(glob.glob(s))]
-    if not urls:
-        raise FileNotFoundError(f"no shards match {shards!r}")
+    urls = shard_urls(shards)
     out: dict[str, list[str]] = {k: [] for k in label_kinds}
     for i, s in enumerate(wds.WebDataset(urls, shardshuffle=False, empty_check=False).select(lambda x: "json" in x)):
         if n is not None and i == n:
