@@ -16,6 +16,16 @@ whether the targets are met; exits 1 when they are not. Nothing is asserted else
     python benchmarks/bench_reading.py                      # nano view, 2 lines x 2 letters
     python benchmarks/bench_reading.py --task micro         # 256 px, 4 x 4 letters (harder)
     python benchmarks/bench_reading.py --steps 800 --out runs/bench_reading
+
+The reading ladder (issue "reads letters it was not drawn on"; docs/training.md) runs with
+``--rung``: reading pages (data_engine/reading_pages.py) scored on held-out pages in 3 font
+families never trained, against the wrong-page control, blank pages, the constant output and
+the untrained model (data_engine/reading_metrics.py), plus held-out pages in the trained fonts
+and at sizes outside the training range, and a CER-vs-CPU-time curve over the checkpoints:
+
+    python benchmarks/bench_reading.py --rung A     # caps + digits, stage 1: CER <= 0.10 in 30 CPU-min
+    python benchmarks/bench_reading.py --rung C     # stage 2 (MoE, PP=2) from rung A's encoder: <= 0.15
+    python benchmarks/bench_reading.py --rung B     # words: CER <= 0.30, word accuracy >= 0.5, 60 CPU-min
 """
 
 from __future__ import annotations
@@ -32,8 +42,25 @@ TASKS = {
 }
 
 
+def run_rung(a: argparse.Namespace) -> int:
+    """One rung of the reading ladder (train/ladder.py): train, score against the controls, targets."""
+    from train.ladder import RUNGS, run_rung_at, with_steps
+
+    rung = with_steps(RUNGS[a.rung], a.steps, a.train_pages, overrides=tuple(a.overrides))
+    out = Path(a.out) / f"rung_{a.rung}"
+    from_run = a.from_run or (Path(a.out) / "rung_A" / "run" if rung.stage == 2 else None)
+    res = run_rung_at(rung, out, seed=a.seed, from_run=from_run, curve_points=a.curve_points,
+                      eval_pages=a.heldout_pages)
+    print("\n".join(res["table"]))
+    print(f"  {out / 'result.json'}")
+    return 0 if res["met"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rung", choices=("A", "B", "C"), default=None, help="a rung of the reading ladder (train/ladder.py)")
+    ap.add_argument("--from-run", default=None, help="rung C: rung A's run dir (default: OUT/A/run)")
+    ap.add_argument("--curve-points", type=int, default=5, help="rungs: checkpoints scored for the CER curve")
     ap.add_argument("--task", choices=sorted(TASKS), default="nano")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the task's)")
     ap.add_argument("--train-pages", type=int, default=None)
@@ -44,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target-cer", type=float, default=0.15)
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides of the reading_cpu recipe")
     a = ap.parse_args(argv)
+    if a.rung:
+        return run_rung(a)
 
     from data_engine.easy_pages import EasyPageSpec, build_dataset
     from models.config import RESOLUTION_MODES
