@@ -154,10 +154,16 @@ class ReadingSpec:
             raise ValueError(f"unknown font families {unknown}; known: {sorted(FAMILIES)}")
 
 
-# the ladder's splits; held-out sizes are outside the training range on both sides
-def splits(kind: str, size: float = 256.0) -> dict[str, ReadingSpec]:
-    base = ReadingSpec(kind=kind, size=size, font_sizes=(size / 12.8, size / 6.4))
-    lo, hi = base.font_sizes
+def page_spec(kind: str = "caps", size: float = 256.0, **kw) -> ReadingSpec:
+    """The training spec of a page side: font sizes from size / 12.8 to size / 6.4 (20-40 pt on a
+    256 pt page) unless given."""
+    kw.setdefault("font_sizes", (size / 12.8, size / 6.4))
+    return ReadingSpec(kind=kind, size=size, **kw)
+
+
+def splits(base: ReadingSpec) -> dict[str, ReadingSpec]:
+    """The ladder's splits of a training spec; held-out sizes lie below the training range."""
+    lo, _ = base.font_sizes
     return {
         "train": base,
         "heldout_fonts": replace(base, families=HELDOUT_FAMILIES, word_split="heldout"),
@@ -269,8 +275,8 @@ def write_reading_pdfs(out: str | Path, docs: int, pages: int, spec: ReadingSpec
     return paths
 
 
-def build_reading_dataset(out: str | Path, kind: str, train_pages: int, heldout_pages: int = 100, seed: int = 0,
-                          size: float = 256.0, pages_per_doc: int = 100, vocab_size: int | None = None,
+def build_reading_dataset(out: str | Path, spec: ReadingSpec, train_pages: int, heldout_pages: int = 100,
+                          seed: int = 0, pages_per_doc: int = 100, vocab_size: int | None = None,
                           heldout: tuple[str, ...] = ("heldout_fonts", "heldout_seen_fonts", "heldout_sizes"),
                           workers: int | None = None) -> dict:
     """Reading-page PDFs of every split -> the data engine -> shards, + a byte-level BPE trained
@@ -280,7 +286,7 @@ def build_reading_dataset(out: str | Path, kind: str, train_pages: int, heldout_
     from data_engine.tokenizer_train import save_tokenizer, texts_from_shards, train_tokenizer
 
     out = Path(out)
-    specs = splits(kind, size)
+    specs = splits(spec)
     paths = {}
     for i, name in enumerate(("train", *heldout)):
         n = train_pages if name == "train" else heldout_pages
@@ -290,7 +296,7 @@ def build_reading_dataset(out: str | Path, kind: str, train_pages: int, heldout_
         paths[name] = engine_shards(out / name, workers)
     # caps: close to one token per letter (their pairs are too many and too rare to be tokens);
     # words: merges for frequent word pieces
-    vocab = vocab_size or (300 if kind == "caps" else 1024)
+    vocab = vocab_size or (300 if spec.kind == "caps" else 1024)
     tok = train_tokenizer(texts_from_shards(paths["train"]), vocab, min_frequency=2)
     paths["tokenizer"] = str(save_tokenizer(tok, out / "tokenizer").parent)
     return paths
@@ -305,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--heldout-pages", type=int, default=100, help="pages of each held-out split")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    paths = build_reading_dataset(a.out, a.kind, a.train_pages, a.heldout_pages, a.seed, a.size)
+    paths = build_reading_dataset(a.out, page_spec(a.kind, a.size), a.train_pages, a.heldout_pages, a.seed)
     print("reading-page dataset: " + ", ".join(f"{k} {v}" for k, v in paths.items()))
 
 

@@ -42,7 +42,7 @@ class Rung:
     budget_cpu_min: float | None  # training CPU budget (None: no budget target)
     target_word_accuracy: float | None = None
     heldout_pages: int = 100
-    page_size: float = 256.0
+    page: tuple[tuple[str, object], ...] = ()  # ReadingSpec settings other than the kind (size 256: micro)
     overrides: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -57,6 +57,12 @@ RUNGS = {
     "B": Rung("B", "words", "reading_words", 1, "micro", steps=4800, train_pages=8000, target_cer=0.30,
               budget_cpu_min=60, target_word_accuracy=0.5),
 }
+# rung A in small, for the default test set and quick checks: 4-6 letters on a 128 pt page in the
+# nano view (2x2 tokens), 22-32 pt, one page per 48-token row; same fonts, positions, held-out splits
+SMALL_A = Rung("A-small", "caps", "reading_caps", 1, "nano", steps=900, train_pages=1500, target_cer=0.5,
+               budget_cpu_min=3, heldout_pages=40,
+               page=(("size", 128.0), ("chars", (4, 6)), ("max_lines", 2), ("font_sizes", (22.0, 32.0))),
+               overrides=("data.seq_len=48", "train.reliance.every=300"))
 HELDOUT_SPLITS = ("heldout_fonts", "heldout_seen_fonts", "heldout_sizes")
 SPLIT_TITLES = {"heldout_fonts": "unseen font families", "heldout_seen_fonts": "trained fonts, new pages",
                 "heldout_sizes": "sizes outside the training range"}
@@ -65,8 +71,14 @@ SPLIT_TITLES = {"heldout_fonts": "unseen font families", "heldout_seen_fonts": "
 def build_data(rung: Rung, out: Path, seed: int = 0) -> dict:
     from data_engine.reading_pages import build_reading_dataset
 
-    return build_reading_dataset(out, rung.kind, rung.train_pages, rung.heldout_pages, seed, rung.page_size,
+    return build_reading_dataset(out, page_spec_of(rung), rung.train_pages, rung.heldout_pages, seed,
                                  heldout=HELDOUT_SPLITS)
+
+
+def page_spec_of(rung: Rung):
+    from data_engine.reading_pages import page_spec
+
+    return page_spec(rung.kind, **dict(rung.page))
 
 
 def _mode_weights(mode: str) -> str:
@@ -171,7 +183,8 @@ def run_rung_at(rung: Rung, out: str | Path, *, seed: int = 0, from_run: str | P
                 curve_points: int = 5, eval_pages: int | None = None, progress=print) -> dict:
     out = Path(out)
     t0 = time.time()
-    data = build_data(rung, out.parent / f"data_{rung.kind}_{int(rung.page_size)}", seed)
+    spec = page_spec_of(rung)
+    data = build_data(rung, out.parent / f"data_{rung.kind}_{int(spec.size)}_{rung.train_pages}", seed)
     data_s = time.time() - t0
     run_dir = out / "run"
     overrides = rung_overrides(rung, data, run_dir, seed, Path(from_run) if from_run else None)
@@ -211,7 +224,7 @@ def table_lines(res: dict) -> list[str]:
     lines += reading_lines(main, title="trained")
     if main.get("untrained"):
         u = main["untrained"]
-        lines.insert(3 + 1, f"  {'untrained (same architecture, fresh init)':46s}{u['cer']:>8.3f}"
+        lines.insert(3 + 1, f"  {'before training (same model, fresh init)':46s}{u['cer']:>8.3f}"
                             f"{u['word_accuracy']:>10.3f}{u['first_letter_accuracy']:>12.3f}")
     for split in HELDOUT_SPLITS[1:]:
         s = res["splits"][split]
@@ -225,3 +238,31 @@ def table_lines(res: dict) -> list[str]:
 
 def with_steps(rung: Rung, steps: int | None = None, train_pages: int | None = None, **kw) -> Rung:
     return replace(rung, steps=steps or rung.steps, train_pages=train_pages or rung.train_pages, **kw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m train.ladder --rung A --out DIR [--steps N ...] [overrides]``: one rung, its table.
+    Exits 0 whether or not the targets are met (benchmarks/bench_reading.py --rung gates on them)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="train and score one rung of the reading ladder")
+    ap.add_argument("--rung", choices=[*RUNGS, SMALL_A.name], required=True)
+    ap.add_argument("--out", required=True, help="run dir OUT/run, result OUT/result.json; data beside OUT")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--train-pages", type=int, default=None)
+    ap.add_argument("--heldout-pages", type=int, default=None)
+    ap.add_argument("--curve-points", type=int, default=0)
+    ap.add_argument("--from-run", default=None, help="stage-2 rungs: the stage-1 run whose encoder they start from")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides of the rung's recipe")
+    a = ap.parse_args(argv)
+    base = SMALL_A if a.rung == SMALL_A.name else RUNGS[a.rung]
+    rung = with_steps(base, a.steps, a.train_pages, heldout_pages=a.heldout_pages or base.heldout_pages,
+                      overrides=(*base.overrides, *a.overrides))
+    res = run_rung_at(rung, a.out, seed=a.seed, from_run=a.from_run, curve_points=a.curve_points)
+    print("\n".join(res["table"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
