@@ -174,11 +174,13 @@ def control_rows(s: dict) -> list[tuple[str, dict]]:
     return rows
 
 
-def reading_lines(s: dict, title: str = "this model", indent: str = "  ") -> list[str]:
-    """A small text table: the model and its controls (CER, word / first-letter accuracy), the chance
-    line, the loss ratio (reported, never the verdict) and the verdict."""
+def reading_lines(s: dict, title: str = "this model", indent: str = "  ",
+                  extra: Sequence[tuple[str, dict]] = ()) -> list[str]:
+    """A small text table: the model, any ``extra`` (title, text_scores) rows (e.g. the untrained
+    model's ``reading_scores``) and the controls (CER, word / first-letter accuracy), then the
+    chance line, the loss ratio (reported, never the verdict) and the verdict."""
     lines = [f"{indent}{'':46s}{'CER':>8s}{'word acc':>10s}{'1st letter':>12s}"]
-    for t, r in [(title, s), *control_rows(s)]:
+    for t, r in [(title, s), *extra, *control_rows(s)]:
         lines.append(f"{indent}{t:46s}{_f(r['cer']):>8s}{_f(r['word_accuracy']):>10s}"
                      f"{_f(r['first_letter_accuracy']):>12s}")
     lines += chance_lines(s, indent)

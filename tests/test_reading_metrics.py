@@ -115,6 +115,7 @@ def test_loss_ratio_never_decides_and_chance_threshold_by_hand():
     assert one["wrong_page"] is None and not one["reads"] and "at least 2 pages" in one["verdict"]
     with pytest.raises(ValueError, match="predictions"):
         reading_scores(["a"], ["a", "b"])
-    table = "\n".join(reading_lines(reading_scores(refs, refs, blank_preds=[""] * 20, loss_ratio=0.4)))
-    for words in ("blank pages", "wrong-page reference", "constant output", "loss ratio", "READS"):
+    table = "\n".join(reading_lines(reading_scores(refs, refs, blank_preds=[""] * 20, loss_ratio=0.4),
+                                    extra=[("before training", reading_scores([""] * 20, refs))]))
+    for words in ("blank pages", "wrong-page reference", "constant output", "loss ratio", "READS", "before training"):
         assert words in table
