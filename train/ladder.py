@@ -92,10 +92,12 @@ def rung_overrides(rung: Rung, data: dict, run_dir: Path, seed: int, from_run: P
           f"train.reliance.shards=[{data['heldout_fonts']}]", f"data.mode_weights={_mode_weights(rung.mode)}",
           f"train.steps={rung.steps}", f"train.seed={seed}", "train.resume=null", f"train.out_dir={run_dir}",
           "logging.wandb.mode=disabled"]
-    if rung.stage == 2:
-        if from_run is None or not (from_run / "encoder.safetensors").is_file():
-            raise FileNotFoundError(f"rung {rung.name} starts from a stage-1 encoder: no {from_run}/encoder.safetensors")
-        ov.append(f"model.encoder_from={from_run / 'encoder.safetensors'}")
+    if rung.stage == 2:  # from_run: a stage-1 run dir (its final encoder) or an encoder file (encoder_at)
+        enc = from_run if from_run is not None and from_run.suffix == ".safetensors" else \
+            (from_run / "encoder.safetensors" if from_run is not None else None)
+        if enc is None or not enc.is_file():
+            raise FileNotFoundError(f"rung {rung.name} starts from a stage-1 encoder: no {enc}")
+        ov.append(f"model.encoder_from={enc}")
     return [*ov, *rung.overrides]
 
 
@@ -129,14 +131,14 @@ def train_labels(shards: str, n: int = 2000) -> list[str]:
     return [p.labels["coarse"]["text"] for p in heldout_pages(shards, n)]
 
 
-def score(model_path: Path, shards: str, mode: str, pages: int, *, labels: list[str] | None = None,
-          untrained: bool = False, blank: bool = True, seed: int = 0) -> dict:
+def score(model_path: Path, shards: str, mode: str, pages: int, *, tokenizer: str | None = None,
+          labels: list[str] | None = None, untrained: bool = False, blank: bool = True, seed: int = 0) -> dict:
     """Reading scores of a model on held-out pages (+ blank pages and the untrained model)."""
     from train.eval.decode import heldout_pages
     from train.eval.loading import load_model
     from train.eval.suite import run_variant
 
-    m = load_model(model_path)
+    m = load_model(model_path, tokenizer)
     data = heldout_pages(shards, pages)
     variants = {"trained": m.model}
     if blank:
@@ -165,6 +167,22 @@ def _checkpoint_view(run: Path, tag: str, view: Path) -> Path:
         link.symlink_to((run / "checkpoints" / tag).resolve())
     (view / "checkpoints" / "latest").write_text(tag)
     return view
+
+
+def encoder_at(run: Path, step: int) -> Path:
+    """``encoder.safetensors`` (what stage 2 starts from) of a kept stage-1 checkpoint, written to
+    ``run/encoder_step_<step>.safetensors``: a stage-2 rung can start from part of a rung-A run."""
+    from models.config import get_preset
+    from omegaconf import OmegaConf
+
+    from train.eval.loading import load_model
+    from train.stage1 import save_encoder
+
+    tag = f"step_{step:08d}"
+    m = load_model(_checkpoint_view(run, tag, run.parent / "curve" / tag))
+    preset = OmegaConf.load(run / "run_config.yaml").model.preset
+    return save_encoder(m.model.model.stage1, run / f"encoder_step_{step}.safetensors",
+                        get_preset(preset).decoder.hidden_size, meta={"preset": preset, "steps": step})
 
 
 def curve(run: Path, shards: str, mode: str, pages: int, total_steps: int, train_cpu_s: float) -> list[dict]:
@@ -198,7 +216,8 @@ def run_rung_at(rung: Rung, out: str | Path, *, seed: int = 0, from_run: str | P
            "train_wall_s": round(cost["wall_s"], 1), "splits": {}}
     for split in HELDOUT_SPLITS:
         first = split == "heldout_fonts"
-        s = score(model, data[split], rung.mode, pages, labels=labels, untrained=first, blank=first, seed=seed)
+        s = score(model, data[split], rung.mode, pages, tokenizer=data["tokenizer"], labels=labels, untrained=first,
+                  blank=first, seed=seed)
         res["splits"][split] = s
         progress(f"[ladder] {SPLIT_TITLES[split]}: CER {s['cer']:.3f}, word accuracy {s['word_accuracy']:.3f}")
     if curve_points and rung.stage == 1:
@@ -252,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-pages", type=int, default=None)
     ap.add_argument("--heldout-pages", type=int, default=None)
     ap.add_argument("--curve-points", type=int, default=0)
-    ap.add_argument("--from-run", default=None, help="stage-2 rungs: the stage-1 run whose encoder they start from")
+    ap.add_argument("--from-run", default=None,
+                    help="stage-2 rungs: the stage-1 run whose encoder they start from, or an encoder .safetensors")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the rung's recipe")
     a = ap.parse_args(argv)
