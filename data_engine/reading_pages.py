@@ -129,6 +129,11 @@ def word_split(word: str) -> str:
     return "heldout" if hashlib.sha1(word.lower().encode()).digest()[0] % 8 == 0 else "train"
 
 
+CAPS_LINE_GAP, WORDS_LINE_GAP = (0.85, 1.5), (1.1, 1.8)
+# a line's ink below its top, in em: cap height (~0.75) for capitals and digits, + descenders for words
+CAPS_EXTENT, WORDS_EXTENT = 0.8, 1.1
+
+
 @dataclass(frozen=True)
 class ReadingSpec:
     kind: str = "caps"  # "caps": random capitals and digits; "words": words of the word list
@@ -137,7 +142,7 @@ class ReadingSpec:
     words: tuple[int, int] = (2, 6)  # words: words per page
     max_lines: int = 4
     font_sizes: tuple[float, float] = (20.0, 40.0)  # points (= pixels) per em
-    line_gap: tuple[float, float] = (1.1, 1.8)  # baseline-to-baseline, in em
+    line_gap: tuple[float, float] | None = None  # baseline-to-baseline in em; None: by kind (CAPS_/WORDS_LINE_GAP)
     families: tuple[str, ...] = TRAIN_FAMILIES
     word_split: str = "train"
     alphabet: str = CAPS_ALPHABET
@@ -149,6 +154,8 @@ class ReadingSpec:
             raise ValueError(f"letter and word counts need 1 <= min <= max, got {self.chars}, {self.words}")
         if not (4 <= self.font_sizes[0] <= self.font_sizes[1] <= self.size / 2):
             raise ValueError(f"font sizes must lie in [4, size/2], got {self.font_sizes}")
+        if self.line_gap is None:  # capitals have no descenders: their lines may sit closer
+            object.__setattr__(self, "line_gap", CAPS_LINE_GAP if self.kind == "caps" else WORDS_LINE_GAP)
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown:
             raise ValueError(f"unknown font families {unknown}; known: {sorted(FAMILIES)}")
@@ -216,7 +223,8 @@ def draw_page(rng: random.Random, spec: ReadingSpec, faces: list[tuple[str, str,
         if lines is None:
             continue
         gap = rng.uniform(*spec.line_gap) * fontsize
-        height = (len(lines) - 1) * gap + 1.1 * fontsize  # first ascender to last descender
+        extent = CAPS_EXTENT if spec.kind == "caps" else WORDS_EXTENT
+        height = (len(lines) - 1) * gap + extent * fontsize  # top of the first line to the last one's ink
         if height > 0.96 * spec.size:
             continue
         top = rng.uniform(0.02 * spec.size, 0.98 * spec.size - height)

@@ -49,19 +49,19 @@ class Rung:
 RUNGS = {
     # capitals and digits, 4-16 per page, any font / position / size: stage 1 from scratch
     "A": Rung("A", "caps", "reading_caps", 1, "micro", steps=2400, train_pages=6000, target_cer=0.10,
-              budget_cpu_min=30),
+              budget_cpu_min=30, page=(("font_sizes", (48.0, 80.0)),)),
     # stage 2 (MoE decoder, PP=2) from rung A's encoder, on rung A's pages
     "C": Rung("C", "caps", "reading_caps_stage2", 2, "micro", steps=600, train_pages=6000, target_cer=0.15,
-              budget_cpu_min=None),
+              budget_cpu_min=None, page=(("font_sizes", (48.0, 80.0)),)),
     # 1-2 lines of words (unseen words and fonts): stage 1 from scratch
     "B": Rung("B", "words", "reading_words", 1, "micro", steps=4800, train_pages=8000, target_cer=0.30,
               budget_cpu_min=60, target_word_accuracy=0.5),
 }
-# rung A in small, for the default test set and quick checks: 4-6 letters on a 128 pt page in the
-# nano view (2x2 tokens), 22-32 pt, one page per 48-token row; same fonts, positions, held-out splits
-SMALL_A = Rung("A-small", "caps", "reading_caps", 1, "nano", steps=900, train_pages=1500, target_cer=0.5,
+# rung A in small, for the default test set and quick checks: 4 letters on a 128 pt page in the
+# nano view (2x2 tokens), 44-60 pt, one page per 48-token row; same fonts, positions, held-out splits
+SMALL_A = Rung("A-small", "caps", "reading_caps", 1, "nano", steps=1000, train_pages=1500, target_cer=0.5,
                budget_cpu_min=3, heldout_pages=40,
-               page=(("size", 128.0), ("chars", (4, 6)), ("max_lines", 2), ("font_sizes", (22.0, 32.0))),
+               page=(("size", 128.0), ("chars", (4, 4)), ("max_lines", 2), ("font_sizes", (44.0, 60.0))),
                overrides=("data.seq_len=48", "train.reliance.every=300"))
 HELDOUT_SPLITS = ("heldout_fonts", "heldout_seen_fonts", "heldout_sizes")
 SPLIT_TITLES = {"heldout_fonts": "unseen font families", "heldout_seen_fonts": "trained fonts, new pages",
