@@ -1,19 +1,15 @@
-"""Reading pages and the reading ladder: held out by construction, labelled by the real engine, and a
-short rung-A training that reads letters in font families it never saw (train/ladder.py SMALL_A).
+"""Reading pages (data_engine/reading_pages.py): held out by construction (font designs, sizes,
+words), placed anywhere on the page, and labelled by the real engine with the drawn text.
 
-The training test is the ladder's rung A in small (4-6 capitals or digits on a 128 pt page, nano
-view, 22-32 pt; any position; 8 trained font families): held-out pages in the 3 held-out families
-must come out with a CER clearly below the wrong-page control (each prediction scored against
-another page's reference), which a model that only learnt the label distribution or the layout
-cannot reach. Fonts missing on this machine (scripts/setup_fonts.sh) skip with the reason.
+Fonts missing on this machine (scripts/setup_fonts.sh) skip with the reason. A short training that
+reads these pages is not in the default set: measured, rung A in small (train/ladder.py SMALL_A)
+did not read unseen fonts within 1,000 steps (docs/training.md, the reading ladder).
 """
 
 from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
-
 import pytest
 
 from data_engine.reading_pages import (
@@ -82,45 +78,29 @@ def test_lines_sit_anywhere_and_fit_the_page():
     assert len({d for d in (draw_page(rng, spec, faces)["family"] for _ in range(200))}) == len(TRAIN_FAMILIES)
 
 
-@pytest.fixture(scope="module")
-def small_rung(tmp_path_factory):
-    _need_fonts()
-    pytest.importorskip("deepspeed")
-    from train.ladder import SMALL_A, run_rung_at
-
-    out = tmp_path_factory.mktemp("ladder") / "rung_A_small"
-    return out, run_rung_at(SMALL_A, out, curve_points=0)
-
-
-def test_engine_labels_are_the_drawn_text(small_rung):
+def test_engine_labels_are_the_drawn_text(tmp_path):
     """The engine's coarse labels are the lines drawn (MuPDF may split far-apart lines into
-    blocks: a blank line between them); language "zxx" (random letters: no language)."""
+    blocks: a blank line between them), the declared language wins over the detector ("zxx":
+    random letters are no language), and the engine's own check against the drawn text is exact."""
+    _need_fonts()
     import glob
 
     import webdataset as wds
 
-    out, _ = small_rung
-    root = next(out.parent.glob("data_caps_128_*")) / "heldout_fonts"
-    gt = {}
-    for f in (root / "pdfs").glob("*.gt.json"):
-        g = json.loads(f.read_text())
-        gt.update({(f.name.replace(".gt.json", ".pdf"), p["page"]): p for p in g["pages"]})
+    from data_engine.easy_pages import engine_shards
+
+    spec = splits(page_spec("caps"))["heldout_fonts"]
+    write_reading_pdfs(tmp_path / "pdfs", 1, 30, spec, seed=3, prefix="fonts")
+    shards = engine_shards(tmp_path, workers=1)
+    gt = {p["page"]: p for p in json.loads(next((tmp_path / "pdfs").glob("*.gt.json")).read_text())["pages"]}
     n = 0
-    for s in wds.WebDataset(sorted(glob.glob(str(root / "engine" / "shards" / "*.tar"))), shardshuffle=False):
+    for s in wds.WebDataset(sorted(glob.glob(shards)), shardshuffle=False):
         meta = json.loads(s["json"])
-        page = gt[(Path(meta["source_path"]).name, meta["page"])]
+        page = gt[meta["page"]]
         assert meta["labels"]["coarse"]["text"].replace("\n\n", "\n") == page["text"], (meta, page)
         assert meta["lang"] == "zxx" and meta["script"] == "Latn"
-        assert page["family"] in HELDOUT_FAMILIES
+        assert meta["image_size"] == [256, 256] and page["family"] in HELDOUT_FAMILIES
         n += 1
-    assert n == len(gt) == 40
-
-
-def test_short_rung_a_training_reads_unseen_fonts(small_rung):
-    _, res = small_rung
-    s = res["splits"]["heldout_fonts"]
-    # measured: see docs/training.md (the ladder's table, rung A in small)
-    assert s["wrong_page"]["cer"] > 0.85 and s["blank"]["cer"] > 0.85, s
-    assert s["cer"] <= 0.75 * s["wrong_page"]["cer"], (s["cer"], s["wrong_page"]["cer"])
-    assert s["cer"] < s["untrained"]["cer"] and s["first_letter_accuracy"] > s["wrong_page"]["first_letter_accuracy"]
-    assert res["train_cpu_s"] < 4 * 60, res["train_cpu_s"]
+    assert n == len(gt) == 30
+    report = json.loads((tmp_path / "engine" / "report.json").read_text())
+    assert "zxx" in json.dumps(report)
