@@ -12,8 +12,8 @@ usage() {
 Usage: ./launch.sh <command|recipe> [hydra overrides...]
 
 Commands
-  demo [overrides]     The embedded default, end to end on this machine (CPU, tiny model, ~15 min
-                       on 2 cores): synthetic document PDFs -> data engine -> shards + the other
+  demo [overrides]     The embedded default, end to end on this machine (CPU, tiny model,
+                       2 cores): synthetic document PDFs -> data engine -> shards + the other
                        sources; reading pages (random capitals and digits, many fonts, any
                        position and size) -> engine -> stage 1 from scratch -> stage 2 (pipeline
                        parallel over CPU processes) -> export -> the reading table on pages in

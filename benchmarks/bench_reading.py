@@ -61,8 +61,9 @@ def run_rung(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rung", choices=("A", "B", "C"), default=None, help="a rung of the reading ladder (train/ladder.py)")
-    ap.add_argument("--from-run", default=None, help="rung C: rung A's run dir (default: OUT/A/run)")
+    ap.add_argument("--rung", choices=("A", "B", "C"), default=None,
+                    help="a rung of the reading ladder (train/ladder.py)")
+    ap.add_argument("--from-run", default=None, help="rung C: rung A's run dir (default: OUT/rung_A/run)")
     ap.add_argument("--curve-points", type=int, default=5, help="rungs: checkpoints scored for the CER curve")
     ap.add_argument("--task", choices=sorted(TASKS), default="nano")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the task's)")

@@ -18,7 +18,7 @@ What is held out is decided by construction, never by sampling: ``HELDOUT_FAMILI
 one serif, one mono design, each with its metric clones) are never drawn on training pages;
 ``heldout_sizes`` lie outside the training size range; the word list is split by a hash of
 the word (``word_split``), so no held-out word appears on a training page. A split is a
-``ReadingSpec``; ``SPLITS`` names the ones the ladder uses.
+``ReadingSpec``; ``splits(spec)`` derives the held-out ones from a training spec.
 
 Each page is a born-digital PDF page (one text-show operation per line, so the text layer holds
 each line exactly) that goes through the real engine (PyMuPDF render -> coarse labels ->
@@ -34,7 +34,7 @@ import argparse
 import hashlib
 import json
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
