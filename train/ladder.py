@@ -132,7 +132,8 @@ def train_labels(shards: str, n: int = 2000) -> list[str]:
 
 
 def score(model_path: Path, shards: str, mode: str, pages: int, *, tokenizer: str | None = None,
-          labels: list[str] | None = None, untrained: bool = False, blank: bool = True, seed: int = 0) -> dict:
+          labels: list[str] | None = None, untrained: bool = False, blank: bool = True, seed: int = 0,
+          loss_ratio: float | None = None) -> dict:
     """Reading scores of a model on held-out pages (+ blank pages and the untrained model)."""
     from train.eval.decode import heldout_pages
     from train.eval.loading import load_model
@@ -149,7 +150,8 @@ def score(model_path: Path, shards: str, mode: str, pages: int, *, tokenizer: st
     for name, model in variants.items():
         rows = run_variant(model, m.tokenizer, data, "coarse", mode, name, max_positions=m.max_positions)
         preds[name], refs = [r["pred"] for r in rows], [r["ref"] for r in rows]
-    s = reading_scores(preds["trained"], refs, train_labels=labels, blank_preds=preds.get("blind"), seed=seed)
+    s = reading_scores(preds["trained"], refs, train_labels=labels, blank_preds=preds.get("blind"), seed=seed,
+                       loss_ratio=loss_ratio)
     if untrained:
         s["untrained"] = reading_scores(preds["untrained"], refs, seed=seed)
     s["examples"] = [{"ref": r, "pred": p} for r, p in list(zip(refs, preds["trained"]))[:8]]
@@ -214,10 +216,13 @@ def run_rung_at(rung: Rung, out: str | Path, *, seed: int = 0, from_run: str | P
     res = {"rung": rung.name, "recipe": rung.recipe, "stage": rung.stage, "mode": rung.mode, "steps": rung.steps,
            "train_pages": rung.train_pages, "data_s": round(data_s, 1), "train_cpu_s": round(cost["cpu_s"], 1),
            "train_wall_s": round(cost["wall_s"], 1), "splits": {}}
+    from train.eval.loading import last_loss_ratio
+
+    ratio = last_loss_ratio(run_dir)  # held-out loss real / blank pages: reported, never the verdict
     for split in HELDOUT_SPLITS:
         first = split == "heldout_fonts"
         s = score(model, data[split], rung.mode, pages, tokenizer=data["tokenizer"], labels=labels, untrained=first,
-                  blank=first, seed=seed)
+                  blank=first, seed=seed, loss_ratio=ratio if first else None)
         res["splits"][split] = s
         progress(f"[ladder] {SPLIT_TITLES[split]}: CER {s['cer']:.3f}, word accuracy {s['word_accuracy']:.3f}")
     if curve_points and rung.stage == 1:
@@ -240,11 +245,8 @@ def table_lines(res: dict) -> list[str]:
     lines = [f"rung {res['rung']} ({res['recipe']}, stage {res['stage']}, {res['mode']} view, {res['steps']} steps): "
              f"training {res['train_cpu_s'] / 60:.1f} CPU-min ({res['train_wall_s'] / 60:.1f} min wall)",
              f"held-out pages in {SPLIT_TITLES['heldout_fonts']} ({main['pages']} pages):"]
-    lines += reading_lines(main, title="trained")
-    if main.get("untrained"):
-        u = main["untrained"]
-        lines.insert(3 + 1, f"  {'before training (same model, fresh init)':46s}{u['cer']:>8.3f}"
-                            f"{u['word_accuracy']:>10.3f}{u['first_letter_accuracy']:>12.3f}")
+    extra = [("before training (same model, fresh init)", main["untrained"])] if main.get("untrained") else []
+    lines += reading_lines(main, title="trained", extra=extra)
     for split in HELDOUT_SPLITS[1:]:
         s = res["splits"][split]
         lines.append(f"  {SPLIT_TITLES[split]:44s}: CER {s['cer']:.3f}, word accuracy {s['word_accuracy']:.3f} "
