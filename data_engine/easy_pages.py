@@ -99,6 +99,20 @@ def write_easy_pdfs(out: str | Path, docs: int, pages: int, spec: EasyPageSpec =
     return paths
 
 
+def engine_shards(split_dir: Path, workers: int | None = None) -> str:
+    """``split_dir/pdfs`` -> the data engine at 72 dpi (coarse labels) -> the glob of its shards."""
+    from data_engine.config import EngineConfig
+    from data_engine.pipeline import run_engine
+
+    ecfg = EngineConfig.from_any({"input": str(split_dir / "pdfs"), "out": str(split_dir / "engine"),
+                                  "dpi": 72, "min_chars": 1, "progress": False, "labels": ["coarse"],
+                                  "workers": workers})
+    rep = run_engine(ecfg)
+    if rep["pages"]["written"] == 0:
+        raise RuntimeError(f"the data engine wrote no pages: {split_dir / 'engine' / 'report.json'}")
+    return str(split_dir / "engine" / "shards" / "*.tar")
+
+
 def build_dataset(out: str | Path, train_pages: int, heldout_pages: int, spec: EasyPageSpec = EasyPageSpec(),
                   seed: int = 0, pages_per_doc: int = 100, vocab_size: int = 300, workers: int | None = None) -> dict:
     """Easy-page PDFs -> the data engine (coarse labels from the text layer) -> shards, for
@@ -107,8 +121,6 @@ def build_dataset(out: str | Path, train_pages: int, heldout_pages: int, spec: E
 
     ``vocab_size`` stays small (specials + 256 bytes + a few merges) so a label is close to one
     token per letter: the pairs of a random alphabet are too many and too rare to be tokens."""
-    from data_engine.config import EngineConfig
-    from data_engine.pipeline import run_engine
     from data_engine.tokenizer_train import save_tokenizer, texts_from_shards, train_tokenizer
 
     out = Path(out)
@@ -116,13 +128,7 @@ def build_dataset(out: str | Path, train_pages: int, heldout_pages: int, spec: E
     for split, n, s in (("train", train_pages, seed), ("heldout", heldout_pages, seed + 1_000_003)):
         docs = -(-n // pages_per_doc)
         write_easy_pdfs(out / split / "pdfs", docs, min(n, pages_per_doc), spec, seed=s, prefix=split)
-        ecfg = EngineConfig.from_any({"input": str(out / split / "pdfs"), "out": str(out / split / "engine"),
-                                      "dpi": 72, "min_chars": 1, "progress": False, "labels": ["coarse"],
-                                      "workers": workers})
-        rep = run_engine(ecfg)
-        if rep["pages"]["written"] == 0:
-            raise RuntimeError(f"the data engine wrote no {split} pages: {out / split / 'engine' / 'report.json'}")
-        paths[split] = str(out / split / "engine" / "shards" / "*.tar")
+        paths[split] = engine_shards(out / split, workers)
     tok = train_tokenizer(texts_from_shards(paths["train"]), vocab_size, min_frequency=2)
     paths["tokenizer"] = str(save_tokenizer(tok, out / "tokenizer").parent)
     return paths

@@ -102,12 +102,14 @@ def _fine_labels(page, tdict, w: float, h: float, page_check: tuple) -> tuple[di
 
 
 def _ground_truth_pages(unit: dict) -> dict[int, tuple[str, str]]:
-    """page -> (language, source text) from a synthetic document's ``.gt.json`` sidecar."""
+    """page -> (language, source text) from a generated document's ``.gt.json`` sidecar: the
+    synthetic documents' (text in ``blocks``) or the easy and reading pages' (``text``)."""
     if unit["source"] != "synthetic":
         return {}
     try:
         gt = json.loads(Path(unit["path"]).with_suffix(".gt.json").read_text(encoding="utf-8"))
-        return {pg["page"]: (gt.get("lang", "und"), "\n".join(b["text"] for b in pg["blocks"]))
+        return {pg["page"]: (gt.get("lang", "und"),
+                             "\n".join(b["text"] for b in pg["blocks"]) if "blocks" in pg else pg["text"])
                 for pg in gt["pages"]}
     except (OSError, ValueError, KeyError, TypeError):  # a broken sidecar costs the score, not the page
         return {}
@@ -203,10 +205,16 @@ def _label_pages(doc, unit, record, writer, n_pages, kind_skips, truth, skip_pag
             record["skipped"].append({"page": i, "reason": RENDER_ERROR, "detail": f"{type(e).__name__}: {e}"[:300]})
             continue
         lang, script, script_mix = langid.page_language_and_script(text, cfg.min_lang_prob)
+        detected = lang
+        if i in truth and truth[i][0] != langid.UNDETERMINED:
+            # a generated page's language is what its generator declared (pseudo-text, random
+            # letters: "zxx"); the detector would name the nearest language model (e.g. "gcf")
+            lang = truth[i][0]
         key = shards.sample_key(unit["doc_id"], i)
         meta = {
             "doc_id": unit["doc_id"], "source_path": unit["path"], "page": i, "num_pages": doc.page_count,
-            "lang": lang, "script": script, "dpi": img.dpi,
+            "lang": lang, **({"lang_detected": detected} if detected != lang else {}), "script": script,
+            "dpi": img.dpi,
             "page_size": [round(w_pt, 2), round(h_pt, 2)], "image_size": list(img.size),
             "source": unit["source"], "data_source": "ocr", "labels": labels,
         }

@@ -8,7 +8,8 @@
   image-blind control really ignores the page.
 * End to end: a tiny stage-1 model trained for a few steps by the real trainer (DeepSpeed,
   initialised from locally saved random SAM/CLIP transformers models) is evaluated from its run
-  directory by the CLI: before/after/image-blind rows, Fox compression table per mode, block
+  directory by the CLI: before/after/image-blind rows, the reading verdict with its controls
+  (wrong-page reference, constant training label, chance), Fox compression table per mode, block
   table for fine labels, per language, report.json / report.md / PNG plots.
 """
 
@@ -244,7 +245,23 @@ def test_stage1_run_report_with_compression_table_and_plots(tmp_path, capsys, hf
     assert all(r["budget"] == int(-(-1.2 * r["ref_tokens"] // 1)) + 16 for r in res["rows"])
     md = (tmp_path / "eval" / "report.md").read_text()
     assert "Compression (Fox-style" in md and "tiny (64 vision tokens) precision blind" in md
-    for name in ("cer", "compression", "languages", "length_ratio"):
+    # the reading verdict and its controls, in the table, report.json and report.md
+    for words in ("word acc", "1st letter", "wrong-page reference", "constant output (most frequent training label)",
+                  "word accuracy by chance", "verdict: "):
+        assert words in out, words
+    reading = rep["reading"]["tiny"]["coarse"]
+    trained_rows = [r for r in rows if r["mode"] == "tiny"]
+    assert reading["pages"] == 4 and reading["constant"]["source"] == "training labels"  # the run's data.shards
+    assert reading["constant"]["label"] in [t.strip() for t in texts]
+    assert reading["word_accuracy"] == rep["summary"]["tiny"]["coarse"]["trained"]["word_accuracy"] == pytest.approx(
+        sum(r["words_right"] for r in trained_rows) / sum(r["ref_words"] for r in trained_rows))
+    assert reading["blank"]["cer"] == pytest.approx(rep["summary"]["tiny"]["coarse"]["blind"]["cer"])
+    assert not reading["reads"]  # 3 steps from random encoders do not read
+    ratios = [r["reliance/ratio"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+              if "reliance/ratio" in r]
+    assert ratios and reading["loss_ratio"] == ratios[-1]  # the run's last held-out loss ratio, reported
+    assert "Reading verdict per mode and label kind" in md and "wrong-page reference" in md
+    for name in ("cer", "compression", "languages", "reading", "length_ratio"):
         with Image.open(tmp_path / "eval" / f"{name}.png") as im:
             assert im.format == "PNG" and im.width > 200
 

@@ -97,6 +97,9 @@ def test_one_round_end_to_end(full_run):
     assert sum(eng["rejected_by_reason"].values()) == eng["rejected"]
     assert eng["recognizer"]["gold_n"] > 0 and eng["recognizer"]["cer"] is not None
     assert eng["recognizer"]["cer_blind"] is not None  # the image-blind control is always there
+    reading = eng["recognizer"]["reading"]  # the reading verdict and its controls (docs/evaluation.md)
+    assert reading["pages"] == eng["recognizer"]["gold_n"] and reading["blank"]["cer"] == pytest.approx(
+        eng["recognizer"]["cer_blind"]) and reading["reads"] in (True, False)
     # held-out pages of words no training page has: the CER of reading letters, measured apart
     assert eng["recognizer"]["unseen_n"] > 0 and eng["recognizer"]["cer_unseen"] is not None
     # one born-digital document cannot be split for calibration: the fixed threshold, said so
@@ -105,7 +108,8 @@ def test_one_round_end_to_end(full_run):
     # a language with no seed patches is labelled and reported with a reason, never a crash
     assert khm["seed_patches"] == 0 and "no seed patches" in khm["note"] and khm["labelled"] > 0
     assert (full_run / "report.png").stat().st_size > 1000
-    assert "| 0 | eng-Latn |" in (full_run / "report.md").read_text()
+    md = (full_run / "report.md").read_text()
+    assert "| 0 | eng-Latn |" in md and ("| reads (" in md or "| does NOT read (" in md)
     assert (full_run / "round_0" / "train" / "model" / "config.json").is_file()  # the round's model
     rows = _labels(full_run)
     assert all(("reason" in r and "confidence" in r) for r in rows)

@@ -87,3 +87,6 @@ def test_short_stage1_run_reads_held_out_easy_pages(easy, tmp_path):
     trained, blind = summary["trained"]["cer"], summary["blind"]["cer"]
     assert blind > 0.8, summary  # random letters: without the image there is nothing to read
     assert trained <= 0.5 * blind, summary
+    # and the verdict that layout cannot fool: against the wrong-page control and chance (docs/evaluation.md)
+    reading = res["report"]["reading"]["nano"]["coarse"]
+    assert reading["reads"], reading["verdict"]

@@ -25,8 +25,9 @@ def _csv(s: str) -> list[str]:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m train.evaluate",
-        description="Greedy OCR of held-out pages: CER, edit distance, Fox-style compression table, "
-                    "per block type (fine labels), repetition, per language; beside an image-blind baseline.")
+        description="Greedy OCR of held-out pages: CER, word and first-letter accuracy, edit distance, Fox-style "
+                    "compression table, per block type (fine labels), repetition, per language; beside an "
+                    "image-blind baseline, a wrong-page control and a constant output, with a reading verdict.")
     ap.add_argument("--model", required=True,
                     help="stage-2 export / published checkpoint dir (config.json + safetensors) or a stage-1 run dir")
     ap.add_argument("--shards", required=True, help="held-out shard glob (comma-separate several)")
@@ -35,6 +36,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--pages", type=int, default=8, help="held-out pages to read (0 = all)")
     ap.add_argument("--modes", "--mode", default="tiny", help="resolution modes, e.g. tiny,small")
     ap.add_argument("--labels", "--label-kind", default="coarse", help="label kinds: coarse, fine or coarse,fine")
+    ap.add_argument("--train-shards", default=None,
+                    help="training shard glob (comma-separate several) for the constant-output baseline (the most "
+                         "frequent training label); default: the run config's data.shards, else the held-out references")
     ap.add_argument("--untrained", action="store_true", help="add the untrained row: same architecture, fresh init")
     ap.add_argument("--seed", type=int, default=0, help="seed of the untrained model's init")
     ap.add_argument("--budget-factor", type=float, default=1.5,
@@ -59,7 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
     a = parser().parse_args(argv)
     out, json_only = a.out, bool(a.out and a.out.endswith(".json"))
     shards = _csv(a.shards) if "," in a.shards else a.shards
-    res = evaluate(a.model, shards, tokenizer=a.tokenizer, config=a.config, pages=a.pages or None, device=a.device,
+    train_shards = (_csv(a.train_shards) if "," in a.train_shards else a.train_shards) if a.train_shards else None
+    res = evaluate(a.model, shards, train_shards=train_shards, tokenizer=a.tokenizer, config=a.config, pages=a.pages or None, device=a.device,
                    modes=_csv(a.modes), label_kinds=_csv(a.labels), untrained=a.untrained, seed=a.seed,
                    out_dir=None if json_only or not out else out, plots=not a.no_plots,
                    fox_edges=[int(x) for x in _csv(a.fox_bins)] if a.fox_bins else None,

@@ -32,13 +32,19 @@ class Page:
     meta: dict = field(default_factory=dict)
 
 
+def shard_urls(shards: str | Sequence[str]) -> list[str]:
+    """The shard files a glob (or a list of globs) names, sorted per glob; an error if none."""
+    urls = sorted(glob.glob(shards)) if isinstance(shards, str) else [u for s in shards for u in sorted(glob.glob(s))]
+    if not urls:
+        raise FileNotFoundError(f"no shards match {shards!r}")
+    return urls
+
+
 def heldout_pages(shards: str | Sequence[str], n: int | None, label_kinds: Sequence[str] = ("coarse",)) -> list[Page]:
     """The first ``n`` pages (all when None) carrying at least one of ``label_kinds``."""
     from data_engine.shards import iter_samples
 
-    urls = sorted(glob.glob(shards)) if isinstance(shards, str) else [u for s in shards for u in sorted(glob.glob(s))]
-    if not urls:
-        raise FileNotFoundError(f"no shards match {shards!r}")
+    urls = shard_urls(shards)
     pages: list[Page] = []
     for s in iter_samples(urls):
         labels = {k: v for k, v in s["meta"].get("labels", {}).items()
@@ -53,6 +59,33 @@ def heldout_pages(shards: str | Sequence[str], n: int | None, label_kinds: Seque
     if not pages:
         raise ValueError(f"no page with a {' or '.join(label_kinds)} label in {urls}")
     return pages
+
+
+def plain_text(label: dict) -> str:
+    """A label's page text without layout markup: a fine label's blocks joined, else its text."""
+    from models.prompts import BLOCK_SEPARATOR
+
+    boxes = label.get("boxes") or []
+    return BLOCK_SEPARATOR.join(b["text"] for b in boxes) if boxes else label["text"]
+
+
+def label_texts(shards: str | Sequence[str], label_kinds: Sequence[str], n: int | None = None) -> dict[str, list[str]]:
+    """kind -> plain label texts (``plain_text``) of the first ``n`` samples of ``shards`` (all when
+    None), read from the JSON members only: the training labels of the constant-output baseline."""
+    import json
+
+    import webdataset as wds
+
+    urls = shard_urls(shards)
+    out: dict[str, list[str]] = {k: [] for k in label_kinds}
+    for i, s in enumerate(wds.WebDataset(urls, shardshuffle=False, empty_check=False).select(lambda x: "json" in x)):
+        if n is not None and i == n:
+            break
+        labels = json.loads(s["json"]).get("labels", {})
+        for k in label_kinds:
+            if isinstance(labels.get(k), dict) and labels[k].get("text"):
+                out[k].append(plain_text(labels[k]))
+    return {k: v for k, v in out.items() if v}
 
 
 def token_budget(ref_tokens: int, factor: float = 1.5, margin: int = 16, cap: int | None = None) -> int:

@@ -208,10 +208,47 @@ def load_model(path: str | Path, tokenizer: str | Path | None = None, device: st
         f"published weights) nor a stage-1 run (checkpoints/ + {' or '.join(STAGE1_CONFIGS)})")
 
 
+def run_dir(path: str | Path) -> Path | None:
+    """The training run a model path belongs to: itself (a stage-1 run) or the parent of a
+    stage-2 export (``<out_dir>/model``), when it holds ``metrics.jsonl`` or a run config."""
+    p = Path(path)
+    for d in (p, p.parent):
+        if d.is_dir() and ((d / "metrics.jsonl").is_file() or any((d / c).is_file() for c in STAGE1_CONFIGS)):
+            return d
+    return None
+
+
+def last_loss_ratio(run: Path) -> float | None:
+    """The run's last held-out loss ratio real/blank images (``reliance/ratio``, train/reliance.py)."""
+    import json
+
+    ratio = None
+    metrics = run / "metrics.jsonl"
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a crash
+                continue
+            ratio = row.get("reliance/ratio", ratio)
+    return ratio
+
+
+def run_train_shards(run: Path) -> list[str] | None:
+    """The run config's ``data.shards`` (training pages), or None without a config."""
+    from omegaconf import OmegaConf
+
+    cfg_file = next((run / c for c in STAGE1_CONFIGS if (run / c).is_file()), None)
+    if cfg_file is None:
+        return None
+    shards = OmegaConf.select(OmegaConf.load(cfg_file), "data.shards", throw_on_resolution_failure=False)
+    return [str(s) for s in shards] if shards else None
+
+
 def describe(m: OCRModel) -> dict:
     n = sum(t.numel() for t in m.model.parameters())
     return {"kind": m.kind, "source": m.source, "params": n, "vocab_size": m.tokenizer.vocab_size}
 
 
 __all__ = ["OCRModel", "Stage1Generator", "save_run_config", "load_model", "load_checkpoint_model", "load_stage1_run",
-           "latest_module_state", "describe"]
+           "latest_module_state", "describe", "run_dir", "last_loss_ratio", "run_train_shards"]

@@ -7,6 +7,9 @@
 * CER: ``data_engine.metrics.cer_counts`` (edit distance over reference length after removing
   whitespace and NFKC), summed over pages. One edit-distance implementation for the whole
   project: ``data_engine.metrics.levenshtein`` (RapidFuzz when installed).
+* word / first-letter hits in place (``data_engine.reading_metrics.word_hits``), summed over
+  pages into word and first-letter accuracy; the reading verdict and its controls (wrong-page
+  reference, constant output, chance) come from ``data_engine.reading_metrics.reading_scores``.
 * ``repetition``: does an output end in a loop (the paper's repetition failure)? The tail of
   the text is periodic with >= 3 copies of a unit and the looping span is not in the reference.
 * ``match_blocks``: grounded output vs fine-label blocks, matched by box IoU (OmniDocBench
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from data_engine.metrics import cer_counts, levenshtein
+from data_engine.reading_metrics import word_hits
 
 __all__ = [
     "normalized_edit_distance", "word_precision", "cer_counts", "Loop", "find_loop", "is_repetition",
@@ -135,6 +139,7 @@ def match_blocks(pred: Sequence[tuple[str, Sequence[int], str]],
 def page_scores(pred: str, ref: str) -> dict:
     """Every per-page text metric of one prediction (aggregated by ``train.eval.report``)."""
     edits, ref_len = cer_counts(ref, pred)
+    words_right, first_right, ref_words = word_hits(pred, ref)
     return {"ned": normalized_edit_distance(pred, ref), "precision": word_precision(pred, ref),
-            "cer_edits": edits, "cer_len": ref_len, "repetition": is_repetition(pred, ref),
-            "length_ratio": length_ratio(pred, ref)}
+            "cer_edits": edits, "cer_len": ref_len, "words_right": words_right, "first_letters_right": first_right,
+            "ref_words": ref_words, "repetition": is_repetition(pred, ref), "length_ratio": length_ratio(pred, ref)}

@@ -17,6 +17,10 @@ Tables:
 * ``blocks`` (fine labels): mode -> variant -> per block type NED (missed block = 1), mean IoU,
   recall at IoU 0.5; overall box precision/recall and label accuracy.
 * ``by_language`` / ``by_script``: mode -> kind -> group -> variant -> pages, CER, NED.
+* ``reading``: mode -> kind -> ``data_engine.reading_metrics.reading_scores`` of the trained
+  row: word / first-letter accuracy in place, the wrong-page control (each prediction against
+  another page's reference), the constant-output baseline, chance, the held-out loss ratio and
+  the verdict "reads" (CER <= 0.5 x wrong-page CER and word accuracy well above chance).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from data_engine.reading_metrics import chance_lines, control_rows, reading_scores
 
 VARIANT_ORDER = ("untrained", "trained", "blind")
 VARIANT_TITLES = {"untrained": "before training (fresh init)", "trained": "after training",
@@ -39,9 +45,12 @@ def _mean(xs: Iterable[float]) -> float | None:
 def aggregate(rows: Sequence[dict]) -> dict:
     """Text metrics of a group of rows (one variant)."""
     edits, length = sum(r["cer_edits"] for r in rows), sum(r["cer_len"] for r in rows)
+    words = sum(r.get("ref_words", 0) for r in rows)
     return {
         "pages": len(rows),
         "cer": edits / length if length else None,
+        "word_accuracy": sum(r["words_right"] for r in rows) / words if words else None,
+        "first_letter_accuracy": sum(r["first_letters_right"] for r in rows) / words if words else None,
         "ned": _mean(r["ned"] for r in rows),
         "precision": _mean(r["precision"] for r in rows),
         "repetition_rate": _mean(float(r["repetition"]) for r in rows),
@@ -121,8 +130,32 @@ def group_table(rows: Sequence[dict], key: str) -> dict:
                     for grp, gv in sorted(kg.items())} for k, kg in mk.items()} for m, mk in g.items()}
 
 
+def _texts(r: dict) -> tuple[str, str]:
+    """(prediction, reference) as plain text (a fine row's blocks joined)."""
+    return r.get("pred_text", r["pred"]), r.get("ref_text", r["ref"])
+
+
+def reading_table(rows: Sequence[dict], *, train_labels: dict[str, list[str]] | None = None,
+                  loss_ratio: float | None = None, seed: int = 0) -> dict:
+    """mode -> kind -> reading scores of the trained row, with the blank-page outputs of the
+    same pages and the training labels of that kind (``reading_scores``)."""
+    out: dict = {}
+    for m, mk in _group(rows, "mode", "kind", "variant").items():
+        for k, kv in mk.items():
+            trained = kv.get("trained")
+            if not trained:
+                continue
+            blind = {r["key"]: _texts(r)[0] for r in kv.get("blind", [])}
+            blank = [blind[r["key"]] for r in trained] if all(r["key"] in blind for r in trained) and blind else None
+            preds, refs = zip(*(_texts(r) for r in trained))
+            out.setdefault(m, {})[k] = reading_scores(preds, refs, train_labels=(train_labels or {}).get(k),
+                                                      blank_preds=blank, loss_ratio=loss_ratio, seed=seed)
+    return out
+
+
 def build_report(rows: Sequence[dict], *, fox_edges: Sequence[int] | None = None, fox_width: int = 100,
-                 info: dict | None = None) -> dict:
+                 info: dict | None = None, train_labels: dict[str, list[str]] | None = None,
+                 loss_ratio: float | None = None, seed: int = 0) -> dict:
     by_mode = _group(rows, "mode")
     fox_kind = "coarse" if any(r["kind"] == "coarse" for r in rows) else (rows[0]["kind"] if rows else None)
     fine = [r for r in rows if r.get("blocks")]
@@ -137,6 +170,7 @@ def build_report(rows: Sequence[dict], *, fox_edges: Sequence[int] | None = None
                    for m, mr in _group(fine, "mode").items()} if fine else {},
         "by_language": group_table(rows, "lang"),
         "by_script": group_table(rows, "script"),
+        "reading": reading_table(rows, train_labels=train_labels, loss_ratio=loss_ratio, seed=seed),
     }
 
 
@@ -154,48 +188,83 @@ def headline(report: dict) -> tuple[str, str, dict]:
     return mode, kind, report["summary"][mode][kind]
 
 
-def verdict(by_variant: dict) -> str:
-    t, b = by_variant.get("trained", {}).get("cer"), by_variant.get("blind", {}).get("cer")
-    if t is None or b is None:
-        return ""
-    if t <= 0.8 * b:
-        return f"the model reads the page: CER {t:.3f} with the real image vs {b:.3f} with a blank one"
-    return (f"WARNING: CER with the real image ({t:.3f}) is not clearly below the image-blind CER ({b:.3f}): "
-            "the model writes what it memorised, not what it sees")
+def headline_reading(report: dict) -> dict | None:
+    """The reading scores of the headline (mode, kind), if it has a trained row."""
+    mode, kind, _ = headline(report)
+    return report.get("reading", {}).get(mode, {}).get(kind)
+
+
+def verdict(report: dict) -> str:
+    """The reading verdict of the headline (mode, kind) (``reading_scores``), or ""."""
+    rd = headline_reading(report)
+    return rd["verdict"] if rd else ""
+
+
+def table_rows(report: dict) -> list[tuple[str, dict]]:
+    """(title, metrics) of the headline table: every variant, then the reading-free controls
+    computed from the trained outputs (wrong-page reference, constant output; blank pages are
+    the ``blind`` variant already)."""
+    _, _, sv = headline(report)
+    rows = [(VARIANT_TITLES.get(v, v), s) for v, s in sv.items()]
+    rd = headline_reading(report)
+    if rd:
+        rows += [(t, c) for t, c in control_rows(rd) if t != "blank pages"]
+    return rows
 
 
 def console_table(report: dict) -> str:
+    """The newcomer's table (printed by ``python -m train.evaluate`` and the demo)."""
     mode, kind, sv = headline(report)
     n = next(iter(sv.values()))["pages"]
     lines = [f"held-out pages: {n} (never trained on), mode {mode}, {kind} labels",
-             f"  {'':32s}{'CER':>7s}{'edit dist':>11s}{'word prec':>11s}{'loops':>7s}{'len ratio':>11s}"]
-    for v, s in sv.items():
-        lines.append(f"  {VARIANT_TITLES.get(v, v):32s}{_f(s['cer']):>7s}{_f(s['ned']):>11s}{_f(s['precision']):>11s}"
-                     f"{_f(s['repetition_rate'], 2):>7s}{_f(s['length_ratio'], 2):>11s}")
+             f"  {'':46s}{'CER':>7s}{'word acc':>10s}{'1st letter':>12s}{'edit dist':>11s}{'word prec':>11s}"
+             f"{'loops':>7s}{'len ratio':>11s}"]
+    for title, s in table_rows(report):
+        lines.append(f"  {title:46s}{_f(s['cer']):>7s}{_f(s['word_accuracy']):>10s}{_f(s['first_letter_accuracy']):>12s}"
+                     f"{_f(s.get('ned')):>11s}{_f(s.get('precision')):>11s}{_f(s.get('repetition_rate'), 2):>7s}"
+                     f"{_f(s.get('length_ratio'), 2):>11s}")
     lines.append("  CER: character edits / reference length (0 = perfect; over 1 when the output runs on "
                  "longer than the page)")
+    lines.append("  word acc / 1st letter: reference words whose predicted word in the same place (line, "
+                 "position) is right / starts right")
     lines.append("  edit dist: normalised to 0..1; loops: share of outputs stuck repeating")
-    if verdict(sv):
-        lines.append("  " + verdict(sv))
+    rd = headline_reading(report)
+    if rd:
+        lines += chance_lines(rd)
     return "\n".join(lines)
 
 
 def markdown(report: dict, plots: Sequence[str] = ()) -> str:
     md = [f"# OCR evaluation: {report.get('model', {}).get('source', '')}", ""]
     mode, kind, sv = headline(report)
-    md += [f"Held-out pages, mode `{mode}`, `{kind}` labels. " + verdict(sv), "",
-           "| | CER | edit distance | word precision | repetition | unfinished | length ratio |",
-           "|---|---|---|---|---|---|---|"]
-    for v, s in sv.items():
-        md.append(f"| {VARIANT_TITLES.get(v, v)} | {_f(s['cer'])} | {_f(s['ned'])} | {_f(s['precision'])} | "
-                  f"{_f(s['repetition_rate'], 2)} | {_f(s['unfinished_rate'], 2)} | {_f(s['length_ratio'], 2)} |")
-    md += ["", "## Every mode and label kind", "", "| mode | labels | variant | pages | CER | edit distance | "
-           "precision | repetition | length ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    md += [f"Held-out pages, mode `{mode}`, `{kind}` labels. Verdict (docs/evaluation.md): "
+           f"**{verdict(report) or 'none'}**", "",
+           "| | CER | word accuracy | first-letter accuracy | edit distance | word precision | repetition | "
+           "unfinished | length ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    for title, s in table_rows(report):
+        md.append(f"| {title} | {_f(s['cer'])} | {_f(s['word_accuracy'])} | {_f(s['first_letter_accuracy'])} | "
+                  f"{_f(s.get('ned'))} | {_f(s.get('precision'))} | {_f(s.get('repetition_rate'), 2)} | "
+                  f"{_f(s.get('unfinished_rate'), 2)} | {_f(s.get('length_ratio'), 2)} |")
+    rd = headline_reading(report)
+    if rd:
+        md += [""] + [ln.strip() + "  " for ln in chance_lines(rd)]
+    md += ["", "## Every mode and label kind", "", "| mode | labels | variant | pages | CER | word accuracy | "
+           "first-letter accuracy | edit distance | precision | repetition | length ratio |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for m, mk in report["summary"].items():
         for k, kv in mk.items():
             for v, s in kv.items():
-                md.append(f"| {m} | {k} | {v} | {s['pages']} | {_f(s['cer'])} | {_f(s['ned'])} | "
+                md.append(f"| {m} | {k} | {v} | {s['pages']} | {_f(s['cer'])} | {_f(s['word_accuracy'])} | "
+                          f"{_f(s['first_letter_accuracy'])} | {_f(s['ned'])} | "
                           f"{_f(s['precision'])} | {_f(s['repetition_rate'], 2)} | {_f(s['length_ratio'], 2)} |")
+    md += ["", "## Reading verdict per mode and label kind", "",
+           "| mode | labels | CER | wrong-page CER | word accuracy | chance | needed | loss ratio | verdict |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for m, mk in report.get("reading", {}).items():
+        for k, r in mk.items():
+            md.append(f"| {m} | {k} | {_f(r['cer'])} | {_f((r['wrong_page'] or {}).get('cer'))} | "
+                      f"{_f(r['word_accuracy'])} | {_f(r['chance']['word_accuracy'])} | {_f(r['chance']['threshold'])} | "
+                      f"{_f(r['loss_ratio'])} | {'reads' if r['reads'] else 'does not read'} |")
     fox = report["fox"]
     md += ["", f"## Compression (Fox-style, paper Table 2 layout; {fox['label_kind']} labels)", "",
            "Pages binned by reference text tokens (this model's tokenizer); compression = text tokens / "
@@ -250,7 +319,7 @@ def _first(rows: list[dict], key: str):
 
 def plot(report: dict, rows: Sequence[dict], out_dir: str | Path) -> list[str]:
     """PNG plots (matplotlib, Agg): summary bars, Fox precision vs compression, per language,
-    length ratios. Returns the written paths."""
+    reading (CER and word accuracy beside the controls), length ratios. Returns the written paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -302,6 +371,10 @@ def plot(report: dict, rows: Sequence[dict], out_dir: str | Path) -> list[str]:
     ax.legend(fontsize=8)
     paths.append(_save(fig, out / "languages.png"))
 
+    rd = headline_reading(report)
+    if rd:
+        paths.append(_reading_plot(plt, report, rd, out / "reading.png"))
+
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for v in variants:
         ratios = [min(r["length_ratio"], 3.0) for r in rows if r["variant"] == v]
@@ -312,6 +385,32 @@ def plot(report: dict, rows: Sequence[dict], out_dir: str | Path) -> list[str]:
     ax.legend(fontsize=8)
     paths.append(_save(fig, out / "length_ratio.png"))
     return paths
+
+
+def _reading_plot(plt, report: dict, rd: dict, path: Path) -> str:
+    """CER and word accuracy of the trained row beside every control, with the verdict's two
+    bars to clear: 0.5 x the wrong-page CER and the word-accuracy threshold above chance."""
+    from data_engine.reading_metrics import WRONG_PAGE_FACTOR
+
+    rows = table_rows(report)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    names = [t.split(" (")[0] for t, _ in rows]
+    for ax, key, label in ((a1, "cer", "CER (lower is better)"), (a2, "word_accuracy", "word accuracy in place")):
+        vals = [r.get(key) or 0.0 for _, r in rows]
+        ax.bar(range(len(rows)), vals, color=["tab:blue" if t == VARIANT_TITLES["trained"] else "tab:gray"
+                                              for t, _ in rows])
+        ax.set_xticks(range(len(rows)), names, rotation=25, ha="right", fontsize=7)
+        ax.set_ylabel(label)
+    wrong = (rd["wrong_page"] or {}).get("cer")
+    if wrong is not None:
+        a1.axhline(WRONG_PAGE_FACTOR * wrong, color="k", linestyle="--", linewidth=0.8,
+                   label=f"{WRONG_PAGE_FACTOR:g} x wrong-page CER")
+        a1.legend(fontsize=7)
+    if rd["chance"]["threshold"] is not None:
+        a2.axhline(rd["chance"]["threshold"], color="k", linestyle="--", linewidth=0.8, label="needed (chance + margin)")
+        a2.legend(fontsize=7)
+    fig.suptitle(("reads" if rd["reads"] else "does NOT read") + " (held-out pages)", fontsize=10)
+    return _save(fig, path)
 
 
 def _save(fig, path: Path) -> str:
@@ -342,4 +441,5 @@ def _jsonable(x):
 
 
 __all__ = ["aggregate", "summary_table", "bin_edges", "fox_table", "block_table", "group_table", "build_report",
-           "console_table", "markdown", "plot", "write_report", "verdict", "VARIANT_TITLES"]
+           "console_table", "markdown", "plot", "write_report", "verdict", "reading_table", "table_rows",
+           "headline_reading", "VARIANT_TITLES"]

@@ -13,8 +13,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .decode import Page, blank_like, heldout_pages, ocr, token_budget
-from .loading import OCRModel, describe, load_model
+from .decode import Page, blank_like, heldout_pages, label_texts, ocr, plain_text, token_budget
+from .loading import OCRModel, describe, last_loss_ratio, load_model, run_dir, run_train_shards
 from .metrics import match_blocks, page_scores
 from .report import build_report, console_table, write_report
 
@@ -27,7 +27,7 @@ def _fine_texts(pred: str, label: dict) -> tuple[str, str, list, list]:
 
     ref_blocks = label.get("boxes") or []
     pred_blocks = parse_grounded_output(pred)
-    ref_text = BLOCK_SEPARATOR.join(b["text"] for b in ref_blocks) if ref_blocks else label["text"]
+    ref_text = plain_text(label)
     # an output without any parsable block is scored as plain text
     pred_text = BLOCK_SEPARATOR.join(b[2] for b in pred_blocks) if pred_blocks else pred
     return pred_text, ref_text, pred_blocks, ref_blocks
@@ -38,6 +38,7 @@ def score_prediction(pred: str, page: Page, kind: str) -> dict:
     if kind == "fine":
         pred_text, ref_text, pred_blocks, ref_blocks = _fine_texts(pred, label)
         row = page_scores(pred_text, ref_text)
+        row["pred_text"], row["ref_text"] = pred_text, ref_text  # the plain texts the reading scores use
         row["blocks"] = match_blocks(pred_blocks, ref_blocks)
         return row
     return page_scores(pred, label["text"])
@@ -64,8 +65,13 @@ def run_variant(model, tokenizer, pages: Sequence[Page], kind: str, mode: str, v
 def evaluate_model(m: OCRModel, pages: Sequence[Page], *, modes: Sequence[str] = ("tiny",),
                    label_kinds: Sequence[str] = ("coarse",), untrained: bool = False, seed: int = 0,
                    out_dir: str | Path | None = None, fox_edges: Sequence[int] | None = None,
-                   plots: bool = True, progress=print, **decode_kw) -> dict:
-    """Rows for every (mode, kind, variant), the report, and its files when ``out_dir`` is set."""
+                   plots: bool = True, progress=print, train_labels: dict[str, list[str]] | None = None,
+                   loss_ratio: float | None = None, **decode_kw) -> dict:
+    """Rows for every (mode, kind, variant), the report, and its files when ``out_dir`` is set.
+
+    ``train_labels`` (kind -> training label texts) sets the constant-output baseline (else the
+    most frequent held-out reference); ``loss_ratio`` (the run's last held-out real/blank loss
+    ratio) is reported beside the reading verdict, never in it."""
     models = {"trained": m.model, "blind": m.model}
     if untrained:
         models["untrained"] = m.fresh(seed)
@@ -86,7 +92,8 @@ def evaluate_model(m: OCRModel, pages: Sequence[Page], *, modes: Sequence[str] =
     info = {"model": describe(m), "pages_evaluated": len(pages), "modes": list(modes), "label_kinds": list(label_kinds),
             "decoding": {k: v for k, v in decode_kw.items()}, "seed": seed,
             "cpu_seconds": round(time.process_time() - t_start, 2)}
-    report = build_report(rows, fox_edges=fox_edges, info=info)
+    report = build_report(rows, fox_edges=fox_edges, info=info, train_labels=train_labels, loss_ratio=loss_ratio,
+                          seed=seed)
     if out_dir is not None:
         report["files"] = write_report(report, rows, out_dir, plots=plots)
     return {"report": report, "rows": rows}
@@ -94,12 +101,28 @@ def evaluate_model(m: OCRModel, pages: Sequence[Page], *, modes: Sequence[str] =
 
 def evaluate(model_path: str | Path, shards: str | Sequence[str], *, tokenizer: str | Path | None = None,
              config: str | Path | None = None, pages: int | None = 8, device: str = "cpu",
-             **kw) -> dict:
+             train_shards: str | Sequence[str] | None = None, train_label_pages: int | None = 5000,
+             progress=print, **kw) -> dict:
     """Load ``model_path`` (stage-1 run, stage-2 export or published checkpoint) and evaluate it
-    on the first ``pages`` held-out pages of ``shards``; see ``evaluate_model`` for the rest."""
+    on the first ``pages`` held-out pages of ``shards``; see ``evaluate_model`` for the rest.
+
+    The constant-output baseline takes the most frequent label of the first ``train_label_pages``
+    pages of ``train_shards`` (default: the run config's ``data.shards`` when the model is a run's);
+    the loss ratio is the run's last ``reliance/ratio`` (metrics.jsonl) when there is one."""
     m = load_model(model_path, tokenizer, device, config)
-    data = heldout_pages(shards, pages, kw.get("label_kinds", ("coarse",)))
-    return evaluate_model(m, data, **kw)
+    kinds = kw.get("label_kinds", ("coarse",))
+    data = heldout_pages(shards, pages, kinds)
+    run = run_dir(model_path)
+    train_shards = train_shards or (run_train_shards(run) if run else None)
+    train_labels = None
+    if train_shards:
+        try:
+            train_labels = label_texts(train_shards, kinds, train_label_pages) or None
+        except (FileNotFoundError, OSError, ValueError) as e:  # moved or deleted training data
+            if progress:
+                progress(f"[eval] training labels unreadable ({e}): constant baseline from the held-out references")
+    return evaluate_model(m, data, train_labels=train_labels, loss_ratio=last_loss_ratio(run) if run else None,
+                          progress=progress, **kw)
 
 
 __all__ = ["evaluate", "evaluate_model", "run_variant", "score_prediction", "console_table", "VARIANTS"]

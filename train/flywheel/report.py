@@ -21,8 +21,17 @@ def _threshold(cal: dict | None) -> str:
     return f"{cal['threshold']:.3f} ({_f(cal.get('cer_at_threshold'))}, {cal['share']:.0%} of {cal['lines']})"
 
 
+def _reads(rd: dict | None) -> str:
+    """The reading verdict column (data_engine.reading_metrics): wrong-page CER, word accuracy / needed."""
+    if not rd:
+        return "-"
+    return (f"{'reads' if rd['reads'] else 'does NOT read'} ({_f((rd['wrong_page'] or {}).get('cer'))}, "
+            f"{_f(rd['word_accuracy'])} / {_f(rd['chance']['threshold'])})")
+
+
 def table(rounds: list[dict]) -> str:
-    head = ("| round | language | recognizer CER (gold) | image-blind CER | CER on unseen words | gold loss real / blind | "
+    head = ("| round | language | recognizer CER (gold) | image-blind CER | reading verdict (wrong-page CER, "
+            "word accuracy / needed) | CER on unseen words | gold loss real / blind | "
             "Tesseract CER | threshold (held-out CER at it) | labelled | accepted | rejected (reasons) | "
             "accepted-label CER | rejected-label CER | accepted total |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -32,7 +41,7 @@ def table(rounds: list[dict]) -> str:
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(d["rejected_by_reason"].items())) or "-"
             tess_s = _f(tess.get("cer")) if tess.get("cer") is not None else f"- ({tess.get('note', 'n/a')})"
             lines.append(f"| {r['round']} | {spec} | {_f(rec.get('cer'))} (n={rec.get('gold_n', 0)}) | "
-                         f"{_f(rec.get('cer_blind'))} | {_f(rec.get('cer_unseen'))} | "
+                         f"{_f(rec.get('cer_blind'))} | {_reads(rec.get('reading'))} | {_f(rec.get('cer_unseen'))} | "
                          f"{_f(rec.get('loss'))} / {_f(rec.get('loss_blind'))} | {tess_s} | "
                          f"{_threshold(d.get('calibration'))} | {d['labelled']} | {d['accepted']} | "
                          f"{d['rejected']} ({reasons}) | {_f(d['accepted_label_cer'])} | "

@@ -41,6 +41,7 @@ from data_engine.flywheel.linepages import LineLanguage
 from data_engine.flywheel.patches import BLOCK, Patch, read_patch_shard, write_patch_shard
 from data_engine.flywheel.reassemble import page_labels, write_page_shard
 from data_engine.metrics import corpus_cer
+from data_engine.reading_metrics import reading_scores
 from data_engine.shards import mix_shards
 
 from .readers import canvas_kw, make_reader, read_batch
@@ -258,6 +259,10 @@ class RoundRunner:
                       "loss": reference_nll(model, tok, [p.image for p in gold], texts, **nll_kw),
                       "loss_blind": reference_nll(model, tok, blanks, texts, **nll_kw),
                       "examples": [{"ref": p.text, "pred": r[0]} for p, r in zip(gold[:3], reads[:3])]}
+            # the reading verdict (wrong-page control, constant output, words above chance): docs/evaluation.md
+            out[s]["reading"] = reading_scores([r[0] for r in reads], texts, blank_preds=[r[0] for r in blank],
+                                               loss_ratio=out[s]["loss"] / out[s]["loss_blind"]
+                                               if out[s]["loss"] is not None and out[s]["loss_blind"] else None)
             unseen_path = self.data / UNSEEN_DIR / f"{_key(s)}.tar"
             unseen = list(read_patch_shard(unseen_path)) if unseen_path.is_file() else []
             if unseen:  # words no training page has: reading letters, not recognising known words

@@ -1,0 +1,290 @@
+"""The reading ladder: rungs of drawn-page reading, each a recipe that is trained and measured.
+
+A rung is a page kind (data_engine/reading_pages.py), a recipe (conf/experiment/), a stage, a
+CPU budget and targets. ``run_rung`` builds its data (PDF -> engine -> shards), trains it in this
+process (stage 1) or over 2 CPU processes (stage 2, PP=2: torchrun), and scores the final model on
+held-out pages in font families never trained, against the reading-free controls of
+``data_engine.reading_metrics`` (wrong-page reference, blank pages, constant output) and the
+untrained model; then on held-out pages in the trained fonts and at sizes outside the training
+range; then the CER of earlier checkpoints on the unseen fonts (the CER-vs-CPU-time curve).
+
+    from train.ladder import RUNGS, run_rung_at
+    result = run_rung_at(RUNGS["A"], out="runs/ladder")   # result["met"], result["table"], ...
+
+benchmarks/bench_reading.py ``--rung`` prints it and exits 1 on a missed target; ``./launch.sh demo``
+and tests/test_ladder.py use smaller settings of the same code. docs/training.md holds the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from data_engine.reading_metrics import reading_lines, reading_scores
+
+
+@dataclass(frozen=True)
+class Rung:
+    name: str
+    kind: str  # reading-page kind: "caps" | "words"
+    recipe: str  # conf/experiment/<recipe>.yaml
+    stage: int
+    mode: str  # resolution mode (the page side matches its view: no resampling)
+    steps: int
+    train_pages: int
+    target_cer: float
+    budget_cpu_min: float | None  # training CPU budget (None: no budget target)
+    target_word_accuracy: float | None = None
+    heldout_pages: int = 100
+    page: tuple[tuple[str, object], ...] = ()  # ReadingSpec settings other than the kind (size 256: micro)
+    overrides: tuple[str, ...] = field(default_factory=tuple)
+
+
+RUNGS = {
+    # capitals and digits, 4-16 per page, any font / position / size: stage 1 from scratch
+    "A": Rung("A", "caps", "reading_caps", 1, "micro", steps=2400, train_pages=6000, target_cer=0.10,
+              budget_cpu_min=30, page=(("font_sizes", (48.0, 80.0)),)),
+    # stage 2 (MoE decoder, PP=2) from rung A's encoder, on rung A's pages
+    "C": Rung("C", "caps", "reading_caps_stage2", 2, "micro", steps=600, train_pages=6000, target_cer=0.15,
+              budget_cpu_min=None, page=(("font_sizes", (48.0, 80.0)),)),
+    # 1-2 lines of words (unseen words and fonts): stage 1 from scratch
+    "B": Rung("B", "words", "reading_words", 1, "micro", steps=4800, train_pages=8000, target_cer=0.30,
+              budget_cpu_min=60, target_word_accuracy=0.5),
+}
+# rung A in small, for the default test set and quick checks: 4 letters on a 128 pt page in the
+# nano view (2x2 tokens), 44-60 pt, one page per 48-token row; same fonts, positions, held-out splits
+SMALL_A = Rung("A-small", "caps", "reading_caps", 1, "nano", steps=1000, train_pages=1500, target_cer=0.5,
+               budget_cpu_min=3, heldout_pages=40,
+               page=(("size", 128.0), ("chars", (4, 4)), ("max_lines", 2), ("font_sizes", (44.0, 60.0))),
+               overrides=("data.seq_len=48", "train.reliance.every=300"))
+HELDOUT_SPLITS = ("heldout_fonts", "heldout_seen_fonts", "heldout_sizes")
+SPLIT_TITLES = {"heldout_fonts": "unseen font families", "heldout_seen_fonts": "trained fonts, new pages",
+                "heldout_sizes": "sizes outside the training range"}
+
+
+def build_data(rung: Rung, out: Path, seed: int = 0) -> dict:
+    from data_engine.reading_pages import build_reading_dataset
+
+    return build_reading_dataset(out, page_spec_of(rung), rung.train_pages, rung.heldout_pages, seed,
+                                 heldout=HELDOUT_SPLITS)
+
+
+def page_spec_of(rung: Rung):
+    from data_engine.reading_pages import page_spec
+
+    return page_spec(rung.kind, **dict(rung.page))
+
+
+def _mode_weights(mode: str) -> str:
+    from models.config import RESOLUTION_MODES
+
+    return "{" + ", ".join(f"{m}: {1.0 if m == mode else 0.0}" for m in RESOLUTION_MODES) + "}"
+
+
+def rung_overrides(rung: Rung, data: dict, run_dir: Path, seed: int, from_run: Path | None) -> list[str]:
+    ov = [f"model.tokenizer={data['tokenizer']}", f"data.shards=[{data['train']}]",
+          f"train.reliance.shards=[{data['heldout_fonts']}]", f"data.mode_weights={_mode_weights(rung.mode)}",
+          f"train.steps={rung.steps}", f"train.seed={seed}", "train.resume=null", f"train.out_dir={run_dir}",
+          "logging.wandb.mode=disabled"]
+    if rung.stage == 2:  # from_run: a stage-1 run dir (its final encoder) or an encoder file (encoder_at)
+        enc = from_run if from_run is not None and from_run.suffix == ".safetensors" else \
+            (from_run / "encoder.safetensors" if from_run is not None else None)
+        if enc is None or not enc.is_file():
+            raise FileNotFoundError(f"rung {rung.name} starts from a stage-1 encoder: no {enc}")
+        ov.append(f"model.encoder_from={enc}")
+    return [*ov, *rung.overrides]
+
+
+def train_rung(rung: Rung, overrides: list[str], curve_points: int = 0) -> dict:
+    """Train; returns CPU seconds (all processes, all threads) and wall seconds. With
+    ``curve_points`` every checkpoint on the way is kept for the CER curve."""
+    if curve_points:
+        overrides = [*overrides, f"train.save_every={max(1, rung.steps // curve_points)}", "train.keep_last=0"]
+    wall0 = time.time()
+    if rung.stage == 1:
+        from train.api import compose
+        from train.stage1 import run_stage1
+
+        cpu0 = time.process_time()
+        run_stage1(compose(rung.recipe, overrides))
+        cpu = time.process_time() - cpu0
+    else:  # PP=2: two processes, as ./launch.sh runs it
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "train.cli", f"experiment={rung.recipe}", *overrides]
+        subprocess.run(cmd, check=True, env=env)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"cpu_s": cpu, "wall_s": time.time() - wall0}
+
+
+def train_labels(shards: str, n: int = 2000) -> list[str]:
+    from train.eval.decode import heldout_pages
+
+    return [p.labels["coarse"]["text"] for p in heldout_pages(shards, n)]
+
+
+def score(model_path: Path, shards: str, mode: str, pages: int, *, tokenizer: str | None = None,
+          labels: list[str] | None = None, untrained: bool = False, blank: bool = True, seed: int = 0,
+          loss_ratio: float | None = None) -> dict:
+    """Reading scores of a model on held-out pages (+ blank pages and the untrained model)."""
+    from train.eval.decode import heldout_pages
+    from train.eval.loading import load_model
+    from train.eval.suite import run_variant
+
+    m = load_model(model_path, tokenizer)
+    data = heldout_pages(shards, pages)
+    variants = {"trained": m.model}
+    if blank:
+        variants["blind"] = m.model
+    if untrained:
+        variants["untrained"] = m.fresh(seed)
+    preds, refs = {}, None
+    for name, model in variants.items():
+        rows = run_variant(model, m.tokenizer, data, "coarse", mode, name, max_positions=m.max_positions)
+        preds[name], refs = [r["pred"] for r in rows], [r["ref"] for r in rows]
+    s = reading_scores(preds["trained"], refs, train_labels=labels, blank_preds=preds.get("blind"), seed=seed,
+                       loss_ratio=loss_ratio)
+    if untrained:
+        s["untrained"] = reading_scores(preds["untrained"], refs, seed=seed)
+    s["examples"] = [{"ref": r, "pred": p} for r, p in list(zip(refs, preds["trained"]))[:8]]
+    return s
+
+
+def _checkpoint_view(run: Path, tag: str, view: Path) -> Path:
+    """A run directory whose only checkpoint is ``tag`` (symlinks): what ``load_model`` reads."""
+    (view / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for c in ("run_config.yaml", "hydra"):
+        if (run / c).exists() and not (view / c).exists():
+            (view / c).symlink_to((run / c).resolve())
+    link = view / "checkpoints" / tag
+    if not link.exists():
+        link.symlink_to((run / "checkpoints" / tag).resolve())
+    (view / "checkpoints" / "latest").write_text(tag)
+    return view
+
+
+def encoder_at(run: Path, step: int) -> Path:
+    """``encoder.safetensors`` (what stage 2 starts from) of a kept stage-1 checkpoint, written to
+    ``run/encoder_step_<step>.safetensors``: a stage-2 rung can start from part of a rung-A run."""
+    from models.config import get_preset
+    from omegaconf import OmegaConf
+
+    from train.eval.loading import load_model
+    from train.stage1 import save_encoder
+
+    tag = f"step_{step:08d}"
+    m = load_model(_checkpoint_view(run, tag, run.parent / "curve" / tag))
+    preset = OmegaConf.load(run / "run_config.yaml").model.preset
+    return save_encoder(m.model.model.stage1, run / f"encoder_step_{step}.safetensors",
+                        get_preset(preset).decoder.hidden_size, meta={"preset": preset, "steps": step})
+
+
+def curve(run: Path, shards: str, mode: str, pages: int, total_steps: int, train_cpu_s: float) -> list[dict]:
+    """Unseen-font CER of every kept checkpoint. A step costs the same CPU all along, so the CPU
+    time at step k is k / steps x the training's measured CPU time."""
+    points = []
+    for tag in sorted(p.name for p in (run / "checkpoints").glob("step_*") if p.is_dir()):
+        step = int(tag.split("_")[-1])
+        s = score(_checkpoint_view(run, tag, run.parent / "curve" / tag), shards, mode, pages, blank=False)
+        points.append({"step": step, "cpu_s": round(train_cpu_s * step / total_steps, 1), "cer": s["cer"],
+                       "word_accuracy": s["word_accuracy"], "wrong_page_cer": s["wrong_page"]["cer"]})
+    return points
+
+
+def run_rung_at(rung: Rung, out: str | Path, *, seed: int = 0, from_run: str | Path | None = None,
+                curve_points: int = 5, eval_pages: int | None = None, progress=print) -> dict:
+    out = Path(out)
+    t0 = time.time()
+    spec = page_spec_of(rung)
+    data = build_data(rung, out.parent / f"data_{rung.kind}_{int(spec.size)}_{rung.train_pages}", seed)
+    data_s = time.time() - t0
+    run_dir = out / "run"
+    overrides = rung_overrides(rung, data, run_dir, seed, Path(from_run) if from_run else None)
+    progress(f"[ladder] rung {rung.name}: {rung.recipe}, {rung.steps} steps -> {run_dir}")
+    cost = train_rung(rung, overrides, curve_points)
+    model = run_dir / "model" if rung.stage == 2 else run_dir
+    pages = eval_pages or rung.heldout_pages
+    labels = train_labels(data["train"])
+    res = {"rung": rung.name, "recipe": rung.recipe, "stage": rung.stage, "mode": rung.mode, "steps": rung.steps,
+           "train_pages": rung.train_pages, "data_s": round(data_s, 1), "train_cpu_s": round(cost["cpu_s"], 1),
+           "train_wall_s": round(cost["wall_s"], 1), "splits": {}}
+    from train.eval.loading import last_loss_ratio
+
+    ratio = last_loss_ratio(run_dir)  # held-out loss real / blank pages: reported, never the verdict
+    for split in HELDOUT_SPLITS:
+        first = split == "heldout_fonts"
+        s = score(model, data[split], rung.mode, pages, tokenizer=data["tokenizer"], labels=labels, untrained=first,
+                  blank=first, seed=seed, loss_ratio=ratio if first else None)
+        res["splits"][split] = s
+        progress(f"[ladder] {SPLIT_TITLES[split]}: CER {s['cer']:.3f}, word accuracy {s['word_accuracy']:.3f}")
+    if curve_points and rung.stage == 1:
+        res["curve"] = curve(run_dir, data["heldout_fonts"], rung.mode, min(pages, 50), rung.steps, cost["cpu_s"])
+    main = res["splits"]["heldout_fonts"]
+    checks = {"cer": main["cer"] <= rung.target_cer,
+              "cer_vs_wrong_page": main["checks"]["cer_vs_wrong_page"]}
+    if rung.budget_cpu_min is not None:
+        checks["cpu_budget"] = cost["cpu_s"] <= rung.budget_cpu_min * 60
+    if rung.target_word_accuracy is not None:
+        checks["word_accuracy"] = main["word_accuracy"] >= rung.target_word_accuracy
+    res["checks"], res["met"] = checks, all(checks.values())
+    res["table"] = table_lines(res)
+    (out / "result.json").write_text(json.dumps(res, indent=1, ensure_ascii=False))
+    return res
+
+
+def table_lines(res: dict) -> list[str]:
+    main = res["splits"]["heldout_fonts"]
+    lines = [f"rung {res['rung']} ({res['recipe']}, stage {res['stage']}, {res['mode']} view, {res['steps']} steps): "
+             f"training {res['train_cpu_s'] / 60:.1f} CPU-min ({res['train_wall_s'] / 60:.1f} min wall)",
+             f"held-out pages in {SPLIT_TITLES['heldout_fonts']} ({main['pages']} pages):"]
+    extra = [("before training (same model, fresh init)", main["untrained"])] if main.get("untrained") else []
+    lines += reading_lines(main, title="trained", extra=extra)
+    for split in HELDOUT_SPLITS[1:]:
+        s = res["splits"][split]
+        lines.append(f"  {SPLIT_TITLES[split]:44s}: CER {s['cer']:.3f}, word accuracy {s['word_accuracy']:.3f} "
+                     f"(wrong-page CER {s['wrong_page']['cer']:.3f})")
+    for p in res.get("curve", []):
+        lines.append(f"  curve: step {p['step']:5d} ~{p['cpu_s'] / 60:5.1f} CPU-min  unseen-font CER {p['cer']:.3f}")
+    lines.append("  targets: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in res["checks"].items()))
+    return lines
+
+
+def with_steps(rung: Rung, steps: int | None = None, train_pages: int | None = None, **kw) -> Rung:
+    return replace(rung, steps=steps or rung.steps, train_pages=train_pages or rung.train_pages, **kw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m train.ladder --rung A --out DIR [--steps N ...] [overrides]``: one rung, its table.
+    Exits 0 whether or not the targets are met (benchmarks/bench_reading.py --rung gates on them)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="train and score one rung of the reading ladder")
+    ap.add_argument("--rung", choices=[*RUNGS, SMALL_A.name], required=True)
+    ap.add_argument("--out", required=True, help="run dir OUT/run, result OUT/result.json; data beside OUT")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--train-pages", type=int, default=None)
+    ap.add_argument("--heldout-pages", type=int, default=None)
+    ap.add_argument("--curve-points", type=int, default=0)
+    ap.add_argument("--from-run", default=None,
+                    help="stage-2 rungs: the stage-1 run whose encoder they start from, or an encoder .safetensors")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides of the rung's recipe")
+    a = ap.parse_args(argv)
+    base = SMALL_A if a.rung == SMALL_A.name else RUNGS[a.rung]
+    rung = with_steps(base, a.steps, a.train_pages, heldout_pages=a.heldout_pages or base.heldout_pages,
+                      overrides=(*base.overrides, *a.overrides))
+    res = run_rung_at(rung, a.out, seed=a.seed, from_run=a.from_run, curve_points=a.curve_points)
+    print("\n".join(res["table"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
