@@ -15,7 +15,7 @@ from omegaconf import MISSING
 
 from data_engine.config import ConfigError, Schema, group, register_schema, setting, typed
 from data_engine.flywheel.accept import AcceptConfig
-from data_engine.flywheel.linepages import LineLanguage
+from data_engine.flywheel.linepages import WORD_SOURCES, LineLanguage
 from data_engine.scripts import SCRIPTS
 from models.config import RESOLUTION_MODES
 
@@ -103,7 +103,8 @@ class FlywheelConfig(Schema):
     tokenizer_vocab: int = setting(512, ge=265)  # byte-level BPE on seed labels + the scripts' letters
     patches: str = setting("lines", choices=PATCH_KINDS)  # what is cut: lines, blocks (text blocks / detector line groups) or both
     lines_per_block: list[int] = setting([1, 1], ge=1)  # generated corpus: lines per paragraph [lo, hi] ([1, 1]: every line alone)
-    lexicon_size: int = setting(300, ge=20)  # generated corpus: pseudo-words per script that every page's lines draw from (gold too; the unseen-word gold from as many others)
+    words: str = setting("wordfreq", choices=WORD_SOURCES)  # generated corpus: real words of each language (wordfreq; pseudo-words where it lacks one) or pseudo-words
+    lexicon_size: int = setting(3000, ge=20)  # generated corpus: wordfreq: the language's most frequent words, 1 in 8 held out for the unseen-word gold; pseudo: pseudo-words per script (the unseen-word gold from as many others)
     collage: float = setting(0.0, ge=0)  # collage lines (seed words recombined, data_engine/flywheel/collage.py) per language, x the best-seeded language's seed lines
     detector: DetectorConfig = group(DetectorConfig)
     recognizer: RecognizerConfig = group(RecognizerConfig)

@@ -14,8 +14,10 @@ Round k (``<out>/round_<k>/``):
    per finished batch, fsynced, in batch order), each with text, confidence and the acceptance
    verdict; read in this process or on Ray actors (``flywheel.label.executor``, ``readers.py``).
 4. ``accepted/<lang>.tar``: the patches accepted in this round (patch shards, training format).
-5. ``pages/flywheel-000000.tar``: all patches accepted so far, reassembled per page into
-   page-level fine labels (engine shard format, ``source: flywheel``) for stage 2.
+5. ``pages/flywheel-000000.tar``: the complete pages so far (every line found on the page
+   accepted, in this round or before), reassembled into page-level fine labels with the page's
+   trusted text-layer lines (engine shard format, ``source: flywheel``) for stage 2; partial
+   pages stay line patches. Source files are reopened relative to the run directory.
 6. ``report.json``: per language the recognizer's CER on held-out gold patches (and with blank
    images, the image-blind control), Tesseract's CER on the same patches, patches accepted and
    rejected by reason, and the CER of accepted (and rejected) labels against ground truth.
@@ -39,7 +41,7 @@ from data_engine.flywheel.canvas import is_rtl
 from data_engine.flywheel.dataset import UNSEEN_DIR
 from data_engine.flywheel.linepages import LineLanguage
 from data_engine.flywheel.patches import BLOCK, Patch, read_patch_shard, write_patch_shard
-from data_engine.flywheel.reassemble import page_labels, write_page_shard
+from data_engine.flywheel.reassemble import complete_pages, write_page_shard
 from data_engine.metrics import corpus_cer
 from data_engine.shards import mix_shards
 
@@ -235,6 +237,15 @@ class RoundRunner:
                               self.cfg.recognizer.stretch)
         _atomic_json(rd / "ACCEPTED", {s: len(per[s]) for s in self.langs})
 
+    def complete_pages(self, accepted: dict[str, list[Patch]]) -> tuple[dict, dict]:
+        """Page labels of the pages whose every pool line is accepted (``reassemble.complete_pages``:
+        plus the page's trusted text-layer lines, seed and calibration), and the page counts."""
+        pool = [p for s in self.langs for p in read_patch_shard(self.data / "pool" / f"{_key(s)}.tar")]
+        calib = [self.data / "calib" / f"{_key(s)}.tar" for s in self.langs]
+        known = [p for ps in self.seed.values() for p in ps] + [p for c in calib if c.is_file() for p in read_patch_shard(c)]
+        return complete_pages([p for ps in accepted.values() for p in ps], pool, known,
+                              frozenset(s for s in {p.script for p in pool} if is_rtl(s)))
+
     # ------------------------------------------------------------------ 5. measure
     def gold_cer(self, model, tok) -> dict:
         from PIL import Image
@@ -304,9 +315,8 @@ class RoundRunner:
         rows = self.label(k, model, tok, pool, model_dir)
         self.write_accepted(k, pool, rows)
         accepted = self.accepted_before(k + 1)
-        pages = page_labels([p for ps in accepted.values() for p in ps],
-                            frozenset(s for s in {p.script for p in pool} if is_rtl(s)))
-        n_pages = write_page_shard(rd / "pages" / "flywheel-000000.tar", pages)
+        pages, page_counts = self.complete_pages(accepted)
+        n_pages = write_page_shard(rd / "pages" / "flywheel-000000.tar", pages, root=self.out)
         gold, tess = self.gold_cer(model, tok), self.tesseract()
         langs = {}
         kind_of = {p.key: p.kind for p in pool}  # line | block
@@ -322,6 +332,7 @@ class RoundRunner:
                 "labelled": len(lang_rows), "accepted": len(acc), "rejected": len(rej), "by_kind": by_kind,
                 "rejected_by_reason": dict(Counter(r["reason"] for r in rej)),
                 "accepted_total": len(accepted.get(s, [])),
+                "pages": page_counts.get(LineLanguage.parse(s).lang, {"pages": 0, "complete": 0, "partial": 0}),
                 "accepted_label_cer": corpus_cer((self.truth[r["key"]], r["text"]) for r in acc if r["key"] in self.truth),
                 "rejected_label_cer": corpus_cer((self.truth[r["key"]], r["text"]) for r in rej if r["key"] in self.truth),
                 "recognizer": gold[s], "tesseract": tess[s], "calibration": calibration[s],
