@@ -28,14 +28,15 @@ def _pages(c: dict | None) -> str:
 
 def table(rounds: list[dict]) -> str:
     head = ("| round | language | recognizer CER (gold) | image-blind CER | CER on unseen words | gold loss real / blind | "
-            "Tesseract CER | threshold (held-out CER at it) | labelled | accepted | rejected (reasons) | "
+            "Tesseract CER (unseen words) | threshold (held-out CER at it) | labelled | accepted | rejected (reasons) | "
             "accepted-label CER | rejected-label CER | accepted total | complete pages (partial, of) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rounds:
         for spec, d in r["languages"].items():
             rec, tess = d.get("recognizer", {}), d.get("tesseract", {})
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(d["rejected_by_reason"].items())) or "-"
-            tess_s = _f(tess.get("cer")) if tess.get("cer") is not None else f"- ({tess.get('note', 'n/a')})"
+            tess_s = (f"{_f(tess.get('cer'))} ({_f(tess.get('cer_unseen'))})" if tess.get("cer") is not None
+                      else f"- ({tess.get('note', 'n/a')})")
             lines.append(f"| {r['round']} | {spec} | {_f(rec.get('cer'))} (n={rec.get('gold_n', 0)}) | "
                          f"{_f(rec.get('cer_blind'))} | {_f(rec.get('cer_unseen'))} | "
                          f"{_f(rec.get('loss'))} / {_f(rec.get('loss_blind'))} | {tess_s} | "

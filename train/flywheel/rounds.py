@@ -278,7 +278,8 @@ class RoundRunner:
         return out
 
     def tesseract(self) -> dict:
-        """Tesseract CER on the gold patches per language (computed once per run)."""
+        """Tesseract CER on the gold patches (and on the unseen-word gold, ``cer_unseen``) per
+        language (computed once per run)."""
         path = self.data / "tesseract.json"
         if path.is_file():
             return json.loads(path.read_text(encoding="utf-8"))
@@ -293,7 +294,11 @@ class RoundRunner:
             elif code is None or not gold:
                 out[s] = {"cer": None, "note": why or "no gold patches"}
             else:
+                unseen_path = self.data / UNSEEN_DIR / f"{_key(s)}.tar"
+                unseen = list(read_patch_shard(unseen_path)) if unseen_path.is_file() else []
                 out[s] = {"cer": corpus_cer((p.text, read_line(p.image, p.lang, block=p.kind == BLOCK)) for p in gold),
+                          "cer_unseen": corpus_cer((p.text, read_line(p.image, p.lang, block=p.kind == BLOCK))
+                                                   for p in unseen) if unseen else None,
                           "lang": code}
         _atomic_json(path, out)
         return out
