@@ -122,12 +122,17 @@ class Vocabulary:
 
     def words(self, script: str, lang: str = "") -> tuple[str, ...]:
         if self.real(lang, script):
-            return tuple(w for w in real_words(lang, script, self.size) if held_out(w) == (self.seed == UNSEEN))
+            return _split_words(lang, script, self.size, self.seed == UNSEEN)
         return _vocabulary_words(script, self.size, self.seed)
 
 
 UNSEEN = 1  # the lexicon seed of the unseen-word gold pages
 WORD_SOURCES = ("wordfreq", "pseudo")
+
+
+@lru_cache(maxsize=None)
+def _split_words(lang: str, script: str, size: int, unseen: bool) -> tuple[str, ...]:
+    return tuple(w for w in real_words(lang, script, size) if held_out(w) == unseen)
 
 
 @lru_cache(maxsize=None)
