@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(find_font("NotoSansDevanagari-Regular.ttf") is N
 
 TINY = [
     "flywheel.languages=[{lang: eng-Latn, digital: 1, scan: 1, gold: 1}, {lang: khm-Khmr, scan: 1}]",
-    "flywheel.pages_per_doc=1", "flywheel.rounds=1", "flywheel.recognizer.steps=[2]",
+    "flywheel.pages_per_doc=1", "flywheel.rounds=1", "flywheel.recognizer.kind=paper", "flywheel.recognizer.steps=[2]",
     "flywheel.label.batch_size=4", "flywheel.label.max_new_tokens=6", "flywheel.threads=1",
     "flywheel.baseline.tesseract=false", "flywheel.recognizer.overrides=['train.save_every=1']",
     "flywheel.collage=1",
@@ -168,7 +168,9 @@ def test_config_schema_defaults_and_errors():
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = typed(compose(config_name="flywheel"), FlywheelAppConfig)
         assert [lp.lang for lp in cfg.flywheel.languages] == ["eng-Latn", "hin-Deva"]
-        assert cfg.flywheel.recognizer.experiment == "flywheel_recognizer"
+        assert (cfg.flywheel.recognizer.kind, cfg.flywheel.recognizer.experiment) == ("ppocr", None)
+        with pytest.raises(ConfigError, match="executor=ray reads with the paper model only"):
+            typed(compose(config_name="flywheel", overrides=["flywheel.label.executor=ray"]), FlywheelAppConfig)
         with pytest.raises(ConfigError, match="flywheel.label.batch_size must be >= 1"):
             typed(compose(config_name="flywheel", overrides=["flywheel.label.batch_size=0"]), FlywheelAppConfig)
         with pytest.raises(ConfigError, match="flywheel.languages"):

@@ -22,6 +22,7 @@ from models.config import RESOLUTION_MODES
 PATCH_KINDS = ("lines", "blocks", "both")  # flywheel.patches
 RECOGNIZER_MODES = tuple(name for name, m in RESOLUTION_MODES.items() if not m.tiled)  # one square view
 LABEL_EXECUTORS = ("local", "ray")  # flywheel.label.executor
+RECOGNIZER_KINDS = ("ppocr", "paper")  # flywheel.recognizer.kind (train/flywheel/recognizers.py)
 
 __all__ = ["FlywheelAppConfig", "FlywheelConfig", "LanguagePlan", "as_app_config", "register", "typed"]
 
@@ -48,16 +49,15 @@ class DetectorConfig(Schema):
 class RecognizerConfig(Schema):
     _key: ClassVar[str] = "flywheel.recognizer"
 
-    experiment: str = "flywheel_recognizer"  # conf/experiment recipe trained with train.api.train
-    steps: list[int] = setting([1800, 300, 300], ge=1)  # optimizer steps per round (the last value repeats); the embedded default runs in ~13 min on 2 cores
+    # ppocr: PP-OCRv4 rec fine-tuned with CTC (train/flywheel/ppocr.py); paper: the project's
+    # DeepSeek-OCR trained on patch canvases (train/flywheel/recognizer.py; the paper's size on GPUs)
+    kind: str = setting("ppocr", choices=RECOGNIZER_KINDS)
+    experiment: Optional[str] = None  # conf/experiment recipe; null: the kind's (flywheel_ppocr | flywheel_recognizer)
+    steps: list[int] = setting([], ge=1)  # optimizer steps per round (the last value repeats); []: the kind's (recognizers.DEFAULT_STEPS: ppocr [150, 50, 50], paper [1800, 300, 300])
     continue_training: bool = True    # round k > 0 starts from round k-1's model
     overrides: list[str] = setting([])  # training overrides, e.g. [model.preset=deepseek-ocr]
-    mode: str = setting("micro", choices=RECOGNIZER_MODES)  # resolution mode it reads; patch canvases have its side
-    stretch: float = setting(1.0, gt=0)  # horizontal stretch of a line on its canvas (data_engine/flywheel/patches.py)
-
-    def check(self) -> None:
-        if not self.steps:
-            raise ConfigError("flywheel.recognizer.steps must list at least one step count")
+    mode: str = setting("micro", choices=RECOGNIZER_MODES)  # paper: resolution mode it reads; patch canvases have its side
+    stretch: float = setting(1.0, gt=0)  # paper: horizontal stretch of a line on its canvas (data_engine/flywheel/patches.py)
 
 
 @dataclass
@@ -116,6 +116,9 @@ class FlywheelConfig(Schema):
         lo_hi = self.lines_per_block
         if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
             raise ConfigError(f"flywheel.lines_per_block must be [lo, hi] with lo <= hi, got {lo_hi}")
+        if self.recognizer.kind == "ppocr" and self.label.executor == "ray":
+            raise ConfigError("flywheel.label.executor=ray reads with the paper model only: use "
+                              "flywheel.recognizer.kind=paper, or executor=local with kind=ppocr")
         specs = [lp.lang for lp in self.languages]
         if len(set(specs)) != len(specs):
             raise ConfigError(f"flywheel.languages: each lang may appear once, got {specs}")

@@ -147,6 +147,27 @@ def read_ppocr(model: PPOCRRec, crops: Sequence, *, rtl: Sequence[bool] | None =
     return out
 
 
+@torch.no_grad()
+def reference_ctc_nll(model: PPOCRRec, crops: Sequence, texts: Sequence[str], *, rtl: Sequence[bool] | None = None,
+                      batch_size: int = 16) -> float | None:
+    """Mean CTC loss per reference character of ``texts`` given ``crops`` (with blank crops: the
+    image-blind control); lines the charset cannot write are left out (None if none is left)."""
+    rtl = list(rtl) if rtl is not None else [False] * len(crops)
+    index = {c: i for i, c in enumerate(model.charset)}
+    rows = [(img, ids, r, "") for img, t, r in zip(crops, texts, rtl) if (ids := label_ids(t, index))]
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    for s in range(0, len(rows), batch_size):
+        x, targets, lengths = ctc_batch(rows[s:s + batch_size])
+        logp = model(x).float().log_softmax(-1).transpose(0, 1)  # (T, B, V)
+        frames = torch.full((x.shape[0],), logp.shape[0], dtype=torch.long)
+        total += float(F.ctc_loss(logp, targets, frames, lengths, blank=0, reduction="sum", zero_infinity=True))
+        count += int(lengths.sum())
+    model.train(was_training)
+    return total / count if count else None
+
+
 # ------------------------------------------------------------------------------------------ data
 class PatchLines:
     """Labelled line patches of patch shards in memory, served in seeded random order with an
@@ -192,7 +213,7 @@ class PatchLines:
             frames = max(320, 48 * img.width // max(1, img.height)) // FRAME_PX
             if ids is None:
                 self._skip("character outside the charset", text[:20])
-            elif 2 * len(ids) > frames:  # CTC needs a frame per label, plus one between repeats
+            elif len(ids) + sum(a == b for a, b in zip(ids, ids[1:])) > frames:  # a frame per label, one between repeats
                 self._skip("label too long for the crop", text[:20])
             else:
                 kept.append((img, ids, rtl, script))

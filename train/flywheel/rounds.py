@@ -3,8 +3,10 @@
 Round k (``<out>/round_<k>/``):
 
 1. ``train/``: the recognizer trained on the seed patches plus every patch accepted in rounds
-   < k (from scratch in round 0, then continuing from round k-1's model), by ``train.api.train``
-   (which checkpoints and resumes itself); its exported model is ``train/model``. The training
+   < k (round 0 from the recognizer's start: PP-OCRv4's shipped weights for ``kind=ppocr``, from
+   scratch for ``kind=paper``; then continuing from round k-1's model), by the trainer of
+   ``flywheel.recognizer.kind`` (``recognizers.py``; it checkpoints and resumes itself); its
+   exported model is ``train/model``. The training
    patches (seed, collage, accepted) are first interleaved in one seeded order into small shards
    (``train_data/``, ``data_engine.shards.mix_shards``).
 2. ``calibration.json``: per language the acceptance threshold, calibrated on the held-out seed
@@ -45,9 +47,8 @@ from data_engine.flywheel.reassemble import complete_pages, write_page_shard
 from data_engine.metrics import corpus_cer
 from data_engine.shards import mix_shards
 
-from .readers import canvas_kw, make_reader, read_batch
-from .recognizer import (canvas_side, load_recognizer, read_patches, recognizer_config, reference_nll,
-                         train_recognizer)
+from .recognizer import canvas_side
+from .recognizers import make_recognizer, round_steps
 
 
 def _key(spec: str) -> str:
@@ -86,6 +87,7 @@ class RoundRunner:
         self.cfg, self.out, self.langs, self.log = cfg, Path(out_dir), list(languages), log
         self.data = self.out / "data"
         self.accept_cfg = cfg.accept
+        self.rec = make_recognizer(cfg, self.data)  # flywheel.recognizer.kind: train / load / read
         self.seed = {s: list(read_patch_shard(self.data / "seed" / f"{_key(s)}.tar")) for s in self.langs}
         self.truth = json.loads((self.data / "pool_truth.json").read_text(encoding="utf-8"))
         done = self.data / "DONE"  # per language: the patches of each file (prepare_data)
@@ -109,15 +111,9 @@ class RoundRunner:
     def spec_of(self, p: Patch) -> str:
         return self.spec_of_lang(p.lang)
 
-    def read_kw(self) -> dict:
-        lc = self.cfg.label
-        rc = self.cfg.recognizer
-        return dict(batch_size=lc.batch_size, max_new_tokens=lc.max_new_tokens,
-                    no_repeat_ngram=lc.no_repeat_ngram, window=lc.window, mode=rc.mode, stretch=rc.stretch)
-
     def read(self, model, tok, patches: list[Patch]) -> list[tuple[str, float, bool]]:
         """(text, confidence, finished) per patch, decoded as the labelling decodes."""
-        return read_batch(model, tok, patches, self.read_kw()) if patches else []
+        return self.rec.read(model, tok, patches)
 
     # ------------------------------------------------------------------ 1. train
     def training_shards(self, k: int) -> list[Path]:
@@ -143,12 +139,8 @@ class RoundRunner:
         # one seeded mix of every kind (languages, collage, accepted labels) in small shards:
         # read shard after shard, the sources would be trained on in long single-kind blocks
         mixed = mix_shards(shards, rd / "train_data", seed=self.cfg.seed + k)
-        tcfg = recognizer_config(rc.experiment, rc.overrides, shards=[str(s) for s in mixed],
-                                 tokenizer=str(self.data / "tokenizer"), out_dir=rd / "train",
-                                 steps=rc.steps[min(k, len(rc.steps) - 1)], seed=self.cfg.seed + k,
-                                 init_from=init, mode=rc.mode)
         t0 = time.process_time()
-        res = train_recognizer(tcfg)
+        res = self.rec.train(rd / "train", mixed, steps=round_steps(rc, k), seed=self.cfg.seed + k, init_from=init)
         _atomic_json(rd / "TRAINED", {"final_loss": res.get("final_loss"), "steps": res.get("steps"),
                                       "cpu_s_this_process": round(time.process_time() - t0, 1),
                                       "shards": [str(s) for s in shards]})
@@ -200,10 +192,8 @@ class RoundRunner:
         todo = [b for b in range(n_batches) if b not in done]
         thresholds = self.min_confidence(k)
         if todo:
-            reader = make_reader(self.cfg.label, model=model, tokenizer=tok,
-                                 model_dir=model_dir or self.rdir(k) / "train" / "model",
-                                 tokenizer_dir=self.data / "tokenizer", read_kw=self.read_kw(),
-                                 threads=self.cfg.threads, log=self.log)
+            reader = self.rec.reader(model, tok, model_dir or self.rdir(k) / "train" / "model",
+                                     self.cfg.threads, self.log)
             try:
                 with open(path, "a", encoding="utf-8") as f:
                     for b, reads in zip(todo, reader.map([pool[b * bs:(b + 1) * bs] for b in todo])):
@@ -256,18 +246,16 @@ class RoundRunner:
             if not gold:
                 out[s] = {"gold_n": 0}
                 continue
-            kw = dict(self.read_kw(), **canvas_kw(gold))
-            nll_kw = {k: kw[k] for k in ("batch_size", "mode", "stretch", "kinds", "rtl")}
             reads = self.read(model, tok, gold)
             blanks = [Image.new("RGB", p.image.size, "white") for p in gold]
-            blank = read_patches(model, tok, blanks, **kw)
+            blank = self.rec.read_images(model, tok, blanks, gold)
             texts = [p.text for p in gold]
             out[s] = {"gold_n": len(gold), "cer": corpus_cer((p.text, r[0]) for p, r in zip(gold, reads)),
                       "cer_by_kind": {kind: corpus_cer((p.text, r[0]) for p, r in zip(gold, reads) if p.kind == kind)
                                       for kind in sorted({p.kind for p in gold})},
                       "cer_blind": corpus_cer((p.text, r[0]) for p, r in zip(gold, blank)),
-                      "loss": reference_nll(model, tok, [p.image for p in gold], texts, **nll_kw),
-                      "loss_blind": reference_nll(model, tok, blanks, texts, **nll_kw),
+                      "loss": self.rec.nll(model, tok, [p.image for p in gold], texts, gold),
+                      "loss_blind": self.rec.nll(model, tok, blanks, texts, gold),
                       "examples": [{"ref": p.text, "pred": r[0]} for p, r in zip(gold[:3], reads[:3])]}
             unseen_path = self.data / UNSEEN_DIR / f"{_key(s)}.tar"
             unseen = list(read_patch_shard(unseen_path)) if unseen_path.is_file() else []
@@ -312,7 +300,7 @@ class RoundRunner:
         t0 = time.process_time()
         prior = self.accepted_before(k)
         model_dir = self.train(k)
-        model, tok = load_recognizer(model_dir, self.data / "tokenizer")
+        model, tok = self.rec.load(model_dir)
         taken = {p.key for ps in prior.values() for p in ps}
         pool = [p for s in self.langs for p in read_patch_shard(self.data / "pool" / f"{_key(s)}.tar")
                 if p.key not in taken]
