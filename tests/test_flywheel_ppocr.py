@@ -77,18 +77,18 @@ def test_ctc_fine_tune_lowers_the_loss_resumes_and_exports(tmp_path, cyrillic_sh
     shard, patches = cyrillic_shard
     out = tmp_path / "run"
     common = ["train.micro_batch_size=4", "train.global_batch_size=4", "optim.lr=1e-3", "optim.warmup_steps=0",
-              "train.save_every=3", "logging.log_every=1"]
-    cfg = ppocr_config(common, shards=[str(shard)], out_dir=out, steps=3, seed=0)
+              "train.save_every=2", "logging.log_every=1"]
+    cfg = ppocr_config(common, shards=[str(shard)], out_dir=out, steps=2, seed=0)
     first = train_ppocr(cfg)
-    assert first["steps"] == 3 and first["charset_added"] > 0 and first["patches"] == len(LINES)
+    assert first["steps"] == 2 and first["charset_added"] > 0 and first["patches"] == len(LINES)
     assert (out / "checkpoints" / "latest").is_file()
-    # same out_dir, more steps: resumes at step 3 (train.resume=auto), data position included
-    second = train_ppocr(ppocr_config(common, shards=[str(shard)], out_dir=out, steps=12, seed=0))
-    assert second["steps"] == 12 and len(second["losses"]) == 9
+    # same out_dir, more steps: resumes at step 2 (train.resume=auto), data position included
+    second = train_ppocr(ppocr_config(common, shards=[str(shard)], out_dir=out, steps=7, seed=0))
+    assert second["steps"] == 7 and len(second["losses"]) == 5
     losses = first["losses"] + second["losses"]
-    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
+    assert sum(losses[-2:]) / 2 < 0.7 * sum(losses[:2]) / 2, losses
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 13))
+    assert steps == list(range(1, 8))
     model = load_ppocr(second["export_dir"])
     assert "ж" in model.charset
     assert not model.backbone.stem_bn.training
