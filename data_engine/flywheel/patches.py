@@ -209,8 +209,9 @@ def write_patch_shard(path: str | Path, patches: Iterable[Patch], size: int = CA
     return n
 
 
-def read_patch_shard(path: str | Path) -> Iterator[Patch]:
-    """Patches of a shard written by ``write_patch_shard`` (``image`` = the crop)."""
+def read_patch_shard(path: str | Path, images: bool = True) -> Iterator[Patch]:
+    """Patches of a shard written by ``write_patch_shard`` (``image`` = the crop; None with
+    ``images=False``, for what needs only texts and boxes: no pixels held in memory)."""
     members: dict[str, dict[str, bytes]] = {}
     with tarfile.open(path, "r") as tf:
         for info in tf:
@@ -221,7 +222,7 @@ def read_patch_shard(path: str | Path) -> Iterator[Patch]:
         meta = json.loads(m["json"])
         text = meta.get("labels", {}).get("coarse", {}).get("text", "")
         extra = {k: v for k, v in meta.items() if k not in _FIELDS}
-        img = Image.open(io.BytesIO(m.get("crop.png") or m["png"])).convert("RGB")
+        img = Image.open(io.BytesIO(m.get("crop.png") or m["png"])).convert("RGB") if images else None
         yield Patch(key, meta["doc_id"], meta["page"], tuple(meta["bbox"]), meta["lang"], meta["script"],
                     meta["source"], text, meta.get("source_path", ""), tuple(meta.get("page_size", (0, 0))),
                     extra, img, meta.get("kind", LINE))

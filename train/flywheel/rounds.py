@@ -88,7 +88,8 @@ class RoundRunner:
         self.data = self.out / "data"
         self.accept_cfg = cfg.accept
         self.rec = make_recognizer(cfg, self.data)  # flywheel.recognizer.kind: train / load / read
-        self.seed = {s: list(read_patch_shard(self.data / "seed" / f"{_key(s)}.tar")) for s in self.langs}
+        self.seed = {s: list(read_patch_shard(self.data / "seed" / f"{_key(s)}.tar", images=False))  # texts, boxes
+                     for s in self.langs}
         self.truth = json.loads((self.data / "pool_truth.json").read_text(encoding="utf-8"))
         done = self.data / "DONE"  # per language: the patches of each file (prepare_data)
         self.made = json.loads(done.read_text()) if done.is_file() else {}
@@ -230,9 +231,10 @@ class RoundRunner:
     def complete_pages(self, accepted: dict[str, list[Patch]]) -> tuple[dict, dict]:
         """Page labels of the pages whose every pool line is accepted (``reassemble.complete_pages``:
         plus the page's trusted text-layer lines, seed and calibration), and the page counts."""
-        pool = [p for s in self.langs for p in read_patch_shard(self.data / "pool" / f"{_key(s)}.tar")]
+        pool = [p for s in self.langs for p in read_patch_shard(self.data / "pool" / f"{_key(s)}.tar", images=False)]
         calib = [self.data / "calib" / f"{_key(s)}.tar" for s in self.langs]
-        known = [p for ps in self.seed.values() for p in ps] + [p for c in calib if c.is_file() for p in read_patch_shard(c)]
+        known = [p for ps in self.seed.values() for p in ps] + \
+            [p for c in calib if c.is_file() for p in read_patch_shard(c, images=False)]
         return complete_pages([p for ps in accepted.values() for p in ps], pool, known,
                               frozenset(s for s in {p.script for p in pool} if is_rtl(s)))
 
