@@ -106,7 +106,8 @@ def generate_default_corpus(pdf_dir: Path, languages: dict, pages_per_doc: int, 
                          f"flywheel.words={words}: use a new out= directory")
     pdf_dir.mkdir(parents=True, exist_ok=True)
     train, unseen = Vocabulary(lexicon_size, 0, words), Vocabulary(lexicon_size, UNSEEN, words)
-    real = sorted(spec for spec in languages if train.real(LineLanguage.parse(spec).lang, LineLanguage.parse(spec).script))
+    parsed = {spec: LineLanguage.parse(spec) for spec in languages}
+    real = sorted(spec for spec, lang in parsed.items() if train.real(lang.lang, lang.script))
     _write_json(record, {"lexicon_size": lexicon_size, "words": words, "real_words": real})
     plan = {spec: {k: int(v) for k, v in kinds.items() if k in ("digital", "scan")} for spec, kinds in languages.items()}
     make_line_corpus(pdf_dir, plan, pages_per_doc=pages_per_doc, seed=seed, lines_per_block=lines_per_block,
