@@ -93,7 +93,7 @@ class FlywheelConfig(Schema):
 
     _key: ClassVar[str] = "flywheel"
 
-    input: Optional[str] = None       # folder of <lang>_<script>_*.pdf (+ gold/); null: generate the default corpus
+    input: Optional[str] = None       # folder of your PDFs / page images, any names (+ gold/, gold_unseen/; data_engine/flywheel/inputs.py); null: generate the default corpus
     languages: list[LanguagePlan] = setting([])  # see LanguagePlan; the default corpus is in conf/flywheel/default.yaml
     pages_per_doc: int = setting(2, ge=1)  # generated documents' pages
     seed: int = 0                     # corpus generation and training seeds (round k trains with seed + k)
