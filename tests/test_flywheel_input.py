@@ -88,7 +88,7 @@ def test_flywheel_input_folder_of_pdfs_and_images_end_to_end(tmp_path):
     out = tmp_path / "run"
     rep = run_flywheel({"out": str(out), "flywheel": {
         "input": str(user), "languages": [{"lang": "eng-Latn"}], "rounds": 1, "threads": 1,
-        "recognizer": {"steps": [2]}, "label": {"batch_size": 8, "max_new_tokens": 6},
+        "recognizer": {"kind": "paper", "steps": [2]}, "label": {"batch_size": 8, "max_new_tokens": 6},
         "baseline": {"tesseract": False}}}, log=lambda m: None)
     data = rep["data"]["eng-Latn"]
     assert data["seed"] > 0  # the born-digital PDFs' text layers, whatever their names
