@@ -69,6 +69,13 @@ def test_language_rules_and_refusals(tmp_path):
         language_of(png, Path("x.png"), specs)
     with pytest.raises(InputError, match="x.png"):
         find_inputs(tmp_path, specs)
+    # no flywheel.languages: the language folders and the text layers' language IDs
+    from data_engine.flywheel.inputs import detect_languages
+
+    (tmp_path / "hin-Deva").mkdir()
+    png.rename(tmp_path / "hin-Deva" / "x.png")
+    assert detect_languages(tmp_path) == ["eng-Latn", "hin-Deva"]
+    assert [(f.spec, f.doc_id) for f in find_inputs(tmp_path, specs)] == [("hin-Deva", "hin-Deva_x"), ("eng-Latn", "notes")]
 
 
 def test_gold_sidecar_tool_pairs_lines_or_says_why():
