@@ -305,10 +305,12 @@ def ppocr_rec_from_onnx(onnx_path: str | Path | None = None) -> PPOCRRec:
 
 
 # ---------------------------------------------------------------------------------- pre/post-processing
-def preprocess(images, height: int = 48, min_width: int = 320) -> torch.Tensor:
+def preprocess(images, height: int = 48, min_width: int = 320, width_multiple: int = 1) -> torch.Tensor:
     """RGB line crops (PIL or HxWx3 uint8 arrays) -> (B, 3, height, W) as PaddleOCR/RapidOCR feed them:
     resized to ``height`` keeping the aspect (bilinear, cv2), BGR, x/127.5-1, right-padded with 0 to
-    the batch's widest crop (at least ``min_width``)."""
+    the batch's widest crop (at least ``min_width``), rounded up to ``width_multiple`` (a few batch
+    shapes instead of one per width: oneDNN caches kernels per input shape, and a long run over
+    every width grows the process by gigabytes)."""
     import math
 
     import cv2
@@ -316,7 +318,7 @@ def preprocess(images, height: int = 48, min_width: int = 320) -> torch.Tensor:
 
     arrs = [np.asarray(im.convert("RGB") if hasattr(im, "convert") else im) for im in images]
     widths = [max(1, math.ceil(height * a.shape[1] / a.shape[0])) for a in arrs]
-    W = max([min_width] + widths)
+    W = -(-max([min_width] + widths) // width_multiple) * width_multiple
     out = torch.zeros(len(arrs), 3, height, W)
     for i, (a, w) in enumerate(zip(arrs, widths)):
         r = cv2.resize(a[:, :, ::-1].copy(), (w, height)).astype("float32")  # (h, w, 3) BGR

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 EXPORT_DIR = "model"
 FRAME_PX = 8  # input pixels per CTC frame (PP-LCNetV3: /4, then avg-pool /2)
+WIDTH_MULTIPLE = 64  # batch widths are padded to a multiple of this (models.ppocr_rec.preprocess)
 
 # Cyrillic and Greek letters drawn like a Latin letter: their new output row starts as that letter's
 _LOOKALIKE_PAIRS = ("аa еe оo рp сc уy хx ѕs іi јj ԁd ӏl АA ВB ЕE КK МM НH ОO РP СC ТT ХX ЅS ІI ЈJ "
@@ -135,7 +136,7 @@ def read_ppocr(model: PPOCRRec, crops: Sequence, *, rtl: Sequence[bool] | None =
     model.eval()
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
-        x = preprocess([_oriented(crops[i], rtl[i]) for i in idx]).to(device)
+        x = preprocess([_oriented(crops[i], rtl[i]) for i in idx], width_multiple=WIDTH_MULTIPLE).to(device)
         logits = model(x)  # (B, T, V)
         logp = logits.float().log_softmax(-1)
         for j, (i, (text, _, pmin)) in enumerate(zip(idx, ctc_greedy(logits, model.charset))):
@@ -247,7 +248,7 @@ class PatchLines:
 
 def ctc_batch(batch: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(images (B, 3, 48, W), flat targets, target lengths) of ``PatchLines`` items."""
-    x = preprocess([_oriented(img, rtl) for img, _, rtl, _ in batch])
+    x = preprocess([_oriented(img, rtl) for img, _, rtl, _ in batch], width_multiple=WIDTH_MULTIPLE)
     targets = torch.tensor([i for _, ids, _, _ in batch for i in ids], dtype=torch.long)
     lengths = torch.tensor([len(ids) for _, ids, _, _ in batch], dtype=torch.long)
     return x, targets, lengths
