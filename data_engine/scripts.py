@@ -167,12 +167,13 @@ def require_fonts(codes) -> None:
 
 @lru_cache(maxsize=None)
 def letters(code: str) -> tuple[str, ...]:
-    """Assigned letters (category L*) of the script's ranges, for pseudo-text."""
+    """Assigned letters (category L*) of the script's ranges, for pseudo-text. Modifier letters
+    (Lm) are left out: the Arabic tatweel U+0640 only stretches a joint, and a text layer drops it."""
     out = []
     for lo, hi in script_info(code).ranges:
         for cp in range(lo, hi + 1):
             ch = chr(cp)
-            if unicodedata.category(ch).startswith("L"):
+            if unicodedata.category(ch).startswith("L") and unicodedata.category(ch) != "Lm":
                 out.append(ch)
     if not out:
         raise ValueError(f"script {code!r} has no letters in its ranges")

@@ -205,13 +205,42 @@ def test_unseen_word_pages_share_no_word_with_the_training_lexicon(tmp_path):
     rng_a, rng_b = random.Random(5), random.Random(5)
     words = lexicon("Latn")
     assert make_line(rng_a, "Latn") == " ".join(rng_b.choice(words) for _ in range(rng_b.randint(2, 4)))
-    # a run directory's pages keep their lexicon size: another one is refused
-    plan = {"eng-Latn": {"digital": 0, "scan": 0, "gold": 0}}
-    generate_default_corpus(tmp_path / "pdfs", plan, 1, 0, lexicon_size=500)
-    assert json.loads((tmp_path / "pdfs" / "CORPUS.json").read_text()) == {"lexicon_size": 500}
-    generate_default_corpus(tmp_path / "pdfs", plan, 1, 0, lexicon_size=500)  # the same: fine
-    with pytest.raises(ValueError, match="500-word lexicons, not flywheel.lexicon_size=300"):
+    # a run directory's pages keep their lexicon size and word source: another one is refused
+    plan = {"eng-Latn": {"digital": 0, "scan": 0, "gold": 0}, "khm-Khmr": {}}
+    generate_default_corpus(tmp_path / "pdfs", plan, 1, 0, lexicon_size=500, words="wordfreq")
+    assert json.loads((tmp_path / "pdfs" / "CORPUS.json").read_text()) == {
+        "lexicon_size": 500, "words": "wordfreq", "real_words": ["eng-Latn"]}  # wordfreq has no Khmer
+    generate_default_corpus(tmp_path / "pdfs", plan, 1, 0, lexicon_size=500, words="wordfreq")  # the same: fine
+    with pytest.raises(ValueError, match="500-word lexicons of wordfreq words, not flywheel.lexicon_size=300"):
         generate_default_corpus(tmp_path / "pdfs", plan, 1, 0)
+
+
+def test_real_words_split_and_letter_ranges():
+    """Real words (wordfreq) of each language's script, a fixed word split for the unseen-word
+    gold, pseudo-words as the fallback, and the pseudo-word letter ranges checked."""
+    import unicodedata
+
+    from data_engine.flywheel.linepages import UNSEEN, Vocabulary, lexicon
+    from data_engine.flywheel.trust import char_script
+    from data_engine.flywheel.words import held_out, real_words
+    from data_engine.scripts import SCRIPTS, letters
+
+    for lang, script in (("eng", "Latn"), ("hin", "Deva"), ("arb", "Arab"), ("rus", "Cyrl"), ("ell", "Grek")):
+        train, unseen = Vocabulary(3000, 0, "wordfreq"), Vocabulary(3000, UNSEEN, "wordfreq")
+        assert train.real(lang, script)
+        seen_w, unseen_w = set(train.words(script, lang)), set(unseen.words(script, lang))
+        assert not seen_w & unseen_w and 0.08 < len(unseen_w) / len(real_words(lang, script, 3000)) < 0.17
+        assert all(held_out(w) for w in unseen_w) and not any(held_out(w) for w in seen_w)
+        assert all(unicodedata.is_normalized("NFC", w) and char_script(w[0]) == script for w in seen_w)
+        assert "\u0640" not in "".join(seen_w)  # no tatweel
+    greek = real_words("ell", "Grek", 3000)
+    assert "της" in greek and "τησ" not in greek  # the final sigma written as text has it
+    assert any("\u094d" in w for w in real_words("hin", "Deva", 3000))  # conjuncts: real Hindi has them
+    assert not Vocabulary(3000, 0, "wordfreq").real("khm", "Khmr")  # not in wordfreq: pseudo-words
+    assert Vocabulary(300, 0, "wordfreq").words("Khmr", "khm") == lexicon("Khmr")
+    assert not [c for script in SCRIPTS for c in letters(script) if unicodedata.category(c) == "Lm"]  # e.g. tatweel
+    for script in ("Latn", "Cyrl", "Grek", "Arab", "Hebr", "Deva", "Beng", "Taml", "Thai", "Khmr"):
+        assert {char_script(c) for c in letters(script)} == {script}  # the pseudo-words' ranges hold its letters
 
 
 def test_canvas_rows_and_patch_shard_roundtrip(tmp_path, docs):
@@ -293,3 +322,41 @@ def test_tesseract_baseline_reads_a_latin_line(docs):
                         script="Latn", source="gold", texts=[b["text"] for b in truth])
     assert corpus_cer((p.text, read_line(p.image, "eng")) for p in patches) < 0.2
     assert availability("xyz")[0] is None and "tesseract-ocr-xyz" in availability("xyz")[1]
+
+
+def test_real_words_are_shaped_and_the_text_layer_garbles_them_as_real_pdfs(tmp_path):
+    """MuPDF's HTML engine shapes with HarfBuzz: Hindi conjuncts become glyphs without a Unicode
+    mapping (U+FFFD in the text layer: those lines are refused), Arabic letters take their joining
+    forms (extracted as presentation forms U+FExx, which the text-layer path turns into base
+    letters, NFC); trusted lines then equal the ground truth."""
+    from data_engine.flywheel.linepages import Vocabulary, make_line_document
+
+    if find_font("NotoNaskhArabic-Regular.ttf") is None:
+        pytest.skip("Noto Naskh Arabic missing (scripts/setup_fonts.sh)")
+    words = Vocabulary(3000, 0, "wordfreq")
+    for spec, rtl in (("hin-Deva", False), ("arb-Arab", True)):
+        lang = LineLanguage.parse(spec)
+        gt = make_line_document(lang, tmp_path / f"{spec}.pdf", seed=3, vocab=words)
+        assert gt["pseudo_text"] is False
+        page = pymupdf.open(tmp_path / f"{spec}.pdf")[0]
+        raw = "".join(chr(c[0]) for sp in page.get_texttrace() for c in sp["chars"] if c[0] > 0)
+        good, bad = cut_text_layer(page, render_page(page), doc_id="d", lang=lang.lang, script=lang.script, rtl=rtl)
+        truth = [b["text"] for b in gt["pages"][0]["blocks"]]
+        assert good and bad and all(p.text in truth for p in good)
+        if spec == "hin-Deva":
+            assert "\ufffd" in raw and any("\u094d" in t for t in truth)  # conjunct glyphs, unmapped
+        else:  # joining forms in the raw text layer, base letters (U+06xx) in the labels
+            assert any("\ufe70" <= c <= "\ufeff" for c in raw)
+            assert not any("\ufb50" <= c <= "\ufeff" for p in good for c in p.text)
+
+
+def test_presentation_forms_become_base_letters_in_refused_line_words():
+    from data_engine.flywheel.collage import refused_line_words
+    from data_engine.flywheel.patches import Patch
+    from data_engine.flywheel.trust import base_text
+
+    assert base_text("\ufefb\ufe8e") == "\u0644\u0627\u0627"  # lam-alef ligature + alef final form
+    assert base_text("x\u00b2 \uff21") == "x\u00b2 \uff21"  # NFKC only for the presentation-form ranges
+    line = Patch("k", "d", 0, (0, 0, 100, 20), "arb", "Arab", "textlayer_box")
+    words = [(10, 5, 40, 15, "\ufee3\ufeb8\ufe98\ufeae\ufedb", 0, 0, 0), (50, 5, 90, 15, "\ufec3\ufeee\ufef2", 0, 0, 1)]
+    assert [w[2] for w in refused_line_words(line, words)] == ["\u0645\u0634\u062a\u0631\u0643", "\u0637\u0648\u064a"]

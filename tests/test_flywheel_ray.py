@@ -68,7 +68,7 @@ def _runner(out, executor: str):
     from train.flywheel.rounds import RoundRunner
 
     cfg = as_app_config({"out": str(out), "flywheel": {
-        "languages": [{"lang": "eng-Latn"}], "threads": 1,
+        "languages": [{"lang": "eng-Latn"}], "threads": 1, "recognizer": {"kind": "paper"},
         "label": {"batch_size": 2, "max_new_tokens": 5, "executor": executor, "actors": 2}}})
     return RoundRunner(cfg.flywheel, out, ["eng-Latn"], log=lambda m: None)
 

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(find_font("NotoSansDevanagari-Regular.ttf") is N
 
 TINY = [
     "flywheel.languages=[{lang: eng-Latn, digital: 1, scan: 1, gold: 1}, {lang: khm-Khmr, scan: 1}]",
-    "flywheel.pages_per_doc=1", "flywheel.rounds=1", "flywheel.recognizer.steps=[2]",
+    "flywheel.pages_per_doc=1", "flywheel.rounds=1", "flywheel.recognizer.kind=paper", "flywheel.recognizer.steps=[2]",
     "flywheel.label.batch_size=4", "flywheel.label.max_new_tokens=6", "flywheel.threads=1",
     "flywheel.baseline.tesseract=false", "flywheel.recognizer.overrides=['train.save_every=1']",
     "flywheel.collage=1",
@@ -172,7 +172,9 @@ def test_config_schema_defaults_and_errors():
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = typed(compose(config_name="flywheel"), FlywheelAppConfig)
         assert [lp.lang for lp in cfg.flywheel.languages] == ["eng-Latn", "hin-Deva"]
-        assert cfg.flywheel.recognizer.experiment == "flywheel_recognizer"
+        assert (cfg.flywheel.recognizer.kind, cfg.flywheel.recognizer.experiment) == ("ppocr", None)
+        with pytest.raises(ConfigError, match="executor=ray reads with the paper model only"):
+            typed(compose(config_name="flywheel", overrides=["flywheel.label.executor=ray"]), FlywheelAppConfig)
         with pytest.raises(ConfigError, match="flywheel.label.batch_size must be >= 1"):
             typed(compose(config_name="flywheel", overrides=["flywheel.label.batch_size=0"]), FlywheelAppConfig)
         with pytest.raises(ConfigError, match="flywheel.languages"):
@@ -214,13 +216,48 @@ def test_accepted_labels_feed_page_labels_and_next_round(full_run, tmp_path):
     assert out / "round_0" / "accepted" / "eng_Latn.tar" in runner.training_shards(1)
     assert out / "round_0" / "accepted" / "khm_Khmr.tar" not in runner.training_shards(1)  # empty
     assert runner.accepted_before(1)["eng-Latn"][0].key == acc[0].key
-    n = write_page_shard(tmp_path / "pages.tar", page_labels(acc))
+    n = write_page_shard(tmp_path / "pages.tar", page_labels(acc), root=full_run)  # paths relative to the run
     pages = list(iter_samples(str(tmp_path / "pages.tar")))
     assert n == len(pages) >= 1
     meta = pages[0]["meta"]
     assert meta["source"] == "flywheel" and meta["labels"]["fine"]["prompt"].endswith("markdown.")
     texts = [b["text"] for b in parse_fine_label(meta["labels"]["fine"]["text"])]
     assert texts and set(texts) <= {runner.truth[p.key] for p in acc}
+    # complete pages only: a page label holds every line found on its page, accepted
+    labels, counts = runner.complete_pages(runner.accepted_before(1))
+    c = counts["eng"]
+    assert c["complete"] == len(labels) and c["complete"] + c["partial"] <= c["pages"]
+    for (doc, page), lab in labels.items():
+        found = {runner.truth[p.key] for p in pool if (p.doc_id, p.page) == (doc, page)}
+        assert found <= {b["text"] for b in parse_fine_label(lab["text"])}
+
+
+def test_moved_run_directory_still_works(full_run, tmp_path):
+    """A finished run moved elsewhere: its round redone from the moved files (page labels
+    reopen the PDFs relative to the run directory), with the same report."""
+    import shutil
+
+    from hydra import compose, initialize_config_dir
+
+    from data_engine.shards import iter_samples
+    from train.flywheel import run_flywheel
+    from train.flywheel.config import register
+
+    shutil.copytree(full_run, tmp_path / "before")
+    (tmp_path / "before").rename(tmp_path / "after")  # the move: nothing is left at the old path
+    moved = tmp_path / "after"
+    for f in ("report.json", "round_0/report.json", "round_0/pages/flywheel-000000.tar"):
+        (moved / f).unlink()
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose(config_name="flywheel", overrides=[f"out={moved}", *TINY])
+    rep = run_flywheel(cfg, log=lambda m: None)
+    ref = json.loads((full_run / "report.json").read_text())
+    for key in ("accepted", "labelled", "pages"):
+        assert rep["rounds"][0]["languages"]["eng-Latn"][key] == ref["rounds"][0]["languages"]["eng-Latn"][key]
+    pages = list(iter_samples(str(moved / "round_0" / "pages" / "flywheel-000000.tar")))
+    assert len(pages) == rep["rounds"][0]["pages_reassembled"]
+    assert all(not Path(p["meta"]["source_path"]).is_absolute() for p in pages)
 
 
 def test_calibration_status_sets_each_language_threshold(full_run, tmp_path):

@@ -25,7 +25,7 @@ from PIL import Image
 
 from data_engine.flywheel.canvas import X_HEIGHT, normalize_line
 from data_engine.flywheel.patches import Patch
-from data_engine.flywheel.trust import line_problem
+from data_engine.flywheel.trust import base_text, line_problem
 
 WORD_GAP = 0.55  # x-heights between two words (Noto Sans: a space plus side bearings)
 COLLAGE_WORDS = "trusted lines' words + refused lines' trusted words"  # recorded in data/VIEW
@@ -47,7 +47,7 @@ def line_word_boxes(page: pymupdf.Page, line: Patch,
     inside = _words_in(line.bbox, page.get_text("words") if words is None else words)
     texts = line.text.split(" ")
     # compatibility-normalised: raw words keep ligature characters (U+FB02) the line's text spells out
-    if len(inside) != len(texts) or _nfkc(" ".join(w[4] for w in inside)) != _nfkc(line.text):
+    if len(inside) != len(texts) or _nfkc(" ".join(base_text(w[4]) for w in inside)) != _nfkc(line.text):
         return None
     return [(w[0], w[2], t) for w, t in zip(inside, texts)]
 
@@ -56,7 +56,8 @@ def refused_line_words(line: Patch, words: list) -> list[tuple[float, float, str
     """The words of a refused text-layer line (``line.bbox``; its text is garbled somewhere)
     that pass the trust check on their own, as (x0, x1, text) in PDF points: ``words`` is the
     page's ``get_text("words")``."""
-    return [(w[0], w[2], w[4]) for w in _words_in(line.bbox, words) if line_problem(w[4], line.script) is None]
+    out = [(w[0], w[2], base_text(w[4])) for w in _words_in(line.bbox, words)]  # MuPDF's Arabic: presentation forms
+    return [w for w in out if line_problem(w[2], line.script) is None]
 
 
 def _words_in(bbox, words: list) -> list:

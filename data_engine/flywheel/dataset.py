@@ -42,9 +42,11 @@ from pathlib import Path
 from data_engine.flywheel.blocks import group_lines, lines_in
 from data_engine.flywheel.canvas import LAYOUT, is_rtl
 from data_engine.flywheel.collage import COLLAGE_WORDS, line_word_boxes, make_collages, refused_line_words, word_pieces
+from data_engine.flywheel.inputs import find_inputs, read_truth
 from data_engine.flywheel.linepages import (SYLLABLE_SIGNS, UNSEEN, LineLanguage, Vocabulary, make_line_corpus,
                                             truth_blocks)
-from data_engine.flywheel.patches import BLOCK, CANVAS, LINE, Patch, cut_boxes, cut_text_layer, render_page, write_patch_shard
+from data_engine.flywheel.patches import (BLOCK, CANVAS, LINE, Patch, cut_boxes, cut_text_layer, relative_source,
+                                          render_page, write_patch_shard)
 from data_engine.metrics import corpus_cer
 from data_engine.scripts import letters
 
@@ -87,20 +89,26 @@ def _write_json(path: Path, obj) -> None:
 
 
 def generate_default_corpus(pdf_dir: Path, languages: dict, pages_per_doc: int, seed: int,
-                            lines_per_block: tuple[int, int] = (1, 1), lexicon_size: int = 300) -> None:
+                            lines_per_block: tuple[int, int] = (1, 1), lexicon_size: int = 300,
+                            words: str = "pseudo") -> None:
     """Embedded default: synthetic line pages, ``languages`` = {spec: {digital, scan, gold}},
-    words from a lexicon of ``lexicon_size`` pseudo-words per script (``pdf_dir/CORPUS.json``
-    records it: documents already there are kept, so another size needs another directory)."""
+    words (``words``: ``wordfreq`` real words, ``pseudo`` pseudo-words; ``linepages.Vocabulary``)
+    from a list of ``lexicon_size`` per language. ``pdf_dir/CORPUS.json`` records both and which
+    languages got real words: documents already there are kept, so other settings need another
+    directory."""
     record = pdf_dir / "CORPUS.json"
-    made = json.loads(record.read_text())["lexicon_size"] if record.is_file() else None
+    made = json.loads(record.read_text()) if record.is_file() else None
     if made is None and any(pdf_dir.glob("*.pdf")):
-        made = 300  # directories made before the record existed: every lexicon had 300 words
-    if made is not None and made != lexicon_size:
-        raise ValueError(f"{pdf_dir} holds pages made with {made}-word lexicons, not flywheel.lexicon_size="
-                         f"{lexicon_size}: use a new out= directory")
+        made = {"lexicon_size": 300}  # directories made before the record existed: 300 pseudo-words
+    if made is not None and (made["lexicon_size"], made.get("words", "pseudo")) != (lexicon_size, words):
+        raise ValueError(f"{pdf_dir} holds pages made with {made['lexicon_size']}-word lexicons of "
+                         f"{made.get('words', 'pseudo')} words, not flywheel.lexicon_size={lexicon_size} "
+                         f"flywheel.words={words}: use a new out= directory")
     pdf_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(record, {"lexicon_size": lexicon_size})
-    train, unseen = Vocabulary(lexicon_size), Vocabulary(lexicon_size, UNSEEN)
+    train, unseen = Vocabulary(lexicon_size, 0, words), Vocabulary(lexicon_size, UNSEEN, words)
+    parsed = {spec: LineLanguage.parse(spec) for spec in languages}
+    real = sorted(spec for spec, lang in parsed.items() if train.real(lang.lang, lang.script))
+    _write_json(record, {"lexicon_size": lexicon_size, "words": words, "real_words": real})
     plan = {spec: {k: int(v) for k, v in kinds.items() if k in ("digital", "scan")} for spec, kinds in languages.items()}
     make_line_corpus(pdf_dir, plan, pages_per_doc=pages_per_doc, seed=seed, lines_per_block=lines_per_block,
                      vocab=train)
@@ -143,33 +151,41 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
                              "(flywheel.patches changed): use a new out= directory")
         return counts
     langs = {spec: LineLanguage.parse(spec) for spec in languages}
+    inputs = find_inputs(pdf_dir, list(langs))
+    root = data_dir.parent  # source paths are stored relative to the run directory (it may move)
     min_lines = 2 if LINE in kinds else 1  # block patches of one line only where lines are not cut
     seed, pool, gold, calib, unseen = defaultdict(list), defaultdict(list), defaultdict(list), {}, defaultdict(list)
     pieces = defaultdict(list)  # spec -> [(doc_id, word pieces of one page)]
     truth, refused, pages_log, seed_truth = {}, [], [], defaultdict(list)
+    no_truth = Counter()  # gold pages without a sidecar, per language
     for spec, lang in langs.items():
         rtl = is_rtl(lang.script)
-        files = sorted(pdf_dir.glob(f"{lang.lang}_{lang.script}_*.pdf")) + \
-            sorted((pdf_dir / "gold").glob(f"{lang.lang}_{lang.script}_*.pdf")) + \
-            sorted((pdf_dir / UNSEEN_DIR).glob(f"{lang.lang}_{lang.script}_*.pdf"))
+        files = [f for f in inputs if f.spec == spec]
         if not files:
-            log(f"[flywheel] {spec}: no input PDFs under {pdf_dir}")
-        for path in files:
-            is_gold = path.parent.name in ("gold", UNSEEN_DIR)
-            held_out = gold if path.parent.name == "gold" else unseen
-            gt_path = path.with_suffix(".gt.json")
-            gt = json.loads(gt_path.read_text(encoding="utf-8")) if gt_path.is_file() else None
+            log(f"[flywheel] {spec}: no input files under {pdf_dir}")
+        for f in files:
+            path, is_gold = f.path, f.role != "train"
+            held_out = gold if f.role == "gold" else unseen
             try:
                 doc = pymupdf.open(path)
             except Exception as e:  # a bad file is recorded, never fatal
                 pages_log.append({"file": str(path), "reason": "unreadable", "detail": str(e)[:200]})
+                continue
+            gt = read_truth(path, [pg.rect for pg in doc])
+            if is_gold and gt is None:
+                no_truth[spec] += 1
+                pages_log.append({"file": str(path), "reason": "gold_without_truth",
+                                  "detail": f"no {path.with_suffix('.gt.json').name} beside it (python -m "
+                                            "data_engine.flywheel.gold writes one)"})
+                log(f"[flywheel] warning: gold page {path} has no {path.with_suffix('.gt.json').name}: not measured")
+                doc.close()
                 continue
             for page in doc:
                 img = render_page(page, dpi)
                 lines = gt["pages"][page.number]["blocks"] if gt else []
                 # a block's truth: its lines' union; with line patches too, one-line blocks are the lines
                 page_truth = {LINE: lines, BLOCK: [b for b in truth_blocks(lines) if b["lines"] >= min_lines]}
-                common = dict(doc_id=path.stem, lang=lang.lang, script=lang.script, source_path=str(path.resolve()))
+                common = dict(doc_id=f.doc_id, lang=lang.lang, script=lang.script, source_path=relative_source(path, root))
                 if is_gold:
                     for kind in kinds:
                         held_out[spec] += cut_boxes(img, page.rect, [b["bbox"] for b in page_truth[kind]],
@@ -181,17 +197,17 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
                 if good or bad:  # a text layer: trusted lines seed, the others' boxes join the pool
                     seed[spec] += good
                     if collage > 0:
-                        pieces[spec].append((path.stem, _word_pieces(page, img, [p for p in good if p.kind == LINE])))
+                        pieces[spec].append((f.doc_id, _word_pieces(page, img, [p for p in good if p.kind == LINE])))
                     for p in good:  # scored against the sidecar only (never used to train)
                         t = _truth_of(p, lines)
                         if t is not None:
                             seed_truth[spec].append((t, p.text))
-                    refused += [dict(r, doc_id=path.stem, page=page.number, lang=lang.lang) for r in bad]
+                    refused += [dict(r, doc_id=f.doc_id, page=page.number, lang=lang.lang) for r in bad]
                     new = [p for kind in kinds for p in cut_boxes(
                         img, page.rect, [r["bbox"] for r in bad if r["kind"] == kind], page=page.number,
                         source="textlayer_box", start=500, kind=kind, **common)]
                     if collage > 0:  # the refused lines' words that are trustworthy on their own
-                        pieces[spec].append((path.stem, _word_pieces(page, img, [p for p in new if p.kind == LINE],
+                        pieces[spec].append((f.doc_id, _word_pieces(page, img, [p for p in new if p.kind == LINE],
                                                                      refused=True)))
                 else:  # image-only: the detector cuts the lines (grouped into blocks for block patches)
                     boxes = [b.bbox for b in detector.blocks(page, image=img)]
@@ -200,13 +216,13 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
                         img, page.rect, boxes if kind == LINE else regions, page=page.number,
                         source="detector", kind=kind, **common)]
                     if not boxes:
-                        pages_log.append({"doc_id": path.stem, "page": page.number, "reason": "no_lines_detected"})
+                        pages_log.append({"doc_id": f.doc_id, "page": page.number, "reason": "no_lines_detected"})
                 for p in new:
                     t = _truth_of(p, lines)
                     if t is not None:
                         truth[p.key] = t
                 pool[spec] += new
-                pages_log.append({"doc_id": path.stem, "page": page.number, "seed": len(good),
+                pages_log.append({"doc_id": f.doc_id, "page": page.number, "seed": len(good),
                                   "pool": len(new), "refused": len(bad_lines)})
             doc.close()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -229,7 +245,7 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
                         for name, ps in parts}
         refused_here = [r for r in refused if r["lang"] == langs[spec].lang and r["kind"] == LINE]
         counts[spec].update({
-            "seed_refused": len(refused_here),
+            "seed_refused": len(refused_here), "gold_without_truth": no_truth[spec],
             "seed_refused_by_reason": dict(Counter(r["reason"] for r in refused_here)),
             "by_kind": {kind: {name: sum(p.kind == kind for p in ps.get(spec, [])) for name, ps in parts}
                         for kind in kinds},

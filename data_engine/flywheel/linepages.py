@@ -16,9 +16,14 @@ breaks, which MuPDF's text layer returns as one block); each entry then also has
 the paragraph's number on its page (``truth_blocks`` gives the paragraphs' boxes and texts).
 A paragraph line's ink box is measured on a copy of the paragraph whose other lines are white.
 
-Text is pseudo-text generated from the script's own letters (no corpus, licence-safe): a
-per-language lexicon of pseudo-words, where scripts with dependent vowel signs get syllables
-(consonant + optional sign), so shaping (reordered and combining signs) is exercised.
+Text is real words of the language (``Vocabulary(source="wordfreq")``, ``words.py``: the
+package's frequency lists, no copied sentences) or, as a fallback for languages it lacks,
+pseudo-text from the script's own letters: a lexicon of pseudo-words, where scripts with
+dependent vowel signs get syllables (consonant + optional sign, conjuncts by virama). MuPDF's
+HTML engine shapes the text with HarfBuzz, as a real PDF producer would (conjuncts, reordered
+vowel signs, Arabic joining forms and lam-alef: ``tests/test_flywheel_data.py`` checks the
+shaped glyph runs), and its text layer comes back as such PDFs' does: Devanagari conjuncts as
+stand-in symbols, Arabic as presentation forms (normalised by ``trust.base_text``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from pathlib import Path
 
 import pymupdf
 
+from data_engine.flywheel.words import held_out, real_words
 from data_engine.scripts import DEFAULT_LANG, find_font, letters, require_fonts, script_info
 
 # Dependent vowel signs / final marks per script (others: letters only). Values are code points.
@@ -98,19 +104,35 @@ def lexicon(script: str, size: int = 300, seed: int = 0) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """The pseudo-words lines draw from: lexicon ``seed`` of ``size`` words. Seed 0 is the
-    training pages' lexicon; another seed gives words none of its (same size) words are, for
-    held-out pages of unseen words (``UNSEEN``): their CER measures reading letters, not
-    recognising the lexicon's words."""
+    """The words lines draw from. ``source="wordfreq"``: real words of the language
+    (``words.real_words``: its ``size`` most frequent words; seed 0 = the training words,
+    ``UNSEEN`` = the held-out ones, a fixed per-word split), falling back to pseudo-words for a
+    language wordfreq lacks. ``source="pseudo"``: lexicon ``seed`` of ``size`` pseudo-words;
+    another seed gives words none of its (same size) words are. Either way the ``UNSEEN``
+    words are none of the training words: the CER on them measures reading letters, not
+    recognising the training pages' words."""
 
     size: int = 300
     seed: int = 0
+    source: str = "pseudo"  # wordfreq | pseudo
 
-    def words(self, script: str) -> tuple[str, ...]:
+    def real(self, lang: str, script: str) -> bool:
+        """Does ``lang`` get real words (else pseudo-words)?"""
+        return self.source == "wordfreq" and real_words(lang, script, self.size) is not None
+
+    def words(self, script: str, lang: str = "") -> tuple[str, ...]:
+        if self.real(lang, script):
+            return _split_words(lang, script, self.size, self.seed == UNSEEN)
         return _vocabulary_words(script, self.size, self.seed)
 
 
 UNSEEN = 1  # the lexicon seed of the unseen-word gold pages
+WORD_SOURCES = ("wordfreq", "pseudo")
+
+
+@lru_cache(maxsize=None)
+def _split_words(lang: str, script: str, size: int, unseen: bool) -> tuple[str, ...]:
+    return tuple(w for w in real_words(lang, script, size) if held_out(w) == unseen)
 
 
 @lru_cache(maxsize=None)
@@ -120,8 +142,9 @@ def _vocabulary_words(script: str, size: int, seed: int) -> tuple[str, ...]:
     return words if seed == 0 else tuple(w for w in words if w not in set(lexicon(script, size, 0)))
 
 
-def make_line(rng: random.Random, script: str, lo: int = 2, hi: int = 4, vocab: Vocabulary = Vocabulary()) -> str:
-    words = vocab.words(script)
+def make_line(rng: random.Random, script: str, lo: int = 2, hi: int = 4, vocab: Vocabulary = Vocabulary(),
+              lang: str = "") -> str:
+    words = vocab.words(script, lang)
     words = [rng.choice(words) for _ in range(rng.randint(lo, hi))]
     return (" " if script_info(script).spaced else "").join(words)
 
@@ -199,9 +222,9 @@ def make_line_document(lang: LineLanguage, out_path: str | Path, *, kind: str = 
                 break
             if paragraphs:
                 y = _add_paragraph(page, lines, rng, lang.script, rtl, fnt, css, archive, size, mx, y, W, H,
-                                   min(rng.randint(*lines_per_block), n - len(lines)), zoom, vocab)
+                                   min(rng.randint(*lines_per_block), n - len(lines)), zoom, vocab, lang.lang)
                 continue
-            text = make_line(rng, lang.script, vocab=vocab)
+            text = make_line(rng, lang.script, vocab=vocab, lang=lang.lang)
             if fnt.text_length(text, fontsize=size) > 0.85 * (W - 2 * mx):
                 continue  # keep every line on one visual line (shaping may widen it a little)
             # MuPDF's line box is taller than the glyphs: 3 x size always holds one line, and
@@ -239,21 +262,22 @@ def make_line_document(lang: LineLanguage, out_path: str | Path, *, kind: str = 
     if out_doc is not doc:
         doc.close()
     gt = {"doc_id": out_path.stem, "lang": lang.lang, "script": lang.script,
-          "direction": info.direction, "kind": kind, "pseudo_text": True, "pages": pages}
+          "direction": info.direction, "kind": kind, "pseudo_text": not vocab.real(lang.lang, lang.script),
+          "pages": pages}
     out_path.with_suffix(".gt.json").write_text(json.dumps(gt, ensure_ascii=False, indent=1), encoding="utf-8")
     return gt
 
 
 def _add_paragraph(page, lines: list, rng: random.Random, script: str, rtl: bool, fnt, css: str, archive,
                    size: float, mx: float, y: float, W: float, H: float, k: int, zoom: float,
-                   vocab: Vocabulary = Vocabulary()) -> float:
+                   vocab: Vocabulary = Vocabulary(), lang: str = "") -> float:
     """Set up to ``k`` lines as one paragraph at ``y``; append (text, band, block, ink box) per
     line to ``lines``; return the next paragraph's ``y``."""
     lead = _PARAGRAPH_LEADING * size
     k = max(1, min(k, int((H - 30 - y - 3.0 * size) // lead) + 1))
     texts: list[str] = []
     while len(texts) < k:
-        text = make_line(rng, script, vocab=vocab)
+        text = make_line(rng, script, vocab=vocab, lang=lang)
         if fnt.text_length(text, fontsize=size) <= 0.85 * (W - 2 * mx):
             texts.append(text)
     rect = pymupdf.Rect(mx, y, W - mx, y + (k - 1) * lead + 3.0 * size)

@@ -31,7 +31,7 @@ import pymupdf
 from PIL import Image
 
 from data_engine.flywheel.canvas import BLOCK, CANVAS, LINE, ROW, is_rtl, patch_canvas  # noqa: F401 (re-exported)
-from data_engine.flywheel.trust import line_problem
+from data_engine.flywheel.trust import base_text, line_problem
 from data_engine.render import extract_text
 from data_engine.shards import SampleTarWriter, encode_meta
 from data_engine.text_assembly import rawdict_lines
@@ -103,8 +103,21 @@ def visual_lines(text_dict: dict, rtl: bool = False) -> list[tuple[pymupdf.Rect,
         box = pymupdf.Rect(g[0][0])
         for r, _ in g[1:]:
             box |= r
-        out.append((box, _join(g, rtl)))
+        out.append((box, base_text(_join(g, rtl))))  # presentation forms (Arabic) -> base letters, NFC
     return sorted(out, key=lambda x: (x[0].y0, x[0].x0))
+
+
+def relative_source(path: str | Path, root: str | Path) -> str:
+    """A source file's path as patches store it: relative to the run directory ``root`` when it
+    lies inside it (a moved run directory keeps working), else absolute (inputs of your own)."""
+    path, root = Path(path).resolve(), Path(root).resolve()
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
+def resolve_source(source_path: str, root: str | Path | None) -> Path:
+    """The file a stored ``source_path`` names (``relative_source``'s inverse)."""
+    p = Path(source_path)
+    return p if p.is_absolute() or root is None else Path(root) / p
 
 
 def render_page(page: pymupdf.Page, dpi: int = 144) -> Image.Image:
@@ -196,8 +209,9 @@ def write_patch_shard(path: str | Path, patches: Iterable[Patch], size: int = CA
     return n
 
 
-def read_patch_shard(path: str | Path) -> Iterator[Patch]:
-    """Patches of a shard written by ``write_patch_shard`` (``image`` = the crop)."""
+def read_patch_shard(path: str | Path, images: bool = True) -> Iterator[Patch]:
+    """Patches of a shard written by ``write_patch_shard`` (``image`` = the crop; None with
+    ``images=False``, for what needs only texts and boxes: no pixels held in memory)."""
     members: dict[str, dict[str, bytes]] = {}
     with tarfile.open(path, "r") as tf:
         for info in tf:
@@ -208,7 +222,7 @@ def read_patch_shard(path: str | Path) -> Iterator[Patch]:
         meta = json.loads(m["json"])
         text = meta.get("labels", {}).get("coarse", {}).get("text", "")
         extra = {k: v for k, v in meta.items() if k not in _FIELDS}
-        img = Image.open(io.BytesIO(m.get("crop.png") or m["png"])).convert("RGB")
+        img = Image.open(io.BytesIO(m.get("crop.png") or m["png"])).convert("RGB") if images else None
         yield Patch(key, meta["doc_id"], meta["page"], tuple(meta["bbox"]), meta["lang"], meta["script"],
                     meta["source"], text, meta.get("source_path", ""), tuple(meta.get("page_size", (0, 0))),
                     extra, img, meta.get("kind", LINE))

@@ -91,6 +91,22 @@ def line_problem(text: str, script: str) -> str | None:
     return None
 
 
+# Presentation forms (Latin / Armenian / Hebrew ligatures U+FB00-U+FB4F, Arabic forms A U+FB50-U+FDFF
+# and B U+FE70-U+FEFF): MuPDF extracts shaped Arabic as these (the glyph's form, e.g. U+FEFB for
+# lam-alef); NFKC maps them to their base letters. Only these ranges: NFKC elsewhere would also
+# change real text (superscripts, full-width forms, compatibility Han).
+_PRESENTATION_FORMS = ((0xFB00, 0xFDFF), (0xFE70, 0xFEFF))
+
+
+def base_text(text: str) -> str:
+    """``text`` in base letters, NFC: what every label, truth and text-layer line is compared and
+    trained as (presentation forms NFKC-normalised, ``_PRESENTATION_FORMS``; the rest NFC)."""
+    if any(lo <= ord(c) <= hi for c in text for lo, hi in _PRESENTATION_FORMS):
+        text = "".join(unicodedata.normalize("NFKC", c) if any(lo <= ord(c) <= hi for lo, hi in _PRESENTATION_FORMS)
+                       else c for c in text)
+    return unicodedata.normalize("NFC", text)
+
+
 def script_share(text: str, script: str) -> float:
     """Fraction of the script-bearing characters of ``text`` that belong to ``script``."""
     allowed = {script} | _SHARED.get(script, set())

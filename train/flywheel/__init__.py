@@ -40,18 +40,28 @@ def run_flywheel(cfg: FlywheelAppConfig | DictConfig | dict, log=_console) -> di
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(fw.threads)
     languages = {lp.lang: {"digital": lp.digital, "scan": lp.scan, "gold": lp.gold} for lp in fw.languages}
-    if not languages:
-        raise ValueError("flywheel.languages is empty: name at least one '<iso639-3>-<iso15924>' language")
     t0 = time.process_time()
     if fw.input:
+        from data_engine.flywheel.inputs import PAGE_IMAGES, detect_languages, is_input_file
+
         pdf_dir = Path(fw.input)
-        if not pdf_dir.is_dir() or not any(pdf_dir.glob("*.pdf")):
-            raise FileNotFoundError(f"flywheel.input={pdf_dir}: no PDF files there (expected <lang>_<script>_*.pdf)")
+        if not pdf_dir.is_dir() or not any(is_input_file(p) for p in pdf_dir.rglob("*")):
+            raise FileNotFoundError(f"flywheel.input={pdf_dir}: no PDF files or page images "
+                                    f"({', '.join(PAGE_IMAGES)}) there")
+        if not languages:  # language ID: language folders and the text layers (data_engine/flywheel/inputs.py)
+            languages = {spec: {} for spec in detect_languages(pdf_dir)}
+            if not languages:
+                raise ValueError(f"flywheel.languages is empty and no language was identified in {pdf_dir} (no "
+                                 "<lang>-<Script> folder, no text layer language ID can read): name them, e.g. "
+                                 "'flywheel.languages=[{lang: hin-Deva}]'")
+            log(f"[flywheel] languages identified in {pdf_dir}: {', '.join(languages)}")
+    elif not languages:
+        raise ValueError("flywheel.languages is empty: name at least one '<iso639-3>-<iso15924>' language")
     else:
         pdf_dir = out / "pdfs"
         log(f"[flywheel] generating the embedded default corpus -> {pdf_dir}")
         generate_default_corpus(pdf_dir, languages, fw.pages_per_doc, fw.seed, tuple(fw.lines_per_block),
-                                fw.lexicon_size)
+                                fw.lexicon_size, fw.words)
     det_kw = {"model_path": fw.detector.model_path, "threads": fw.threads, "dpi": fw.dpi} \
         if fw.detector.name == "ppocr_det" else {}
     detector = get_line_source(fw.detector.name, **det_kw)

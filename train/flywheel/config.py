@@ -15,13 +15,14 @@ from omegaconf import MISSING
 
 from data_engine.config import ConfigError, Schema, group, register_schema, setting, typed
 from data_engine.flywheel.accept import AcceptConfig
-from data_engine.flywheel.linepages import LineLanguage
+from data_engine.flywheel.linepages import WORD_SOURCES, LineLanguage
 from data_engine.scripts import SCRIPTS
 from models.config import RESOLUTION_MODES
 
 PATCH_KINDS = ("lines", "blocks", "both")  # flywheel.patches
 RECOGNIZER_MODES = tuple(name for name, m in RESOLUTION_MODES.items() if not m.tiled)  # one square view
 LABEL_EXECUTORS = ("local", "ray")  # flywheel.label.executor
+RECOGNIZER_KINDS = ("ppocr", "paper")  # flywheel.recognizer.kind (train/flywheel/recognizers.py)
 
 __all__ = ["FlywheelAppConfig", "FlywheelConfig", "LanguagePlan", "as_app_config", "register", "typed"]
 
@@ -48,16 +49,15 @@ class DetectorConfig(Schema):
 class RecognizerConfig(Schema):
     _key: ClassVar[str] = "flywheel.recognizer"
 
-    experiment: str = "flywheel_recognizer"  # conf/experiment recipe trained with train.api.train
-    steps: list[int] = setting([1800, 300, 300], ge=1)  # optimizer steps per round (the last value repeats); the embedded default runs in ~13 min on 2 cores
+    # ppocr: PP-OCRv4 rec fine-tuned with CTC (train/flywheel/ppocr.py); paper: the project's
+    # DeepSeek-OCR trained on patch canvases (train/flywheel/recognizer.py; the paper's size on GPUs)
+    kind: str = setting("ppocr", choices=RECOGNIZER_KINDS)
+    experiment: Optional[str] = None  # conf/experiment recipe; null: the kind's (flywheel_ppocr | flywheel_recognizer)
+    steps: list[int] = setting([], ge=1)  # optimizer steps per round (the last value repeats); []: the kind's (recognizers.DEFAULT_STEPS: ppocr [150, 50, 50], paper [1800, 300, 300])
     continue_training: bool = True    # round k > 0 starts from round k-1's model
     overrides: list[str] = setting([])  # training overrides, e.g. [model.preset=deepseek-ocr]
-    mode: str = setting("micro", choices=RECOGNIZER_MODES)  # resolution mode it reads; patch canvases have its side
-    stretch: float = setting(1.0, gt=0)  # horizontal stretch of a line on its canvas (data_engine/flywheel/patches.py)
-
-    def check(self) -> None:
-        if not self.steps:
-            raise ConfigError("flywheel.recognizer.steps must list at least one step count")
+    mode: str = setting("micro", choices=RECOGNIZER_MODES)  # paper: resolution mode it reads; patch canvases have its side
+    stretch: float = setting(1.0, gt=0)  # paper: horizontal stretch of a line on its canvas (data_engine/flywheel/patches.py)
 
 
 @dataclass
@@ -93,7 +93,7 @@ class FlywheelConfig(Schema):
 
     _key: ClassVar[str] = "flywheel"
 
-    input: Optional[str] = None       # folder of <lang>_<script>_*.pdf (+ gold/); null: generate the default corpus
+    input: Optional[str] = None       # folder of your PDFs / page images, any names (+ gold/, gold_unseen/; data_engine/flywheel/inputs.py); null: generate the default corpus
     languages: list[LanguagePlan] = setting([])  # see LanguagePlan; the default corpus is in conf/flywheel/default.yaml
     pages_per_doc: int = setting(2, ge=1)  # generated documents' pages
     seed: int = 0                     # corpus generation and training seeds (round k trains with seed + k)
@@ -103,7 +103,8 @@ class FlywheelConfig(Schema):
     tokenizer_vocab: int = setting(512, ge=265)  # byte-level BPE on seed labels + the scripts' letters
     patches: str = setting("lines", choices=PATCH_KINDS)  # what is cut: lines, blocks (text blocks / detector line groups) or both
     lines_per_block: list[int] = setting([1, 1], ge=1)  # generated corpus: lines per paragraph [lo, hi] ([1, 1]: every line alone)
-    lexicon_size: int = setting(300, ge=20)  # generated corpus: pseudo-words per script that every page's lines draw from (gold too; the unseen-word gold from as many others)
+    words: str = setting("wordfreq", choices=WORD_SOURCES)  # generated corpus: real words of each language (wordfreq; pseudo-words where it lacks one) or pseudo-words
+    lexicon_size: int = setting(3000, ge=20)  # generated corpus: wordfreq: the language's most frequent words, 1 in 8 held out for the unseen-word gold; pseudo: pseudo-words per script (the unseen-word gold from as many others)
     collage: float = setting(0.0, ge=0)  # collage lines (seed words recombined, data_engine/flywheel/collage.py) per language, x the best-seeded language's seed lines
     detector: DetectorConfig = group(DetectorConfig)
     recognizer: RecognizerConfig = group(RecognizerConfig)
@@ -115,6 +116,9 @@ class FlywheelConfig(Schema):
         lo_hi = self.lines_per_block
         if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
             raise ConfigError(f"flywheel.lines_per_block must be [lo, hi] with lo <= hi, got {lo_hi}")
+        if self.recognizer.kind == "ppocr" and self.label.executor == "ray":
+            raise ConfigError("flywheel.label.executor=ray reads with the paper model only: use "
+                              "flywheel.recognizer.kind=paper, or executor=local with kind=ppocr")
         specs = [lp.lang for lp in self.languages]
         if len(set(specs)) != len(specs):
             raise ConfigError(f"flywheel.languages: each lang may appear once, got {specs}")

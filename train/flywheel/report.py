@@ -1,6 +1,7 @@
 """Run-level flywheel report: ``report.json`` (every round), ``report.md`` (the table) and
-``report.png`` (CER per round per language: recognizer on held-out gold patches, its image-blind
-control, accepted-label CER, and Tesseract as a flat reference line)."""
+``report.png`` (CER per round per language: recognizer on held-out gold patches and on
+unseen-word gold patches, its image-blind control, accepted-label CER, and Tesseract as a flat
+reference line). The table adds complete pages (page labels for stage 2) and partial ones."""
 
 from __future__ import annotations
 
@@ -29,23 +30,28 @@ def _reads(rd: dict | None) -> str:
             f"{_f(rd['word_accuracy'])} / {_f(rd['chance']['threshold'])})")
 
 
+def _pages(c: dict | None) -> str:
+    return "-" if not c else f"{c['complete']} ({c['partial']}, {c['pages']})"
+
+
 def table(rounds: list[dict]) -> str:
     head = ("| round | language | recognizer CER (gold) | image-blind CER | reading verdict (wrong-page CER, "
             "word accuracy / needed) | CER on unseen words | gold loss real / blind | "
-            "Tesseract CER | threshold (held-out CER at it) | labelled | accepted | rejected (reasons) | "
-            "accepted-label CER | rejected-label CER | accepted total |")
+            "Tesseract CER (unseen words) | threshold (held-out CER at it) | labelled | accepted | rejected (reasons) | "
+            "accepted-label CER | rejected-label CER | accepted total | complete pages (partial, of) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rounds:
         for spec, d in r["languages"].items():
             rec, tess = d.get("recognizer", {}), d.get("tesseract", {})
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(d["rejected_by_reason"].items())) or "-"
-            tess_s = _f(tess.get("cer")) if tess.get("cer") is not None else f"- ({tess.get('note', 'n/a')})"
+            tess_s = (f"{_f(tess.get('cer'))} ({_f(tess.get('cer_unseen'))})" if tess.get("cer") is not None
+                      else f"- ({tess.get('note', 'n/a')})")
             lines.append(f"| {r['round']} | {spec} | {_f(rec.get('cer'))} (n={rec.get('gold_n', 0)}) | "
                          f"{_f(rec.get('cer_blind'))} | {_reads(rec.get('reading'))} | {_f(rec.get('cer_unseen'))} | "
                          f"{_f(rec.get('loss'))} / {_f(rec.get('loss_blind'))} | {tess_s} | "
                          f"{_threshold(d.get('calibration'))} | {d['labelled']} | {d['accepted']} | "
                          f"{d['rejected']} ({reasons}) | {_f(d['accepted_label_cer'])} | "
-                         f"{_f(d['rejected_label_cer'])} | {d['accepted_total']} |")
+                         f"{_f(d['rejected_label_cer'])} | {d['accepted_total']} | {_pages(d.get('pages'))} |")
     return "\n".join(lines)
 
 
@@ -62,6 +68,10 @@ def plot(rounds: list[dict], path: Path) -> None:
         color = f"C{i}"
         rec = [r["languages"][spec]["recognizer"].get("cer") for r in rounds]
         blind = [r["languages"][spec]["recognizer"].get("cer_blind") for r in rounds]
+        unseen = [r["languages"][spec]["recognizer"].get("cer_unseen") for r in rounds]
+        if any(v is not None for v in unseen):
+            ax.plot(ks, [v if v is not None else float("nan") for v in unseen], "^-", color=color, alpha=0.8,
+                    label=f"{spec} unseen words")
         acc = [r["languages"][spec]["accepted_label_cer"] for r in rounds]
         ax.plot(ks, [v if v is not None else float("nan") for v in rec], "o-", color=color,
                 label=f"{spec} recognizer (gold)")

@@ -3,8 +3,10 @@
 Round k (``<out>/round_<k>/``):
 
 1. ``train/``: the recognizer trained on the seed patches plus every patch accepted in rounds
-   < k (from scratch in round 0, then continuing from round k-1's model), by ``train.api.train``
-   (which checkpoints and resumes itself); its exported model is ``train/model``. The training
+   < k (round 0 from the recognizer's start: PP-OCRv4's shipped weights for ``kind=ppocr``, from
+   scratch for ``kind=paper``; then continuing from round k-1's model), by the trainer of
+   ``flywheel.recognizer.kind`` (``recognizers.py``; it checkpoints and resumes itself); its
+   exported model is ``train/model``. The training
    patches (seed, collage, accepted) are first interleaved in one seeded order into small shards
    (``train_data/``, ``data_engine.shards.mix_shards``).
 2. ``calibration.json``: per language the acceptance threshold, calibrated on the held-out seed
@@ -14,8 +16,10 @@ Round k (``<out>/round_<k>/``):
    per finished batch, fsynced, in batch order), each with text, confidence and the acceptance
    verdict; read in this process or on Ray actors (``flywheel.label.executor``, ``readers.py``).
 4. ``accepted/<lang>.tar``: the patches accepted in this round (patch shards, training format).
-5. ``pages/flywheel-000000.tar``: all patches accepted so far, reassembled per page into
-   page-level fine labels (engine shard format, ``source: flywheel``) for stage 2.
+5. ``pages/flywheel-000000.tar``: the complete pages so far (every line found on the page
+   accepted, in this round or before), reassembled into page-level fine labels with the page's
+   trusted text-layer lines (engine shard format, ``source: flywheel``) for stage 2; partial
+   pages stay line patches. Source files are reopened relative to the run directory.
 6. ``report.json``: per language the recognizer's CER on held-out gold patches (and with blank
    images, the image-blind control), Tesseract's CER on the same patches, patches accepted and
    rejected by reason, and the CER of accepted (and rejected) labels against ground truth.
@@ -39,14 +43,13 @@ from data_engine.flywheel.canvas import is_rtl
 from data_engine.flywheel.dataset import UNSEEN_DIR
 from data_engine.flywheel.linepages import LineLanguage
 from data_engine.flywheel.patches import BLOCK, Patch, read_patch_shard, write_patch_shard
-from data_engine.flywheel.reassemble import page_labels, write_page_shard
+from data_engine.flywheel.reassemble import complete_pages, write_page_shard
 from data_engine.metrics import corpus_cer
 from data_engine.reading_metrics import reading_scores
 from data_engine.shards import mix_shards
 
-from .readers import canvas_kw, make_reader, read_batch
-from .recognizer import (canvas_side, load_recognizer, read_patches, recognizer_config, reference_nll,
-                         train_recognizer)
+from .recognizer import canvas_side
+from .recognizers import make_recognizer, round_steps
 
 
 def _key(spec: str) -> str:
@@ -85,7 +88,9 @@ class RoundRunner:
         self.cfg, self.out, self.langs, self.log = cfg, Path(out_dir), list(languages), log
         self.data = self.out / "data"
         self.accept_cfg = cfg.accept
-        self.seed = {s: list(read_patch_shard(self.data / "seed" / f"{_key(s)}.tar")) for s in self.langs}
+        self.rec = make_recognizer(cfg, self.data)  # flywheel.recognizer.kind: train / load / read
+        self.seed = {s: list(read_patch_shard(self.data / "seed" / f"{_key(s)}.tar", images=False))  # texts, boxes
+                     for s in self.langs}
         self.truth = json.loads((self.data / "pool_truth.json").read_text(encoding="utf-8"))
         done = self.data / "DONE"  # per language: the patches of each file (prepare_data)
         self.made = json.loads(done.read_text()) if done.is_file() else {}
@@ -108,15 +113,9 @@ class RoundRunner:
     def spec_of(self, p: Patch) -> str:
         return self.spec_of_lang(p.lang)
 
-    def read_kw(self) -> dict:
-        lc = self.cfg.label
-        rc = self.cfg.recognizer
-        return dict(batch_size=lc.batch_size, max_new_tokens=lc.max_new_tokens,
-                    no_repeat_ngram=lc.no_repeat_ngram, window=lc.window, mode=rc.mode, stretch=rc.stretch)
-
     def read(self, model, tok, patches: list[Patch]) -> list[tuple[str, float, bool]]:
         """(text, confidence, finished) per patch, decoded as the labelling decodes."""
-        return read_batch(model, tok, patches, self.read_kw()) if patches else []
+        return self.rec.read(model, tok, patches)
 
     # ------------------------------------------------------------------ 1. train
     def training_shards(self, k: int) -> list[Path]:
@@ -142,12 +141,8 @@ class RoundRunner:
         # one seeded mix of every kind (languages, collage, accepted labels) in small shards:
         # read shard after shard, the sources would be trained on in long single-kind blocks
         mixed = mix_shards(shards, rd / "train_data", seed=self.cfg.seed + k)
-        tcfg = recognizer_config(rc.experiment, rc.overrides, shards=[str(s) for s in mixed],
-                                 tokenizer=str(self.data / "tokenizer"), out_dir=rd / "train",
-                                 steps=rc.steps[min(k, len(rc.steps) - 1)], seed=self.cfg.seed + k,
-                                 init_from=init, mode=rc.mode)
         t0 = time.process_time()
-        res = train_recognizer(tcfg)
+        res = self.rec.train(rd / "train", mixed, steps=round_steps(rc, k), seed=self.cfg.seed + k, init_from=init)
         _atomic_json(rd / "TRAINED", {"final_loss": res.get("final_loss"), "steps": res.get("steps"),
                                       "cpu_s_this_process": round(time.process_time() - t0, 1),
                                       "shards": [str(s) for s in shards]})
@@ -199,10 +194,8 @@ class RoundRunner:
         todo = [b for b in range(n_batches) if b not in done]
         thresholds = self.min_confidence(k)
         if todo:
-            reader = make_reader(self.cfg.label, model=model, tokenizer=tok,
-                                 model_dir=model_dir or self.rdir(k) / "train" / "model",
-                                 tokenizer_dir=self.data / "tokenizer", read_kw=self.read_kw(),
-                                 threads=self.cfg.threads, log=self.log)
+            reader = self.rec.reader(model, tok, model_dir or self.rdir(k) / "train" / "model",
+                                     self.cfg.threads, self.log)
             try:
                 with open(path, "a", encoding="utf-8") as f:
                     for b, reads in zip(todo, reader.map([pool[b * bs:(b + 1) * bs] for b in todo])):
@@ -236,6 +229,16 @@ class RoundRunner:
                               self.cfg.recognizer.stretch)
         _atomic_json(rd / "ACCEPTED", {s: len(per[s]) for s in self.langs})
 
+    def complete_pages(self, accepted: dict[str, list[Patch]]) -> tuple[dict, dict]:
+        """Page labels of the pages whose every pool line is accepted (``reassemble.complete_pages``:
+        plus the page's trusted text-layer lines, seed and calibration), and the page counts."""
+        pool = [p for s in self.langs for p in read_patch_shard(self.data / "pool" / f"{_key(s)}.tar", images=False)]
+        calib = [self.data / "calib" / f"{_key(s)}.tar" for s in self.langs]
+        known = [p for ps in self.seed.values() for p in ps] + \
+            [p for c in calib if c.is_file() for p in read_patch_shard(c, images=False)]
+        return complete_pages([p for ps in accepted.values() for p in ps], pool, known,
+                              frozenset(s for s in {p.script for p in pool} if is_rtl(s)))
+
     # ------------------------------------------------------------------ 5. measure
     def gold_cer(self, model, tok) -> dict:
         from PIL import Image
@@ -246,18 +249,16 @@ class RoundRunner:
             if not gold:
                 out[s] = {"gold_n": 0}
                 continue
-            kw = dict(self.read_kw(), **canvas_kw(gold))
-            nll_kw = {k: kw[k] for k in ("batch_size", "mode", "stretch", "kinds", "rtl")}
             reads = self.read(model, tok, gold)
             blanks = [Image.new("RGB", p.image.size, "white") for p in gold]
-            blank = read_patches(model, tok, blanks, **kw)
+            blank = self.rec.read_images(model, tok, blanks, gold)
             texts = [p.text for p in gold]
             out[s] = {"gold_n": len(gold), "cer": corpus_cer((p.text, r[0]) for p, r in zip(gold, reads)),
                       "cer_by_kind": {kind: corpus_cer((p.text, r[0]) for p, r in zip(gold, reads) if p.kind == kind)
                                       for kind in sorted({p.kind for p in gold})},
                       "cer_blind": corpus_cer((p.text, r[0]) for p, r in zip(gold, blank)),
-                      "loss": reference_nll(model, tok, [p.image for p in gold], texts, **nll_kw),
-                      "loss_blind": reference_nll(model, tok, blanks, texts, **nll_kw),
+                      "loss": self.rec.nll(model, tok, [p.image for p in gold], texts, gold),
+                      "loss_blind": self.rec.nll(model, tok, blanks, texts, gold),
                       "examples": [{"ref": p.text, "pred": r[0]} for p, r in zip(gold[:3], reads[:3])]}
             # the reading verdict (wrong-page control, constant output, words above chance): docs/evaluation.md
             out[s]["reading"] = reading_scores([r[0] for r in reads], texts, blank_preds=[r[0] for r in blank],
@@ -272,7 +273,8 @@ class RoundRunner:
         return out
 
     def tesseract(self) -> dict:
-        """Tesseract CER on the gold patches per language (computed once per run)."""
+        """Tesseract CER on the gold patches (and on the unseen-word gold, ``cer_unseen``) per
+        language (computed once per run)."""
         path = self.data / "tesseract.json"
         if path.is_file():
             return json.loads(path.read_text(encoding="utf-8"))
@@ -287,7 +289,11 @@ class RoundRunner:
             elif code is None or not gold:
                 out[s] = {"cer": None, "note": why or "no gold patches"}
             else:
+                unseen_path = self.data / UNSEEN_DIR / f"{_key(s)}.tar"
+                unseen = list(read_patch_shard(unseen_path)) if unseen_path.is_file() else []
                 out[s] = {"cer": corpus_cer((p.text, read_line(p.image, p.lang, block=p.kind == BLOCK)) for p in gold),
+                          "cer_unseen": corpus_cer((p.text, read_line(p.image, p.lang, block=p.kind == BLOCK))
+                                                   for p in unseen) if unseen else None,
                           "lang": code}
         _atomic_json(path, out)
         return out
@@ -301,7 +307,7 @@ class RoundRunner:
         t0 = time.process_time()
         prior = self.accepted_before(k)
         model_dir = self.train(k)
-        model, tok = load_recognizer(model_dir, self.data / "tokenizer")
+        model, tok = self.rec.load(model_dir)
         taken = {p.key for ps in prior.values() for p in ps}
         pool = [p for s in self.langs for p in read_patch_shard(self.data / "pool" / f"{_key(s)}.tar")
                 if p.key not in taken]
@@ -309,9 +315,8 @@ class RoundRunner:
         rows = self.label(k, model, tok, pool, model_dir)
         self.write_accepted(k, pool, rows)
         accepted = self.accepted_before(k + 1)
-        pages = page_labels([p for ps in accepted.values() for p in ps],
-                            frozenset(s for s in {p.script for p in pool} if is_rtl(s)))
-        n_pages = write_page_shard(rd / "pages" / "flywheel-000000.tar", pages)
+        pages, page_counts = self.complete_pages(accepted)
+        n_pages = write_page_shard(rd / "pages" / "flywheel-000000.tar", pages, root=self.out)
         gold, tess = self.gold_cer(model, tok), self.tesseract()
         langs = {}
         kind_of = {p.key: p.kind for p in pool}  # line | block
@@ -327,6 +332,7 @@ class RoundRunner:
                 "labelled": len(lang_rows), "accepted": len(acc), "rejected": len(rej), "by_kind": by_kind,
                 "rejected_by_reason": dict(Counter(r["reason"] for r in rej)),
                 "accepted_total": len(accepted.get(s, [])),
+                "pages": page_counts.get(LineLanguage.parse(s).lang, {"pages": 0, "complete": 0, "partial": 0}),
                 "accepted_label_cer": corpus_cer((self.truth[r["key"]], r["text"]) for r in acc if r["key"] in self.truth),
                 "rejected_label_cer": corpus_cer((self.truth[r["key"]], r["text"]) for r in rej if r["key"] in self.truth),
                 "recognizer": gold[s], "tesseract": tess[s], "calibration": calibration[s],

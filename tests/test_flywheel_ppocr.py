@@ -1,0 +1,96 @@
+"""train/flywheel/ppocr.py: CTC fine-tuning of PP-OCRv4 rec on patch shards through the DeepSpeed trainer.
+
+A few steps on a handful of Cyrillic lines (fitz-rendered, Noto Sans) must lower the CTC loss,
+checkpoint, resume at the saved step, export a model that ``load_ppocr`` reads, and extend the
+charset without touching the pretrained rows.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("onnx", reason="reading the ONNX weights needs the onnx package (pyproject dependency)")
+pytest.importorskip("deepspeed")
+
+from data_engine.flywheel.patches import Patch, crop, render_page, write_patch_shard  # noqa: E402
+from models.ppocr_rec import ppocr_rec_path  # noqa: E402
+from train.flywheel.ppocr import (init_rows, label_ids, load_ppocr, ppocr_config, read_ppocr,  # noqa: E402
+                                  script_chars, train_ppocr)
+
+LINES = ["привет мир", "Москва река", "жёлтый дом", "чай и хлеб"]
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    try:
+        ppocr_rec_path()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    return load_ppocr(None)
+
+
+@pytest.fixture(scope="module")
+def cyrillic_shard(tmp_path_factory, shipped):
+    import pymupdf
+
+    from data_engine.scripts import find_font, script_info
+
+    font = find_font(script_info("Cyrl").font)
+    if font is None:
+        pytest.skip("Noto Sans not found: scripts/setup_fonts.sh")
+    doc = pymupdf.open()
+    page = doc.new_page(width=300, height=40 * len(LINES) + 20)
+    page.insert_font(fontname="noto", fontfile=str(font))
+    for i, text in enumerate(LINES):
+        page.insert_text((10, 40 + 40 * i), text, fontsize=16, fontname="noto")
+    img = render_page(page, dpi=144)
+    patches = []
+    for i, line in enumerate(ln for b in page.get_text("dict")["blocks"] for ln in b.get("lines", [])):
+        text = "".join(s["text"] for s in line["spans"])
+        patches.append(Patch(f"cyr_00000_{i:03d}", "cyr", 0, tuple(line["bbox"]), "rus", "Cyrl", "textlayer", text,
+                             image=crop(img, page.rect, line["bbox"])))
+    assert [p.text for p in patches] == LINES
+    path = tmp_path_factory.mktemp("shards") / "rus_Cyrl.tar"
+    write_patch_shard(path, patches)
+    return path, patches
+
+
+def test_dictionary_extension_keeps_old_rows_bit_identical(shipped):
+    model = load_ppocr(None)
+    w, b, n = model.head.weight.detach().clone(), model.head.bias.detach().clone(), len(model.charset)
+    wanted = script_chars("Cyrl") + ["ё"]
+    added = model.extend_charset(wanted, init_rows(wanted, model.charset))
+    assert "ж" in added and "И" not in added  # И is in the shipped charset already
+    assert torch.equal(model.head.weight[:n], w) and torch.equal(model.head.bias[:n], b)
+    assert model.charset[n:] == added and model.head.out_features == n + len(added)
+    index = {c: i for i, c in enumerate(model.charset)}
+    # a look-alike starts from its Latin twin's row; a letter without one from the mean row
+    assert torch.equal(model.head.weight[index["р"]], w[index["p"]])
+    assert torch.allclose(model.head.weight[index["ж"]], w[1:n].mean(0))
+    assert label_ids("жёлтый", index) is not None and label_ids("ж\u0435\u0308", index) == label_ids("жё", index)
+
+
+def test_ctc_fine_tune_lowers_the_loss_resumes_and_exports(tmp_path, cyrillic_shard):
+    shard, patches = cyrillic_shard
+    out = tmp_path / "run"
+    common = ["train.micro_batch_size=4", "train.global_batch_size=4", "optim.lr=1e-3", "optim.warmup_steps=0",
+              "train.save_every=2", "logging.log_every=1"]
+    cfg = ppocr_config(common, shards=[str(shard)], out_dir=out, steps=2, seed=0)
+    first = train_ppocr(cfg)
+    assert first["steps"] == 2 and first["charset_added"] > 0 and first["patches"] == len(LINES)
+    assert (out / "checkpoints" / "latest").is_file()
+    # same out_dir, more steps: resumes at step 2 (train.resume=auto), data position included
+    second = train_ppocr(ppocr_config(common, shards=[str(shard)], out_dir=out, steps=7, seed=0))
+    assert second["steps"] == 7 and len(second["losses"]) == 5
+    losses = first["losses"] + second["losses"]
+    assert sum(losses[-2:]) / 2 < 0.7 * sum(losses[:2]) / 2, losses
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 8))
+    model = load_ppocr(second["export_dir"])
+    assert "ж" in model.charset
+    assert not model.backbone.stem_bn.training
+    reads = read_ppocr(model, [p.image for p in patches])
+    assert all(isinstance(t, str) and conf <= 0 and 0 <= pmin <= 1 for t, conf, pmin in reads)

@@ -1,0 +1,350 @@
+"""The flywheel's default recognizer: PP-OCRv4 rec (``models/ppocr_rec.py``) fine-tuned with CTC on patch shards.
+
+``train_ppocr(cfg)`` is a trainer of the project's stack: the ``Config`` schema (recipe
+``conf/experiment/flywheel_ppocr.yaml``: optim, deepspeed, logging, train groups; ``data.shards``
+the patch shards), one DeepSpeed engine (ZeRO-0 on one CPU process; data-parallel ranks read
+disjoint slices), ``train.common`` checkpoints (``train.resume=auto`` continues a killed run at
+its exact data position and RNG state), ``metrics.jsonl`` + wandb (offline by default) through
+``MetricsLogger``. It starts from the shipped ONNX weights (``model.init_from`` null) or a
+previous round's export, and ends by exporting ``<train.out_dir>/model/`` (``model.safetensors``,
+``charset.json``), which ``load_ppocr`` reads.
+
+Text handling (one place: ``label_ids``):
+
+* Labels are NFC code points: CTC emits one class per code point. A Devanagari conjunct (क्ष =
+  क + ्  + ष) or a lam-alef ligature is one glyph but several classes; CTC emits them on
+  consecutive frames (one frame is 8 px of a 48-px line, 3-4 per glyph), and the SVTR neck's
+  global attention lets a frame see its neighbours, so a pre-base matra (ि, drawn left of its
+  consonant, stored after it) is emitted in logical order. Arabic joining forms are one class
+  per base letter (the contextual shapes are the model's business; presentation forms U+FExx
+  never reach the labels, which are NFC base letters).
+* Right-to-left lines (``canvas.is_rtl``) are mirrored before the model sees them, so CTC's
+  left-to-right order is the logical order of the text and no bidi reordering is needed.
+* The charset grows with each language's characters (every code point of the training labels
+  plus the script's letters and marks, ``script_chars``): new output rows start from a
+  look-alike's row (``LOOKALIKE``: Cyrillic/Greek letters that share a Latin glyph, NFKD base
+  letters for accented ones), else from the mean row with a lowered bias (``PPOCRRec.extend_charset``).
+* BatchNorm stays frozen (eval statistics) while fine-tuning: ``PPOCRRec.train``.
+
+Reading (``read_ppocr``): greedy CTC; the confidence is the mean log-probability of the emitted
+characters (the scale of the acceptance threshold, ``accept.py``), with the minimum probability beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+import unicodedata
+from collections.abc import Sequence
+from pathlib import Path
+
+# oneDNN caches a compiled kernel set per input shape; line crops come in every width, and the
+# cache grew a training run past 12 GB (OOM-killed) and a reading process by ~200 MB per width.
+# Without the cache memory stays flat (~0.5 GB) and a forward pass is no slower on CPU.
+# Read once, at oneDNN's first use: set before any convolution runs in this process.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from data_engine.flywheel.canvas import is_rtl  # noqa: E402
+from models.ppocr_rec import PPOCRRec, PPOCRRecConfig, ctc_greedy, ppocr_rec_from_onnx, preprocess  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+EXPORT_DIR = "model"
+FRAME_PX = 8  # input pixels per CTC frame (PP-LCNetV3: /4, then avg-pool /2)
+WIDTH_MULTIPLE = 64  # batch widths are padded to a multiple of this (models.ppocr_rec.preprocess)
+
+# Cyrillic and Greek letters drawn like a Latin letter: their new output row starts as that letter's
+_LOOKALIKE_PAIRS = ("аa еe оo рp сc уy хx ѕs іi јj ԁd ӏl АA ВB ЕE КK МM НH ОO РP СC ТT ХX ЅS ІI ЈJ "
+                    "οo ιi κk νv ρp τt υu χx ΑA ΒB ΕE ΖZ ΗH ΙI ΚK ΜM ΝN ΟO ΡP ΤT ΥY ΧX")
+LOOKALIKE = {pair[0]: pair[1] for pair in _LOOKALIKE_PAIRS.split()}
+
+
+def script_chars(script: str) -> list[str]:
+    """Letters and combining marks of a script's ranges (``data_engine.scripts``), NFC-stable ones only."""
+    from data_engine.scripts import script_info
+
+    out = []
+    for lo, hi in script_info(script).ranges:
+        for cp in range(lo, hi + 1):
+            ch = chr(cp)
+            cat = unicodedata.category(ch)
+            if (cat.startswith("L") and cat != "Lm" or cat.startswith("M")) and unicodedata.normalize("NFC", ch) == ch:
+                out.append(ch)
+    return out
+
+
+def init_rows(chars: Sequence[str], charset: Sequence[str]) -> dict[str, str]:
+    """For each new character, the existing character whose row it starts from (when there is one)."""
+    have, out = set(charset), {}
+    for c in chars:
+        base = LOOKALIKE.get(c) or unicodedata.normalize("NFKD", c)[:1]
+        if base != c and base in have:
+            out[c] = base
+    return out
+
+
+def label_ids(text: str, index: dict[str, int]) -> list[int] | None:
+    """CTC targets of a label (NFC code points, whitespace runs -> one space); None if a
+    character is not in the charset."""
+    text = " ".join(unicodedata.normalize("NFC", text).split())
+    ids = [index.get(c) for c in text]
+    return None if not ids or None in ids else ids
+
+
+def _oriented(img, rtl: bool):
+    from PIL import ImageOps
+
+    img = img.convert("RGB")
+    return ImageOps.mirror(img) if rtl else img
+
+
+# ------------------------------------------------------------------------------------------ model io
+def export_ppocr(model: PPOCRRec, out_dir: str | Path) -> Path:
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    (out / "charset.json").write_text(json.dumps(model.charset, ensure_ascii=False), encoding="utf-8")
+    return out
+
+
+def load_ppocr(model_dir: str | Path | None = None, device: str = "cpu") -> PPOCRRec:
+    """An exported fine-tuned model (``export_ppocr``), or the shipped one when ``model_dir`` is None."""
+    if model_dir is None:
+        return ppocr_rec_from_onnx().to(device)
+    from safetensors.torch import load_file
+
+    d = Path(model_dir)
+    if not (d / "model.safetensors").is_file() or not (d / "charset.json").is_file():
+        raise FileNotFoundError(f"{d} is not an exported PP-OCR recognizer (model.safetensors + charset.json)")
+    charset = json.loads((d / "charset.json").read_text(encoding="utf-8"))
+    model = PPOCRRec(PPOCRRecConfig(num_classes=len(charset), charset=charset))
+    model.load_state_dict(load_file(str(d / "model.safetensors")))
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def read_ppocr(model: PPOCRRec, crops: Sequence, *, rtl: Sequence[bool] | None = None,
+               batch_size: int = 16) -> list[tuple[str, float, float]]:
+    """(text, mean log-prob of the emitted characters, min prob) per crop (PIL line images), in
+    order; crops of similar width are batched together (less padding), as RapidOCR does."""
+    rtl = list(rtl) if rtl is not None else [False] * len(crops)
+    device = next(model.parameters()).device
+    order = sorted(range(len(crops)), key=lambda i: crops[i].width / max(1, crops[i].height))
+    out: list[tuple[str, float, float]] = [("", float("-inf"), 0.0)] * len(crops)
+    was_training = model.training
+    model.eval()
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        x = preprocess([_oriented(crops[i], rtl[i]) for i in idx], width_multiple=WIDTH_MULTIPLE).to(device)
+        logits = model(x)  # (B, T, V)
+        logp = logits.float().log_softmax(-1)
+        for j, (i, (text, _, pmin)) in enumerate(zip(idx, ctc_greedy(logits, model.charset))):
+            best, cls = logp[j].max(-1)  # (T,)
+            keep = (cls != 0) & torch.cat([torch.ones(1, dtype=torch.bool, device=cls.device), cls[1:] != cls[:-1]])
+            conf = float(best[keep].mean()) if bool(keep.any()) else float("-inf")
+            out[i] = (text, conf, pmin)
+    model.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def reference_ctc_nll(model: PPOCRRec, crops: Sequence, texts: Sequence[str], *, rtl: Sequence[bool] | None = None,
+                      batch_size: int = 16) -> float | None:
+    """Mean CTC loss per reference character of ``texts`` given ``crops`` (with blank crops: the
+    image-blind control); lines the charset cannot write are left out (None if none is left)."""
+    rtl = list(rtl) if rtl is not None else [False] * len(crops)
+    index = {c: i for i, c in enumerate(model.charset)}
+    rows = [(img, ids, r, "") for img, t, r in zip(crops, texts, rtl) if (ids := label_ids(t, index))]
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    for s in range(0, len(rows), batch_size):
+        x, targets, lengths = ctc_batch(rows[s:s + batch_size])
+        logp = model(x).float().log_softmax(-1).transpose(0, 1)  # (T, B, V)
+        frames = torch.full((x.shape[0],), logp.shape[0], dtype=torch.long)
+        total += float(F.ctc_loss(logp, targets, frames, lengths, blank=0, reduction="sum", zero_infinity=True))
+        count += int(lengths.sum())
+    model.train(was_training)
+    return total / count if count else None
+
+
+# ------------------------------------------------------------------------------------------ data
+class PatchLines:
+    """Labelled line patches of patch shards in memory, served in seeded random order with an
+    exact resume position (``state_dict``). Unusable patches (a block, no label, a character
+    outside the charset, a label too long for the crop's CTC frames) are logged and skipped."""
+
+    def __init__(self, shards: Sequence[str], *, rank: int = 0, world: int = 1, seed: int = 0):
+        from data_engine.flywheel.patches import LINE, read_patch_shard
+
+        self.items, self.skipped = [], {}
+        for shard in shards:
+            try:
+                patches = list(read_patch_shard(shard))
+            except Exception as e:  # noqa: BLE001 - a damaged shard costs its patches, not the run
+                log.error("skipping shard %s: %s: %s", shard, type(e).__name__, e)
+                self.skipped["bad_shard"] = self.skipped.get("bad_shard", 0) + 1
+                continue
+            for p in patches:
+                if p.kind != LINE or not p.text.strip() or p.image is None:
+                    self._skip("not a labelled line", p.key)
+                    continue
+                self.items.append((p.image, p.text, is_rtl(p.script), p.script))
+        self.items = self.items[rank::world]
+        self.seed, self.epoch, self.pos = seed, 0, 0
+        self._order = self._perm()
+
+    def _skip(self, why: str, key: str) -> None:
+        if not self.skipped.get(why):
+            log.warning("skipping patch %s: %s (further ones counted)", key, why)
+        self.skipped[why] = self.skipped.get(why, 0) + 1
+
+    def texts(self) -> list[str]:
+        return [t for _, t, _, _ in self.items]
+
+    def scripts(self) -> list[str]:
+        return sorted({s for _, _, _, s in self.items})
+
+    def keep_encodable(self, index: dict[str, int]) -> None:
+        """Drop patches whose label the charset cannot write or whose crop has too few CTC frames."""
+        kept = []
+        for img, text, rtl, script in self.items:
+            ids = label_ids(text, index)
+            frames = max(320, 48 * img.width // max(1, img.height)) // FRAME_PX
+            if ids is None:
+                self._skip("character outside the charset", text[:20])
+            elif len(ids) + sum(a == b for a, b in zip(ids, ids[1:])) > frames:  # a frame per label, one between repeats
+                self._skip("label too long for the crop", text[:20])
+            else:
+                kept.append((img, ids, rtl, script))
+        self.items = kept
+        self._order = self._perm()
+
+    def _perm(self) -> list[int]:
+        order = list(range(len(self.items)))
+        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+        return order
+
+    def next_batch(self, n: int) -> list[tuple]:
+        if not self.items:
+            raise ValueError("no usable labelled line patches in the training shards")
+        out = []
+        while len(out) < n:
+            if self.pos >= len(self._order):
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._order = self._perm()
+            out.append(self.items[self._order[self.pos]])
+            self.pos += 1
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        self._order = self._perm()
+
+
+def ctc_batch(batch: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images (B, 3, 48, W), flat targets, target lengths) of ``PatchLines`` items."""
+    x = preprocess([_oriented(img, rtl) for img, _, rtl, _ in batch], width_multiple=WIDTH_MULTIPLE)
+    targets = torch.tensor([i for _, ids, _, _ in batch for i in ids], dtype=torch.long)
+    lengths = torch.tensor([len(ids) for _, ids, _, _ in batch], dtype=torch.long)
+    return x, targets, lengths
+
+
+def ctc_loss(logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Mean CTC loss per target character (blank = class 0) over logits (B, T, V)."""
+    logp = logits.float().log_softmax(-1).transpose(0, 1)  # (T, B, V)
+    frames = torch.full((logits.shape[0],), logits.shape[1], dtype=torch.long)
+    return F.ctc_loss(logp, targets, frames, lengths, blank=0, reduction="mean", zero_infinity=True)
+
+
+# ------------------------------------------------------------------------------------------ trainer
+def train_ppocr(cfg) -> dict:
+    """Fine-tune (or resume) PP-OCRv4 rec on ``cfg.data.shards``; returns the trainer's summary
+    (``export_dir``, ``steps``, ``final_loss``, ``losses``, ``charset_added``)."""
+    from train.common import (CKPT_DIRNAME, build_ds_config, build_lr_scheduler, build_optimizer, current_lrs,
+                              init_distributed, resume_if_requested, save_checkpoint, seed_everything)
+    from train.config import Config, typed
+    from train.logging import MetricsLogger, library_prints, quiet_libraries
+
+    cfg = typed(cfg, Config)
+    quiet_libraries(cfg.logging.verbose)
+    import deepspeed
+
+    tcfg = cfg.train
+    with library_prints(cfg.logging.verbose):
+        rank, world, device = init_distributed(cfg)
+        seed_everything(tcfg.seed)
+        out_dir = Path(tcfg.out_dir)
+        ckpt_dir = out_dir / CKPT_DIRNAME
+        data = PatchLines(list(cfg.data.shards), rank=rank, world=world, seed=tcfg.seed)
+        model = load_ppocr(cfg.model.init_from)
+        # every rank extends the charset the same way: from all ranks' texts (same shards)
+        all_texts = PatchLines(list(cfg.data.shards), seed=0).texts() if world > 1 else data.texts()
+        wanted = [c for s in data.scripts() for c in script_chars(s)]
+        wanted += sorted({c for t in all_texts for c in unicodedata.normalize("NFC", t) if not c.isspace()})
+        added = model.extend_charset(wanted, init_rows(wanted, model.charset))
+        data.keep_encodable({c: i for i, c in enumerate(model.charset)})
+        model.to(device).train()
+        ds_config = build_ds_config(cfg, world)
+        accum = ds_config["gradient_accumulation_steps"]
+        micro = ds_config["train_micro_batch_size_per_gpu"]
+        optimizer = build_optimizer([(n, p) for n, p in model.named_parameters() if p.requires_grad], cfg.optim)
+        scheduler = build_lr_scheduler(optimizer, cfg.optim, tcfg.steps)
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                               config=ds_config)
+    step, resumed = resume_if_requested(engine, tcfg, ckpt_dir, data)
+    logger = MetricsLogger(cfg, out_dir, tcfg.steps, run_config=cfg, start_step=step)
+    logger.info(f"flywheel ppocr: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
+                f"{len(data.items)} line patches ({data.skipped or 'none'} skipped), charset {len(model.charset)} "
+                f"(+{len(added)}), micro {micro} x accum {accum} x dp {world}, "
+                f"ZeRO-{ds_config['zero_optimization']['stage']}"
+                + (f", resumed at step {step} from {resumed}" if resumed else ""))
+    losses = []
+    while step < tcfg.steps:
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        lrs = current_lrs(optimizer)
+        loss_sum = 0.0
+        for _ in range(accum):
+            x, targets, lengths = ctc_batch(data.next_batch(micro))
+            loss = ctc_loss(engine(x.to(device)), targets, lengths)
+            engine.backward(loss)
+            engine.step()
+            loss_sum += float(loss.detach()) / accum
+        step += 1
+        losses.append(loss_sum)
+        metrics = {"loss": loss_sum, **lrs, "step_time_s": time.perf_counter() - t0,
+                   "step_cpu_s": time.process_time() - cpu0, "epoch": data.epoch}
+        gn = engine.get_global_grad_norm()
+        if gn is not None:
+            metrics["grad_norm"] = float(gn)
+        logger.log(step, metrics)
+        if (tcfg.save_every and step % tcfg.save_every == 0) or step == tcfg.steps:
+            save_checkpoint(engine, ckpt_dir, step, {"data": data.state_dict()}, keep_last=tcfg.keep_last)
+    export_dir = export_ppocr(model, out_dir / EXPORT_DIR) if rank == 0 else out_dir / EXPORT_DIR
+    result = {"out_dir": str(out_dir), "export_dir": str(export_dir), "steps": step, "losses": losses,
+              "final_loss": losses[-1] if losses else None, "charset_added": len(added),
+              "patches": len(data.items), "skipped": data.skipped}
+    logger.summary({"final_loss": result["final_loss"]})
+    logger.close()
+    return result
+
+
+def ppocr_config(overrides: Sequence[str], *, shards: Sequence[str], out_dir: str | Path, steps: int, seed: int,
+                 init_from: str | None = None, experiment: str = "flywheel_ppocr"):
+    """The training config of one round (``train.api.compose`` of the recipe + the round's settings)."""
+    from train.api import compose
+
+    return compose(experiment, [*overrides, "data.shards=[" + ",".join(str(s) for s in shards) + "]",
+                                f"train.out_dir={out_dir}", f"train.steps={steps}", f"train.seed={seed}",
+                                f"model.init_from={init_from or 'null'}"])
