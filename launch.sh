@@ -40,6 +40,11 @@ Recipes (conf/experiment/<recipe>.yaml; any Hydra override may follow)
   paper_gundam_m       Continue a trained model in Gundam-M mode (needs model.init_from=...)
   flywheel_recognizer  The flywheel's line-patch recognizer (tiny, stage 2, one process); `flywheel`
                        runs it per round with data.shards / model.tokenizer / train.out_dir set
+  flywheel_ppocr       The flywheel's default recognizer: PP-OCRv4 rec (from rapidocr-onnxruntime's
+                       ONNX) fine-tuned with CTC on line patches; one process, ZeRO-0
+  reading_caps         Reading ladder rung A: stage 1 on random capitals + digits in many fonts, any
+                       position and size (micro view); reading_caps_stage2 is rung C (stage 2, PP=2)
+  reading_words        Reading ladder rung B: stage 1 on real words, mixed case (python -m train.ladder)
 
   Examples
     ./launch.sh paper_stage1 model.tokenizer=/ckpt/deepseek-ocr data.shards='[/data/shards/*.tar]'
