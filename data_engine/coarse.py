@@ -72,10 +72,24 @@ such rows make a grid. Paragraphs
     return {c[3] for r in rows for c in r}, at
 
 
+def _vertical_column(lines: list[tuple]) -> str | None:
+    """The text of a block that is one column of vertical CJK writing (MuPDF makes every
+    character its own line, one under the other), else None."""
+    if len(lines) < 3 or any(len(t) > 2 or not t or not all(_is_wide(ch) for ch in t) for _, t in lines):
+        return None
+    width = max(b[2] - b[0] for b, _ in lines) or 1.0
+    x_mid = (lines[0][0][0] + lines[0][0][2]) / 2
+    for (a, _), (b, _) in zip(lines, lines[1:]):
+        if b[1] < a[1] or abs((b[0] + b[2]) / 2 - x_mid) > 0.6 * width:
+            return None
+    return "".join(t for _, t in lines)
+
+
 def text_from_dict(page_dict: dict) -> str:
     """Text of a `page.get_text("rawdict")` (or "dict") result: each line assembled from its
     glyphs (`text_assembly.line_text`), one line per line, blocks split by a blank line; table
-    cells MuPDF emits as separate blocks are put back in rows (`_grid_rows`)."""
+    cells MuPDF emits as separate blocks are put back in rows (`_grid_rows`); a column of
+    vertical CJK writing is one line (`_vertical_column`)."""
     blocks: dict[int, list[tuple]] = {}
     for block, line, text in rawdict_lines(page_dict):
         blocks.setdefault(id(block), []).append((line["bbox"], text))
@@ -87,7 +101,10 @@ def text_from_dict(page_dict: dict) -> str:
         is_row = bid in grid
         if out:  # rows of one grid follow each other line by line; blocks are a blank line apart
             out.append("\n" if is_row and prev_row else "\n\n")
-        out.append("\n".join(rows[bid]) if is_row else "\n".join(ln[1] for ln in lines))
+        if is_row:
+            out.append("\n".join(rows[bid]))
+        else:
+            out.append(_vertical_column(lines) or "\n".join(ln[1] for ln in lines))
         prev_row = is_row
     return normalize_text("".join(out))
 

@@ -66,3 +66,16 @@ def test_grid_table_cells_come_out_row_by_row():
     text = coarse.text_from_dict(render.extract_text(doc[0]))
     assert text.split("\n")[:4] == ["Region Units Revenue", "North 1200 15.2", "South 950 11.9", "East 1730 20.4"]
     assert text.replace("\n", " ").endswith("A paragraph after the table.")  # the paragraph stays whole
+
+
+def test_vertical_japanese_column_is_one_line():
+    """Vertical writing set glyph under glyph (right column first): MuPDF gives one character
+    per line; the coarse text has one line per column, in the columns' order."""
+    doc = pymupdf.open()
+    page = doc.new_page()
+    columns = ["縦書きの日本語です", "二行目もあります"]
+    for c, col in enumerate(columns):
+        for r, ch in enumerate(col):
+            page.insert_text((400 - 30 * c, 100 + 14 * r), ch, fontname="japan", fontsize=12)
+    text = coarse.text_from_dict(render.extract_text(doc[0]))
+    assert [ln for ln in text.split("\n") if ln] == columns
