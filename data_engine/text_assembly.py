@@ -386,9 +386,14 @@ def _fast_line(spans: list) -> str | None:
             if b - a > SPACE_GAP * (sa if sa < sb else sb)]
     if not cand:
         return text
-    if len(cand) >= 3 and len(cand) > LETTER_SPACED_SHARE * (len(chars) - 1):
-        usual = sorted(b - a for a, b in zip(x1s, x0s[1:]))[(len(chars) - 1) // 2]
-        cand = [i for i in cand if x0s[i] - x1s[i - 1] > usual + LETTER_SPACED_WORD * sizes[i]]
+    if len(cand) >= 3:
+        # letter-spaced: most gaps between two letters/digits are word-wide (leader dots
+        # ". . . ." in a table of contents are spaced too, but are not letters)
+        pairs = [i for i in range(1, len(text)) if text[i - 1].isalnum() and text[i].isalnum()]
+        wide = set(cand).intersection(pairs)
+        if len(wide) >= 3 and len(wide) > LETTER_SPACED_SHARE * len(pairs):
+            usual = sorted(x0s[i] - x1s[i - 1] for i in pairs)[len(pairs) // 2]
+            cand = [i for i in cand if x0s[i] - x1s[i - 1] > usual + LETTER_SPACED_WORD * sizes[i]]
     out, last = [], 0
     for i in cand:
         a, b = text[i - 1], text[i]
