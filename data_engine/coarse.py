@@ -39,13 +39,74 @@ def normalize_text(text: str) -> str:
     return _BLANK_RUNS.sub("\n\n", "\n".join(lines)).strip()
 
 
+def _grid_rows(blocks: dict[int, list[tuple]]) -> tuple[set[int], dict[int, list[str]]]:
+    """(ids of the blocks that form a grid, {block id: the rows emitted in its place}) for table cells MuPDF emits as
+    one-row blocks: Excel/Word tables come out one block per cell, often column by column, or
+    one block per row with a line per cell. Lines of single-row blocks that share a baseline
+    are a row (cells left to right, one space apart), emitted where its first block was; two
+such rows make a grid. Paragraphs
+    (blocks of several rows) never take part, so text columns keep their order."""
+    cells = []  # (baseline, x0, height, block id, text) of single-row blocks' lines
+    for bid, lines in blocks.items():
+        tops = [ln[0][3] for ln in lines]
+        height = max(ln[0][3] - ln[0][1] for ln in lines) or 1.0
+        if max(tops) - min(tops) <= 0.3 * height:
+            cells += [(ln[0][3], ln[0][0], height, bid, ln[1]) for ln in lines if ln[1].strip()]
+    cells.sort()
+    rows, cur = [], []
+    for c in cells:
+        if cur and c[0] - cur[0][0] > 0.3 * min(c[2], cur[0][2]):
+            rows.append(cur)
+            cur = []
+        cur.append(c)
+    if cur:
+        rows.append(cur)
+    rows = [r for r in rows if len(r) >= 2]
+    if len(rows) < 2:
+        return set(), {}
+    order = {bid: k for k, bid in enumerate(blocks)}
+    at: dict[int, list[str]] = {}  # each row goes where its first block (content order) was
+    for r in rows:
+        first = min((c[3] for c in r), key=order.__getitem__)
+        at.setdefault(first, []).append(" ".join(c[4] for c in sorted(r, key=lambda c: c[1])))
+    return {c[3] for r in rows for c in r}, at
+
+
+def _vertical_column(lines: list[tuple]) -> str | None:
+    """The text of a block that is one column of vertical CJK writing (MuPDF makes every
+    character its own line, one under the other), else None."""
+    if len(lines) < 3 or any(len(t) > 2 or not t or not all(_is_wide(ch) for ch in t) for _, t in lines):
+        return None
+    width = max(b[2] - b[0] for b, _ in lines) or 1.0
+    x_mid = (lines[0][0][0] + lines[0][0][2]) / 2
+    for (a, _), (b, _) in zip(lines, lines[1:]):
+        if b[1] < a[1] or abs((b[0] + b[2]) / 2 - x_mid) > 0.6 * width:
+            return None
+    return "".join(t for _, t in lines)
+
+
 def text_from_dict(page_dict: dict) -> str:
     """Text of a `page.get_text("rawdict")` (or "dict") result: each line assembled from its
-    glyphs (`text_assembly.line_text`), one line per line, blocks split by a blank line."""
-    blocks: dict[int, list[str]] = {}
-    for block, _, text in rawdict_lines(page_dict):
-        blocks.setdefault(id(block), []).append(text)
-    return normalize_text("\n\n".join("\n".join(lines) for lines in blocks.values()))
+    glyphs (`text_assembly.line_text`), one line per line, blocks split by a blank line; table
+    cells MuPDF emits as separate blocks are put back in rows (`_grid_rows`); a column of
+    vertical CJK writing is one line (`_vertical_column`)."""
+    blocks: dict[int, list[tuple]] = {}
+    for block, line, text in rawdict_lines(page_dict):
+        blocks.setdefault(id(block), []).append((line["bbox"], text))
+    grid, rows = _grid_rows(blocks) if len(blocks) > 2 else (set(), {})
+    out, prev_row = [], False
+    for bid, lines in blocks.items():
+        if bid in grid and bid not in rows:
+            continue
+        is_row = bid in grid
+        if out:  # rows of one grid follow each other line by line; blocks are a blank line apart
+            out.append("\n" if is_row and prev_row else "\n\n")
+        if is_row:
+            out.append("\n".join(rows[bid]))
+        else:
+            out.append(_vertical_column(lines) or "\n".join(ln[1] for ln in lines))
+        prev_row = is_row
+    return normalize_text("".join(out))
 
 
 def page_text(page, sort: bool = False) -> tuple[str, dict]:

@@ -175,6 +175,7 @@ class EngineConfig(Schema):
     tokenizer: Optional[str] = None   # tokenizer.json for exact token counts; None: cheap estimate
     min_lang_prob: float = setting(0.5, ge=0, le=1)  # below this the language is "und"
     max_pages_per_doc: Optional[int] = setting(None, ge=1)
+    cer_pages_per_doc: int = setting(2, ge=0)  # real PDFs: pages per document whose coarse label is scored against pdftotext (when installed) for the report's coarse_cer_per_language; 0: none
     # shards
     max_count: int = setting(1000, gt=0)  # samples per shard
     max_size: int = setting(1_000_000_000, gt=0)  # payload bytes per shard

@@ -33,7 +33,8 @@ def needs_fallback(check: tuple) -> bool:
     return check[1] == coarse.GARBLED_TEXT and "U+FFFD" in (check[2] or "")
 
 
-def _poppler_text(page: pymupdf.Page) -> str | None:
+def poppler_text(page: pymupdf.Page) -> str | None:
+    """pdftotext's text of `page` (None without poppler or a path to give it)."""
     path = page.parent.name
     if not path or shutil.which("pdftotext") is None:
         return None
@@ -58,7 +59,7 @@ def recover(page: pymupdf.Page, flt: coarse.CoarseFilter, sort: bool = False):
             return tdict, check, CODES
     except (SystemError, ValueError):
         pass
-    text = _poppler_text(page)
+    text = poppler_text(page)
     if text:
         check = flt.check(coarse.normalize_text(text))
         if check[1] is None:

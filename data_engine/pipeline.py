@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import time
@@ -52,6 +53,7 @@ PAGE_TIMEOUT = "page_timeout"  # a page over page_timeout_s: its worker was stop
 # --------------------------------------------------------------------------- worker side
 
 _W: dict = {}  # per-process state, set by _init_worker
+log = logging.getLogger(__name__)
 
 
 def _init_worker(cfg: EngineConfig, prompts: dict) -> None:
@@ -162,6 +164,8 @@ def _process_pages(doc, unit: dict, record: dict, writer) -> None:
 
 def _label_pages(doc, unit, record, writer, n_pages, kind_skips, truth, skip_pages, progress) -> None:
     cfg: EngineConfig = _W["cfg"]
+    k = cfg.cer_pages_per_doc  # evenly spaced pages scored against pdftotext
+    cer_pages = {round(j * (n_pages - 1) / max(k - 1, 1)) for j in range(k)} if k and n_pages else set()
     for i in range(n_pages):
         if str(i) in skip_pages:
             record["skipped"].append({"page": i, "reason": PAGE_TIMEOUT, "detail": skip_pages[str(i)]})
@@ -231,6 +235,13 @@ def _label_pages(doc, unit, record, writer, n_pages, kind_skips, truth, skip_pag
             gt_lang, gt_text = truth[i]
             sample["gt_lang"] = gt_lang
             sample["gt_edits"], sample["gt_chars"] = metrics.cer_counts(gt_text, labels["coarse"]["text"])
+        elif not truth and "coarse" in labels and i in cer_pages:
+            # Real PDF: a few pages per document scored against poppler's reading (a reference
+            # with its own errors, not ground truth: the report names it)
+            ref = fallback.poppler_text(page)
+            if ref and ref.strip():
+                sample["gt_lang"], sample["gt_ref"] = lang, fallback.POPPLER
+                sample["gt_edits"], sample["gt_chars"] = metrics.cer_counts(ref, labels["coarse"]["text"])
         record["samples"].append(sample)
 
 
@@ -559,5 +570,8 @@ def _run_locked(cfg: EngineConfig, out: Path) -> dict:
     if new:
         report.append_history(cfg.work_dir, rep)
     if cfg.print_summary:
-        print(report.format_summary(rep))
+        summary = report.format_summary(rep)
+        log.info("%s", summary)  # the CLI's log file (Hydra: {out}/logs/<time>/cli.log)
+        if not logging.getLogger().handlers:  # no logging set up (a library call): the console
+            print(summary)
     return rep

@@ -47,10 +47,11 @@ def build_report(records: list[dict], new_records: list[dict], shard_summary: li
             langs[s["lang"]] += 1
             scripts[s["script"]] += 1
             kinds_written.update(s["labels"])
-            if "gt_chars" in s:  # synthetic pages: coarse label vs the generator's source text
-                gt_edits[s["gt_lang"]] += s["gt_edits"]
-                gt_chars[s["gt_lang"]] += s["gt_chars"]
-                gt_pages[s["gt_lang"]] += 1
+            if "gt_chars" in s:  # coarse label vs the generator's source text, or pdftotext on real PDFs
+                key = (s["gt_lang"], s.get("gt_ref", "synthetic"))
+                gt_edits[key] += s["gt_edits"]
+                gt_chars[key] += s["gt_chars"]
+                gt_pages[key] += 1
         for kind, reasons in rec.get("kind_skips", {}).items():
             kinds_skipped.setdefault(kind, Counter()).update(reasons)
     kinds = sorted(set(kinds_written) | set(kinds_skipped))
@@ -94,11 +95,13 @@ def build_report(records: list[dict], new_records: list[dict], shard_summary: li
                   "skipped_by_reason": _sorted_counts(page_skip)},
         "per_language": _sorted_counts(langs),
         "per_script": _sorted_counts(scripts),
-        # Character error rate of coarse labels against synthetic ground truth, per source language.
+        # Character error rate of coarse labels per language: against synthetic ground truth
+        # (reference "synthetic") or, on a few pages of each real PDF, against pdftotext.
         "coarse_cer_per_language": {
-            lang: {"pages": gt_pages[lang], "chars": gt_chars[lang],
-                   "cer": round(gt_edits[lang] / gt_chars[lang], 4) if gt_chars[lang] else None}
-            for lang in sorted(gt_chars)},
+            lang if ref == "synthetic" else f"{lang} (vs {ref})": {
+                "pages": gt_pages[lang, ref], "chars": gt_chars[lang, ref], "reference": ref,
+                "cer": round(gt_edits[lang, ref] / gt_chars[lang, ref], 4) if gt_chars[lang, ref] else None}
+            for lang, ref in sorted(gt_chars)},
         "per_label_kind": {k: {"written": kinds_written.get(k, 0),
                                "skipped_by_reason": _sorted_counts(kinds_skipped.get(k, Counter()))} for k in kinds},
         "shards": {"count": len(shard_summary), "samples": sum(s["count"] for s in shard_summary),
@@ -210,7 +213,8 @@ def format_summary(rep: dict) -> str:
     ]
     cer = rep.get("coarse_cer_per_language") or {}
     if cer:
-        lines.append("  coarse CER: " + _top({k: v["cer"] for k, v in cer.items()}) + " (synthetic ground truth)")
+        lines.append("  coarse CER: " + _top({k: v["cer"] for k, v in cer.items()})
+                     + " (synthetic ground truth, or pdftotext on real PDFs)")
     for kind, v in rep["per_label_kind"].items():
         lines.append(f"  {kind:<10}: {v['written']} labels; not labelled: {_top(v['skipped_by_reason'])}")
     sh = rep["shards"]

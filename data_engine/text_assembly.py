@@ -329,6 +329,7 @@ def _along(line: dict, d) -> list[tuple]:
 
 LETTER_SPACED_SHARE = 0.6  # share of a run's glyph gaps above the word gap that makes it letter-spaced
 LETTER_SPACED_WORD = 0.3   # x font size beyond the run's usual letter gap: a word break there
+LETTER_SPACED_SYNTHETIC = 0.3  # share of a line's characters that are MuPDF's synthetic spaces: letter-spaced
 
 
 _PLAIN: set[str] = set()  # characters known to need no special handling (grows per process)
@@ -369,9 +370,11 @@ def _fast_line(spans: list) -> str | None:
         pos += n
     if len(text) != len(chars) or not _is_plain_text(text):
         return None
-    if " " in text and any([c.get("synthetic") for c in chars]):
-        # MuPDF's synthesised spaces stand for gaps, which are measured here anyway (and a
-        # letter-spaced line must not keep one between every pair of letters)
+    synthetic = [i for i, c in enumerate(chars) if c.get("synthetic")] if " " in text else ()
+    if len(synthetic) >= 3 and len(synthetic) > LETTER_SPACED_SYNTHETIC * len(chars):
+        # MuPDF put a synthetic space between most letters: a letter-spaced line, whose real
+        # word gaps are found below. (Elsewhere its synthetic spaces are kept: it places them
+        # by pen position, which finds breaks that glyph boxes alone can miss.)
         keep = [i for i, c in enumerate(chars) if not c.get("synthetic")]
         chars, sizes = [chars[i] for i in keep], [sizes[i] for i in keep]
         text = "".join([c["c"] for c in chars])
@@ -383,9 +386,14 @@ def _fast_line(spans: list) -> str | None:
             if b - a > SPACE_GAP * (sa if sa < sb else sb)]
     if not cand:
         return text
-    if len(cand) >= 3 and len(cand) > LETTER_SPACED_SHARE * (len(chars) - 1):
-        usual = sorted(b - a for a, b in zip(x1s, x0s[1:]))[(len(chars) - 1) // 2]
-        cand = [i for i in cand if x0s[i] - x1s[i - 1] > usual + LETTER_SPACED_WORD * sizes[i]]
+    if len(cand) >= 3:
+        # letter-spaced: most gaps between two letters/digits are word-wide (leader dots
+        # ". . . ." in a table of contents are spaced too, but are not letters)
+        pairs = [i for i in range(1, len(text)) if text[i - 1].isalnum() and text[i].isalnum()]
+        wide = set(cand).intersection(pairs)
+        if len(wide) >= 3 and len(wide) > LETTER_SPACED_SHARE * len(pairs):
+            usual = sorted(x0s[i] - x1s[i - 1] for i in pairs)[len(pairs) // 2]
+            cand = [i for i in cand if x0s[i] - x1s[i - 1] > usual + LETTER_SPACED_WORD * sizes[i]]
     out, last = [], 0
     for i in cand:
         a, b = text[i - 1], text[i]

@@ -51,3 +51,31 @@ def test_letter_spaced_monospace_is_joined(tmp_path):
             x += cell
     text = coarse.text_from_dict(render.extract_text(doc[0]))
     assert [ln for ln in text.split("\n") if ln] == [r"\renewcommand{\baselinestretch}{1.5}", r"\newcommand{\R}{\mathbb{R}}"]
+
+
+def test_grid_table_cells_come_out_row_by_row():
+    """A table written column by column (as Excel exports do): MuPDF makes one block per cell
+    in that order; the coarse text must read row by row."""
+    doc = pymupdf.open()
+    page = doc.new_page()
+    cols = [["Region", "North", "South", "East"], ["Units", "1200", "950", "1730"], ["Revenue", "15.2", "11.9", "20.4"]]
+    for c, col in enumerate(cols):
+        for r, cell in enumerate(col):
+            page.insert_text((72 + 110 * c, 100 + 16 * r), cell, fontname="helv", fontsize=10)
+    page.insert_textbox(pymupdf.Rect(72, 200, 520, 300), "A paragraph after the table. " * 8, fontname="helv", fontsize=10)
+    text = coarse.text_from_dict(render.extract_text(doc[0]))
+    assert text.split("\n")[:4] == ["Region Units Revenue", "North 1200 15.2", "South 950 11.9", "East 1730 20.4"]
+    assert text.replace("\n", " ").endswith("A paragraph after the table.")  # the paragraph stays whole
+
+
+def test_vertical_japanese_column_is_one_line():
+    """Vertical writing set glyph under glyph (right column first): MuPDF gives one character
+    per line; the coarse text has one line per column, in the columns' order."""
+    doc = pymupdf.open()
+    page = doc.new_page()
+    columns = ["縦書きの日本語です", "二行目もあります"]
+    for c, col in enumerate(columns):
+        for r, ch in enumerate(col):
+            page.insert_text((400 - 30 * c, 100 + 14 * r), ch, fontname="japan", fontsize=12)
+    text = coarse.text_from_dict(render.extract_text(doc[0]))
+    assert [ln for ln in text.split("\n") if ln] == columns
