@@ -4,12 +4,12 @@ nothing, every command listed, the torch build chosen for the machine, skipped t
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from test_preflight import run_cpu, tokenizer  # noqa: F401 (a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,18 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _launch(*args: str, **env: str) -> tuple[subprocess.CompletedProcess, float]:
     full = {**os.environ, "OCRFLOW_VENV": sys.prefix, "OMP_NUM_THREADS": "1", **env}
     full.pop("VIRTUAL_ENV", None)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run(["bash", str(REPO / "launch.sh"), *args], cwd=REPO, env=full, capture_output=True,
-                          text=True, timeout=300)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return proc, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    from test_stage1 import train_tiny_tokenizer
-
-    return train_tiny_tokenizer(tmp_path_factory.mktemp("tok"), ["some words to learn"] * 20)
+    return run_cpu(["bash", str(REPO / "launch.sh"), *args], full)
 
 
 @pytest.mark.parametrize("mistake,expect", [
@@ -80,10 +69,9 @@ def test_cpu_machine_gets_a_cpu_build_and_an_installed_build_is_kept(tmp_path):
 
 
 def test_test_command_names_the_tests_that_will_skip(tmp_path):
-    script = ("set -euo pipefail; eval \"$(sed -n '/^say_test_skips()/,/^}/p' launch.sh)\"; "
-              f"ROOT={REPO}; cd {REPO}; PATH=/usr/bin/nonexistent:/bin; say_test_skips")
+    script = (f"set -euo pipefail; eval \"$(sed -n '/^say_test_skips()/,/^}}/p' {REPO / 'launch.sh'})\"; "
+              f"ROOT={REPO}; cd {REPO}; say_test_skips")
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=tmp_path,
-                         env={**os.environ, "OCRFLOW_SHARED": str(tmp_path / "no-shared"),
-                              "PATH": "/bin:/usr/bin"}).stdout
+                         env={**os.environ, "OCRFLOW_SHARED": str(tmp_path / "no-shared")}).stdout
     assert "bash scripts/fetch_real_pdfs.sh" in out or (REPO / ".cache" / "real_pdfs").is_dir(), out
     assert f"{tmp_path / 'no-shared'} not found" in out and "OCRFLOW_SHARED" in out, out
