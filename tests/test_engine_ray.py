@@ -161,7 +161,9 @@ def test_ray_stops_a_slow_document_at_the_time_limit(local_ray, tmp_path):
     _text_pdf(src / "fine.pdf", _lines("fine"))
     t0 = time.monotonic()
     rep = run_engine(dict(input=str(src), out=str(tmp_path / "out"), executor="ray", doc_timeout_s=3, **_quiet()))
-    assert time.monotonic() - t0 < 90
+    # the slow page alone is hours of work; the slack is for a busy machine (Ray's start-up and
+    # workers run outside this process, so their CPU time cannot be counted here)
+    assert time.monotonic() - t0 < 600
     assert rep["docs"]["failed_by_reason"] == {"timeout": 1} and rep["pages"]["written"] == 1
     (row,) = [json.loads(line) for line in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
     assert Path(row["path"]).name == "slow.pdf" and "3 s" in row["detail"]

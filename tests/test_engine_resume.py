@@ -139,3 +139,35 @@ def test_document_that_kills_its_worker_is_isolated(corpus, tmp_path, monkeypatc
     assert rep["pages"]["written"] == (N_DOCS - 1) * N_PAGES
     rows = [json.loads(line) for line in (tmp_path / "o" / "failures.jsonl").read_text().splitlines()]
     assert [(Path(r["path"]).name, r["reason"]) for r in rows] == [("doc_03.pdf", "worker_crash")]
+
+
+def _pid(_=None) -> int:
+    return os.getpid()
+
+
+def _double(unit: dict) -> dict:
+    return {"doc_id": unit["doc_id"], "value": 2 * unit["value"]}
+
+
+def test_worker_killed_while_idle_does_not_break_the_pool():
+    """The cause of pebble's "Unexpected error within the Pool" under load: a worker that dies
+    while no task is running (between units, e.g. the OOM killer) makes pebble declare the whole
+    pool broken ("All workers expired"). The executor starts a new pool and goes on."""
+    from data_engine.executor import LocalExecutor
+
+    ex = LocalExecutor(1, start_method="fork")
+    try:
+        (pid,) = ex.map(_pid, [None])
+        os.kill(pid, signal.SIGKILL)  # idle: it just returned its result
+        deadline = time.monotonic() + 60
+        while ex.pool.active and time.monotonic() < deadline:  # pebble notices the death
+            ex.pool._update_pool_status()
+            time.sleep(0.05)
+        units = [{"doc_id": f"{i:02d}", "value": i} for i in range(6)]
+        got = list(ex.run(_double, units, timeout_s=None, max_crash_retries=0,
+                          fail=lambda u, reason, detail: {"doc_id": u["doc_id"], "failed": reason}))
+        assert sorted(r["doc_id"] for r in got) == [u["doc_id"] for u in units]
+        assert all(r.get("value") == 2 * int(r["doc_id"]) for r in got), got
+        assert ex.map(_pid, [None])[0] != pid  # a new pool, new workers
+    finally:
+        ex.close(wait_for_workers=False)

@@ -14,14 +14,18 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _run(*args: str, module: str = "train.preflight") -> tuple[subprocess.CompletedProcess, float]:
-    """The command's result and the CPU seconds it used (its own and its children's)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+def run_cpu(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess, float]:
+    """The command's result and the CPU seconds it used (its own and its children's): CPU
+    time, not wall time, which a busy machine inflates."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return proc, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def _run(*args: str, module: str = "train.preflight") -> tuple[subprocess.CompletedProcess, float]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    return run_cpu([sys.executable, "-m", module, *args], env)
 
 
 @pytest.fixture(scope="module")

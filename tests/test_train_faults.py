@@ -78,10 +78,10 @@ def test_all_bad_shards_through_the_loader(tmp_path):
     tok = load_tokenizer(train_tiny_tokenizer(tmp_path / "tok", ["some words to learn"] * 20))
     loader = build_train_loader({"shards": [str(tmp_path / "bad-*.tar")], "num_workers": 0,
                                  "source_weights": {"ocr": 1.0}}, tok, seq_len=64, micro_batch_size=1, seed=0)
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     with pytest.raises(RuntimeError, match="no record"):
         next(iter(loader))
-    assert time.monotonic() - t0 < 30
+    assert time.process_time() - cpu0 < 30 and time.monotonic() - t0 < 300  # CPU: a busy machine inflates wall time
 
 
 def test_truncated_tar_keeps_the_records_before_the_damage(tmp_path):

@@ -23,7 +23,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from .config import Config, ConfigError, register, typed
-from .preflight import check_inputs, check_overrides, explain_composition_error
+from .preflight import check_overrides, explain_composition_error
 
 CONF_DIR = Path(os.environ.get("OCRFLOW_CONF", Path(__file__).resolve().parents[1] / "conf"))
 
@@ -79,7 +79,6 @@ def train(cfg: Config | DictConfig | Mapping[str, Any]) -> dict:
     if missing:
         raise ConfigError(f"config values required but not set: {missing}; pass them as overrides, "
                           "e.g. model.init_from=/path")
-    check_inputs(cfg)  # shards, tokenizer, output folder: before any model is built
     stage = cfg.train.stage
     if stage == 1:
         from .stage1 import run_stage1

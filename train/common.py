@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .config import Config, ModelConfig, OptimConfig, TrainConfig, typed
+from .preflight import check_inputs
 
 CKPT_DIRNAME = "checkpoints"
 _TAG_PREFIX = "step_"
@@ -595,6 +596,7 @@ def start_run(cfg: Config) -> RunSetup:
     tcfg, mcfg, dcfg = cfg.train, cfg.model, cfg.data
     rank, world, device = init_distributed(cfg)
     batch_geometry(tcfg, world)
+    check_inputs(cfg)  # shards, tokenizer, checkpoints, output folder: before any model is built
     seed_everything(tcfg.seed)
     out_dir = Path(tcfg.out_dir)
     return RunSetup(tcfg, mcfg, dcfg, rank, world, device, tcfg.seed, tcfg.steps,

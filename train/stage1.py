@@ -44,6 +44,7 @@ from .config import Config, Stage1LMConfig, typed
 from .eval.loading import save_run_config
 from .logging import (MetricsLogger, library_prints, quiet_libraries, reduce_breakdowns,
                       token_loss_breakdown)
+from .pace import StepPace
 
 IGNORE_INDEX = -100
 ENCODER_FILE = "encoder.safetensors"
@@ -277,6 +278,7 @@ def run_stage1(cfg: Any) -> dict:
     step_times: list[float] = []
     tokens_seen = 0
     it = iter(loader)
+    pace = StepPace()  # one warning if steps slow down far below their pace (busy machine)
     engine.train()
     while step < steps:
         t0 = time.perf_counter()
@@ -299,6 +301,8 @@ def run_stage1(cfg: Any) -> dict:
             reduce_pairs(parts), [loss_sum, n_label, n_tokens, n_samples], device)
         dt = time.perf_counter() - t0
         step_loss = loss_sum / max(n_label, 1)
+        if rank == 0:
+            pace.observe(step, dt)
         losses.append(step_loss)
         step_times.append(dt)
         tokens_seen += int(n_tokens)

@@ -50,6 +50,7 @@ from .common import (
 )
 from .config import Config, ConfigError, typed
 from .logging import MetricsLogger, expert_load_metrics, library_prints, quiet_libraries
+from .pace import StepPace
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # model.dtype (schema choices)
 EXPORT_DIRNAME = "model"
@@ -275,12 +276,15 @@ def run_stage2(cfg: Any) -> dict:
     save_every, keep_last, log_every = tcfg.save_every, tcfg.keep_last, cfg.logging.log_every
     losses, step_times = [], []
     tokens_seen = 0
+    pace = StepPace()  # one warning if steps slow down far below their pace (busy machine)
     while step < steps:
         t0 = time.perf_counter()
         lrs = current_lrs(optimizer)  # the lrs this step uses (the scheduler steps with it)
         loss = float(engine.train_batch(data))
         dt = time.perf_counter() - t0
         step += 1
+        if rank == 0:
+            pace.observe(step, dt)
         # stats are means over micro-batches and DP ranks: x accum x dp gives totals
         extra = {k: float(v) for k, v in (engine.agg_additional_losses or {}).items()}
         n_tokens = extra.get("tokens", 0.0) * accum * dp
