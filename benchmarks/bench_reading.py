@@ -20,7 +20,7 @@ asserted elsewhere.
     python benchmarks/bench_reading.py --task micro         # 256 px, 4 x 4 letters (harder)
     python benchmarks/bench_reading.py --steps 800 --out runs/bench_reading
 
-The reading ladder (issue "reads letters it was not drawn on"; docs/training.md) runs with
+The reading ladder (docs/training.md) runs with
 ``--rung``: reading pages (data_engine/reading_pages.py) scored on held-out pages in 3 font
 families never trained, against the wrong-page control, blank pages, the constant output and
 the untrained model (data_engine/reading_metrics.py), plus held-out pages in the trained fonts
