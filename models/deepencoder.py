@@ -87,6 +87,11 @@ class DeepEncoder(nn.Module):
     def init_weights(self, std: float = 0.02) -> None:
         self.init_vision_weights(std)
 
+    # modules after SAM that ``project`` / ``arrange`` read (the pipeline's PP1 holds them)
+    EMBEDDING_PARTS: tuple[str, ...] = ("vision_model", "projector", "image_newline", "view_seperator")
+    # the encoder proper (frozen with SAM by ``train.freeze_encoder``)
+    ENCODER_CORE: str = "vision_model"
+
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute SAM blocks and CLIP layers in backward (activation memory for stage 1)."""
         self.sam_model.gradient_checkpointing = enabled

@@ -29,6 +29,9 @@ from .sam import SamEncoder
 
 
 class DeepEncoderV2(DeepEncoder):
+    EMBEDDING_PARTS = ("qwen2_model", "projector", "view_seperator")
+    ENCODER_CORE = "qwen2_model"
+
     def __init__(self, cfg: DeepseekOCR2Config) -> None:
         nn.Module.__init__(self)  # not DeepEncoder.__init__: no CLIP, no image_newline
         D = cfg.decoder.hidden_size

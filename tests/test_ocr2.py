@@ -13,7 +13,7 @@ pytest.importorskip("transformers.models.deepseek_ocr2")
 
 from models.config import get_preset  # noqa: E402
 from models.image_processing import preprocess_image  # noqa: E402
-from tests.ocr2_reference import build_pair, compare, page, reference_processor, reference_token_count  # noqa: E402
+from ocr2_reference import build_pair, compare, page, reference_processor, reference_token_count  # noqa: E402
 
 TOL = 1e-4
 

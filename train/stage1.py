@@ -33,8 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.config import DeepseekOCRConfig, get_preset
-from models.deepencoder import DeepEncoder
+from models.config import DeepseekOCR2Config, DeepseekOCRConfig, get_preset
+from models.deepencoder_v2 import build_vision_encoder
 from models.image_processing import ImageInput
 from models.pretrained import init_encoder_from_pretrained
 
@@ -48,7 +48,7 @@ from .logging import (MetricsLogger, library_prints, quiet_libraries, reduce_bre
 IGNORE_INDEX = -100
 ENCODER_FILE = "encoder.safetensors"
 # always handed to stage 2; the rest only when widths match
-_ENCODER_CORE = ("sam_model.", "vision_model.")
+_ENCODER_CORE = ("sam_model.", "vision_model.", "qwen2_model.")
 
 
 def packed_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -95,14 +95,14 @@ def opt_config(lm_cfg: Any, vocab_size: int, *, pad_token_id: int, bos_token_id:
 class Stage1Model(nn.Module):
     """DeepEncoder + OPT causal LM. ``forward`` returns (loss, token_loss (B, T-1), label_mask)."""
 
-    def __init__(self, ocr_cfg: DeepseekOCRConfig, lm_config) -> None:
+    def __init__(self, ocr_cfg: DeepseekOCRConfig | DeepseekOCR2Config, lm_config) -> None:
         super().__init__()
         from transformers import OPTForCausalLM
 
         width = lm_config.hidden_size
         # the projector maps to the LM width (768 for OPT-125M, not the MoE decoder's 1280)
         enc_cfg = ocr_cfg.replace(decoder=dataclasses.replace(ocr_cfg.decoder, hidden_size=width))
-        self.encoder = DeepEncoder(enc_cfg)
+        self.encoder = build_vision_encoder(enc_cfg)  # DeepEncoder, or DeepEncoderV2 for an ocr2 preset
         lm_config._attn_implementation = "sdpa"
         self.lm = OPTForCausalLM(lm_config)
         self.image_token_id = int(ocr_cfg.image_token_id)

@@ -33,7 +33,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--tokenizer", default=None, help="dir with tokenizer.json (default: the run's or the model dir)")
     ap.add_argument("--config", default=None, help="stage-1 run config (default: <run>/run_config.yaml or hydra/config.yaml)")
     ap.add_argument("--pages", type=int, default=8, help="held-out pages to read (0 = all)")
-    ap.add_argument("--modes", "--mode", default="tiny", help="resolution modes, e.g. tiny,small")
+    ap.add_argument("--modes", "--mode", default=None,
+                    help="resolution modes, e.g. tiny,small (default: tiny for DeepSeek-OCR, ocr2 for DeepSeek-OCR 2)")
     ap.add_argument("--labels", "--label-kind", default="coarse", help="label kinds: coarse, fine or coarse,fine")
     ap.add_argument("--untrained", action="store_true", help="add the untrained row: same architecture, fresh init")
     ap.add_argument("--seed", type=int, default=0, help="seed of the untrained model's init")
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     out, json_only = a.out, bool(a.out and a.out.endswith(".json"))
     shards = _csv(a.shards) if "," in a.shards else a.shards
     res = evaluate(a.model, shards, tokenizer=a.tokenizer, config=a.config, pages=a.pages or None, device=a.device,
-                   modes=_csv(a.modes), label_kinds=_csv(a.labels), untrained=a.untrained, seed=a.seed,
+                   modes=_csv(a.modes) if a.modes else None, label_kinds=_csv(a.labels), untrained=a.untrained, seed=a.seed,
                    out_dir=None if json_only or not out else out, plots=not a.no_plots,
                    fox_edges=[int(x) for x in _csv(a.fox_bins)] if a.fox_bins else None,
                    budget_factor=a.budget_factor, budget_margin=a.budget_margin, max_new_tokens=a.max_new_tokens,
