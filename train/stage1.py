@@ -17,6 +17,9 @@ schedule, lr 5e-5, sequence length 4096, global batch 1280, 2 epochs. Here:
   width (otherwise stage 2 initialises them fresh, as their shapes differ), and
   ``<out_dir>/run_config.yaml`` (the resolved config ``python -m train.evaluate`` rebuilds the
   run's model from).
+* DeepSeek-OCR 2 presets (``model=tiny_ocr2`` / ``deepseek_ocr2``, recipe ``ocr2_stage1``): the
+  encoder is ``models.deepencoder_v2.DeepEncoderV2`` (SAM + flow encoder + projector); the file
+  holds ``sam_model.*`` and ``qwen2_model.*`` (+ projector / separator when widths match).
 * ``model.sam_from`` / ``model.clip_from``: DeepEncoder starts from public SAM ViT-B / CLIP
   ViT-L/14 weights (``models.pretrained``; the paper's init), refused with names on mismatch.
 """
