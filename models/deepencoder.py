@@ -40,6 +40,11 @@ class Projector(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
 
+    @torch.no_grad()
+    def reset_parameters(self, std: float = 0.02) -> None:
+        nn.init.trunc_normal_(self.layers.weight, std=std)
+        nn.init.zeros_(self.layers.bias)
+
 
 def _square_side(num_tokens: int) -> int:
     side = math.isqrt(num_tokens)
@@ -71,21 +76,21 @@ class DeepEncoder(nn.Module):
         """Attribute name -> the init of that part alone, in ``init_vision_weights`` order."""
         # the official code draws both vectors from N(0, 1/D), the embedding scale
         embed_std = self.image_newline.shape[0] ** -0.5
-
-        def projector() -> None:
-            nn.init.trunc_normal_(self.projector.layers.weight, std=std)
-            nn.init.zeros_(self.projector.layers.bias)
-
         return {
             "sam_model": lambda: self.sam_model.init_weights(std),
             "vision_model": lambda: self.vision_model.init_weights(std),
-            "projector": projector,
+            "projector": lambda: self.projector.reset_parameters(std),
             "image_newline": lambda: nn.init.normal_(self.image_newline, std=embed_std),
             "view_seperator": lambda: nn.init.normal_(self.view_seperator, std=embed_std),
         }
 
     def init_weights(self, std: float = 0.02) -> None:
         self.init_vision_weights(std)
+
+    # modules after SAM that ``project`` / ``arrange`` read (the pipeline's PP1 holds them)
+    EMBEDDING_PARTS: tuple[str, ...] = ("vision_model", "projector", "image_newline", "view_seperator")
+    # the encoder proper (frozen with SAM by ``train.freeze_encoder``)
+    ENCODER_CORE: str = "vision_model"
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute SAM blocks and CLIP layers in backward (activation memory for stage 1)."""

@@ -29,6 +29,9 @@ from .sam import SamEncoder
 
 
 class DeepEncoderV2(DeepEncoder):
+    EMBEDDING_PARTS = ("qwen2_model", "projector", "view_seperator")
+    ENCODER_CORE = "qwen2_model"
+
     def __init__(self, cfg: DeepseekOCR2Config) -> None:
         nn.Module.__init__(self)  # not DeepEncoder.__init__: no CLIP, no image_newline
         D = cfg.decoder.hidden_size
@@ -40,15 +43,10 @@ class DeepEncoderV2(DeepEncoder):
 
     def vision_init_parts(self, std: float = 0.02) -> dict[str, Callable[[], None]]:
         embed_std = self.view_seperator.shape[0] ** -0.5  # N(0, 1/D), as the reference
-
-        def projector() -> None:
-            nn.init.trunc_normal_(self.projector.layers.weight, std=std)
-            nn.init.zeros_(self.projector.layers.bias)
-
         return {
             "sam_model": lambda: self.sam_model.init_weights(std),
             "qwen2_model": lambda: self.qwen2_model.init_weights(std),
-            "projector": projector,
+            "projector": lambda: self.projector.reset_parameters(std),
             "view_seperator": lambda: nn.init.normal_(self.view_seperator, std=embed_std),
         }
 

@@ -158,6 +158,14 @@ class ImageInput:
         tile_side = self.tiles.shape[-1] // PIXELS_PER_TOKEN if self.tiles.shape[0] else 0
         return layout_tokens(self.global_view.shape[-1] // PIXELS_PER_TOKEN, tile_side, self.tile_grid)
 
+    @property
+    def content_tokens(self) -> int:
+        """Vision tokens without newlines / separator (the paper's count; v2: the flow queries)."""
+        if self.version == 2:
+            return self.num_tokens - 1
+        n_tile = (self.tiles.shape[-1] // PIXELS_PER_TOKEN) ** 2 if self.tiles.shape[0] else 0
+        return (self.global_view.shape[-1] // PIXELS_PER_TOKEN) ** 2 + self.tiles.shape[0] * n_tile
+
     def to(self, *args, **kwargs) -> "ImageInput":
         """Tensor.to on both tensors (device / dtype), other fields unchanged."""
         return ImageInput(self.mode, self.global_view.to(*args, **kwargs), self.tiles.to(*args, **kwargs),

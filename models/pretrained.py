@@ -323,6 +323,9 @@ def init_encoder_from_pretrained(encoder: nn.Module, sam_from: str | Path | None
     if sam_from:
         reports.append(load_sam_weights(encoder.sam_model, sam_from))
     if clip_from:
+        if not hasattr(encoder, "vision_model"):
+            raise ValueError("model.clip_from: DeepSeek-OCR 2's encoder has no CLIP (its flow encoder "
+                             "would start from Qwen2-0.5B, which ocrflow does not import yet)")
         reports.append(load_clip_weights(encoder.vision_model, clip_from))
     return reports
 

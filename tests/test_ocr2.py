@@ -13,7 +13,7 @@ pytest.importorskip("transformers.models.deepseek_ocr2")
 
 from models.config import get_preset  # noqa: E402
 from models.image_processing import preprocess_image  # noqa: E402
-from tests.ocr2_reference import build_pair, compare, page, reference_processor, reference_token_count  # noqa: E402
+from ocr2_reference import build_pair, compare, page, reference_processor, reference_token_count  # noqa: E402
 
 TOL = 1e-4
 
@@ -79,11 +79,13 @@ def test_flow_mask_is_bidirectional_over_image_and_causal_over_queries():
 
 @pytest.mark.slow
 def test_full_size_parts_and_forward_match_reference(tmp_path):
-    """``deepseek-ocr2`` at full width (SAM-base, 24-layer 896-wide flow encoder, 1280-wide
-    decoder, 129,280 vocab) with a 2-layer decoder slice (dense layer 0 + one MoE layer), so
-    ours and the reference fit in ~9 GB together. Prints the figures."""
+    """``deepseek-ocr2`` at full size (SAM-base, 24-layer 896-wide flow encoder with 144 / 256
+    queries, 896 -> 1280 projector) with a decoder slice at full width (dense layer 0 + one MoE
+    layer of 64 + 2 experts) and an 8,192-token vocabulary, so ours and the reference fit in
+    ~7 GB together. Prints the figures."""
     cfg = get_preset("deepseek-ocr2")
     cfg = cfg.replace(decoder=dataclasses.replace(cfg.decoder, num_hidden_layers=2, moe_impl="loop"))
+    cfg = cfg.with_vocab(8192, image_token_id=8191)
     ours, ref = build_pair(cfg, tmp_path / "full")
     diffs = compare(ours, ref)
     for k, v in diffs.items():

@@ -55,7 +55,7 @@ def test_import_export_bit_identical_and_transformers_reads_it_back(saved, tmp_p
 
     back, info = hf.DeepseekOcr2ForConditionalGeneration.from_pretrained(str(dst), output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
-    from tests.ocr2_reference import page
+    from ocr2_reference import page
     from models.image_processing import preprocess_image
 
     img = preprocess_image(page((900, 500)), "ocr2")  # 2 tiles + the global view
@@ -92,3 +92,31 @@ def test_v1_checkpoint_refused_by_v2_model(tmp_path):
     v1 = export_checkpoint(DeepseekOCRForCausalLM(get_preset("tiny")), tmp_path / "v1", dtype=torch.float32)
     with pytest.raises(ValueError, match=r"(?s)missing:.*qwen2_model.*unexpected:.*vision_model"):
         import_checkpoint(v1, cfg=get_preset("tiny-ocr2"))
+
+
+def test_evaluate_reads_a_v2_export_and_generates(tmp_path):
+    """``train.evaluate --model`` on a DeepSeek-OCR 2 export: loaded by its config.json, read with
+    a v2 mode by default, v1 modes refused; generation runs (trained and image-blind rows)."""
+    from test_evaluate import _tokenizer, write_pages
+
+    from train.eval.decode import heldout_pages
+    from train.eval.loading import load_model
+    from train.eval.suite import check_modes, evaluate_model
+
+    glob_, texts = write_pages(tmp_path / "pages", 2, seed=5)
+    tok = _tokenizer(tmp_path, texts)
+    cfg = get_preset("tiny-ocr2").with_vocab(tok.vocab_size, bos_token_id=tok.bos_token_id,
+                                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                                             image_token_id=tok.image_token_id)
+    torch.manual_seed(0)
+    export_checkpoint(DeepseekOCRForCausalLM(cfg), tmp_path / "export", dtype=torch.float32)
+    m = load_model(tmp_path / "export", tmp_path / "tok")
+    assert m.kind == "checkpoint" and isinstance(m.model.cfg, DeepseekOCR2Config)
+    assert check_modes(m.model, None) == ["ocr2"]
+    with pytest.raises(ValueError, match="not DeepSeek-OCR 2 modes"):
+        check_modes(m.model, ["tiny"])
+    res = evaluate_model(m, heldout_pages(glob_, None, ("coarse",)), modes=["ocr2_micro"], progress=None,
+                         max_new_tokens=8)
+    rows = res["rows"]
+    assert {r["variant"] for r in rows} == {"trained", "blind"} and len(rows) == 4
+    assert all(r["vision_tokens"] == 144 for r in rows)  # the flow queries, separator excluded

@@ -259,8 +259,8 @@ def set_rng_state(state: Mapping) -> None:
 
 
 # Parameter names (stage 1 ``encoder.*``, stage 2 / export ``model.*``, pipeline stages) that
-# belong to DeepEncoder, and the SAM + neck + compressor part of it.
-_ENCODER_NAMES = ("sam_model.", "vision_model.", "projector.", "image_newline", "view_seperator")
+# belong to DeepEncoder (V2: ``qwen2_model`` instead of CLIP), and the SAM + neck + compressor part of it.
+_ENCODER_NAMES = ("sam_model.", "vision_model.", "qwen2_model.", "projector.", "image_newline", "view_seperator")
 _SAM_NAMES = ("sam_model.",)
 
 

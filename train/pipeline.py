@@ -8,6 +8,11 @@ into pipeline *units* and reuses the model's own pieces (``DeepEncoder.sam_featu
 ``project`` / ``arrange``, ``DeepseekOCRModel.embed``, ``DecoderLayer``,
 ``build_attention_mask``), so the pipelined forward is the model's forward, cut.
 
+DeepSeek-OCR 2 (``DeepseekOCR2Config``) is cut the same way: PP1 holds the flow encoder (Qwen2
+layers + queries) + projector + separator instead of CLIP (``VisionEmbedding`` borrows the
+model's own ``project`` / ``arrange`` and ``EMBEDDING_PARTS``); ``freeze_encoder`` freezes it
+with SAM (the v2 paper's stage 3).
+
 Units, in order (``U`` = num_hidden_layers):
     0          VisionTokenizer   SAM + neck + compressor of every view
     1          VisionEmbedding   CLIP + projector + newline/separator layout + embed_tokens merge
@@ -178,20 +183,28 @@ class VisionTokenizer(nn.Module):
 
 
 class VisionEmbedding(nn.Module):
-    """PP1: CLIP + projector per view size, image layout, merge into the token embeddings."""
+    """PP1: CLIP + projector (v1) or the flow encoder + projector (v2) per view size, image
+    layout, merge into the token embeddings."""
 
     def __init__(self, model: DeepseekOCRForCausalLM):
         super().__init__()
         m = model.model
-        self.vision_model, self.projector = m.vision_model, m.projector
-        self.image_newline, self.view_seperator = m.image_newline, m.view_seperator
+        self.part_names = type(m).EMBEDDING_PARTS
+        for name in self.part_names:  # same objects: state-dict names stay the model's
+            setattr(self, name, getattr(m, name))
+        # the model's own project / arrange (DeepEncoder's or DeepEncoderV2's), run on this unit
+        self._project, self._arrange = type(m).project, type(m).arrange
         self.embed_tokens = m.embed_tokens
         self.image_token_id = m.image_token_id
         self.channels = model.cfg.sam.out_channels
         self.down = model.cfg.sam.downsample
 
-    project = DeepEncoder.project  # uses self.vision_model / self.projector
-    arrange = DeepEncoder.arrange  # uses self.image_newline / self.view_seperator
+    def project(self, features: Tensor) -> Tensor:
+        return self._project(self, features)
+
+    def arrange(self, *args) -> Tensor:
+        return self._arrange(self, *args)
+
     embed = DeepseekOCRModel.embed  # uses self.embed_tokens / self.image_token_id
 
     def forward(self, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -215,7 +228,7 @@ class VisionEmbedding(nn.Module):
         h = self.embed(input_ids, per_image)  # (B, T, D)
         if not views:  # text-only micro-batch
             h = h + features.sum().to(h.dtype) * 0  # an unused received input still needs a grad
-            h = _touch(h, self.vision_model, self.projector, self.image_newline, self.view_seperator)
+            h = _touch(h, *(getattr(self, n) for n in self.part_names))
         return (h, aux, position_ids, segment_ids, labels, src, mode)
 
 
@@ -400,6 +413,7 @@ def build_pipeline_module(
     loss_fn: PipelineLoss | None = None,
     *,
     freeze_sam: bool = True,
+    freeze_encoder: bool = False,
     topology=None,
     vision_max_batch: int | None = None,
     checkpoint_layers: bool = False,
@@ -411,7 +425,8 @@ def build_pipeline_module(
     degree is world_size / pp unless ``topology`` is given. ``partition``: pp+1 unit
     boundaries (module docstring), default ``default_partition``. ``freeze_sam`` turns off
     ``requires_grad`` of SAM + compressor (paper: frozen in stage 2), so they stay out of the
-    optimizer. Only the local stage's units are registered (and moved to the device); the
+    optimizer; ``freeze_encoder`` freezes CLIP / the flow encoder as well (DeepSeek-OCR 2's
+    stage 3). Only the local stage's units are registered (and moved to the device); the
     caller may drop ``model`` afterwards. Build the optimizer from
     ``[p for p in module.parameters() if p.requires_grad]``.
 
@@ -423,8 +438,10 @@ def build_pipeline_module(
         raise ValueError(f"pp must be >= 1, got {pp}")
     U = model.cfg.decoder.num_hidden_layers
     parts = check_partition(partition if partition is not None else default_partition(U, pp), pp, U + 3)
-    if freeze_sam:
+    if freeze_sam or freeze_encoder:
         model.model.sam_model.requires_grad_(False)
+    if freeze_encoder:  # v2 stage 3: the whole DeepEncoder V2 (SAM + flow encoder) is frozen
+        getattr(model.model, model.model.ENCODER_CORE).requires_grad_(False)
     layers, bounds = build_units(model, parts, vision_max_batch, checkpoint_layers)
     cls = _pipeline_module_cls()
     import torch.distributed as dist  # initialised by the caller (train.common.init_distributed)

@@ -17,6 +17,9 @@ schedule, lr 5e-5, sequence length 4096, global batch 1280, 2 epochs. Here:
   width (otherwise stage 2 initialises them fresh, as their shapes differ), and
   ``<out_dir>/run_config.yaml`` (the resolved config ``python -m train.evaluate`` rebuilds the
   run's model from).
+* DeepSeek-OCR 2 presets (``model=tiny_ocr2`` / ``deepseek_ocr2``, recipe ``ocr2_stage1``): the
+  encoder is ``models.deepencoder_v2.DeepEncoderV2`` (SAM + flow encoder + projector); the file
+  holds ``sam_model.*`` and ``qwen2_model.*`` (+ projector / separator when widths match).
 * ``model.sam_from`` / ``model.clip_from``: DeepEncoder starts from public SAM ViT-B / CLIP
   ViT-L/14 weights (``models.pretrained``; the paper's init), refused with names on mismatch.
 """
@@ -33,8 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.config import DeepseekOCRConfig, get_preset
-from models.deepencoder import DeepEncoder
+from models.config import DeepseekOCR2Config, DeepseekOCRConfig, get_preset
+from models.deepencoder_v2 import build_vision_encoder
 from models.image_processing import ImageInput
 from models.pretrained import init_encoder_from_pretrained
 
@@ -49,7 +52,7 @@ from .pace import StepPace
 IGNORE_INDEX = -100
 ENCODER_FILE = "encoder.safetensors"
 # always handed to stage 2; the rest only when widths match
-_ENCODER_CORE = ("sam_model.", "vision_model.")
+_ENCODER_CORE = ("sam_model.", "vision_model.", "qwen2_model.")
 
 
 def packed_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -96,14 +99,14 @@ def opt_config(lm_cfg: Any, vocab_size: int, *, pad_token_id: int, bos_token_id:
 class Stage1Model(nn.Module):
     """DeepEncoder + OPT causal LM. ``forward`` returns (loss, token_loss (B, T-1), label_mask)."""
 
-    def __init__(self, ocr_cfg: DeepseekOCRConfig, lm_config) -> None:
+    def __init__(self, ocr_cfg: DeepseekOCRConfig | DeepseekOCR2Config, lm_config) -> None:
         super().__init__()
         from transformers import OPTForCausalLM
 
         width = lm_config.hidden_size
         # the projector maps to the LM width (768 for OPT-125M, not the MoE decoder's 1280)
         enc_cfg = ocr_cfg.replace(decoder=dataclasses.replace(ocr_cfg.decoder, hidden_size=width))
-        self.encoder = DeepEncoder(enc_cfg)
+        self.encoder = build_vision_encoder(enc_cfg)  # DeepEncoder, or DeepEncoderV2 for an ocr2 preset
         lm_config._attn_implementation = "sdpa"
         self.lm = OPTForCausalLM(lm_config)
         self.image_token_id = int(ocr_cfg.image_token_id)

@@ -121,7 +121,7 @@ def build_stage2_pipeline(cfg: Any, tokenizer, pp: int, device, seed: int):
     if mcfg.gradient_checkpointing:
         model.model.set_gradient_checkpointing(True)  # SAM / CLIP blocks
     module = build_pipeline_module(
-        model, pp, partition=tcfg.partition, freeze_sam=tcfg.freeze_sam,
+        model, pp, partition=tcfg.partition, freeze_sam=tcfg.freeze_sam, freeze_encoder=tcfg.freeze_encoder,
         vision_max_batch=tcfg.vision_max_batch, checkpoint_layers=mcfg.gradient_checkpointing,
         init_stage=partial(init_stage_weights, model, device=device, dtype=_DTYPES[cfg.deepspeed.dtype],
                            seed=seed, init_from=mcfg.init_from, encoder_from=mcfg.encoder_from),

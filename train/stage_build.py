@@ -104,7 +104,7 @@ def load_encoder_tensors(model: nn.Module, path: str | Path) -> list[str]:
     from models.checkpoint import TensorReader
 
     own = model.model.state_dict(keep_vars=True)
-    encoder_prefixes = ("sam_model.", "vision_model.", "projector.", "image_newline", "view_seperator")
+    encoder_prefixes = ("sam_model.", "vision_model.", "qwen2_model.", "projector.", "image_newline", "view_seperator")
     loaded = []
     with TensorReader(path) as f:
         names = f.keys()

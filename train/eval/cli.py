@@ -34,7 +34,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--tokenizer", default=None, help="dir with tokenizer.json (default: the run's or the model dir)")
     ap.add_argument("--config", default=None, help="stage-1 run config (default: <run>/run_config.yaml or hydra/config.yaml)")
     ap.add_argument("--pages", type=int, default=8, help="held-out pages to read (0 = all)")
-    ap.add_argument("--modes", "--mode", default="tiny", help="resolution modes, e.g. tiny,small")
+    ap.add_argument("--modes", "--mode", default=None,
+                    help="resolution modes, e.g. tiny,small (default: tiny for DeepSeek-OCR, ocr2 for DeepSeek-OCR 2)")
     ap.add_argument("--labels", "--label-kind", default="coarse", help="label kinds: coarse, fine or coarse,fine")
     ap.add_argument("--train-shards", default=None,
                     help="training shard glob (comma-separate several) for the constant-output baseline (the most "
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     shards = _csv(a.shards) if "," in a.shards else a.shards
     train_shards = (_csv(a.train_shards) if "," in a.train_shards else a.train_shards) if a.train_shards else None
     res = evaluate(a.model, shards, train_shards=train_shards, tokenizer=a.tokenizer, config=a.config, pages=a.pages or None, device=a.device,
-                   modes=_csv(a.modes), label_kinds=_csv(a.labels), untrained=a.untrained, seed=a.seed,
+                   modes=_csv(a.modes) if a.modes else None, label_kinds=_csv(a.labels), untrained=a.untrained, seed=a.seed,
                    out_dir=None if json_only or not out else out, plots=not a.no_plots,
                    fox_edges=[int(x) for x in _csv(a.fox_bins)] if a.fox_bins else None,
                    budget_factor=a.budget_factor, budget_margin=a.budget_margin, max_new_tokens=a.max_new_tokens,

@@ -104,7 +104,7 @@ def ocr(model, tokenizer, items: Sequence[tuple[Image.Image, str, int]], mode: s
     ``finished`` (EOS within the budget), ``new_tokens``, ``budget``, ``vision_tokens``
     (without newlines/separator, the paper's count). Items are batched by similar budgets."""
     from models.generation import NoRepeatNGramLogitsProcessor, generate
-    from models.image_processing import PIXELS_PER_TOKEN, preprocess_image
+    from models.image_processing import preprocess_image
 
     device = next(model.parameters()).device
     procs = [NoRepeatNGramLogitsProcessor(no_repeat_ngram, max(window, no_repeat_ngram))] if no_repeat_ngram else []
@@ -132,9 +132,7 @@ def ocr(model, tokenizer, items: Sequence[tuple[Image.Image, str, int]], mode: s
             eos = tokenizer.eos_token_id
             finished = eos in seq
             n_new = seq.index(eos) + 1 if finished else len(seq)
-            img = images[r]
-            vt = (img.global_view.shape[-1] // PIXELS_PER_TOKEN) ** 2 + img.tiles.shape[0] * (
-                img.tiles.shape[-1] // PIXELS_PER_TOKEN) ** 2
+            vt = images[r].content_tokens
             out[i] = {"pred": tokenizer.decode(seq[:n_new], skip_special_tokens=True).strip(),
                       "finished": finished, "new_tokens": n_new, "budget": budgets[r], "vision_tokens": vt}
     return out  # type: ignore[return-value]

@@ -13,6 +13,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from .decode import Page, blank_like, heldout_pages, label_texts, ocr, plain_text, token_budget
 from .loading import OCRModel, describe, last_loss_ratio, load_model, run_dir, run_train_shards
 from .metrics import match_blocks, page_scores
@@ -62,7 +64,30 @@ def run_variant(model, tokenizer, pages: Sequence[Page], kind: str, mode: str, v
     return rows
 
 
-def evaluate_model(m: OCRModel, pages: Sequence[Page], *, modes: Sequence[str] = ("tiny",),
+def model_version(model: torch.nn.Module) -> int:
+    """2 when ``model`` (a checkpoint model or a stage-1 generator) holds DeepEncoder V2, else 1."""
+    from models.deepencoder_v2 import DeepEncoderV2
+
+    return 2 if any(isinstance(mod, DeepEncoderV2) for mod in model.modules()) else 1
+
+
+def check_modes(model: torch.nn.Module, modes: Sequence[str] | None) -> list[str]:
+    """The modes to read with (default: ``tiny`` for DeepSeek-OCR, ``ocr2`` for DeepSeek-OCR 2);
+    a mode of the other model is refused in one line."""
+    from models.config import get_mode
+
+    version = model_version(model)
+    if not modes:
+        return ["ocr2" if version == 2 else "tiny"]
+    wrong = [x for x in modes if get_mode(x).version != version]
+    if wrong:
+        name = "DeepSeek-OCR 2" if version == 2 else "DeepSeek-OCR"
+        other = "ocr2, ocr2_768, ocr2_micro" if version == 2 else "tiny, small, base, large, gundam, gundam_m, nano, micro"
+        raise ValueError(f"modes {wrong} are not {name} modes (the model is {name}; its modes: {other})")
+    return list(modes)
+
+
+def evaluate_model(m: OCRModel, pages: Sequence[Page], *, modes: Sequence[str] | None = None,
                    label_kinds: Sequence[str] = ("coarse",), untrained: bool = False, seed: int = 0,
                    out_dir: str | Path | None = None, fox_edges: Sequence[int] | None = None,
                    plots: bool = True, progress=print, train_labels: dict[str, list[str]] | None = None,
@@ -72,6 +97,7 @@ def evaluate_model(m: OCRModel, pages: Sequence[Page], *, modes: Sequence[str] =
     ``train_labels`` (kind -> training label texts) sets the constant-output baseline (else the
     most frequent held-out reference); ``loss_ratio`` (the run's last held-out real/blank loss
     ratio) is reported beside the reading verdict, never in it."""
+    modes = check_modes(m.model, modes)
     models = {"trained": m.model, "blind": m.model}
     if untrained:
         models["untrained"] = m.fresh(seed)
@@ -125,4 +151,4 @@ def evaluate(model_path: str | Path, shards: str | Sequence[str], *, tokenizer: 
                           progress=progress, **kw)
 
 
-__all__ = ["evaluate", "evaluate_model", "run_variant", "score_prediction", "console_table", "VARIANTS"]
+__all__ = ["evaluate", "evaluate_model", "check_modes", "model_version", "run_variant", "score_prediction", "console_table", "VARIANTS"]
