@@ -296,7 +296,7 @@ class ResolutionMode:
     # tiled modes cut tiles once a side exceeds this, whatever the tile size (the official
     # process/image_process.py tests ``<= 640`` for Gundam and Gundam-M alike)
     tile_threshold: int = 640
-    version: int = 1  # 1: DeepSeek-OCR's processing and layout; 2: DeepSeek-OCR 2's (models/image_processing_v2.py)
+    version: int = 1  # 1: DeepSeek-OCR's processing and layout; 2: DeepSeek-OCR 2's (preprocess_image_v2 in models/image_processing.py)
 
     @property
     def tiled(self) -> bool:

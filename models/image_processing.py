@@ -136,7 +136,7 @@ class ImageInput:
     tiles: torch.Tensor  # (n, 3, t, t); n == 0 when not tiled
     tile_grid: tuple[int, int]  # (cols, rows); (0, 0) when n == 0
     valid_tokens: int  # paper's N_valid for the global view
-    version: int = 1  # 2: a DeepSeek-OCR 2 image (models/image_processing_v2.py): its token layout
+    version: int = 1  # 2: a DeepSeek-OCR 2 image (preprocess_image_v2): its token layout
 
     def __post_init__(self) -> None:
         cols, rows = self.tile_grid
