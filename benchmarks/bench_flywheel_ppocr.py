@@ -57,7 +57,8 @@ def cer_of(model, patches) -> float:
     from data_engine.metrics import corpus_cer
     from train.flywheel.ppocr import read_ppocr
 
-    reads = read_ppocr(model, [p.image for p in patches], rtl=[is_rtl(p.script) for p in patches])
+    reads = read_ppocr(model, [p.image for p in patches], rtl=[is_rtl(p.script) for p in patches],
+                       scripts=[p.script for p in patches])
     return corpus_cer((p.text, r[0]) for p, r in zip(patches, reads))
 
 
@@ -69,6 +70,7 @@ def main() -> int:
     ap.add_argument("--digital", type=int, default=30, help="born-digital documents (2 pages) per language")
     ap.add_argument("--gold", type=int, default=2, help="held-out gold documents per language")
     ap.add_argument("--tesseract", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("overrides", nargs="*", help="training overrides of the flywheel_ppocr recipe, e.g. optim.lr=5e-5")
     args = ap.parse_args()
     import torch
 
@@ -94,7 +96,7 @@ def main() -> int:
                                "stock_cer": cer_of(stock, gold[s])}
         print(f"{s}: stock PP-OCRv4 unseen-word CER {res['languages'][s]['stock_cer']:.3f}", flush=True)
     t1 = time.process_time()
-    tr = train_ppocr(ppocr_config(["logging=disabled"], shards=seeds, out_dir=out / "train", steps=args.steps, seed=0))
+    tr = train_ppocr(ppocr_config(["logging=disabled", *args.overrides], shards=seeds, out_dir=out / "train", steps=args.steps, seed=0))
     train_cpu = time.process_time() - t1
     res["train"] = {"steps": tr["steps"], "cpu_s_this_process": round(train_cpu, 1), "final_loss": tr["final_loss"],
                     "charset_added": tr["charset_added"], "patches": tr["patches"]}

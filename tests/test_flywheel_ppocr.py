@@ -18,7 +18,7 @@ pytest.importorskip("deepspeed")
 from data_engine.flywheel.patches import Patch, crop, render_page, write_patch_shard  # noqa: E402
 from models.ppocr_rec import ppocr_rec_path  # noqa: E402
 from train.flywheel.ppocr import (init_rows, label_ids, load_ppocr, ppocr_config, read_ppocr,  # noqa: E402
-                                  script_chars, train_ppocr)
+                                  script_chars, script_mask, train_ppocr)
 
 LINES = ["привет мир", "Москва река", "жёлтый дом", "чай и хлеб"]
 
@@ -71,6 +71,10 @@ def test_dictionary_extension_keeps_old_rows_bit_identical(shipped):
     assert torch.equal(model.head.weight[index["р"]], w[index["p"]])
     assert torch.allclose(model.head.weight[index["ж"]], w[1:n].mean(0))
     assert label_ids("жёлтый", index) is not None and label_ids("ж\u0435\u0308", index) == label_ids("жё", index)
+    # a Latin line may emit p but not its Cyrillic twin р (same glyph), nor Han; blank, space, digits always
+    latin, cyrillic = script_mask(model.charset, "Latn"), script_mask(model.charset, "Cyrl")
+    assert latin[index["p"]] and not latin[index["р"]] and not latin[index["中"]] and cyrillic[index["р"]]
+    assert all(m[0] and m[index[" "]] and m[index["7"]] for m in (latin, cyrillic))
 
 
 def test_ctc_fine_tune_lowers_the_loss_resumes_and_exports(tmp_path, cyrillic_shard):

@@ -130,12 +130,23 @@ def load_ppocr(model_dir: str | Path | None = None, device: str = "cpu") -> PPOC
     return model.to(device).eval()
 
 
+def script_mask(charset: Sequence[str], script: str) -> torch.Tensor:
+    """(V,) True for the classes a line of ``script`` may emit: the blank, the script's characters
+    and common ones (digits, punctuation, space). Look-alikes of other scripts (Latin o, Cyrillic
+    о, Greek ο) are the same glyph: only the line's known script tells them apart."""
+    from data_engine.flywheel.trust import char_script
+
+    return torch.tensor([i == 0 or char_script(c) in (None, script) for i, c in enumerate(charset)])
+
+
 @torch.no_grad()
 def read_ppocr(model: PPOCRRec, crops: Sequence, *, rtl: Sequence[bool] | None = None,
-               batch_size: int = 16) -> list[tuple[str, float, float]]:
+               scripts: Sequence[str] | None = None, batch_size: int = 16) -> list[tuple[str, float, float]]:
     """(text, mean log-prob of the emitted characters, min prob) per crop (PIL line images), in
-    order; crops of similar width are batched together (less padding), as RapidOCR does."""
+    order; crops of similar width are batched together (less padding), as RapidOCR does.
+    ``scripts``: each line's script; its output is restricted to that script (``script_mask``)."""
     rtl = list(rtl) if rtl is not None else [False] * len(crops)
+    masks = {s: script_mask(model.charset, s) for s in set(scripts or ())}
     device = next(model.parameters()).device
     order = sorted(range(len(crops)), key=lambda i: crops[i].width / max(1, crops[i].height))
     out: list[tuple[str, float, float]] = [("", float("-inf"), 0.0)] * len(crops)
@@ -145,6 +156,9 @@ def read_ppocr(model: PPOCRRec, crops: Sequence, *, rtl: Sequence[bool] | None =
         idx = order[s:s + batch_size]
         x = preprocess([_oriented(crops[i], rtl[i]) for i in idx], width_multiple=WIDTH_MULTIPLE).to(device)
         logits = model(x)  # (B, T, V)
+        if scripts is not None:
+            for j, i in enumerate(idx):
+                logits[j, :, ~masks[scripts[i]].to(logits.device)] = float("-inf")
         logp = logits.float().log_softmax(-1)
         for j, (i, (text, _, pmin)) in enumerate(zip(idx, ctc_greedy(logits, model.charset))):
             best, cls = logp[j].max(-1)  # (T,)

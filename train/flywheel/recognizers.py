@@ -96,7 +96,8 @@ class PPOCRRecognizer:
     def read_images(self, model, tok, images, like) -> list[tuple[str, float, bool]]:
         from .ppocr import read_ppocr
 
-        reads = read_ppocr(model, images, rtl=[is_rtl(p.script) for p in like], batch_size=self.fw.label.batch_size)
+        reads = read_ppocr(model, images, rtl=[is_rtl(p.script) for p in like], scripts=[p.script for p in like],
+                           batch_size=self.fw.label.batch_size)
         return [(text, conf, True) for text, conf, _ in reads]  # CTC always finishes
 
     def read(self, model, tok, patches) -> list[tuple[str, float, bool]]:
