@@ -49,3 +49,19 @@ def test_second_engine_on_the_same_out_is_refused_and_a_dead_holders_lock_is_rec
     rep = _run(tmp_path / "a.pdf", out)
     assert rep["pages"]["written"] == 1
     assert not (out / ".ocrflow.lock").exists()  # released at the end of the run
+
+
+def test_second_flywheel_on_the_same_out_is_refused_naming_the_holder(tmp_path):
+    out = tmp_path / "fw"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(out)], stdout=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = subprocess.run([sys.executable, "-m", "train.flywheel", f"out={out}"], capture_output=True, text=True,
+                              env=_env(), cwd=REPO_ROOT, timeout=300)
+        assert proc.returncode != 0
+        err = proc.stderr.strip().splitlines()
+        assert err and err[-1].startswith("error: ") and f"pid {holder.pid}" in err[-1], proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+    finally:
+        holder.kill()
+        holder.wait()
