@@ -152,6 +152,10 @@ def section_training(ctx, budget):
     p = ctx.plan
     # bit-exact resume needs kernels that sum in a fixed order (index_add_, scatter, cuBLAS)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # deterministic mode would also fill every torch.empty with NaN: DeepSpeed takes a fresh
+    # gradient bucket (5e8 elements) per micro-step and writes it before reading it
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         data = training.build_data(ctx.workdir / "data", p.train_pages, workers=1 if p.device == "cpu" else 4)
         for preset in p.train_presets:
@@ -168,6 +172,7 @@ def section_training(ctx, budget):
                 ctx.report.add("training", row)
     finally:
         torch.use_deterministic_algorithms(False)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
     failed = [f"stage {r['stage']} {r['preset']}" for r in ctx.report.section("training")["results"]
               if not r.get("passed") and "skipped" not in r]
     return f"failed: {', '.join(failed)}" if failed else "ok"
