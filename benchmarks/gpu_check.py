@@ -166,8 +166,12 @@ def section_training(ctx, budget):
                     continue
                 sizes = {"seq_len": p.train_seq_len[preset], "dtype": p.train_dtype, "modes": p.train_modes,
                          "bucket_elements": p.train_bucket_elements}
-                row = training.train_and_resume(stage, preset, data, ctx.workdir / f"{preset}_stage{stage}", sizes,
-                                                p.train_steps, encoder_from)
+                try:
+                    row = training.train_and_resume(stage, preset, data, ctx.workdir / f"{preset}_stage{stage}",
+                                                    sizes, p.train_steps, encoder_from)
+                except Exception as e:  # noqa: BLE001 - recorded as a failed run; the next one still runs
+                    row = {"stage": stage, "preset": preset, "passed": False,
+                           "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
                 encoder_from = row.get("encoder_path", encoder_from)
                 ctx.report.add("training", row)
     finally:
