@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # benchmarks/ (not an installed package) for tests/test_gpu_*.py
+    sys.path.insert(0, str(REPO_ROOT))
 SHARED = Path(os.environ.get("OCRFLOW_SHARED", REPO_ROOT.parent / "shared"))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

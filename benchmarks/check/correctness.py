@@ -44,11 +44,13 @@ def _rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def _randomize(module: torch.nn.Module, seed: int, std: float = 0.02) -> None:
-    """Non-zero values everywhere (relative-position tables and biases start at zero)."""
-    g = torch.Generator().manual_seed(seed)
+    """Non-zero values everywhere (relative-position tables and biases start at zero), drawn on
+    the module's device (a full-size model's CPU draw alone takes seconds)."""
+    dev = next(module.parameters()).device
+    g = torch.Generator(device=dev).manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
+            noise = torch.randn(p.shape, generator=g, device=dev)
             if p.ndim == 1 and name.endswith("weight"):  # norm scales near 1
                 p.copy_(1 + 0.1 * noise)
             else:
@@ -64,7 +66,8 @@ def bf16_vs_fp32(cfg: DeepseekOCRConfig, device: str, side: int, seq_len: int, d
 
     out = []
     torch.manual_seed(0)
-    enc = DeepEncoder(cfg).to(device).eval()
+    with torch.device(device):  # built and initialised where it runs
+        enc = DeepEncoder(cfg).eval()
     _randomize(enc.sam_model, 1)  # relative-position tables are zero at init: give them values
     pixels = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(2)).to(device)
     with torch.no_grad():
@@ -76,7 +79,8 @@ def bf16_vs_fp32(cfg: DeepseekOCRConfig, device: str, side: int, seq_len: int, d
                 "passed": bool(math.isfinite(err) and err <= 3e-2), "why": "normwise; ~40 bf16 roundings (u = 2^-8) as a random walk"})
     dec_cfg = dataclasses.replace(cfg.decoder, num_hidden_layers=decoder_layers, moe_impl="auto")
     torch.manual_seed(3)
-    dec = TextDecoder(dec_cfg).to(device).eval()
+    with torch.device(device):
+        dec = TextDecoder(dec_cfg).eval()
     _randomize(dec, 4)
     ids = torch.randint(0, dec_cfg.vocab_size, (1, seq_len), generator=torch.Generator().manual_seed(5)).to(device)
     with torch.no_grad():
@@ -99,9 +103,10 @@ def grouped_vs_loop(cfg: DeepseekOCRConfig, device: str, dtype: torch.dtype, tok
     runs = []
     for impl in ("loop", "grouped"):
         torch.manual_seed(0)
-        m = MoE(dataclasses.replace(cfg.decoder, moe_impl=impl, aux_loss_alpha=0.01))
+        with torch.device(device):
+            m = MoE(dataclasses.replace(cfg.decoder, moe_impl=impl, aux_loss_alpha=0.01))
         m.reset_parameters(std=0.2 / math.sqrt(cfg.decoder.hidden_size / 64))  # routing clearly separated
-        m = m.to(device=device, dtype=dtype)
+        m = m.to(dtype=dtype)
         g = torch.Generator().manual_seed(1)
         x = torch.randn(1, tokens, cfg.decoder.hidden_size, generator=g).to(device=device, dtype=dtype)
         target = torch.randn(x.shape, generator=g).to(device=device, dtype=dtype)
@@ -189,7 +194,8 @@ def fused_adamw(cfg: DeepseekOCRConfig, device: str, steps: int = 2) -> dict:
     from train.config import OptimConfig
 
     torch.manual_seed(0)
-    layer = DecoderLayer(dataclasses.replace(cfg.decoder, moe_impl="loop"), 1).to(device)
+    with torch.device(device):
+        layer = DecoderLayer(dataclasses.replace(cfg.decoder, moe_impl="loop"), 1)
     ocfg = OptimConfig(lr=1e-3, weight_decay=0.1)
     opt = build_optimizer(layer, ocfg)
     if not opt.defaults.get("fused"):
@@ -197,10 +203,10 @@ def fused_adamw(cfg: DeepseekOCRConfig, device: str, steps: int = 2) -> dict:
     ref = {id(p): (p.detach().double().clone(), torch.zeros_like(p, dtype=torch.float64),
                    torch.zeros_like(p, dtype=torch.float64)) for p in layer.parameters()}
     b1, b2 = ocfg.betas
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator(device=device).manual_seed(1)
     for step in range(1, steps + 1):
         for p in layer.parameters():
-            p.grad = torch.randn(p.shape, generator=g).to(device)
+            p.grad = torch.randn(p.shape, generator=g, device=device)
         for group in opt.param_groups:
             for p in group["params"]:
                 w, m, v = ref[id(p)]

@@ -70,45 +70,56 @@ def encoder_speed(cfg: DeepseekOCRConfig, modes: list[str], batch: int, device: 
     from models.deepencoder import DeepEncoder
 
     torch.manual_seed(0)
-    enc = DeepEncoder(cfg).to(device=device, dtype=dtype).train()
-    hf = hf_sam_encoder(cfg.sam).to(device=device, dtype=dtype).train()
+    with torch.device(device):  # built and initialised where it runs (seconds on a CPU at full size)
+        enc = DeepEncoder(cfg).to(dtype).train()
+        hf = hf_sam_encoder(cfg.sam).to(dtype).train()
     copy_sam_to_hf(enc.sam_model, hf)
     rows = []
     for mode in modes:
         if budget.expired():
             rows.append({"mode": mode, "skipped": "section budget spent"})
             continue
-        images = mode_views(mode, batch, device, dtype)
-        pixels = _pixels_by_side(images)
-        sides = [p.shape[-1] for p in pixels for _ in range(p.shape[0])]
-        with torch.no_grad():  # same weights, same pixels: the two SAMs agree
-            diff = max(float((enc.sam_model(p[:1]).float() - hf(pixel_values=p[:1]).last_hidden_state.float()).abs().max())
-                       for p in pixels)
-        row = {"mode": mode, "batch": batch, "views": len(sides), "view_sides": sorted(set(sides)),
-               "vision_tokens": images[0].num_tokens, "sam_max_abs_diff": diff}
-        parts = (
-            ("deepencoder", enc, lambda: sum(o.float().square().mean() for o in enc(images)),
-             flops.encoder_train_flops(cfg, sides)),
-            ("sam", enc.sam_model, lambda: sum(enc.sam_model(p).float().square().mean() for p in pixels),
-             flops.sam_train_flops(cfg.sam, sides)),
-            ("sam_transformers", hf,
-             lambda: sum(hf(pixel_values=p).last_hidden_state.float().square().mean() for p in pixels),
-             flops.sam_train_flops(cfg.sam, sides)),
-        )
-        for name, module, loss_fn, step_flops in parts:
-            _free(device)
-            reset_peak(torch.device(device))
-            sec = timed(_train_step(module, loss_fn), torch.device(device), iters, warmup)
-            row[f"{name}_images_per_s"] = batch / sec
-            row[f"{name}_peak_gib"] = peak_gib(torch.device(device))
-            row[f"{name}_mfu"] = flops.mfu(step_flops, sec, peak)
-        row["sam_ratio"] = row["sam_images_per_s"] / row["sam_transformers_images_per_s"]
+        try:
+            rows.append(_encoder_mode(cfg, enc, hf, mode, batch, device, dtype, iters, warmup, peak))
+        except torch.OutOfMemoryError as e:  # recorded; the next (smaller or other) mode still runs
+            rows.append({"mode": mode, "skipped": f"out of memory: {str(e).splitlines()[0][:200]}"})
         enc.zero_grad(set_to_none=True)
         hf.zero_grad(set_to_none=True)
-        rows.append(row)
+        _free(device)
     del enc, hf
     _free(device)
     return rows
+
+
+def _encoder_mode(cfg, enc, hf, mode: str, batch: int, device: str, dtype: torch.dtype, iters: int, warmup: int,
+                  peak: float | None) -> dict:
+    """One mode's row of ``encoder_speed``."""
+    images = mode_views(mode, batch, device, dtype)
+    pixels = _pixels_by_side(images)
+    sides = [p.shape[-1] for p in pixels for _ in range(p.shape[0])]
+    with torch.no_grad():  # same weights, same pixels: the two SAMs agree
+        diff = max(float((enc.sam_model(p[:1]).float() - hf(pixel_values=p[:1]).last_hidden_state.float()).abs().max())
+                   for p in pixels)
+    row = {"mode": mode, "batch": batch, "views": len(sides), "view_sides": sorted(set(sides)),
+           "vision_tokens": images[0].num_tokens, "sam_max_abs_diff": diff}
+    parts = (
+        ("deepencoder", enc, lambda: sum(o.float().square().mean() for o in enc(images)),
+         flops.encoder_train_flops(cfg, sides)),
+        ("sam", enc.sam_model, lambda: sum(enc.sam_model(p).float().square().mean() for p in pixels),
+         flops.sam_train_flops(cfg.sam, sides)),
+        ("sam_transformers", hf,
+         lambda: sum(hf(pixel_values=p).last_hidden_state.float().square().mean() for p in pixels),
+         flops.sam_train_flops(cfg.sam, sides)),
+    )
+    for name, module, loss_fn, step_flops in parts:
+        _free(device)
+        reset_peak(torch.device(device))
+        sec = timed(_train_step(module, loss_fn), torch.device(device), iters, warmup)
+        row[f"{name}_images_per_s"] = batch / sec
+        row[f"{name}_peak_gib"] = peak_gib(torch.device(device))
+        row[f"{name}_mfu"] = flops.mfu(step_flops, sec, peak)
+    row["sam_ratio"] = row["sam_images_per_s"] / row["sam_transformers_images_per_s"]
+    return row
 
 
 def decoder_speed(cfg: DeepseekOCRConfig, layers: int, batch: int, seq_len: int, device: str, dtype: torch.dtype,
@@ -116,10 +127,11 @@ def decoder_speed(cfg: DeepseekOCRConfig, layers: int, batch: int, seq_len: int,
     """The decoder-slice row (module docstring): equality in fp32, then tokens/s, MFU, memory."""
     c = dataclasses.replace(cfg.decoder, num_hidden_layers=layers, moe_impl="auto")
     torch.manual_seed(0)
-    ours = TextDecoder(c, head=True).to(device)
-    hf = hf_text_model(c).to(device)
+    with torch.device(device):
+        ours = TextDecoder(c, head=True)
+        hf = hf_text_model(c)
+        hf_head = torch.nn.Linear(c.hidden_size, c.vocab_size, bias=False)
     copy_decoder_to_hf(ours, hf)
-    hf_head = torch.nn.Linear(c.hidden_size, c.vocab_size, bias=False).to(device)
     hf_head.weight.data.copy_(ours.lm_head.weight.data)
     g = torch.Generator().manual_seed(1)
     row = {"layers": layers, "moe_layers": max(0, layers - c.first_k_dense_replace), "batch": batch,

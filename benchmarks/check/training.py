@@ -17,14 +17,16 @@ slice writes ~15 GB per checkpoint).
 
 from __future__ import annotations
 
+import gc
 import math
 import shutil
 import time
 from pathlib import Path
 
 RECIPES = {1: "smoke", 2: "smoke_stage2"}
+MODEL_GROUPS = {"tiny": "tiny", "deepseek-ocr-slice": "deepseek_ocr", "deepseek-ocr": "deepseek_ocr"}  # conf/model/
 # the recipe of rung A (stage 1 on GPU, reading measured on unseen fonts); not in this version
-RUNG_A_RECIPES = ("rung_a", "rung_a_gpu")
+RUNG_A_RECIPES = ("reading_caps",)  # the reading ladder's rung A (docs/training.md)
 
 
 def build_data(out: Path, pages: int, workers: int) -> dict:
@@ -37,7 +39,7 @@ def build_data(out: Path, pages: int, workers: int) -> dict:
 def stage_overrides(stage: int, preset: str, data: dict, out_dir: Path, sizes: dict, encoder_from: str | None) -> list[str]:
     """Hydra overrides over ``RECIPES[stage]``: this preset and device, PP=1, ZeRO-1, no logging.
     ``sizes``: seq_len, dtype (DeepSpeed precision), modes (resolution mode -> weight; the
-    modes left out get weight 0)."""
+    modes left out get weight 0), bucket_elements (ZeRO reduce / all-gather bucket)."""
     from models.config import RESOLUTION_MODES
 
     # every mode named: a Hydra dict override merges into the default weights
@@ -49,9 +51,12 @@ def stage_overrides(stage: int, preset: str, data: dict, out_dir: Path, sizes: d
         f"deepspeed.dtype={sizes['dtype']}", "deepspeed.zero_stage=1",
         "train.pp=1", "train.micro_batch_size=1", "train.global_batch_size=2", "train.reliance.every=0",
         f"train.out_dir={out_dir}", "logging=disabled", "optim.warmup_steps=2",
+        # ZeRO's gradient buckets (DeepSpeed allocates a fresh one per micro-step): sized per device
+        f"++deepspeed.extra.zero_optimization.reduce_bucket_size={sizes['bucket_elements']}",
+        f"++deepspeed.extra.zero_optimization.allgather_bucket_size={sizes['bucket_elements']}",
     ]
-    if preset != "tiny":  # the published architecture group (OPT-125M stage-1 LM, bf16, checkpointing)
-        over += ["model=deepseek_ocr", f"model.preset={preset}"]
+    # the preset's model group: tiny, or the published one (OPT-125M stage-1 LM, checkpointing)
+    over += [f"model={MODEL_GROUPS[preset]}", f"model.preset={preset}"]
     if stage == 2:
         over += [f"model.encoder_from={encoder_from}"] if encoder_from else ["model.encoder_from=null"]
     return over
@@ -91,6 +96,7 @@ def train_and_resume(stage: int, preset: str, data: dict, root: Path, sizes: dic
         row["encoder_path"] = full["encoder_path"]
     for run in (full, resumed):  # keep the numbers, free the disk
         shutil.rmtree(run["checkpoint_dir"], ignore_errors=True)
+    gc.collect()  # the two engines (and their buffers) before the next run builds its own
     row["passed"] = bool(row["finite"] and row["decreasing"] and row["resume_bit_exact"] and len(again) == 2)
     return row
 
