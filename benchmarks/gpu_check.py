@@ -192,7 +192,7 @@ def section_rung_a(ctx, budget):
     if recipe is None:
         ctx.report.add("rung A", {"skipped": "no rung-A recipe (conf/experiment/reading_caps.yaml) in this version"})
         return "skipped: no rung-A recipe"
-    ctx.report.add("rung A", {"skipped": f"recipe {recipe} exists but this check has no runner for it yet"})
+    ctx.report.add("rung A", {"skipped": f"recipe {recipe} exists (the reading ladder, docs/training.md) but no model reads unseen fonts with it yet, so this check has no GPU-scale runner for it"})
     return "skipped: no runner"
 
 

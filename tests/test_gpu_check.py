@@ -27,7 +27,7 @@ def test_dry_run_executes_every_section_and_writes_the_report(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["complete"] and report["meta"]["dry"]
     sections = report["sections"]
-    assert [s["status"] for s in sections.values()] == ["ok"] * 4 + ["skipped: no rung-A recipe"]
+    assert [s["status"] for s in sections.values()] == ["ok"] * 4 + ["skipped: no runner"]
     checks = sections["correctness"]["results"]
     assert len(checks) == 7 and all(c["passed"] for c in checks), checks
     (enc,) = sections["encoder speed"]["results"]
