@@ -49,6 +49,9 @@ Recipes (conf/experiment/<recipe>.yaml; any Hydra override may follow)
   reading_caps         Reading ladder rung A: stage 1 on random capitals + digits in many fonts, any
                        position and size (micro view); reading_caps_stage2 is rung C (stage 2, PP=2)
   reading_words        Reading ladder rung B: stage 1 on real words, mixed case (python -m train.ladder)
+  ocr2_stage1          DeepSeek-OCR 2 stage 1: DeepEncoder V2 pretraining (docs/ocr2.md); `model=tiny_ocr2`
+                       on CPU. ocr2_stage2: joint training with the MoE decoder (PP=4; PP=2 on CPU);
+                       ocr2_stage3: encoder frozen
 
   Examples
     ./launch.sh paper_stage1 model.tokenizer=/ckpt/deepseek-ocr data.shards='[/data/shards/*.tar]'

@@ -16,7 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _launch(*args: str, **env: str) -> tuple[subprocess.CompletedProcess, float]:
     full = {**os.environ, "OCRFLOW_VENV": sys.prefix, "OMP_NUM_THREADS": "1", **env}
-    full.pop("VIRTUAL_ENV", None)
+    full.pop("VIRTUAL_ENV", None)  # and its bin/ off PATH: launch.sh must judge the machine, not this venv
+    venv_bin = str(Path(sys.prefix) / "bin")
+    full["PATH"] = os.pathsep.join(p for p in full.get("PATH", "").split(os.pathsep) if p != venv_bin)
     return run_cpu(["bash", str(REPO / "launch.sh"), *args], full)
 
 

@@ -47,7 +47,7 @@ def _one_line(proc: subprocess.CompletedProcess) -> str:
     ("+train.stpes=3", "unknown config key 'train.stpes' (did you mean 'train.steps'?)"),
     ("data.shards=[/nowhere/*.tar]", "data.shards: shard pattern '/nowhere/*.tar' matches no file"),
     ("model.tokenizer=/nowhere", "model.tokenizer=/nowhere: no tokenizer.json there"),
-    ("model=tinny", "options: deepseek_ocr, tiny"),
+    ("model=tinny", "options: deepseek_ocr, deepseek_ocr2, tiny, tiny_ocr2"),
 ])
 def test_common_mistakes_are_one_line_within_seconds(tmp_path, tokenizer, mistake, expect):
     proc, cpu_s = _run("smoke", f"model.tokenizer={tokenizer}", f"train.out_dir={tmp_path / 'run'}", mistake)
