@@ -1,4 +1,4 @@
-"""Text defects found on real PDFs (issue: data engine on real PDFs), each rebuilt here from
+"""Text defects found on real PDFs (real PDFs against poppler), each rebuilt here from
 generated text or a generated PDF: a Chinese page quoting LaTeX code labelled Latin, Russian
 quoted on an English page left as cp1251 mojibake, monospace code drawn glyph by glyph read
 letter-spaced. Each assertion failed on the engine before the fix."""
