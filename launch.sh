@@ -216,6 +216,9 @@ run_demo() {
   dir="$(cd "$dir" && pwd)"
   local corpus_args=(--languages "${DEMO_LANGS:-Latn}")
   if [[ -n "${DEMO_CORPUS:-}" ]]; then corpus_args=(--corpus "$DEMO_CORPUS" --languages "${DEMO_LANGS:-eng}"); fi
+  # the user's choice, if any, for every step; else one process's share here and, for the
+  # pipeline-parallel stage 2, run_train's per-process share (2 processes x 2 threads spin on 2 cores)
+  local user_threads="${OMP_NUM_THREADS:-}"
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(cpu_threads 1)}"
 
   if ! have_fonts; then
@@ -256,7 +259,7 @@ run_demo() {
     && echo "[demo] stage-1 loss curves (train, held-out real vs blank images): $dir/loss_curve_stage1.png"
 
   echo "[demo 6/8] stage 2 (tiny DeepSeek-OCR with MoE decoder, PP=2 over 2 CPU processes) -> $dir/stage2"
-  run_train reading_cpu_stage2 "${common[@]}" "train.out_dir=$dir/stage2" \
+  OMP_NUM_THREADS="$user_threads" run_train reading_cpu_stage2 "${common[@]}" "train.out_dir=$dir/stage2" \
     "model.encoder_from=$dir/stage1/encoder.safetensors" "train.steps=${DEMO_STAGE2_STEPS:-300}" "$@"
 
   python -m train.plots "$dir/stage1/metrics.jsonl" "$dir/stage2/metrics.jsonl" --out "$dir/loss_curve.png" \
