@@ -113,6 +113,14 @@ def engine_shards(split_dir: Path, workers: int | None = None) -> str:
     return str(split_dir / "engine" / "shards" / "*.tar")
 
 
+def train_labels_tokenizer(train_shards: str, out_dir: Path, vocab_size: int) -> str:
+    """A byte-level BPE trained on the labels of ``train_shards``, saved in ``out_dir``; its folder."""
+    from data_engine.tokenizer_train import save_tokenizer, texts_from_shards, train_tokenizer
+
+    tok = train_tokenizer(texts_from_shards(train_shards), vocab_size, min_frequency=2)
+    return str(save_tokenizer(tok, out_dir).parent)
+
+
 def build_dataset(out: str | Path, train_pages: int, heldout_pages: int, spec: EasyPageSpec = EasyPageSpec(),
                   seed: int = 0, pages_per_doc: int = 100, vocab_size: int = 300, workers: int | None = None) -> dict:
     """Easy-page PDFs -> the data engine (coarse labels from the text layer) -> shards, for
@@ -121,16 +129,13 @@ def build_dataset(out: str | Path, train_pages: int, heldout_pages: int, spec: E
 
     ``vocab_size`` stays small (specials + 256 bytes + a few merges) so a label is close to one
     token per letter: the pairs of a random alphabet are too many and too rare to be tokens."""
-    from data_engine.tokenizer_train import save_tokenizer, texts_from_shards, train_tokenizer
-
     out = Path(out)
     paths = {}
     for split, n, s in (("train", train_pages, seed), ("heldout", heldout_pages, seed + 1_000_003)):
         docs = -(-n // pages_per_doc)
         write_easy_pdfs(out / split / "pdfs", docs, min(n, pages_per_doc), spec, seed=s, prefix=split)
         paths[split] = engine_shards(out / split, workers)
-    tok = train_tokenizer(texts_from_shards(paths["train"]), vocab_size, min_frequency=2)
-    paths["tokenizer"] = str(save_tokenizer(tok, out / "tokenizer").parent)
+    paths["tokenizer"] = train_labels_tokenizer(paths["train"], out / "tokenizer", vocab_size)
     return paths
 
 

@@ -290,8 +290,7 @@ def build_reading_dataset(out: str | Path, spec: ReadingSpec, train_pages: int, 
     """Reading-page PDFs of every split -> the data engine -> shards, + a byte-level BPE trained
     on the training labels. Returns {split: shard glob, "tokenizer": dir}; a re-run reuses the
     engine's finished work. Held-out splits draw from other seeds (pages never seen)."""
-    from data_engine.easy_pages import engine_shards
-    from data_engine.tokenizer_train import save_tokenizer, texts_from_shards, train_tokenizer
+    from data_engine.easy_pages import engine_shards, train_labels_tokenizer
 
     out = Path(out)
     specs = splits(spec)
@@ -305,8 +304,7 @@ def build_reading_dataset(out: str | Path, spec: ReadingSpec, train_pages: int, 
     # caps: close to one token per letter (their pairs are too many and too rare to be tokens);
     # words: merges for frequent word pieces
     vocab = vocab_size or (300 if spec.kind == "caps" else 1024)
-    tok = train_tokenizer(texts_from_shards(paths["train"]), vocab, min_frequency=2)
-    paths["tokenizer"] = str(save_tokenizer(tok, out / "tokenizer").parent)
+    paths["tokenizer"] = train_labels_tokenizer(paths["train"], out / "tokenizer", vocab)
     return paths
 
 
