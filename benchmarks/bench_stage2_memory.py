@@ -101,7 +101,7 @@ def _after_rank(rank: int, args, port: int) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from train.common import init_distributed
+    from train.distributed import init_distributed
     from train.stage2 import build_stage2_pipeline
 
     init_distributed({"train": {"backend": "gloo"}})
@@ -121,9 +121,9 @@ def _after_rank(rank: int, args, port: int) -> None:
 def phase_after(args) -> list[dict]:
     import torch.multiprocessing as mp
 
-    from train.common import _free_port
+    from train.distributed import free_port
 
-    mp.spawn(_after_rank, args=(args, _free_port()), nprocs=args.pp)
+    mp.spawn(_after_rank, args=(args, free_port()), nprocs=args.pp)
     return [json.loads((Path(args.workdir) / f"after.rank{r}.json").read_text()) for r in range(args.pp)]
 
 

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 from models.image_processing import preprocess_image
 from models.prompts import PROMPT_COARSE
 from models.tokenizer import SPECIAL_TOKENS, OCRTokenizer
-from train.common import build_optimizer
+from train.optimizer import build_optimizer
 from train.stage1 import build_stage1_model
 
 WORDS = "alpha bravo delta echo golf hotel india kilo lima mike oscar papa romeo sierra tango victor".split()
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--font", type=int, default=40, help="glyph size in pixels on the 512 px page")
     ap.add_argument("--freeze-sam", action="store_true", help="keep SAM + compressor at their random init")
-    ap.add_argument("--sam-lr-scale", type=float, default=1.0, help="optim.sam_lr_scale (train.common)")
+    ap.add_argument("--sam-lr-scale", type=float, default=1.0, help="optim.sam_lr_scale (train.optimizer)")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)

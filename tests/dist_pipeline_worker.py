@@ -121,7 +121,9 @@ def train_cfg(pp: int, world: int, zero_stage: int) -> dict:
 def _engine(cfg: dict, steps: int, module=None):
     import deepspeed
 
-    from train.common import build_ds_config, build_lr_scheduler, build_optimizer
+    from train.deepspeed_config import build_ds_config
+    from train.lr_schedule import build_lr_scheduler
+    from train.optimizer import build_optimizer
     from train.pipeline import build_pipeline_module
 
     if module is None:
@@ -166,7 +168,8 @@ def _worker(rank: int, world: int, port: int, scenario: str, out: str, ckpt_dir:
                       LOCAL_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                       DS_ACCELERATOR="cpu")
     torch.set_num_threads(1)
-    from train.common import init_distributed, resume_checkpoint, save_checkpoint
+    from train.checkpoints import resume_checkpoint, save_checkpoint
+    from train.distributed import init_distributed
 
     init_distributed({"train": {"backend": "gloo"}})
     batches = fixed_batches()
@@ -223,12 +226,12 @@ def _worker(rank: int, world: int, port: int, scenario: str, out: str, ckpt_dir:
 def main() -> None:
     import torch.multiprocessing as mp
 
-    from train.common import _free_port
+    from train.distributed import free_port
 
     scenario, out = sys.argv[1], sys.argv[2]
     world = int(sys.argv[sys.argv.index("--world") + 1]) if "--world" in sys.argv else 4
     with tempfile.TemporaryDirectory() as ckpt:
-        mp.spawn(_worker, args=(world, _free_port(), scenario, out, ckpt), nprocs=world)
+        mp.spawn(_worker, args=(world, free_port(), scenario, out, ckpt), nprocs=world)
     ranks = [json.loads(Path(f"{out}.rank{r}").read_text()) for r in range(world)]
     Path(out).write_text(json.dumps(ranks))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from train.api import CONF_DIR, build_model, compose, launch_plan
-from train.common import build_ds_config
+from train.deepspeed_config import build_ds_config
 
 RECIPES = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 

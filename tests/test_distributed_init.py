@@ -15,7 +15,7 @@ SHM = Path("/dev/shm")
 
 CHILD = """
 import torch.distributed as dist
-from train.common import init_distributed
+from train.distributed import init_distributed
 init_distributed()
 t = __import__("torch").ones(3)
 dist.all_reduce(t)  # the backend works: a world of one sums to itself
@@ -38,7 +38,7 @@ def test_cpu_backend_leaves_no_shared_memory_segment():
 
 PARENT = """
 import os, subprocess, sys
-from train.common import init_distributed
+from train.distributed import init_distributed
 init_distributed()  # a world of one made up in this process: RANK and MASTER_PORT in os.environ
 child = subprocess.run([sys.executable, "-c", sys.argv[1]], env=dict(os.environ), capture_output=True, text=True,
                        timeout=300)

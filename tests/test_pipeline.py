@@ -45,7 +45,8 @@ def _model_loss(model, b):
 def reference_losses(steps: list[list], cfg: dict, return_model: bool = False):
     """Plain model, no DeepSpeed: mean loss over each step's micro-batches, the same AdamW
     param groups, global-norm clipping and lr schedule as the DeepSpeed runs."""
-    from train.common import build_lr_scheduler, build_optimizer
+    from train.lr_schedule import build_lr_scheduler
+    from train.optimizer import build_optimizer
 
     torch.manual_seed(0)
     model = W.tiny_model()

@@ -143,8 +143,11 @@ def test_loss_decreases_on_fixed_batch(tiny_data, tmp_path):
     import deepspeed
 
     from models.tokenizer import load_tokenizer
-    from train.common import build_ds_config, build_lr_scheduler, build_optimizer, init_distributed
     from train.data import build_train_loader
+    from train.deepspeed_config import build_ds_config
+    from train.distributed import init_distributed
+    from train.lr_schedule import build_lr_scheduler
+    from train.optimizer import build_optimizer
     from train.stage1 import build_stage1_model
 
     cfg = stage1_cfg(tiny_data, tmp_path, steps=12)
@@ -186,7 +189,7 @@ def test_packed_mask_blocks_cross_segment_attention():
 
 
 def test_lr_schedules():
-    from train.common import lr_multiplier
+    from train.lr_schedule import lr_multiplier
 
     cos = {"schedule": "cosine", "warmup_steps": 10, "min_lr_ratio": 0.1}
     assert lr_multiplier(0, cos, 110) == pytest.approx(0.1)
@@ -200,7 +203,8 @@ def test_lr_schedules():
 
 
 def test_encoder_gets_its_own_lr_and_warmup_and_defaults_keep_two_groups():
-    from train.common import build_lr_scheduler, build_optimizer, param_part
+    from train.lr_schedule import build_lr_scheduler
+    from train.optimizer import build_optimizer, param_part
     from train.stage1 import build_stage1_model
 
     model = build_stage1_model({"model": {"preset": "tiny"}}, 64, special_ids=dict(
@@ -237,7 +241,7 @@ def test_encoder_gets_its_own_lr_and_warmup_and_defaults_keep_two_groups():
 
 
 def test_ds_config_batch_arithmetic():
-    from train.common import build_ds_config
+    from train.deepspeed_config import build_ds_config
 
     cfg = {"train": {"micro_batch_size": 1, "global_batch_size": 640, "pp": 4},
            "deepspeed": {"zero_stage": 1, "dtype": "bf16", "extra": {"zero_optimization": {"reduce_bucket_size": 5}}},

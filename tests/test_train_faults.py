@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from train.common import checkpoint_problem, select_checkpoint
+from train.checkpoints import checkpoint_problem, select_checkpoint
 from train.data_sources import ShardStream
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +134,7 @@ def test_checkpoint_selection_falls_back_and_names_the_damage(tmp_path, caplog):
     assert select_checkpoint(root) == root / "step_00000003"
     _truncate(root / "step_00000003" / "mp_rank_00_model_states.pt")
     assert "mp_rank_00_model_states.pt cannot be read" in checkpoint_problem(root / "step_00000003", 0)
-    with caplog.at_level(logging.WARNING, logger="train.common"):
+    with caplog.at_level(logging.WARNING, logger="train.checkpoints"):
         assert select_checkpoint(root) == root / "step_00000002"
     assert "step_00000003 is damaged" in caplog.text and "mp_rank_00_model_states.pt" in caplog.text
     # an explicitly named damaged checkpoint is an error, not a silent fall-back
@@ -189,7 +189,7 @@ def test_run_lengths_are_checked_before_any_work(tmp_path, override, message):
 _RANK = """
 import os, sys, time
 import torch.distributed as dist
-from train.common import init_distributed
+from train.distributed import init_distributed
 init_distributed({"train": {"backend": "gloo"}})
 open(os.path.join(sys.argv[1], f"rank{dist.get_rank()}.pid"), "w").write(str(os.getpid()))
 if dist.get_rank() == 0:

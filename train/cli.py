@@ -28,7 +28,7 @@ def main(cfg: DictConfig) -> None:
         result = train(cfg)
     except USER_ERRORS as e:  # one line; the traceback with logging.verbose=true
         fail(e, bool(cfg.logging.verbose))
-    from .common import world_info
+    from .distributed import world_info
 
     if world_info()[0] == 0:
         keep = ("stage", "out_dir", "checkpoint_dir", "encoder_path", "export_dir", "steps",

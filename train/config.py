@@ -19,6 +19,7 @@ default. Types are checked by OmegaConf (an override of the wrong type fails at 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ from data_engine.config import ConfigError, Schema, group, register_schema, sett
 from models.config import PRESETS
 
 __all__ = ["Config", "ConfigError", "DataConfig", "DeepSpeedConfig", "LoggingConfig", "ModelConfig",
-           "OptimConfig", "RelianceConfig", "Stage1LMConfig", "TrainConfig", "WandbConfig", "register", "typed"]
+           "OptimConfig", "RelianceConfig", "Stage1LMConfig", "TrainConfig", "WandbConfig", "register",
+           "to_container", "typed"]
 
 DTYPES = ("bf16", "fp16", "fp32")
 
@@ -285,6 +287,17 @@ def _warn_once(msg: str) -> None:
     if msg not in _warned and os.environ.get("RANK", "0") == "0":
         _warned.add(msg)
         logging.getLogger(__name__).warning(msg)
+
+
+def to_container(x: Any) -> Any:
+    """OmegaConf node or config dataclass -> plain python (dict/list); other values unchanged."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(x, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(x, resolve=True)
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return dataclasses.asdict(x)
+    return x
 
 
 def register() -> None:

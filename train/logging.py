@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from .common import to_container, world_info
-from .config import Config, typed
+from .config import Config, to_container, typed
+from .distributed import world_info
 
 log = logging.getLogger(__name__)
 

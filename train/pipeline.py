@@ -67,7 +67,7 @@ from models.decoder import build_attention_mask
 from models.deepencoder import DeepEncoder
 from models.deepseek_ocr import IGNORE_INDEX, DeepseekOCRForCausalLM, DeepseekOCRModel
 from models.image_processing import ImageInput
-from train.common import touch_params as _touch
+from train.distributed import touch_params
 from train.data import (  # index spaces of PackedBatch.source_ids / mode_ids
     MODES,
     SOURCES,
@@ -177,7 +177,7 @@ class VisionTokenizer(nn.Module):
         features = torch.cat(feats) if feats else pixels.new_zeros(0, dtype=a.dtype)
         features = features.to(a.dtype) + a * 0  # (F,) attached to the graph even when frozen
         if not views and not frozen:
-            features = _touch(features, self.sam_model)
+            features = touch_params(features, self.sam_model)
         aux = (a.sum() * 0).float()  # () MoE aux-loss accumulator, fp32 on every stage
         return (features, aux, meta, *text)
 
@@ -228,7 +228,7 @@ class VisionEmbedding(nn.Module):
         h = self.embed(input_ids, per_image)  # (B, T, D)
         if not views:  # text-only micro-batch
             h = h + features.sum().to(h.dtype) * 0  # an unused received input still needs a grad
-            h = _touch(h, *(getattr(self, n) for n in self.part_names))
+            h = touch_params(h, *(getattr(self, n) for n in self.part_names))
         return (h, aux, position_ids, segment_ids, labels, src, mode)
 
 
@@ -421,7 +421,7 @@ def build_pipeline_module(
 ):
     """Wrap ``model`` into a DeepSpeed ``PipelineModule`` with ``pp`` stages.
 
-    Needs torch.distributed initialised (``train.common.init_distributed``); the data-parallel
+    Needs torch.distributed initialised (``train.distributed.init_distributed``); the data-parallel
     degree is world_size / pp unless ``topology`` is given. ``partition``: pp+1 unit
     boundaries (module docstring), default ``default_partition``. ``freeze_sam`` turns off
     ``requires_grad`` of SAM + compressor (paper: frozen in stage 2), so they stay out of the
@@ -444,7 +444,7 @@ def build_pipeline_module(
         getattr(model.model, model.model.ENCODER_CORE).requires_grad_(False)
     layers, bounds = build_units(model, parts, vision_max_batch, checkpoint_layers)
     cls = _pipeline_module_cls()
-    import torch.distributed as dist  # initialised by the caller (train.common.init_distributed)
+    import torch.distributed as dist  # initialised by the caller (train.distributed.init_distributed)
 
     if topology is None:  # DeepSpeed's default layout, built here to know this rank's stage
         from deepspeed.runtime.pipe.topology import PipeDataParallelTopology

@@ -10,7 +10,7 @@ schedule, lr 5e-5, sequence length 4096, global batch 1280, 2 epochs. Here:
   input embeddings; packed samples attend only inside their segment (block-diagonal causal
   mask) and positions restart per segment.
 * ``run_stage1(cfg)``: DeepSpeed data parallel (ZeRO stage from ``cfg.deepspeed``), torch
-  AdamW + warmup/cosine, checkpoints with exact resume (train/common.py), metrics
+  AdamW + warmup/cosine, checkpoints with exact resume (train/checkpoints.py), metrics
   (train/logging.py), and at the end ``<out_dir>/encoder.safetensors`` for stage 2
   (``model.encoder_from``): ``sam_model.*`` and ``vision_model.*`` always; ``projector.*``,
   ``image_newline`` and ``view_seperator`` only when the LM width equals the stage-2 decoder
@@ -41,13 +41,17 @@ from models.deepencoder_v2 import build_vision_encoder
 from models.image_processing import ImageInput
 from models.pretrained import init_encoder_from_pretrained
 
-from .common import (build_ds_config, build_lr_scheduler, build_optimizer, current_lrs,
-                     resume_if_requested, save_checkpoint, start_run, touch_params)
+from .checkpoints import resume_if_requested, save_checkpoint
 from .config import Config, Stage1LMConfig, typed
+from .deepspeed_config import build_ds_config
+from .distributed import touch_params
 from .eval.loading import save_run_config
 from .logging import (MetricsLogger, library_prints, quiet_libraries, reduce_breakdowns,
                       token_loss_breakdown)
+from .lr_schedule import build_lr_scheduler
+from .optimizer import build_optimizer, current_lrs
 from .pace import StepPace
+from .run_setup import start_run
 
 IGNORE_INDEX = -100
 ENCODER_FILE = "encoder.safetensors"

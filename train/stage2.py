@@ -2,14 +2,14 @@
 
 PP stages from ``train/pipeline.py`` (paper: SAM + compressor frozen | CLIP + projector + merge
 | decoder 0-5 | decoder 6-11 + head), data parallelism with ZeRO-1 across DP groups (dp =
-world / pp), AdamW with the step (or cosine) schedule of ``train.common``. The loop is
+world / pp), AdamW with the step (or cosine) schedule of ``train.lr_schedule``. The loop is
 ``engine.train_batch``: one call runs grad-accum micro-batches through the 1F1B schedule.
 
 * Data: only the first stage of each pipeline reads ``train.data.build_train_loader`` (with
   rank = DP rank, world = DP size); labels and source/mode ids ride along the activations.
 * Logging (rank 0): loss, CE, aux loss, per data source / resolution mode CE, lr, grad norm,
   tokens/s, samples/s, step time, expert load (every ``logging.log_every`` steps).
-* Checkpoints: ``train.common.save_checkpoint`` every ``save_every`` steps and at the end
+* Checkpoints: ``train.checkpoints.save_checkpoint`` every ``save_every`` steps and at the end
   (DeepSpeed layer files + optimizer + scheduler, per-rank RNG and data position), exact
   resume with ``train.resume`` (auto | path).
 * Export: at the end each stage writes its own parameters (model names, published layout) as
@@ -38,19 +38,14 @@ from typing import Any
 
 import torch
 
-from .common import (
-    build_ds_config,
-    build_lr_scheduler,
-    build_optimizer,
-    current_lrs,
-    encoder_has_own_schedule,
-    resume_if_requested,
-    save_checkpoint,
-    start_run,
-)
+from .checkpoints import resume_if_requested, save_checkpoint
 from .config import Config, ConfigError, typed
+from .deepspeed_config import build_ds_config
 from .logging import MetricsLogger, expert_load_metrics, library_prints, quiet_libraries
+from .lr_schedule import build_lr_scheduler
+from .optimizer import build_optimizer, current_lrs, encoder_has_own_schedule
 from .pace import StepPace
+from .run_setup import start_run
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # model.dtype (schema choices)
 EXPORT_DIRNAME = "model"

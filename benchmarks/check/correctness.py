@@ -20,7 +20,7 @@ directly (CUDA, or CPU with ``--dry``).
   run in the run's dtype and are compared with an fp32 eager reference: SDPA passes when its
   error is at most 2x the eager path's own error + 1e-3 (no worse than eager attention in
   that dtype).
-* ``fused_adamw``: one step of the trainers' AdamW (``train.common.build_optimizer``,
+* ``fused_adamw``: one step of the trainers' AdamW (``train.optimizer.build_optimizer``,
   ``fused=True``) against the AdamW update written out in fp64, on fp32 parameters (what
   DeepSpeed's bf16 mode steps: fp32 master weights); tolerance 1e-6 absolute (fp32 rounding
   of updates of size lr = 1e-3).
@@ -190,7 +190,7 @@ def fused_adamw(cfg: DeepseekOCRConfig, device: str, steps: int = 2) -> dict:
     """The trainers' fused AdamW against the update written out in fp64 (decoupled weight
     decay on matrices only, bias correction), ``steps`` steps on a decoder layer's parameters."""
     from models.decoder import DecoderLayer
-    from train.common import build_optimizer
+    from train.optimizer import build_optimizer
     from train.config import OptimConfig
 
     torch.manual_seed(0)

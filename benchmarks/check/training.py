@@ -73,7 +73,7 @@ def train_and_resume(stage: int, preset: str, data: dict, root: Path, sizes: dic
                      encoder_from: str | None = None) -> dict:
     """Steps 1-3 of the module docstring for one stage and preset; returns the row."""
     from train.api import compose, train
-    from train.common import _tag
+    from train.checkpoints import checkpoint_tag
 
     resume_at = steps - 2
     base = stage_overrides(stage, preset, data, root / "full", sizes, encoder_from)
@@ -82,10 +82,10 @@ def train_and_resume(stage: int, preset: str, data: dict, root: Path, sizes: dic
                                                   "train.keep_last=null", "train.resume=null"]))
     wall_full = time.perf_counter() - t0
     ckpt_root = Path(full["checkpoint_dir"])
-    shutil.rmtree(ckpt_root / _tag(steps), ignore_errors=True)  # only the resume point is needed
+    shutil.rmtree(ckpt_root / checkpoint_tag(steps), ignore_errors=True)  # only the resume point is needed
     resumed_over = stage_overrides(stage, preset, data, root / "resumed", sizes, encoder_from)
     resumed = train(compose(RECIPES[stage], resumed_over + [
-        f"train.steps={steps}", f"train.save_every={steps}", f"train.resume={ckpt_root / _tag(resume_at)}"]))
+        f"train.steps={steps}", f"train.save_every={steps}", f"train.resume={ckpt_root / checkpoint_tag(resume_at)}"]))
     losses, again = full["losses"], resumed["losses"]
     row = {"stage": stage, "preset": preset, "steps": len(losses), "params": full["params"],
            "losses": losses, "resumed_losses": again, "wall_s": wall_full,

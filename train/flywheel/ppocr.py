@@ -3,7 +3,7 @@
 ``train_ppocr(cfg)`` is a trainer of the project's stack: the ``Config`` schema (recipe
 ``conf/experiment/flywheel_ppocr.yaml``: optim, deepspeed, logging, train groups; ``data.shards``
 the patch shards), one DeepSpeed engine (ZeRO-0 on one CPU process; data-parallel ranks read
-disjoint slices), ``train.common`` checkpoints (``train.resume=auto`` continues a killed run at
+disjoint slices), ``train.checkpoints`` (``train.resume=auto`` continues a killed run at
 its exact data position and RNG state), ``metrics.jsonl`` + wandb (offline by default) through
 ``MetricsLogger``. It starts from the shipped ONNX weights (``model.init_from`` null) or a
 previous round's export, and ends by exporting ``<train.out_dir>/model/`` (``model.safetensors``,
@@ -286,8 +286,12 @@ def ctc_loss(logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor)
 def train_ppocr(cfg) -> dict:
     """Fine-tune (or resume) PP-OCRv4 rec on ``cfg.data.shards``; returns the trainer's summary
     (``export_dir``, ``steps``, ``final_loss``, ``losses``, ``charset_added``)."""
-    from train.common import (CKPT_DIRNAME, build_ds_config, build_lr_scheduler, build_optimizer, current_lrs,
-                              init_distributed, resume_if_requested, save_checkpoint, seed_everything)
+    from train.checkpoints import CKPT_DIRNAME, resume_if_requested, save_checkpoint
+    from train.deepspeed_config import build_ds_config
+    from train.distributed import init_distributed
+    from train.lr_schedule import build_lr_scheduler
+    from train.optimizer import build_optimizer, current_lrs
+    from train.seeding import seed_everything
     from train.config import Config, typed
     from train.logging import MetricsLogger, library_prints, quiet_libraries
 
