@@ -79,3 +79,30 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+def _available_gb() -> float | None:
+    """MemAvailable of /proc/meminfo in GB (None where there is no /proc)."""
+    try:
+        with open("/proc/meminfo") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    return kb / 1e6
+
+
+def pytest_runtest_setup(item):
+    """``@pytest.mark.large_memory(gb)``: the test needs about ``gb`` GB of RAM to itself. It
+    never shares the machine with another pytest-xdist worker (next to the rest of the suite
+    under ``-n 2`` such a worker died without a traceback, most likely out of memory), and it
+    skips, naming both figures, when less memory is available than it needs."""
+    mark = item.get_closest_marker("large_memory")
+    if mark is None:
+        return
+    need = float(mark.args[0])
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        pytest.skip(f"needs ~{need:g} GB of RAM to itself: run it alone, without -n "
+                    f"(pytest -m slow '{item.nodeid}')")
+    free = _available_gb()
+    if free is not None and free < need:
+        pytest.skip(f"needs ~{need:g} GB of RAM, {free:.1f} GB available")
