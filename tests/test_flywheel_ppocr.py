@@ -129,3 +129,18 @@ def test_cached_features_read_as_the_whole_model(shipped, cyrillic_shard):
     with torch.no_grad():
         other.stem.weight.mul_(1.01)
     assert not any(k in BackboneFeatures(other).cache for k in keys)
+
+
+def test_cached_reading_reads_as_the_whole_model(shipped, cyrillic_shard):
+    """``read_ppocr(cached=True)`` (the flywheel's reads: backbone features from the process's
+    cache) gives the whole model's text; a second read finds every line in the cache."""
+    from data_engine.metrics import corpus_cer
+    from train.flywheel.ppocr import _FEATURES, crop_key
+
+    _, patches = cyrillic_shard
+    crops = [p.image for p in patches]
+    whole = read_ppocr(shipped, crops, scripts=["Cyrl"] * len(crops))
+    cached = read_ppocr(shipped, crops, scripts=["Cyrl"] * len(crops), cached=True)
+    assert all(crop_key(c, False) in _FEATURES["cache"] for c in crops)
+    assert corpus_cer((w[0], c[0]) for w, c in zip(whole, cached)) <= 0.05, (whole, cached)
+    assert read_ppocr(shipped, crops, scripts=["Cyrl"] * len(crops), cached=True) == cached

@@ -149,10 +149,14 @@ def script_mask(charset: Sequence[str], script: str) -> torch.Tensor:
 
 @torch.no_grad()
 def read_ppocr(model: PPOCRRec, crops: Sequence, *, rtl: Sequence[bool] | None = None,
-               scripts: Sequence[str] | None = None, batch_size: int = 16) -> list[tuple[str, float, float]]:
+               scripts: Sequence[str] | None = None, batch_size: int = 16,
+               cached: bool = False) -> list[tuple[str, float, float]]:
     """(text, mean log-prob of the emitted characters, min prob) per crop (PIL line images), in
     order; crops of similar width are batched together (less padding), as RapidOCR does.
-    ``scripts``: each line's script; its output is restricted to that script (``script_mask``)."""
+    ``scripts``: each line's script; its output is restricted to that script (``script_mask``).
+    ``cached``: the backbone's features come from (and go to) the process's feature cache
+    (``BackboneFeatures``), as in training: the flywheel reads its gold, calibration and pool
+    lines again every round with the same frozen backbone."""
     rtl = list(rtl) if rtl is not None else [False] * len(crops)
     masks = {s: script_mask(model.charset, s) for s in set(scripts or ())}
     device = next(model.parameters()).device
@@ -160,10 +164,15 @@ def read_ppocr(model: PPOCRRec, crops: Sequence, *, rtl: Sequence[bool] | None =
     out: list[tuple[str, float, float]] = [("", float("-inf"), 0.0)] * len(crops)
     was_training = model.training
     model.eval()
+    features = BackboneFeatures(model.backbone) if cached else None
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
-        x = preprocess([_oriented(crops[i], rtl[i]) for i in idx], width_multiple=WIDTH_MULTIPLE).to(device)
-        logits = model(x)  # (B, T, V)
+        if features is not None:
+            x = features.batch([crop_key(crops[i], rtl[i]) for i in idx], [(crops[i], rtl[i]) for i in idx])
+            logits = model.head(model.neck(x.to(device)))  # (B, T, V)
+        else:
+            x = preprocess([_oriented(crops[i], rtl[i]) for i in idx], width_multiple=WIDTH_MULTIPLE).to(device)
+            logits = model(x)  # (B, T, V)
         if scripts is not None:
             for j, i in enumerate(idx):
                 logits[j, :, ~masks[scripts[i]].to(logits.device)] = float("-inf")
@@ -220,7 +229,7 @@ class PatchLines:
                     self._skip("not a labelled line", p.key)
                     continue
                 self.items.append((p.image, p.text, is_rtl(p.script), p.script))
-                self.keys.append((p.key, p.image.size))  # the crop's identity (feature cache)
+                self.keys.append(crop_key(p.image, is_rtl(p.script)))  # the feature cache's key
         self.items, self.keys = self.items[rank::world], self.keys[rank::world]
         self.seed, self.epoch, self.pos = seed, 0, 0
         self._order = self._perm()
@@ -302,6 +311,14 @@ def ctc_loss(logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor,
 
 
 _FEATURES: dict = {"fingerprint": None, "cache": {}}  # this process's features of one backbone
+MAX_CACHED_LINES = 20_000  # ~1.2 GB of fp16 features; lines beyond it are computed, not kept
+
+
+def crop_key(img, rtl: bool) -> tuple:
+    """A line crop's identity for the feature cache: its size, orientation and pixels' hash."""
+    import hashlib
+
+    return img.size, rtl, hashlib.blake2b(img.tobytes(), digest_size=16).hexdigest()
 
 
 class BackboneFeatures:
@@ -310,9 +327,9 @@ class BackboneFeatures:
     backbone's response to padding (the gray 0 of ``preprocess``), which is what the neck sees
     beyond a short line's end when the whole model reads a batch.
 
-    The cache lives as long as the process and is keyed by the crop, for one backbone (a hash of
-    its weights): the flywheel's rounds keep the shipped backbone, so round k > 0 computes only
-    the lines accepted since."""
+    The cache lives as long as the process and is keyed by the crop's pixels (``crop_key``), for
+    one backbone (a hash of its weights): the flywheel's rounds keep the shipped backbone, so
+    round k > 0 neither recomputes its training lines nor the gold and pool lines read before."""
 
     def __init__(self, backbone: torch.nn.Module):
         import hashlib
@@ -324,22 +341,28 @@ class BackboneFeatures:
             _FEATURES.update(fingerprint=digest.hexdigest(), cache={})
         self.backbone, self.cache = backbone, _FEATURES["cache"]
         with torch.no_grad():
-            self.pad = backbone(torch.zeros(1, 3, 48, 3 * WIDTH_MULTIPLE))[0, :, :, 12].clone()  # (480, 1)
+            blank = torch.zeros(1, 3, 48, 3 * WIDTH_MULTIPLE, device=next(backbone.parameters()).device)
+            self.pad = backbone(blank)[0, :, :, 12].clone()  # (480, 1): a frame well inside the padding
 
     @staticmethod
     def frames(img) -> int:
         return -(-max(320, -(-48 * img.width // max(1, img.height))) // FRAME_PX)
 
     @torch.no_grad()
-    def batch(self, keys: Sequence[int], items: Sequence[tuple]) -> torch.Tensor:
-        """(B, 480, 1, T) features of ``items`` (cached under ``keys``)."""
-        todo = [(k, it) for k, it in zip(keys, items) if k not in self.cache]
+    def batch(self, keys: Sequence, items: Sequence[tuple]) -> torch.Tensor:
+        """(B, 480, 1, T) features of ``items`` ((image, ..., rtl, ...) as ``PatchLines`` holds them,
+        or (image, rtl)), cached under ``keys``."""
+        found = {k: self.cache[k] for k in keys if k in self.cache}
+        todo = [(k, it) for k, it in zip(keys, items) if k not in found]
         if todo:
-            x, _, _ = ctc_batch([it for _, it in todo])
-            f = self.backbone(x)  # (b, 480, 1, W/8)
+            x = preprocess([_oriented(it[0], it[2] if len(it) > 2 else it[1]) for _, it in todo],
+                           width_multiple=WIDTH_MULTIPLE)
+            f = self.backbone(x.to(self.pad.device))  # (b, 480, 1, W/8)
             for j, (k, it) in enumerate(todo):
-                self.cache[k] = f[j, :, :, :self.frames(it[0])].to(torch.float16).clone()
-        feats = [self.cache[k] for k in keys]
+                found[k] = f[j, :, :, :self.frames(it[0])].to(torch.float16).clone()
+                if len(self.cache) < MAX_CACHED_LINES:
+                    self.cache[k] = found[k]
+        feats = [found[k] for k in keys]
         T = max(f.shape[-1] for f in feats)
         out = self.pad[None, :, :, None].expand(len(feats), -1, -1, T).clone()  # (B, 480, 1, T)
         for j, f in enumerate(feats):
@@ -371,9 +394,10 @@ def line_masks(batch: list[tuple], charset: Sequence[str], by_script: dict) -> t
 
 
 # ------------------------------------------------------------------------------------------ trainer
-def train_ppocr(cfg) -> dict:
+def train_ppocr(cfg, on_step=None) -> dict:
     """Fine-tune (or resume) PP-OCRv4 rec on ``cfg.data.shards``; returns the trainer's summary
-    (``export_dir``, ``steps``, ``final_loss``, ``losses``, ``charset_added``)."""
+    (``export_dir``, ``steps``, ``final_loss``, ``losses``, ``charset_added``). ``on_step(step,
+    model)``: called after every optimizer step (a benchmark's learning curve)."""
     from train.common import (CKPT_DIRNAME, build_ds_config, build_lr_scheduler, build_optimizer, current_lrs,
                               init_distributed, resume_if_requested, save_checkpoint, seed_everything)
     from train.config import Config, typed
@@ -449,6 +473,8 @@ def train_ppocr(cfg) -> dict:
         if gn is not None:
             metrics["grad_norm"] = float(gn)
         logger.log(step, metrics)
+        if on_step is not None:
+            on_step(step, model)
         if (tcfg.save_every and step % tcfg.save_every == 0) or step == tcfg.steps:
             save_checkpoint(engine, ckpt_dir, step, {"data": data.state_dict()}, keep_last=tcfg.keep_last)
     export_dir = export_ppocr(model, out_dir / EXPORT_DIR) if rank == 0 else out_dir / EXPORT_DIR
