@@ -2,8 +2,9 @@
 CTC on the seed (text-layer) line patches of the generated corpus, read on the held-out unseen-word
 gold lines (``gold_unseen``: words no training page has), beside Tesseract 5 on the same lines.
 
-    python benchmarks/bench_flywheel_ppocr.py [--out runs/bench_ppocr] [--steps 150] [--digital 30]
-    # 1 OpenMP thread; CPU-s are this process's (the machine may be shared)
+    python benchmarks/bench_flywheel_ppocr.py [--out runs/bench_ppocr] [--steps 150] [--digital 30] [--curve-every 50]
+    # 1 OpenMP thread; CPU-s are this process's (the machine may be shared); --curve-every N: the
+    # unseen-word CER every N steps against training CPU-s (the curve's own reading left out)
 
 Data: the flywheel's own generator and patch cutting (``generate_default_corpus`` + ``prepare_data``,
 real words from wordfreq where the language has them, else pseudo-words; which one is printed),
