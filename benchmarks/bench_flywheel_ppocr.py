@@ -2,8 +2,9 @@
 CTC on the seed (text-layer) line patches of the generated corpus, read on the held-out unseen-word
 gold lines (``gold_unseen``: words no training page has), beside Tesseract 5 on the same lines.
 
-    python benchmarks/bench_flywheel_ppocr.py [--out runs/bench_ppocr] [--steps 150] [--digital 30]
-    # 1 OpenMP thread; CPU-s are this process's (the machine may be shared)
+    python benchmarks/bench_flywheel_ppocr.py [--out runs/bench_ppocr] [--steps 150] [--digital 30] [--curve-every 50]
+    # 1 OpenMP thread; CPU-s are this process's (the machine may be shared); --curve-every N: the
+    # unseen-word CER every N steps against training CPU-s (the curve's own reading left out)
 
 Data: the flywheel's own generator and patch cutting (``generate_default_corpus`` + ``prepare_data``,
 real words from wordfreq where the language has them, else pseudo-words; which one is printed),
@@ -70,6 +71,8 @@ def main() -> int:
     ap.add_argument("--digital", type=int, default=30, help="born-digital documents (2 pages) per language")
     ap.add_argument("--gold", type=int, default=2, help="held-out gold documents per language")
     ap.add_argument("--tesseract", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--curve-every", type=int, default=0,
+                    help="read the unseen-word gold every N steps: CER against training CPU-s (reading excluded)")
     ap.add_argument("overrides", nargs="*", help="training overrides of the flywheel_ppocr recipe, e.g. optim.lr=5e-5")
     args = ap.parse_args()
     import torch
@@ -95,9 +98,21 @@ def main() -> int:
         res["languages"][s] = {"gold_unseen_lines": len(gold[s]), "seed_lines": sum(1 for _ in read_patch_shard(seeds[args.langs.index(s)])),
                                "stock_cer": cer_of(stock, gold[s])}
         print(f"{s}: stock PP-OCRv4 unseen-word CER {res['languages'][s]['stock_cer']:.3f}", flush=True)
-    t1 = time.process_time()
-    tr = train_ppocr(ppocr_config(["logging=disabled", *args.overrides], shards=seeds, out_dir=out / "train", steps=args.steps, seed=0))
-    train_cpu = time.process_time() - t1
+    t1, reading = time.process_time(), [0.0]
+    curve = res["curve"] = []
+
+    def on_step(step, model):
+        if args.curve_every and step % args.curve_every == 0 and step < args.steps:
+            r0 = time.process_time()
+            row = {"step": step, "train_cpu_s": round(r0 - t1 - reading[0], 1),
+                   **{s: round(cer_of(model, gold[s]), 3) for s in args.langs}}
+            reading[0] += time.process_time() - r0
+            curve.append(row)
+            print("curve", json.dumps(row), flush=True)
+
+    tr = train_ppocr(ppocr_config(["logging=disabled", *args.overrides], shards=seeds, out_dir=out / "train",
+                                  steps=args.steps, seed=0), on_step=on_step)
+    train_cpu = time.process_time() - t1 - reading[0]
     res["train"] = {"steps": tr["steps"], "cpu_s_this_process": round(train_cpu, 1), "final_loss": tr["final_loss"],
                     "charset_added": tr["charset_added"], "patches": tr["patches"]}
     tuned = load_ppocr(tr["export_dir"])

@@ -2,7 +2,8 @@
 
 A few steps on a handful of Cyrillic lines (fitz-rendered, Noto Sans) must lower the CTC loss,
 checkpoint, resume at the saved step, export a model that ``load_ppocr`` reads, and extend the
-charset without touching the pretrained rows.
+charset without touching the pretrained rows. With the backbone frozen (the recipe's default) the
+backbone stays bit-identical and the cached features are the backbone's own output.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ pytest.importorskip("deepspeed")
 
 from data_engine.flywheel.patches import Patch, crop, render_page, write_patch_shard  # noqa: E402
 from models.ppocr_rec import ppocr_rec_path  # noqa: E402
-from train.flywheel.ppocr import (init_rows, label_ids, load_ppocr, ppocr_config, read_ppocr,  # noqa: E402
-                                  script_chars, script_mask, train_ppocr)
+from train.flywheel.ppocr import (BackboneFeatures, NeckHead, init_rows, label_ids, load_ppocr,  # noqa: E402
+                                  ppocr_config, read_ppocr, script_chars, script_mask, train_ppocr)
 
 LINES = ["привет мир", "Москва река", "жёлтый дом", "чай и хлеб"]
 
@@ -96,5 +97,50 @@ def test_ctc_fine_tune_lowers_the_loss_resumes_and_exports(tmp_path, cyrillic_sh
     model = load_ppocr(second["export_dir"])
     assert "ж" in model.charset
     assert not model.backbone.stem_bn.training
+    # the recipe freezes the backbone: it is the shipped one, bit for bit; the neck moved
+    stock = load_ppocr(None)
+    assert all(torch.equal(a, b) for a, b in zip(model.backbone.state_dict().values(), stock.backbone.state_dict().values()))
+    assert not torch.equal(model.neck.conv1.conv.weight, stock.neck.conv1.conv.weight)
     reads = read_ppocr(model, [p.image for p in patches])
     assert all(isinstance(t, str) and conf <= 0 and 0 <= pmin <= 1 for t, conf, pmin in reads)
+
+
+def test_cached_features_read_as_the_whole_model(shipped, cyrillic_shard):
+    """The neck and head on cached backbone features (what trains) give the whole model's logits
+    on the line alone, padding included, up to the cache's fp16 rounding."""
+    from models.ppocr_rec import preprocess
+    from train.flywheel.ppocr import WIDTH_MULTIPLE
+
+    _, patches = cyrillic_shard
+    items = [(p.image, [1], False, "Cyrl") for p in patches]
+    keys = [("test-line", i) for i in range(len(items))]
+    feats = BackboneFeatures(shipped.backbone)
+    with torch.no_grad():
+        cached = NeckHead(shipped)(feats.batch(keys, items))  # (B, T, V)
+        for j, p in enumerate(patches):
+            whole = shipped(preprocess([p.image], width_multiple=WIDTH_MULTIPLE))[0]  # (T', V)
+            t = min(whole.shape[0], cached.shape[1])
+            assert (whole[:t].argmax(-1) == cached[j, :t].argmax(-1)).float().mean() > 0.95
+            assert torch.allclose(whole[:t].softmax(-1), cached[j, :t].softmax(-1), atol=0.05)
+    assert all(k in feats.cache for k in keys)
+    # the same backbone in another trainer (the next flywheel round) finds them; another backbone does not
+    assert all(k in BackboneFeatures(load_ppocr(None).backbone).cache for k in keys)
+    other = load_ppocr(None).backbone
+    with torch.no_grad():
+        other.stem.weight.mul_(1.01)
+    assert not any(k in BackboneFeatures(other).cache for k in keys)
+
+
+def test_cached_reading_reads_as_the_whole_model(shipped, cyrillic_shard):
+    """``read_ppocr(cached=True)`` (the flywheel's reads: backbone features from the process's
+    cache) gives the whole model's text; a second read finds every line in the cache."""
+    from data_engine.metrics import corpus_cer
+    from train.flywheel.ppocr import _FEATURES, crop_key
+
+    _, patches = cyrillic_shard
+    crops = [p.image for p in patches]
+    whole = read_ppocr(shipped, crops, scripts=["Cyrl"] * len(crops))
+    cached = read_ppocr(shipped, crops, scripts=["Cyrl"] * len(crops), cached=True)
+    assert all(crop_key(c, False) in _FEATURES["cache"] for c in crops)
+    assert corpus_cer((w[0], c[0]) for w, c in zip(whole, cached)) <= 0.05, (whole, cached)
+    assert read_ppocr(shipped, crops, scripts=["Cyrl"] * len(crops), cached=True) == cached

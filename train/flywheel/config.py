@@ -53,8 +53,9 @@ class RecognizerConfig(Schema):
     # DeepSeek-OCR trained on patch canvases (train/flywheel/recognizer.py; the paper's size on GPUs)
     kind: str = setting("ppocr", choices=RECOGNIZER_KINDS)
     experiment: Optional[str] = None  # conf/experiment recipe; null: the kind's (flywheel_ppocr | flywheel_recognizer)
-    steps: list[int] = setting([], ge=1)  # optimizer steps per round (the last value repeats); []: the kind's (recognizers.DEFAULT_STEPS: ppocr [150, 50, 50], paper [1800, 300, 300])
+    steps: list[int] = setting([], ge=1)  # optimizer steps per round (the last value repeats); []: the kind's (recognizers.DEFAULT_STEPS: ppocr [300, 100, 100], paper [1800, 300, 300])
     continue_training: bool = True    # round k > 0 starts from round k-1's model
+    train_on_accepted: bool = True    # round k > 0 trains on the labels accepted before it; false: the control run (seed and collage only, same steps)
     overrides: list[str] = setting([])  # training overrides, e.g. [model.preset=deepseek-ocr]
     mode: str = setting("micro", choices=RECOGNIZER_MODES)  # paper: resolution mode it reads; patch canvases have its side
     stretch: float = setting(1.0, gt=0)  # paper: horizontal stretch of a line on its canvas (data_engine/flywheel/patches.py)

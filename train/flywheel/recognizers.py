@@ -29,7 +29,7 @@ from data_engine.flywheel.canvas import is_rtl
 from .readers import canvas_kw, make_reader, read_batch
 
 DEFAULT_EXPERIMENT = {"ppocr": "flywheel_ppocr", "paper": "flywheel_recognizer"}
-DEFAULT_STEPS = {"ppocr": [150, 50, 50], "paper": [1800, 300, 300]}
+DEFAULT_STEPS = {"ppocr": [300, 100, 100], "paper": [1800, 300, 300]}
 
 
 class PaperRecognizer:
@@ -97,7 +97,7 @@ class PPOCRRecognizer:
         from .ppocr import read_ppocr
 
         reads = read_ppocr(model, images, rtl=[is_rtl(p.script) for p in like], scripts=[p.script for p in like],
-                           batch_size=self.fw.label.batch_size)
+                           batch_size=self.fw.label.batch_size, cached=True)
         return [(text, conf, True) for text, conf, _ in reads]  # CTC always finishes
 
     def read(self, model, tok, patches) -> list[tuple[str, float, bool]]:

@@ -119,10 +119,11 @@ class RoundRunner:
 
     # ------------------------------------------------------------------ 1. train
     def training_shards(self, k: int) -> list[Path]:
-        """Seed (and collage) shards plus the non-empty accepted shards of rounds < k."""
+        """Seed (and collage) shards plus the non-empty accepted shards of rounds < k (none in the
+        control run, ``recognizer.train_on_accepted=false``)."""
         shards = [self.data / "seed" / f"{_key(s)}.tar" for s in self.langs if self.seed[s]]
         shards += [self.data / "collage" / f"{_key(s)}.tar" for s in self.langs if self.made.get(s, {}).get("collage")]
-        for j in range(k):
+        for j in range(k if self.cfg.recognizer.train_on_accepted else 0):
             counts = json.loads((self.rdir(j) / "ACCEPTED").read_text())
             shards += [self.rdir(j) / "accepted" / f"{_key(s)}.tar" for s in self.langs if counts.get(s)]
         return shards
