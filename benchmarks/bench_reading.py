@@ -46,14 +46,24 @@ TASKS = {
 
 
 def run_rung(a: argparse.Namespace) -> int:
-    """One rung of the reading ladder (train/ladder.py): train, score against the controls, targets."""
-    from train.ladder import RUNGS, run_rung_at, with_steps
+    """One rung of the reading ladder (train/ladder.py), after the curriculum rungs it continues:
+    train, score against the controls, targets (the CPU budget covers the whole chain)."""
 
-    rung = with_steps(RUNGS[a.rung], a.steps, a.train_pages, overrides=tuple(a.overrides))
-    out = Path(a.out) / f"rung_{a.rung}"
-    from_run = a.from_run or (Path(a.out) / "rung_A" / "run" if rung.stage == 2 else None)
-    res = run_rung_at(rung, out, seed=a.seed, from_run=from_run, curve_points=a.curve_points,
-                      eval_pages=a.heldout_pages)
+    from train.ladder import RUNGS, chain, run_chain, run_rung_at, with_steps
+
+    if RUNGS[a.rung].stage == 1:  # --steps / --train-pages / overrides apply to the last rung only
+        rungs = {**RUNGS, a.rung: with_steps(RUNGS[a.rung], a.steps, a.train_pages,
+                                             overrides=(*RUNGS[a.rung].overrides, *a.overrides))}
+        print("[bench] chain: " + " -> ".join(r.name for r in chain(a.rung, rungs)))
+        res = run_chain(a.rung, a.out, rungs=rungs, seed=a.seed, curve_points=a.curve_points,
+                        eval_pages=a.heldout_pages)
+        out = Path(a.out) / f"rung_{a.rung}"
+    else:
+        rung = with_steps(RUNGS[a.rung], a.steps, a.train_pages, overrides=tuple(a.overrides))
+        out = Path(a.out) / f"rung_{a.rung}"
+        from_run = a.from_run or (Path(a.out) / "rung_A" / "run")
+        res = run_rung_at(rung, out, seed=a.seed, from_run=from_run, curve_points=a.curve_points,
+                          eval_pages=a.heldout_pages)
     print("\n".join(res["table"]))
     print(f"  {out / 'result.json'}")
     return 0 if res["met"] else 1
@@ -61,7 +71,7 @@ def run_rung(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rung", choices=("A", "B", "C"), default=None,
+    ap.add_argument("--rung", choices=("A", "A1", "A2", "A3", "B", "C"), default=None,
                     help="a rung of the reading ladder (train/ladder.py)")
     ap.add_argument("--from-run", default=None, help="rung C: rung A's run dir (default: OUT/rung_A/run)")
     ap.add_argument("--curve-points", type=int, default=5, help="rungs: checkpoints scored for the CER curve")

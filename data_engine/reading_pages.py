@@ -146,14 +146,28 @@ class ReadingSpec:
     families: tuple[str, ...] = TRAIN_FAMILIES
     word_split: str = "train"
     alphabet: str = CAPS_ALPHABET
+    # "free": each line anywhere, letters at the font's own advance; "grid" (caps only, the
+    # curriculum's first step): one letter per ``cell``-px vision token, each line moved by up
+    # to ``jitter`` px in x (the page's lines together in y), letters a space apart in the text (so the label has them too)
+    layout: str = "free"
+    cell: float = 64.0
+    jitter: float = 20.0
+    pitch: float | None = None  # grid: letter pitch along a line (None: the cell; 32: two letters per token)
 
     def __post_init__(self) -> None:
         if self.kind not in ("caps", "words"):
             raise ValueError(f"reading pages are 'caps' or 'words', got {self.kind!r}")
+        if self.layout not in ("free", "grid") or (self.layout == "grid" and self.kind != "caps"):
+            raise ValueError(f"layout is 'free' or 'grid' (caps only), got {self.layout!r} for {self.kind!r}")
+        if self.layout == "grid" and not (0 <= self.jitter < self.cell / 2 and self.cell <= self.size):
+            raise ValueError(f"grid jitter must lie in [0, cell/2) and the cell fit the page, got "
+                             f"jitter {self.jitter}, cell {self.cell}, page {self.size}")
         if not (1 <= self.chars[0] <= self.chars[1]) or not (1 <= self.words[0] <= self.words[1]):
             raise ValueError(f"letter and word counts need 1 <= min <= max, got {self.chars}, {self.words}")
-        if not (4 <= self.font_sizes[0] <= self.font_sizes[1] <= self.size / 2):
-            raise ValueError(f"font sizes must lie in [4, size/2], got {self.font_sizes}")
+        top = 1.25 * self.cell if self.layout == "grid" else self.size / 2  # a grid letter fills its cell
+        if not (4 <= self.font_sizes[0] <= self.font_sizes[1] <= top):
+            raise ValueError(f"font sizes must lie in [4, {top:g}] ({'1.25 x cell' if self.layout == 'grid' else 'size/2'}), "
+                             f"got {self.font_sizes}")
         if self.line_gap is None:  # capitals have no descenders: their lines may sit closer
             object.__setattr__(self, "line_gap", CAPS_LINE_GAP if self.kind == "caps" else WORDS_LINE_GAP)
         unknown = [f for f in self.families if f not in FAMILIES]
@@ -214,8 +228,37 @@ def _cased(rng: random.Random, w: str) -> str:
     return w.upper() if r < 0.15 else w.capitalize() if r < 0.5 else w
 
 
+def _grid_page(rng: random.Random, spec: ReadingSpec, font: str, fontsize: float) -> list[tuple]:
+    """Lines of a grid page: (x of the first letter, baseline, text, x of each letter). A line is
+    a run of cells in one row of vision tokens, moved by up to ``jitter`` in x (its own) and y (the page's)."""
+    pitch = spec.pitch or spec.cell
+    cols, rows = int(spec.size // pitch), int(spec.size // spec.cell)
+    n = min(rng.randint(*spec.chars), rows * cols, spec.max_lines * cols)
+    n_lines = rng.randint(-(-n // cols), min(spec.max_lines, rows, n))
+    parts = [1] * n_lines
+    for _ in range(n - n_lines):  # the rest one by one to lines that still have a free cell
+        parts[rng.choice([i for i, k in enumerate(parts) if k < cols])] += 1
+    placed = []
+    dy = rng.uniform(-spec.jitter, spec.jitter)  # one for the page: lines of adjacent rows stay a row apart
+    for row, k in zip(sorted(rng.sample(range(rows), n_lines)), parts):
+        c0 = rng.randint(0, cols - k)
+        dx = rng.uniform(-spec.jitter, spec.jitter)
+        letters = [rng.choice(spec.alphabet) for _ in range(k)]
+        xs = [min(max((c0 + i) * pitch + (pitch - _line_width(ch, font, fontsize)) / 2 + dx, 1.0),
+                  spec.size - _line_width(ch, font, fontsize) - 1.0) for i, ch in enumerate(letters)]
+        # capitals centred in the row (cap height ~0.7 em), kept on the page
+        baseline = min(max(row * spec.cell + spec.cell / 2 + 0.35 * fontsize + dy, 0.75 * fontsize), spec.size - 1.0)
+        placed.append((xs[0], baseline, " ".join(letters), xs))
+    return placed
+
+
 def draw_page(rng: random.Random, spec: ReadingSpec, faces: list[tuple[str, str, str]]) -> dict:
     """Pick a face, a size and a text that fits; place each line at its own random offset."""
+    if spec.layout == "grid":
+        family, style, font = rng.choice(faces)
+        fontsize = rng.uniform(*spec.font_sizes)
+        return {"family": family, "style": style, "font": font, "fontsize": round(fontsize, 2),
+                "lines": _grid_page(rng, spec, font, fontsize)}
     for _ in range(100):
         family, style, font = rng.choice(faces)
         fontsize = rng.uniform(*spec.font_sizes)
@@ -242,8 +285,14 @@ def add_page(doc: pymupdf.Document, drawn: dict, spec: ReadingSpec) -> None:
     font = drawn["font"]
     kw = {"fontname": font} if font in BASE14 else {"fontname": "F" + font.split(".")[0].replace("-", ""),
                                                     "fontfile": font_file(font)}
-    for x, baseline, text in drawn["lines"]:
-        page.insert_text((x, baseline), text, fontsize=drawn["fontsize"], color=(0, 0, 0), **kw)
+    for x, baseline, text, *xs in drawn["lines"]:
+        if not xs:  # free layout: one text-show operation per line
+            page.insert_text((x, baseline), text, fontsize=drawn["fontsize"], color=(0, 0, 0), **kw)
+            continue
+        letters = text.split(" ")
+        for i, (ch, xi) in enumerate(zip(letters, xs[0])):  # grid: each letter in its cell, a space glyph after it
+            page.insert_text((xi, baseline), ch if i == len(letters) - 1 else ch + " ", fontsize=drawn["fontsize"],
+                             color=(0, 0, 0), **kw)
 
 
 def write_reading_pdfs(out: str | Path, docs: int, pages: int, spec: ReadingSpec, seed: int = 0,
@@ -268,7 +317,7 @@ def write_reading_pdfs(out: str | Path, docs: int, pages: int, spec: ReadingSpec
         for p in range(pages):
             drawn = draw_page(rng, spec, faces)
             add_page(doc, drawn, spec)
-            lines = [t for _, _, t in drawn["lines"]]
+            lines = [ln[2] for ln in drawn["lines"]]
             gt_pages.append({"page": p, "lines": lines, "text": "\n".join(lines), "family": drawn["family"],
                              "style": drawn["style"], "fontsize": drawn["fontsize"]})
         tmp = pdf.with_suffix(".pdf.tmp")

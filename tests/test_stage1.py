@@ -137,6 +137,24 @@ def test_resume_reproduces_losses_and_encoder_loads_into_stage2(tiny_data, tmp_p
     for k, v in enc.items():
         torch.testing.assert_close(sd[k], v, rtol=0, atol=0)
 
+    # a curriculum step (model.stage1_from) starts from the whole stage-1 model of a finished run:
+    # with lr 1e-30 its one step changes nothing measurable, so its checkpoint is the earlier run's last one
+    from train.eval.loading import latest_module_state
+
+    cont = stage1_cfg(tiny_data, tmp_path / "next", steps=1, save_every=1, resume="null",
+                      micro_batch_size=1, global_batch_size=1)
+    cont.model.stage1_from, cont.optim.lr = str(tmp_path / "full"), 1e-30
+    run_stage1(cont)
+    before, _ = latest_module_state(tmp_path / "full" / "checkpoints")
+    after, _ = latest_module_state(tmp_path / "next" / "checkpoints")
+    assert before.keys() == after.keys()
+    for k, v in before.items():
+        torch.testing.assert_close(after[k], v, rtol=0, atol=1e-20)
+    other = stage1_cfg(tiny_data, tmp_path / "other", steps=1, resume="null", micro_batch_size=1, global_batch_size=1)
+    other.model.stage1_from, other.model.stage1_lm.hidden_size = str(tmp_path / "full"), 32
+    with pytest.raises(ValueError, match="stage1_from"):
+        run_stage1(other)
+
 
 def test_loss_decreases_on_fixed_batch(tiny_data, tmp_path):
     """Overfit one packed batch through the DeepSpeed engine (ZeRO-2, fp32, gloo)."""

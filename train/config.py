@@ -69,6 +69,7 @@ class ModelConfig(Schema):
     tokenizer: Optional[str] = None   # dir with tokenizer.json (the engine's BPE or the official one; never downloaded)
     init_from: Optional[str] = None   # published/exported checkpoint dir (stage 2 / Gundam-M continuation)
     encoder_from: Optional[str] = None  # stage-1 encoder.safetensors (stage 2)
+    stage1_from: Optional[str] = None  # stage 1: a finished stage-1 run dir whose weights start this one (a curriculum step)
     sam_from: Optional[str] = None    # stage 1: public SAM ViT-B weights (transformers SamModel dir / segment_anything .pth)
     clip_from: Optional[str] = None   # stage 1: public CLIP ViT-L/14 vision tower (transformers CLIPVisionModel / CLIPModel dir)
     moe_impl: str = setting("auto", choices=("auto", "grouped", "loop"))

@@ -126,6 +126,7 @@ def check_inputs(cfg: Config) -> None:
     _exists("data.text_corpus", d.text_corpus, "folder")
     _exists("model.init_from", cfg.model.init_from, "checkpoint")
     _exists("model.encoder_from", cfg.model.encoder_from, "file")
+    _exists("model.stage1_from", cfg.model.stage1_from, "folder")
     _writable_folder("train.out_dir", cfg.train.out_dir)
 
 

@@ -59,6 +59,24 @@ ENCODER_FILE = "encoder.safetensors"
 _ENCODER_CORE = ("sam_model.", "vision_model.", "qwen2_model.")
 
 
+def load_stage1_weights(model: nn.Module, run: str | Path) -> Path:
+    """Weights of ``run``'s latest checkpoint into ``model`` (same preset, LM and tokenizer, else
+    refused with the names that differ); the optimizer and step start fresh."""
+    from .eval.loading import latest_module_state
+
+    state, tag_dir = latest_module_state(Path(run) / "checkpoints")
+    own = model.state_dict()
+    bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    missing, unexpected = [k for k in own if k not in state and not k.endswith("lm_head.weight")], \
+        [k for k in state if k not in own]
+    if bad or missing or unexpected:
+        raise ValueError(f"model.stage1_from={run}: checkpoint {tag_dir.name} does not fit this model "
+                         f"(other shapes {bad[:5]}, missing {missing[:5]}, unexpected {unexpected[:5]}): "
+                         "same preset, stage1_lm and tokenizer needed")
+    model.load_state_dict(state, strict=False)
+    return tag_dir
+
+
 def packed_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(B, T) segment ids -> (B, 1, T, T) additive mask: causal inside a segment only.
 
@@ -252,6 +270,8 @@ def run_stage1(cfg: Any) -> dict:
         model = build_stage1_model(cfg, tok.vocab_size, special_ids=special, seq_len=seq_len)
         # model.sam_from / model.clip_from: public SAM ViT-B / CLIP ViT-L/14 weights (refused, named, on mismatch)
         pretrained = init_encoder_from_pretrained(model.encoder, mcfg.sam_from, mcfg.clip_from)
+        if mcfg.stage1_from:  # a curriculum step: the whole model (encoder + LM) of an earlier run
+            load_stage1_weights(model, mcfg.stage1_from)
         if mcfg.gradient_checkpointing:
             model.set_gradient_checkpointing(True)
         stage2_width = get_preset(mcfg.preset).decoder.hidden_size
