@@ -2,7 +2,7 @@
 words), placed anywhere on the page, and labelled by the real engine with the drawn text.
 
 Fonts missing on this machine (scripts/setup_fonts.sh) skip with the reason. A short training that
-reads these pages is not in the default set: measured, rung A in small (train/ladder.py SMALL_A)
+reads these pages is in the default set: A1 (one letter per token) in short; rung A in small (train/ladder.py SMALL_A)
 did not read unseen fonts within 1,000 steps (docs/training.md, the reading ladder).
 """
 
