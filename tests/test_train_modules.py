@@ -86,7 +86,7 @@ def test_train_modules_import_each_other_without_a_cycle():
 
 
 def test_shared_trainer_modules_hold_one_concern_each():
-    """The former train/common.py (603 lines, five concerns) is gone; its parts stay small."""
+    """The former common module of train/ (603 lines, five concerns) is gone; its parts stay small."""
     assert not (ROOT / "train" / "common.py").exists()
     for name in ("distributed", "deepspeed_config", "seeding", "optimizer", "lr_schedule", "checkpoints",
                  "run_setup"):
