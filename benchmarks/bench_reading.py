@@ -48,19 +48,17 @@ TASKS = {
 def run_rung(a: argparse.Namespace) -> int:
     """One rung of the reading ladder (train/ladder.py), after the curriculum rungs it continues:
     train, score against the controls, targets (the CPU budget covers the whole chain)."""
-
     from train.ladder import RUNGS, chain, run_chain, run_rung_at, with_steps
 
+    out = Path(a.out) / f"rung_{a.rung}"
     if RUNGS[a.rung].stage == 1:  # --steps / --train-pages / overrides apply to the last rung only
         rungs = {**RUNGS, a.rung: with_steps(RUNGS[a.rung], a.steps, a.train_pages,
                                              overrides=(*RUNGS[a.rung].overrides, *a.overrides))}
         print("[bench] chain: " + " -> ".join(r.name for r in chain(a.rung, rungs)))
         res = run_chain(a.rung, a.out, rungs=rungs, seed=a.seed, curve_points=a.curve_points,
                         eval_pages=a.heldout_pages)
-        out = Path(a.out) / f"rung_{a.rung}"
     else:
         rung = with_steps(RUNGS[a.rung], a.steps, a.train_pages, overrides=tuple(a.overrides))
-        out = Path(a.out) / f"rung_{a.rung}"
         from_run = a.from_run or (Path(a.out) / "rung_A" / "run")
         res = run_rung_at(rung, out, seed=a.seed, from_run=from_run, curve_points=a.curve_points,
                           eval_pages=a.heldout_pages)

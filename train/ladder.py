@@ -117,10 +117,9 @@ def run_tokenizer(run: Path) -> str:
 
 
 def rung_overrides(rung: Rung, data: dict, run_dir: Path, seed: int, from_run: Path | None) -> list[str]:
-    """A stage-1 rung with ``from_run`` continues that run's weights and tokenizer (a curriculum
-    step); a stage-2 rung takes its encoder."""
-    tok = run_tokenizer(from_run) if rung.stage == 1 and from_run is not None else data["tokenizer"]
-    ov = [f"model.tokenizer={tok}", f"data.shards=[{data['train']}]",
+    """A stage-1 rung with ``from_run`` continues that run's weights (a curriculum step; ``data``
+    then names that run's tokenizer); a stage-2 rung takes its encoder."""
+    ov = [f"model.tokenizer={data['tokenizer']}", f"data.shards=[{data['train']}]",
           f"train.reliance.shards=[{data['heldout_fonts']}]", f"data.mode_weights={_mode_weights(rung.mode)}",
           f"train.steps={rung.steps}", f"train.seed={seed}", "train.resume=null", f"train.out_dir={run_dir}",
           "logging.wandb.mode=disabled"]
@@ -243,6 +242,8 @@ def run_rung_at(rung: Rung, out: str | Path, *, seed: int = 0, from_run: str | P
     digest = hashlib.sha1(repr(spec).encode()).hexdigest()[:8]
     data = build_data(rung, out.parent / f"data_{rung.kind}_{spec.layout}_{int(spec.size)}_{rung.train_pages}_{digest}",
                       seed)
+    if rung.stage == 1 and from_run:  # a curriculum step trains and is read with the earlier run's tokenizer
+        data = {**data, "tokenizer": run_tokenizer(Path(from_run))}
     data_s = time.time() - t0
     run_dir = out / "run"
     overrides = rung_overrides(rung, data, run_dir, seed, Path(from_run) if from_run else None)
@@ -251,7 +252,6 @@ def run_rung_at(rung: Rung, out: str | Path, *, seed: int = 0, from_run: str | P
     model = run_dir / "model" if rung.stage == 2 else run_dir
     pages = eval_pages or rung.heldout_pages
     labels = train_labels(data["train"])
-    tok = run_tokenizer(Path(from_run)) if rung.stage == 1 and from_run else data["tokenizer"]
     res = {"rung": rung.name, "recipe": rung.recipe, "stage": rung.stage, "mode": rung.mode, "steps": rung.steps,
            "train_pages": rung.train_pages, "data_s": round(data_s, 1), "train_cpu_s": round(cost["cpu_s"], 1),
            "train_wall_s": round(cost["wall_s"], 1), "chain_cpu_s": round(chain_cpu_s + cost["cpu_s"], 1),
@@ -261,7 +261,7 @@ def run_rung_at(rung: Rung, out: str | Path, *, seed: int = 0, from_run: str | P
     ratio = last_loss_ratio(run_dir)  # held-out loss real / blank pages: reported, never the verdict
     for split in HELDOUT_SPLITS:
         first = split == "heldout_fonts"
-        s = score(model, data[split], rung.mode, pages, tokenizer=tok, labels=labels, untrained=first,
+        s = score(model, data[split], rung.mode, pages, tokenizer=data["tokenizer"], labels=labels, untrained=first,
                   blank=first, seed=seed, loss_ratio=ratio if first else None)
         res["splits"][split] = s
         progress(f"[ladder] {SPLIT_TITLES[split]}: CER {s['cer']:.3f}, word accuracy {s['word_accuracy']:.3f}")
@@ -336,7 +336,7 @@ def table_lines(res: dict) -> list[str]:
         s = res["splits"][split]
         lines.append(f"  {SPLIT_TITLES[split]:44s}: CER {s['cer']:.3f}, word accuracy {s['word_accuracy']:.3f} "
                      f"(wrong-page CER {s['wrong_page']['cer']:.3f})")
-    for c in res.get("chain", [])[:-1] if len(res.get("chain", [])) > 1 else []:
+    for c in res.get("chain", [])[:-1]:  # the rungs before this one
         lines.append(f"  curriculum: rung {c['rung']:3s} {c['steps']:5d} steps, chain {c['chain_cpu_s'] / 60:5.1f} CPU-min: "
                      f"unseen-font CER {c['cer']:.3f} (wrong-page {c['wrong_page_cer']:.3f}), "
                      f"word accuracy {c['word_accuracy']:.3f}")

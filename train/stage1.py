@@ -62,18 +62,11 @@ _ENCODER_CORE = ("sam_model.", "vision_model.", "qwen2_model.")
 def load_stage1_weights(model: nn.Module, run: str | Path) -> Path:
     """Weights of ``run``'s latest checkpoint into ``model`` (same preset, LM and tokenizer, else
     refused with the names that differ); the optimizer and step start fresh."""
-    from .eval.loading import latest_module_state
+    from .eval.loading import latest_module_state, load_stage1_state
 
     state, tag_dir = latest_module_state(Path(run) / "checkpoints")
-    own = model.state_dict()
-    bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    missing, unexpected = [k for k in own if k not in state and not k.endswith("lm_head.weight")], \
-        [k for k in state if k not in own]
-    if bad or missing or unexpected:
-        raise ValueError(f"model.stage1_from={run}: checkpoint {tag_dir.name} does not fit this model "
-                         f"(other shapes {bad[:5]}, missing {missing[:5]}, unexpected {unexpected[:5]}): "
-                         "same preset, stage1_lm and tokenizer needed")
-    model.load_state_dict(state, strict=False)
+    load_stage1_state(model, state, f"model.stage1_from={run}: checkpoint {tag_dir.name} does not fit this model "
+                                    "(same preset, stage1_lm and tokenizer needed)")
     return tag_dir
 
 

@@ -159,6 +159,19 @@ def latest_module_state(ckpt_root: Path) -> tuple[dict[str, torch.Tensor], Path]
     return module, tag_dir
 
 
+def load_stage1_state(stage1: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Checkpoint weights into a stage-1 model: every tensor present with its shape, none extra,
+    the LM head excepted (tied to the embeddings); else ValueError opening with ``what`` and
+    naming the tensors that differ."""
+    own = stage1.state_dict()
+    other = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in state and not k.endswith("lm_head.weight")]
+    unexpected = [k for k in state if k not in own]
+    if other or missing or unexpected:
+        raise ValueError(f"{what}: other shapes {other[:20]}, missing {missing[:20]}, unexpected {unexpected[:20]}")
+    stage1.load_state_dict(state, strict=False)
+
+
 def load_stage1_run(path: str | Path, tokenizer: str | Path | None = None, device: str = "cpu",
                     config: str | Path | None = None) -> OCRModel:
     from omegaconf import OmegaConf
@@ -184,11 +197,7 @@ def load_stage1_run(path: str | Path, tokenizer: str | Path | None = None, devic
 
     state, tag_dir = latest_module_state(p / "checkpoints")
     gen = build()
-    missing, unexpected = gen.model.stage1.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embeddings
-    if missing or unexpected:
-        raise ValueError(f"stage-1 checkpoint {tag_dir} does not match the run's config: "
-                         f"missing {missing[:20]}, unexpected {unexpected[:20]}")
+    load_stage1_state(gen.model.stage1, state, f"stage-1 checkpoint {tag_dir} does not match the run's config")
     lm_cfg = gen.model.stage1.lm.config
     return OCRModel("stage1", gen.eval(), tok, f"{p} ({tag_dir.name})", build, int(lm_cfg.max_position_embeddings))
 
@@ -251,4 +260,4 @@ def describe(m: OCRModel) -> dict:
 
 
 __all__ = ["OCRModel", "Stage1Generator", "save_run_config", "load_model", "load_checkpoint_model", "load_stage1_run",
-           "latest_module_state", "describe", "run_dir", "last_loss_ratio", "run_train_shards"]
+           "load_stage1_state", "latest_module_state", "describe", "run_dir", "last_loss_ratio", "run_train_shards"]
