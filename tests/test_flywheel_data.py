@@ -360,3 +360,39 @@ def test_presentation_forms_become_base_letters_in_refused_line_words():
     line = Patch("k", "d", 0, (0, 0, 100, 20), "arb", "Arab", "textlayer_box")
     words = [(10, 5, 40, 15, "\ufee3\ufeb8\ufe98\ufeae\ufedb", 0, 0, 0), (50, 5, 90, 15, "\ufec3\ufeee\ufef2", 0, 0, 1)]
     assert [w[2] for w in refused_line_words(line, words)] == ["\u0645\u0634\u062a\u0631\u0643", "\u0637\u0648\u064a"]
+
+
+def test_drawn_seed_lines_hold_shaped_glyphs_and_calibration_is_cut_like_the_pool(tmp_path):
+    """The text layer never gives Devanagari's pre-base matra or a conjunct (U+FFFD), so the
+    generator draws seed lines of training words that hold them (``drawn/``), labelled with the
+    text drawn and counted apart from the text layer's; never a held-out word. Calibration pages
+    (``calib/``) are cut as the pool is (refused text-layer boxes, detector lines) and scored
+    against their truth; no calibration line is a seed line."""
+    from data_engine.flywheel.dataset import generate_default_corpus, prepare_data
+    from data_engine.flywheel.linepages import shaped_signs
+    from data_engine.flywheel.words import held_out
+
+    if not Path(find_ppocr_det_model()).is_file():
+        pytest.skip("PP-OCRv4 detector missing (rapidocr-onnxruntime)")
+    plan = {"hin-Deva": {"digital": 1, "scan": 0, "gold": 0, "drawn": 1, "calib": 1},
+            "eng-Latn": {"digital": 1, "scan": 0, "gold": 0, "drawn": 1, "calib": 0}}
+    generate_default_corpus(tmp_path / "pdfs", plan, 1, 0, lexicon_size=3000, words="wordfreq")
+    assert not list((tmp_path / "pdfs" / "drawn").glob("eng_*.pdf"))  # Latin has no shaped signs
+    counts = prepare_data(tmp_path / "data", plan, pdf_dir=tmp_path / "pdfs", detector=get_line_source("ppocr_det"),
+                          calibration_lines=32, log=lambda *_: None)
+    hin = counts["hin-Deva"]
+    assert hin["seed_by_source"]["drawn text"] > 0 and hin["seed_by_source"]["text layer"] >= 0
+    assert hin["seed"] == hin["seed_by_source"]["drawn text"] + hin["seed_by_source"]["text layer"]
+    seed = list(read_patch_shard(tmp_path / "data" / "seed" / "hin_Deva.tar", images=False))
+    drawn = [p for p in seed if p.source == "drawn"]
+    assert len(drawn) == hin["seed_by_source"]["drawn text"]
+    assert all(shaped_signs("Deva").intersection(w) for p in drawn for w in p.text.split())
+    assert any("\u093f" in p.text for p in drawn) and any("\u094d" in p.text for p in drawn)
+    assert not any(held_out(w) for p in seed for w in p.text.split())  # no unseen-word gold word
+    text_layer = [p for p in seed if p.source != "drawn"]
+    assert not any(c in p.text for p in text_layer for c in "\u093f\ufffd")  # what the text layer refuses
+    calib = list(read_patch_shard(tmp_path / "data" / "calib" / "hin_Deva.tar", images=False))
+    assert hin["calib_from"] == "calib pages cut like the pool" and calib
+    assert {p.source for p in calib} == {"textlayer_box", "detector"} and all(p.text for p in calib)
+    assert not {p.doc_id for p in calib} & {p.doc_id for p in seed}
+    assert counts["eng-Latn"]["calib_from"] == "held-out seed documents"  # no calib pages: the old split

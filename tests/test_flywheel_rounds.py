@@ -275,13 +275,16 @@ def test_calibration_status_sets_each_language_threshold(full_run, tmp_path):
     runner = RoundRunner(cfg.flywheel, out, ["eng-Latn", "khm-Khmr"], log=lambda m: None)
     runner.rdir(3).mkdir(parents=True)
     (runner.rdir(3) / "calibration.json").write_text(json.dumps(
-        {"eng-Latn": {"status": "calibrated", "threshold": -0.8}, "khm-Khmr": {"status": "unreachable", "threshold": None}}))
-    assert runner.min_confidence(3) == {"eng-Latn": -0.8, "khm-Khmr": float("inf")}
+        {"eng-Latn": {"status": "calibrated", "threshold": -0.8, "by_source": {
+            "detector": {"status": "calibrated", "threshold": -0.2}, "textlayer_box": {"status": "too_few"}}},
+         "khm-Khmr": {"status": "unreachable", "threshold": None}}))
+    # a source calibrated on its own lines gets its own threshold; too few lines: the language's
+    assert runner.min_confidence(3) == {"eng-Latn": {"*": -0.8, "detector": -0.2}, "khm-Khmr": {"*": float("inf")}}
     ok = dict(finished=True, bbox=(0, 0, 200, 20), cfg=cfg.flywheel.accept)
     assert judge("abc defg hij", confidence=-0.5, script="Latn", min_confidence=-0.8, **ok) is None  # fixed -0.35 would reject
     assert judge("ខ្មែរ ភាសា", confidence=-0.001, script="Khmr", min_confidence=float("inf"), **ok) == "low_confidence"
     (runner.rdir(3) / "calibration.json").write_text(json.dumps({"eng-Latn": {"status": "too_few", "threshold": None}}))
-    assert runner.min_confidence(3) == {"eng-Latn": -0.35, "khm-Khmr": -0.35}  # the fixed threshold
+    assert runner.min_confidence(3) == {"eng-Latn": {"*": -0.35}, "khm-Khmr": {"*": -0.35}}  # the fixed threshold
 
 
 def test_torn_label_line_is_cut_off(tmp_path):

@@ -37,12 +37,13 @@ from __future__ import annotations
 import json
 import zlib
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 from data_engine.flywheel.blocks import group_lines, lines_in
 from data_engine.flywheel.canvas import LAYOUT, is_rtl
 from data_engine.flywheel.collage import COLLAGE_WORDS, line_word_boxes, make_collages, refused_line_words, word_pieces
-from data_engine.flywheel.inputs import find_inputs, read_truth
+from data_engine.flywheel.inputs import CALIB_DIR, DRAWN_DIR, find_inputs, read_truth
 from data_engine.flywheel.linepages import (SYLLABLE_SIGNS, UNSEEN, LineLanguage, Vocabulary, make_line_corpus,
                                             truth_blocks)
 from data_engine.flywheel.patches import (BLOCK, CANVAS, LINE, Patch, cut_boxes, cut_text_layer, relative_source,
@@ -118,6 +119,17 @@ def generate_default_corpus(pdf_dir: Path, languages: dict, pages_per_doc: int, 
     # the same held-out pages again, from words the training pages never use
     make_line_corpus(pdf_dir / UNSEEN_DIR, gold, pages_per_doc=pages_per_doc, seed=seed + 104729,
                      lines_per_block=lines_per_block, vocab=unseen)
+    # calibration pages: born-digital pages of training words, cut as the pool is (calib/)
+    calib = {spec: {"digital": int(kinds.get("calib", 0))} for spec, kinds in languages.items()}
+    make_line_corpus(pdf_dir / CALIB_DIR, calib, pages_per_doc=pages_per_doc, seed=seed + 15485863,
+                     lines_per_block=lines_per_block, vocab=train)
+    # drawn seed pages: lines of the training words with a shaped sign (pre-base vowel sign,
+    # conjunct), image-only, labelled with the text drawn (drawn/): the glyphs the text layer garbles
+    shaped = replace(train, shaped=True)
+    drawn = {spec: {"scan": int(kinds.get("drawn", 0))} for spec, kinds in languages.items()
+             if shaped.words(parsed[spec].script, parsed[spec].lang)}
+    make_line_corpus(pdf_dir / DRAWN_DIR, drawn, pages_per_doc=pages_per_doc, seed=seed + 32452843,
+                     lines_per_block=lines_per_block, vocab=shaped)
 
 
 def patch_kinds(setting: str) -> tuple[str, ...]:
@@ -136,7 +148,8 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
     import pymupdf
 
     view = {"canvas": canvas, "stretch": stretch, "layout": LAYOUT, "collage": collage, "collage_words": COLLAGE_WORDS,
-            "calibration_lines": calibration_lines}
+            "calibration_lines": calibration_lines, "seed_sources": ["text layer", "drawn text"],
+            "calibration_from": "calib pages cut like the pool, else held-out seed documents"}
     if (data_dir / "DONE").is_file():
         made_view = json.loads((data_dir / "VIEW").read_text()) if (data_dir / "VIEW").is_file() else None
         if made_view != view:
@@ -155,6 +168,7 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
     root = data_dir.parent  # source paths are stored relative to the run directory (it may move)
     min_lines = 2 if LINE in kinds else 1  # block patches of one line only where lines are not cut
     seed, pool, gold, calib, unseen = defaultdict(list), defaultdict(list), defaultdict(list), {}, defaultdict(list)
+    drawn, calib_pages = defaultdict(list), defaultdict(list)  # drawn/ seed lines; calib/ pages cut like the pool
     pieces = defaultdict(list)  # spec -> [(doc_id, word pieces of one page)]
     truth, refused, pages_log, seed_truth = {}, [], [], defaultdict(list)
     no_truth = Counter()  # gold pages without a sidecar, per language
@@ -164,20 +178,20 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
         if not files:
             log(f"[flywheel] {spec}: no input files under {pdf_dir}")
         for f in files:
-            path, is_gold = f.path, f.role != "train"
-            held_out = gold if f.role == "gold" else unseen
+            path, is_gold = f.path, f.role in ("gold", UNSEEN_DIR, DRAWN_DIR)  # cut at the truth's boxes
+            held_out = {"gold": gold, UNSEEN_DIR: unseen, DRAWN_DIR: drawn}.get(f.role)
             try:
                 doc = pymupdf.open(path)
             except Exception as e:  # a bad file is recorded, never fatal
                 pages_log.append({"file": str(path), "reason": "unreadable", "detail": str(e)[:200]})
                 continue
             gt = read_truth(path, [pg.rect for pg in doc])
-            if is_gold and gt is None:
+            if f.role != "train" and gt is None:
                 no_truth[spec] += 1
-                pages_log.append({"file": str(path), "reason": "gold_without_truth",
+                pages_log.append({"file": str(path), "reason": "gold_without_truth", "role": f.role,
                                   "detail": f"no {path.with_suffix('.gt.json').name} beside it (python -m "
                                             "data_engine.flywheel.gold writes one)"})
-                log(f"[flywheel] warning: gold page {path} has no {path.with_suffix('.gt.json').name}: not measured")
+                log(f"[flywheel] warning: {f.role} page {path} has no {path.with_suffix('.gt.json').name}: not used")
                 doc.close()
                 continue
             for page in doc:
@@ -189,8 +203,11 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
                 if is_gold:
                     for kind in kinds:
                         held_out[spec] += cut_boxes(img, page.rect, [b["bbox"] for b in page_truth[kind]],
-                                                    page=page.number, source="gold", kind=kind,
-                                                    texts=[b["text"] for b in page_truth[kind]], **common)
+                                                    page=page.number, source=f.role if f.role == DRAWN_DIR else "gold",
+                                                    kind=kind, texts=[b["text"] for b in page_truth[kind]], **common)
+                    continue
+                if f.role == CALIB_DIR:
+                    calib_pages[spec] += _pool_like(page, img, detector, rtl, kinds, min_lines, page_truth, common)
                     continue
                 good, bad = cut_text_layer(page, img, rtl=rtl, kinds=kinds, **common)
                 bad_lines = [r for r in bad if r["kind"] == LINE]
@@ -228,7 +245,10 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
     data_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
     for spec in langs:  # held-out documents leave the seed and give no collage words
-        seed[spec], calib[spec] = split_calibration(seed[spec], calibration_lines)
+        if calib_pages[spec]:  # calibration pages cut like the pool: the seed keeps all its lines
+            calib[spec] = calib_pages[spec]
+        else:
+            seed[spec], calib[spec] = split_calibration(seed[spec], calibration_lines)
         held = {p.doc_id for p in calib[spec]}
         pieces[spec] = [w for doc_id, ws in pieces[spec] if doc_id not in held for w in ws]
     # balanced: every language gets as many collage lines (from its own words) as the
@@ -237,6 +257,9 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
     collages = {spec: make_collages(pieces[spec], round(collage * most), seed=zlib.crc32(f"collage:{spec}".encode()),
                                     template=(seed[spec] or pool[spec])[0])  # pool: no trusted line, trusted words
                 for spec in langs if pieces[spec]}
+    sources = {spec: {"text layer": len(seed[spec]), "drawn text": len(drawn[spec])} for spec in langs}
+    for spec in langs:  # drawn lines seed after the split: never calibration lines, no collage words
+        seed[spec] += drawn[spec]
     parts = (("seed", seed), ("pool", pool), ("gold", gold), ("calib", calib), (UNSEEN_DIR, unseen)) + \
         ((("collage", collages),) if collage > 0 else ())
     for spec in langs:
@@ -249,10 +272,14 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
             "seed_refused_by_reason": dict(Counter(r["reason"] for r in refused_here)),
             "by_kind": {kind: {name: sum(p.kind == kind for p in ps.get(spec, [])) for name, ps in parts}
                         for kind in kinds},
-            "seed_label_cer": corpus_cer(seed_truth[spec])})
-        log(f"[flywheel] {spec}: {counts[spec]['seed']} seed patches (text layer), "
+            "seed_label_cer": corpus_cer(seed_truth[spec]), "seed_by_source": sources[spec],
+            "calib_from": "calib pages cut like the pool" if calib_pages[spec] else "held-out seed documents",
+            "calib_by_source": dict(Counter(p.source for p in calib[spec]))})
+        log(f"[flywheel] {spec}: {counts[spec]['seed']} seed patches ({sources[spec]['text layer']} text layer, "
+            f"{sources[spec]['drawn text']} drawn text), "
             f"{counts[spec]['seed_refused']} text-layer lines refused, {counts[spec]['pool']} to label, "
-            f"{counts[spec]['gold']} held-out gold, {counts[spec]['calib']} held out for calibration; "
+            f"{counts[spec]['gold']} held-out gold, {counts[spec]['calib']} calibration lines "
+            f"({counts[spec]['calib_from']}); "
             f"seed-label CER vs ground truth "
             f"{counts[spec]['seed_label_cer']}" + (f"; {counts[spec]['collage']} collage lines" if collage > 0 else ""))
     _write_json(data_dir / "pool_truth.json", truth)
@@ -284,6 +311,28 @@ def split_calibration(seed: list[Patch], n: int, max_share: float = 0.25) -> tup
             count += lines[doc_id]
     return ([p for p in seed if p.doc_id not in held],
             [p for p in seed if p.doc_id in held and p.kind == LINE])
+
+
+def _pool_like(page, img, detector, rtl: bool, kinds: tuple[str, ...], min_lines: int, page_truth: dict,
+               common: dict) -> list[Patch]:
+    """A calibration page cut as the pool is cut, labelled with its truth (box overlap; patches
+    without a match are dropped): the refused text-layer lines' boxes (``textlayer_box``) and the
+    detector's lines of the rendered page (``detector``, the page as if scanned). Calibrating on
+    these, not on clean trusted lines, makes the threshold hold for the labels it lets through."""
+    _, bad = cut_text_layer(page, img, rtl=rtl, kinds=kinds, **common)
+    cut = [p for kind in kinds for p in cut_boxes(img, page.rect, [r["bbox"] for r in bad if r["kind"] == kind],
+                                                  page=page.number, source="textlayer_box", start=500, kind=kind,
+                                                  **common)]
+    boxes = [b.bbox for b in detector.blocks(page, image=img)]
+    regions = group_lines(boxes, min_lines=min_lines) if getattr(detector, "unit", None) == LINE else boxes
+    cut += [p for kind in kinds for p in cut_boxes(img, page.rect, boxes if kind == LINE else regions,
+                                                   page=page.number, source="detector", kind=kind, **common)]
+    out = []
+    for p in cut:
+        t = _truth_of(p, page_truth[LINE])
+        if t is not None:
+            out.append(replace(p, text=t))
+    return out
 
 
 def _word_pieces(page, img, lines: list[Patch], refused: bool = False) -> list:

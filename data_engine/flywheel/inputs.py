@@ -3,8 +3,12 @@
 ``DIR`` holds born-digital PDFs (their trusted text-layer lines seed the recognizer), scanned
 PDFs and page images (``PAGE_IMAGES``; their detector lines are labelled), in any folders below
 it, and optionally held-out gold pages under ``DIR/gold/`` (seen-word gold) and
-``DIR/gold_unseen/`` (pages whose words no training page has). Whether a page seeds or is
-labelled is decided per page by its text layer, not by the file name.
+``DIR/gold_unseen/`` (pages whose words no training page has), pages drawn with known text
+under ``DIR/drawn/`` (their lines seed the recognizer, labelled with the sidecar's text: the
+glyphs a garbled text layer never gives) and calibration pages under ``DIR/calib/`` (cut as the
+pool is, scored against their sidecar; they calibrate the acceptance threshold and are never
+trained on). Whether a page seeds or is labelled is decided per page by its text layer, not by
+the file name.
 
 The language of a file, by the first rule that applies (``language_of``):
 
@@ -39,6 +43,9 @@ from data_engine.flywheel.trust import base_text
 
 PAGE_IMAGES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 GOLD_DIRS = ("gold", "gold_unseen")  # seen-word gold, unseen-word gold
+DRAWN_DIR = "drawn"  # pages whose sidecar holds the text drawn on them: seed lines labelled with it
+CALIB_DIR = "calib"  # pages with a sidecar, cut as the pool is: the acceptance threshold's calibration
+TRUTH_DIRS = GOLD_DIRS + (DRAWN_DIR, CALIB_DIR)  # folders whose pages need a .gt.json sidecar
 RULES = ("put it in a folder named after its language (DIR/hin-Deva/...), name it <lang>_<script>_*.pdf, "
          "run with one language in flywheel.languages, or give it a text layer language ID can read")
 
@@ -51,7 +58,7 @@ class InputError(ValueError):
 class InputFile:
     path: Path
     spec: str  # the run's language, e.g. hin-Deva
-    role: str  # train | gold | gold_unseen
+    role: str  # train | gold | gold_unseen | drawn | calib
     doc_id: str  # unique in the run, key-safe (no dots)
 
 
@@ -64,7 +71,7 @@ def _files(root: Path) -> list[Path]:
 
 
 def _role(rel: Path) -> str:
-    return rel.parts[0] if len(rel.parts) > 1 and rel.parts[0] in GOLD_DIRS else "train"
+    return rel.parts[0] if len(rel.parts) > 1 and rel.parts[0] in TRUTH_DIRS else "train"
 
 
 def _spec_key(spec: str) -> str:

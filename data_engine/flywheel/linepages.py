@@ -53,6 +53,10 @@ SYLLABLE_SIGNS = {
 }
 # Virama / coeng: joins two consonants into a conjunct (shaped into one glyph cluster).
 VIRAMA = {"Deva": 0x94D, "Beng": 0x9CD, "Taml": 0xBCD, "Sinh": 0xDCA, "Khmr": 0x17D2, "Mymr": 0x1039}
+# Vowel signs drawn left of the consonant they follow in the text (pre-base matras): shaping
+# reorders them, and with the virama's conjuncts they are the glyphs a PDF text layer garbles.
+PRE_BASE = {"Deva": [0x93F], "Beng": [0x9BF, 0x9C7, 0x9C8], "Taml": [0xBC6, 0xBC7, 0xBC8],
+            "Sinh": [0xDD9, 0xDDA, 0xDDB], "Khmr": [0x17C1, 0x17C2, 0x17C3], "Mymr": [0x1031]}
 # Independent vowels / letters that do not take a sign (their ranges start with them).
 _NO_SIGN = {"Deva": range(0x904, 0x915), "Beng": range(0x985, 0x995), "Taml": range(0xB85, 0xB95),
             "Sinh": range(0xD85, 0xD9A)}
@@ -115,6 +119,7 @@ class Vocabulary:
     size: int = 300
     seed: int = 0
     source: str = "pseudo"  # wordfreq | pseudo
+    shaped: bool = False  # only the words with a shaped sign (``shaped_signs``: pre-base vowel sign, virama)
 
     def real(self, lang: str, script: str) -> bool:
         """Does ``lang`` get real words (else pseudo-words)?"""
@@ -122,8 +127,20 @@ class Vocabulary:
 
     def words(self, script: str, lang: str = "") -> tuple[str, ...]:
         if self.real(lang, script):
-            return _split_words(lang, script, self.size, self.seed == UNSEEN)
-        return _vocabulary_words(script, self.size, self.seed)
+            words = _split_words(lang, script, self.size, self.seed == UNSEEN)
+        else:
+            words = _vocabulary_words(script, self.size, self.seed)
+        if self.shaped:
+            signs = shaped_signs(script)
+            words = tuple(w for w in words if signs.intersection(w))
+        return words
+
+
+def shaped_signs(script: str) -> frozenset[str]:
+    """The signs whose glyphs shaping reorders or joins (pre-base vowel signs, the virama that
+    makes conjuncts): the text layer of a shaped PDF returns them garbled, so trusted text-layer
+    lines never hold them. Empty for scripts without them (Latin, Cyrillic, Greek, Arabic)."""
+    return frozenset(chr(c) for c in PRE_BASE.get(script, []) + ([VIRAMA[script]] if script in VIRAMA else []))
 
 
 UNSEEN = 1  # the lexicon seed of the unseen-word gold pages

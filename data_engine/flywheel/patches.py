@@ -48,7 +48,7 @@ class Patch:
     bbox: tuple[float, float, float, float]  # PDF points
     lang: str
     script: str
-    source: str  # textlayer | detector | gold
+    source: str  # textlayer | textlayer_box | detector | gold | drawn
     text: str = ""  # label ("" = unlabelled)
     source_path: str = ""
     page_size: tuple[float, float] = (0.0, 0.0)  # PDF points (for page-level fine labels)

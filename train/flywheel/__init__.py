@@ -39,7 +39,8 @@ def run_flywheel(cfg: FlywheelAppConfig | DictConfig | dict, log=_console) -> di
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(fw.threads)
-    languages = {lp.lang: {"digital": lp.digital, "scan": lp.scan, "gold": lp.gold} for lp in fw.languages}
+    languages = {lp.lang: {"digital": lp.digital, "scan": lp.scan, "gold": lp.gold, "drawn": lp.drawn, "calib": lp.calib}
+                 for lp in fw.languages}
     t0 = time.process_time()
     if fw.input:
         from data_engine.flywheel.inputs import PAGE_IMAGES, detect_languages, is_input_file

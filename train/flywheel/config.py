@@ -35,6 +35,8 @@ class LanguagePlan(Schema):
     digital: int = setting(0, ge=0)   # born-digital documents (text layer: seed patches)
     scan: int = setting(0, ge=0)      # image-only documents (patches to label)
     gold: int = setting(0, ge=0)      # held-out image-only documents (recognizer / Tesseract CER)
+    drawn: int = setting(0, ge=0)     # image-only documents of training words with a shaped sign (pre-base vowel sign, conjunct), seed lines labelled with the text drawn; none for scripts without such signs
+    calib: int = setting(0, ge=0)     # born-digital documents cut as the pool is (refused text-layer lines' boxes + detector lines), labelled by their truth: the acceptance calibration lines (0: held-out seed documents, accept.calibration_lines)
 
 
 @dataclass

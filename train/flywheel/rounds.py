@@ -9,9 +9,10 @@ Round k (``<out>/round_<k>/``):
    exported model is ``train/model``. The training
    patches (seed, collage, accepted) are first interleaved in one seeded order into small shards
    (``train_data/``, ``data_engine.shards.mix_shards``).
-2. ``calibration.json``: per language the acceptance threshold, calibrated on the held-out seed
-   lines (``data/calib``, ``accept.py`` ``calibrate``): the lowest confidence whose labels reach
-   ``accept.target_cer`` there.
+2. ``calibration.json``: per language (and per patch source: refused text-layer box, detector
+   line) the acceptance threshold, calibrated on ``data/calib`` (``accept.py`` ``calibrate``):
+   lines of calibration pages cut as the pool is and scored against their truth, else held-out
+   seed lines; the lowest confidence whose labels reach ``accept.target_cer`` there.
 3. ``labels.jsonl``: the pool patches not yet accepted, labelled in fixed batches (one JSON line
    per finished batch, fsynced, in batch order), each with text, confidence and the acceptance
    verdict; read in this process or on Ray actors (``flywheel.label.executor``, ``readers.py``).
@@ -161,11 +162,15 @@ class RoundRunner:
             shard = self.data / "calib" / f"{_key(s)}.tar"
             lines = list(read_patch_shard(shard)) if shard.is_file() else []
             reads = self.read(model, tok, lines)
-            rows = [(conf, p.text, text) for p, (text, conf, fin) in zip(lines, reads)
+            rows = [(conf, p.text, text, p.source) for p, (text, conf, fin) in zip(lines, reads)
                     if judge(text, confidence=0.0, finished=fin, bbox=p.bbox, script=p.script, cfg=ac,
                              length_bounds=self.bounds[s], min_confidence=float("-inf")) is None]
-            cal = calibrate(rows, ac.target_cer, ac.min_calibration)
+            cal = calibrate([r[:3] for r in rows], ac.target_cer, ac.min_calibration)
             cal.update(held_out=len(lines), cer_all=corpus_cer((p.text, r[0]) for p, r in zip(lines, reads)))
+            # per cut (refused text-layer box, detector line): the pool's lines of one cut are
+            # labelled at the threshold calibrated on the calibration lines of the same cut
+            cal["by_source"] = {src: calibrate([r[:3] for r in rows if r[3] == src], ac.target_cer, ac.min_calibration)
+                                for src in sorted({p.source for p in lines})}
             if cal["status"] == "too_few":
                 cal["note"] = (f"{len(rows)} of {len(lines)} held-out lines pass the other filters (fewer than "
                                f"accept.min_calibration={ac.min_calibration}): min_confidence={ac.min_confidence} is used")
@@ -178,11 +183,17 @@ class RoundRunner:
         _atomic_json(path, out)
         return out
 
-    def min_confidence(self, k: int) -> dict[str, float]:
-        """The confidence threshold per language in round k (calibrated, else the fixed one)."""
+    def min_confidence(self, k: int) -> dict[str, dict[str, float]]:
+        """The confidence threshold per language and patch source in round k (``"*"``: the
+        language's, for sources without their own): calibrated, else the fixed one."""
         path = self.rdir(k) / "calibration.json"
         cal = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        return {s: threshold_of(cal.get(s), self.accept_cfg.min_confidence) for s in self.langs}
+        out = {}
+        for s in self.langs:
+            lang = threshold_of(cal.get(s), self.accept_cfg.min_confidence)
+            out[s] = {"*": lang, **{src: threshold_of(c, lang) for src, c in (cal.get(s) or {}).get("by_source", {}).items()
+                                    if c.get("status") != "too_few"}}
+        return out
 
     # ------------------------------------------------------------------ 3.-4. label + accept
     def label(self, k: int, model, tok, pool: list[Patch], model_dir: Path | None = None) -> list[dict]:
@@ -204,7 +215,8 @@ class RoundRunner:
                         for p, (text, conf, fin) in zip(pool[b * bs:(b + 1) * bs], reads):
                             why = judge(text, confidence=conf, finished=fin, bbox=p.bbox, script=p.script,
                                         cfg=self.accept_cfg, length_bounds=self.bounds[self.spec_of(p)],
-                                        min_confidence=thresholds[self.spec_of(p)])
+                                        min_confidence=thresholds[self.spec_of(p)].get(
+                                            p.source, thresholds[self.spec_of(p)]["*"]))
                             done[b].append({"key": p.key, "lang": p.lang, "text": text,
                                             "confidence": round(conf, 4), "finished": fin, "reason": why})
                         f.write(json.dumps({"batch": b, "rows": done[b]}, ensure_ascii=False) + "\n")
