@@ -18,8 +18,11 @@ def _threshold(cal: dict | None) -> str:
     if not cal or cal.get("status") == "too_few":
         return "fixed"
     if cal["status"] == "unreachable":
-        return f"none reaches target (held-out CER {_f(cal.get('cer_all'))})"
-    return f"{cal['threshold']:.3f} ({_f(cal.get('cer_at_threshold'))}, {cal['share']:.0%} of {cal['lines']})"
+        own = f"none reaches target (held-out CER {_f(cal.get('cer_all'))})"
+    else:
+        own = f"{cal['threshold']:.3f} ({_f(cal.get('cer_at_threshold'))}, {cal['share']:.0%} of {cal['lines']})"
+    by_source = {src: c for src, c in (cal.get("by_source") or {}).items() if c.get("status") != "too_few"}
+    return own + "".join(f"; {src}: {_threshold(c)}" for src, c in sorted(by_source.items()))
 
 
 def _reads(rd: dict | None) -> str:
@@ -101,8 +104,11 @@ def write_run_report(out_dir: Path, rounds: list[dict], extra: dict | None = Non
     tmp.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
     tmp.replace(out_dir / "report.json")
     notes = sorted({f"- {spec}: {d['note']}" for r in rounds for spec, d in r["languages"].items() if d.get("note")})
-    (out_dir / "report.md").write_text("# Flywheel report\n\n" + table(rounds) + "\n\n" + "\n".join(notes) + "\n",
-                                       encoding="utf-8")
+    seeds = [f"- {spec}: seed lines by source {c['seed_by_source']}; calibration lines: {c['calib']} "
+             f"({c.get('calib_from')}, {c.get('calib_by_source')})"
+             for spec, c in (extra or {}).get("data", {}).items() if "seed_by_source" in c]
+    (out_dir / "report.md").write_text("# Flywheel report\n\n" + "\n".join(seeds) + ("\n\n" if seeds else "") +
+                                       table(rounds) + "\n\n" + "\n".join(notes) + "\n", encoding="utf-8")
     if rounds:
         plot(rounds, out_dir / "report.png")
     return report

@@ -179,7 +179,8 @@ class RoundRunner:
                                "nothing is accepted in this language this round")
             out[s] = cal
         self.log(f"[flywheel] round {k}: acceptance thresholds " + ", ".join(
-            f"{s} {c['status']} {c['threshold']}" for s, c in out.items()))
+            f"{s} {c['status']} {c['threshold']}" + "".join(
+                f" ({src} {b['status']} {b['threshold']})" for src, b in c["by_source"].items()) for s, c in out.items()))
         _atomic_json(path, out)
         return out
 
