@@ -395,4 +395,22 @@ def test_drawn_seed_lines_hold_shaped_glyphs_and_calibration_is_cut_like_the_poo
     assert hin["calib_from"] == "calib pages cut like the pool" and calib
     assert {p.source for p in calib} == {"textlayer_box", "detector"} and all(p.text for p in calib)
     assert not {p.doc_id for p in calib} & {p.doc_id for p in seed}
+    assert all("\ufffd" in p.extra["text_layer"] for p in calib if p.source == "textlayer_box")  # what labels must fit
     assert counts["eng-Latn"]["calib_from"] == "held-out seed documents"  # no calib pages: the old split
+
+
+def test_label_of_a_refused_line_must_fit_its_garbled_text_layer():
+    """A refused line's text layer is wrong only at its garbled glyphs: a label that drops or
+    changes an intact letter is rejected (``text_layer_mismatch``), whatever its confidence."""
+    from data_engine.flywheel.trust import fits_text_layer
+
+    garbled = "रोग बनना टाइ\ufffdस \ufffdांड"  # MuPDF's text of रोग बनना टाइम्स ब्रांड
+    assert fits_text_layer("रोग बनना टाइम्स ब्रांड", garbled, "Deva")
+    assert not fits_text_layer("रोग बना टाइम्स ब्रांड", garbled, "Deva")  # a letter of बनना dropped
+    assert not fits_text_layer("रोग बनना टाइस ब्रांड", garbled, "Deva")  # the conjunct's glyph left out
+    assert fits_text_layer("ab¾cd", "ab¾cd", "Latn") and not fits_text_layer("abxd", "abcd", "Latn")
+    ok = dict(confidence=0.0, finished=True, bbox=(0, 0, 300, 20), script="Deva", cfg=AcceptConfig(),
+              length_bounds=(0.0, 99.0))
+    assert judge("रोग बना टाइम्स ब्रांड", text_layer=garbled, **ok) == "text_layer_mismatch"
+    assert judge("रोग बनना टाइम्स ब्रांड", text_layer=garbled, **ok) is None
+    assert judge("रोग बना टाइम्स ब्रांड", **ok) is None  # a scan's line has no text layer to fit

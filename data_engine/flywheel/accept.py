@@ -11,6 +11,8 @@ failures first):
 * ``bad_chars`` / ``wrong_script`` / ``invalid_sequence``: the text is not plausible for the
   page's script (``trust.line_problem``, per line of a block), e.g. Latin letters on a
   Devanagari page.
+* ``text_layer_mismatch``: a refused text-layer line whose label does not fit its garbled text
+  (``trust.fits_text_layer``: the intact letters in order, a few code points per garbled glyph).
 * ``length_mismatch``: characters per box width (in box heights) outside the range seen on
   this language's seed patches (widened by ``length_slack``), or the defaults without seeds.
 * ``low_confidence``: mean token log-probability below the language's threshold: calibrated
@@ -33,11 +35,11 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from data_engine.config import Schema, setting
-from data_engine.flywheel.trust import line_problem
+from data_engine.flywheel.trust import fits_text_layer, line_problem
 from data_engine.metrics import cer_counts
 
 EMPTY, UNFINISHED, REPETITION = "empty", "unfinished", "repetition"
-LENGTH_MISMATCH, LOW_CONFIDENCE = "length_mismatch", "low_confidence"
+LENGTH_MISMATCH, LOW_CONFIDENCE, TEXT_LAYER_MISMATCH = "length_mismatch", "low_confidence", "text_layer_mismatch"
 
 
 @dataclass
@@ -133,9 +135,11 @@ def threshold_of(calibration: dict | None, fixed: float) -> float:
 
 
 def judge(text: str, *, confidence: float, finished: bool, bbox, script: str, cfg: AcceptConfig,
-          length_bounds: tuple[float, float] | None = None, min_confidence: float | None = None) -> str | None:
+          length_bounds: tuple[float, float] | None = None, min_confidence: float | None = None,
+          text_layer: str | None = None) -> str | None:
     """None (accept) or the rejection reason of one recognizer label (``min_confidence``: the
-    calibrated threshold, default ``cfg.min_confidence``)."""
+    calibrated threshold, default ``cfg.min_confidence``; ``text_layer``: the garbled text-layer
+    text of a refused line, which the label must fit)."""
     if not any(unicodedata.category(c)[0] in "LN" for c in text):
         return EMPTY
     if not finished:
@@ -146,6 +150,8 @@ def judge(text: str, *, confidence: float, finished: bool, bbox, script: str, cf
     problem = next(filter(None, (line_problem(line, script) for line in text.split("\n") if line.strip())), None)
     if problem:
         return problem
+    if text_layer and not fits_text_layer(text, text_layer, script):
+        return TEXT_LAYER_MISMATCH
     lo, hi = length_bounds or cfg.default_chars_per_height
     if not lo <= chars_per_height(text, bbox) <= hi:
         return LENGTH_MISMATCH

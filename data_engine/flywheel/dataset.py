@@ -220,9 +220,7 @@ def prepare_data(data_dir: Path, languages: dict, *, pdf_dir: Path, detector, dp
                         if t is not None:
                             seed_truth[spec].append((t, p.text))
                     refused += [dict(r, doc_id=f.doc_id, page=page.number, lang=lang.lang) for r in bad]
-                    new = [p for kind in kinds for p in cut_boxes(
-                        img, page.rect, [r["bbox"] for r in bad if r["kind"] == kind], page=page.number,
-                        source="textlayer_box", start=500, kind=kind, **common)]
+                    new = _refused_boxes(page, img, bad, kinds, common)
                     if collage > 0:  # the refused lines' words that are trustworthy on their own
                         pieces[spec].append((f.doc_id, _word_pieces(page, img, [p for p in new if p.kind == LINE],
                                                                      refused=True)))
@@ -313,6 +311,15 @@ def split_calibration(seed: list[Patch], n: int, max_share: float = 0.25) -> tup
             [p for p in seed if p.doc_id in held and p.kind == LINE])
 
 
+def _refused_boxes(page, img, bad: list[dict], kinds: tuple[str, ...], common: dict) -> list[Patch]:
+    """The refused text-layer lines (and block runs) cut at their boxes, to label; a line keeps
+    its garbled text (``extra.text_layer``), which its label must fit (``accept.judge``)."""
+    return [p for kind in kinds for p in cut_boxes(
+        img, page.rect, [r["bbox"] for r in bad if r["kind"] == kind], page=page.number, source="textlayer_box",
+        start=500, kind=kind, extras=[{"text_layer": r["text"]} if kind == LINE else {} for r in bad if r["kind"] == kind],
+        **common)]
+
+
 def _pool_like(page, img, detector, rtl: bool, kinds: tuple[str, ...], min_lines: int, page_truth: dict,
                common: dict) -> list[Patch]:
     """A calibration page cut as the pool is cut, labelled with its truth (box overlap; patches
@@ -320,9 +327,7 @@ def _pool_like(page, img, detector, rtl: bool, kinds: tuple[str, ...], min_lines
     detector's lines of the rendered page (``detector``, the page as if scanned). Calibrating on
     these, not on clean trusted lines, makes the threshold hold for the labels it lets through."""
     _, bad = cut_text_layer(page, img, rtl=rtl, kinds=kinds, **common)
-    cut = [p for kind in kinds for p in cut_boxes(img, page.rect, [r["bbox"] for r in bad if r["kind"] == kind],
-                                                  page=page.number, source="textlayer_box", start=500, kind=kind,
-                                                  **common)]
+    cut = _refused_boxes(page, img, bad, kinds, common)
     boxes = [b.bbox for b in detector.blocks(page, image=img)]
     regions = group_lines(boxes, min_lines=min_lines) if getattr(detector, "unit", None) == LINE else boxes
     cut += [p for kind in kinds for p in cut_boxes(img, page.rect, boxes if kind == LINE else regions,

@@ -136,20 +136,23 @@ def crop(page_img: Image.Image, page_rect: pymupdf.Rect, bbox, pad: float = 2.0)
 
 def cut_boxes(page_img: Image.Image, page_rect: pymupdf.Rect, boxes: Iterable, *, doc_id: str, page: int,
               lang: str, script: str, source: str, texts: Iterable[str] | None = None,
-              source_path: str = "", start: int = 0, kind: str = LINE) -> list[Patch]:
-    """One patch per box (PDF points); ``texts`` (same order) become labels when given.
+              source_path: str = "", start: int = 0, kind: str = LINE,
+              extras: Iterable[dict] | None = None) -> list[Patch]:
+    """One patch per box (PDF points); ``texts`` (same order) become labels when given,
+    ``extras`` (same order) the patches' extra metadata.
     Keys: ``{doc_id}_{page:05d}_{i:03d}`` for lines, ``..._b{i:03d}`` for blocks."""
     boxes = list(boxes)
     texts = list(texts) if texts is not None else [""] * len(boxes)
+    extras = list(extras) if extras is not None else [{} for _ in boxes]
     tag = "b" if kind == BLOCK else ""
     out = []
-    for i, (b, t) in enumerate(zip(boxes, texts), start):
+    for i, (b, t, x) in enumerate(zip(boxes, texts, extras), start):
         b = tuple(float(v) for v in b)
         if b[2] - b[0] < 2 or b[3] - b[1] < 2:
             continue
         out.append(Patch(f"{doc_id}_{page:05d}_{tag}{i:03d}", doc_id, page, b, lang, script, source, t,
-                         source_path, (page_rect.width, page_rect.height), image=crop(page_img, page_rect, b),
-                         kind=kind))
+                         source_path, (page_rect.width, page_rect.height), extra=dict(x),
+                         image=crop(page_img, page_rect, b), kind=kind))
     return out
 
 

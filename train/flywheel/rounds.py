@@ -164,7 +164,8 @@ class RoundRunner:
             reads = self.read(model, tok, lines)
             rows = [(conf, p.text, text, p.source) for p, (text, conf, fin) in zip(lines, reads)
                     if judge(text, confidence=0.0, finished=fin, bbox=p.bbox, script=p.script, cfg=ac,
-                             length_bounds=self.bounds[s], min_confidence=float("-inf")) is None]
+                             length_bounds=self.bounds[s], min_confidence=float("-inf"),
+                             text_layer=p.extra.get("text_layer")) is None]
             cal = calibrate([r[:3] for r in rows], ac.target_cer, ac.min_calibration)
             cal.update(held_out=len(lines), cer_all=corpus_cer((p.text, r[0]) for p, r in zip(lines, reads)))
             # per cut (refused text-layer box, detector line): the pool's lines of one cut are
@@ -217,7 +218,8 @@ class RoundRunner:
                             why = judge(text, confidence=conf, finished=fin, bbox=p.bbox, script=p.script,
                                         cfg=self.accept_cfg, length_bounds=self.bounds[self.spec_of(p)],
                                         min_confidence=thresholds[self.spec_of(p)].get(
-                                            p.source, thresholds[self.spec_of(p)]["*"]))
+                                            p.source, thresholds[self.spec_of(p)]["*"]),
+                                        text_layer=p.extra.get("text_layer"))
                             done[b].append({"key": p.key, "lang": p.lang, "text": text,
                                             "confidence": round(conf, 4), "finished": fin, "reason": why})
                         f.write(json.dumps({"batch": b, "rows": done[b]}, ensure_ascii=False) + "\n")
