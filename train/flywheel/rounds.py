@@ -344,7 +344,8 @@ class RoundRunner:
                               "accepted": sum(kind_of[r["key"]] == kind for r in acc)}
                        for kind in sorted({kind_of[r["key"]] for r in lang_rows})}
             langs[s] = {
-                "seed_patches": len(self.seed[s]), "trained_on_accepted": len(prior.get(s, [])),
+                "seed_patches": len(self.seed[s]),
+                "trained_on_accepted": len(prior.get(s, [])) if self.cfg.recognizer.train_on_accepted else 0,
                 "labelled": len(lang_rows), "accepted": len(acc), "rejected": len(rej), "by_kind": by_kind,
                 "rejected_by_reason": dict(Counter(r["reason"] for r in rej)),
                 "accepted_total": len(accepted.get(s, [])),
