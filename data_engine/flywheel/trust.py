@@ -94,25 +94,26 @@ def line_problem(text: str, script: str) -> str | None:
 GLYPH_CODE_POINTS = 6  # at most this many code points behind one garbled glyph (स्त्र: 5)
 
 
+def text_layer_pattern(text_layer: str, script: str) -> list[str | None]:
+    """A garbled text-layer line as a pattern: its intact characters (letters of ``script``,
+    digits, punctuation) in order, None for each garbled glyph (U+FFFD, a private-use, stand-in
+    or other-script character), which stands for 1 to ``GLYPH_CODE_POINTS`` code points of the
+    true text; spaces are left out (MuPDF splits words at garbled glyphs)."""
+    allowed = {script} | _SHARED.get(script, set()) | {None}
+    return [ch if not _is_bad(ch) and not _stand_in(ch) and char_script(ch) in allowed else None
+            for ch in unicodedata.normalize("NFC", text_layer) if not ch.isspace()]
+
+
 def fits_text_layer(read: str, text_layer: str, script: str) -> bool:
-    """Does a recognizer label agree with the garbled text-layer text of the same line? The
-    text layer's letters of ``script`` must appear in the label in their order; each garbled
-    glyph (U+FFFD, a private-use, stand-in or other-script character) stands for 1 to
-    ``GLYPH_CODE_POINTS`` code points of the label; spaces are ignored (MuPDF splits words at
-    garbled glyphs). A refused line's text layer is wrong only where it is garbled, so a label
-    that drops or changes one of its intact letters is wrong."""
+    """Does a recognizer label fit the garbled text-layer text of the same line
+    (``text_layer_pattern``)? A refused line's text layer is wrong only where it is garbled, so a
+    label that drops or changes one of its intact characters is wrong."""
     import re
 
-    allowed = {script} | _SHARED.get(script, set())
-    glyph = f".{{1,{GLYPH_CODE_POINTS}}}"
-    parts = []
-    for ch in unicodedata.normalize("NFC", text_layer):
-        if ch.isspace():
-            continue
-        intact = not _is_bad(ch) and not _stand_in(ch) and char_script(ch) in allowed | {None}
-        parts.append(re.escape(ch) if intact else glyph)
+    regex = "".join(re.escape(c) if c is not None else f".{{1,{GLYPH_CODE_POINTS}}}"
+                    for c in text_layer_pattern(text_layer, script))
     label = "".join(c for c in unicodedata.normalize("NFC", read) if not c.isspace())
-    return re.fullmatch("".join(parts), label, flags=re.DOTALL) is not None
+    return re.fullmatch(regex, label, flags=re.DOTALL) is not None
 
 
 # Presentation forms (Latin / Armenian / Hebrew ligatures U+FB00-U+FB4F, Arabic forms A U+FB50-U+FDFF

@@ -59,7 +59,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from data_engine.flywheel.canvas import is_rtl  # noqa: E402
+from data_engine.flywheel.trust import text_layer_pattern  # noqa: E402
 from models.ppocr_rec import PPOCRRec, PPOCRRecConfig, ctc_greedy, ppocr_rec_from_onnx, preprocess  # noqa: E402
+
+from .ctc_constrained import decode_with_text_layer  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -150,13 +153,16 @@ def script_mask(charset: Sequence[str], script: str) -> torch.Tensor:
 @torch.no_grad()
 def read_ppocr(model: PPOCRRec, crops: Sequence, *, rtl: Sequence[bool] | None = None,
                scripts: Sequence[str] | None = None, batch_size: int = 16,
-               cached: bool = False) -> list[tuple[str, float, float]]:
+               cached: bool = False, text_layers: Sequence[str | None] | None = None) -> list[tuple[str, float, float]]:
     """(text, mean log-prob of the emitted characters, min prob) per crop (PIL line images), in
     order; crops of similar width are batched together (less padding), as RapidOCR does.
     ``scripts``: each line's script; its output is restricted to that script (``script_mask``).
     ``cached``: the backbone's features come from (and go to) the process's feature cache
     (``BackboneFeatures``), as in training: the flywheel reads its gold, calibration and pool
-    lines again every round with the same frozen backbone."""
+    lines again every round with the same frozen backbone.
+    ``text_layers``: per crop the garbled text-layer text of a refused line (or None): such a
+    line is decoded on its text layer (``ctc_constrained``), the recognizer filling in only the
+    garbled glyphs; min prob is then 0."""
     rtl = list(rtl) if rtl is not None else [False] * len(crops)
     masks = {s: script_mask(model.charset, s) for s in set(scripts or ())}
     device = next(model.parameters()).device
@@ -182,6 +188,11 @@ def read_ppocr(model: PPOCRRec, crops: Sequence, *, rtl: Sequence[bool] | None =
             keep = (cls != 0) & torch.cat([torch.ones(1, dtype=torch.bool, device=cls.device), cls[1:] != cls[:-1]])
             conf = float(best[keep].mean()) if bool(keep.any()) else float("-inf")
             out[i] = (text, conf, pmin)
+            if text_layers is not None and text_layers[i]:
+                fit = decode_with_text_layer(logp[j], model.charset,
+                                             text_layer_pattern(text_layers[i], scripts[i] if scripts else ""))
+                if fit is not None:
+                    out[i] = (fit[0], fit[1], 0.0)
     model.train(was_training)
     return out
 

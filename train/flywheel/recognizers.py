@@ -93,15 +93,18 @@ class PPOCRRecognizer:
 
         return load_ppocr(model_dir), None
 
-    def read_images(self, model, tok, images, like) -> list[tuple[str, float, bool]]:
+    def read_images(self, model, tok, images, like, text_layers=None) -> list[tuple[str, float, bool]]:
         from .ppocr import read_ppocr
 
         reads = read_ppocr(model, images, rtl=[is_rtl(p.script) for p in like], scripts=[p.script for p in like],
-                           batch_size=self.fw.label.batch_size, cached=True)
+                           batch_size=self.fw.label.batch_size, cached=True, text_layers=text_layers)
         return [(text, conf, True) for text, conf, _ in reads]  # CTC always finishes
 
     def read(self, model, tok, patches) -> list[tuple[str, float, bool]]:
-        return self.read_images(model, tok, [p.image for p in patches], patches) if patches else []
+        """A refused text-layer line (``extra.text_layer``) is decoded on its garbled text layer
+        (``ctc_constrained``); gold and detector lines are read freely."""
+        return self.read_images(model, tok, [p.image for p in patches], patches,
+                                [p.extra.get("text_layer") for p in patches]) if patches else []
 
     def nll(self, model, tok, images, texts, like) -> float | None:
         from .ppocr import reference_ctc_nll
