@@ -144,3 +144,25 @@ def test_cached_reading_reads_as_the_whole_model(shipped, cyrillic_shard):
     assert all(crop_key(c, False) in _FEATURES["cache"] for c in crops)
     assert corpus_cer((w[0], c[0]) for w, c in zip(whole, cached)) <= 0.05, (whole, cached)
     assert read_ppocr(shipped, crops, scripts=["Cyrl"] * len(crops), cached=True) == cached
+
+
+def test_decoding_on_the_garbled_text_layer_keeps_its_intact_letters():
+    """A refused line is decoded on its text layer: greedy CTC drops the faint `a`, the
+    constrained prefix search must emit the text layer's intact `a` and `c` and fills the
+    garbled glyph from the recognizer; a pattern the frames cannot give is None."""
+    from data_engine.flywheel.trust import fits_text_layer, text_layer_pattern
+    from models.ppocr_rec import ctc_greedy
+    from train.flywheel.ctc_constrained import decode_with_text_layer
+
+    charset = ["<blank>", "a", "b", "c", "x", " "]
+    frames = [{0: 0.55, 1: 0.45}, {2: 0.9, 4: 0.1}, {0: 1.0}, {3: 1.0}, {0: 1.0}]  # (T=5, V=6) probabilities
+    probs = torch.full((5, 6), 1e-6)
+    for t, row in enumerate(frames):
+        for c, q in row.items():
+            probs[t, c] = q
+    logp = probs.log().log_softmax(-1)
+    garbled = "a\ufffdc"
+    assert ctc_greedy(logp[None], charset)[0][0] == "bc" and not fits_text_layer("bc", garbled, "Latn")
+    text, conf = decode_with_text_layer(logp, charset, text_layer_pattern(garbled, "Latn"))
+    assert text == "abc" and fits_text_layer(text, garbled, "Latn") and conf < 0
+    assert decode_with_text_layer(logp, charset, text_layer_pattern("xyz", "Latn")) is None
