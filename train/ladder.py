@@ -92,11 +92,11 @@ SPLIT_TITLES = {"heldout_fonts": "unseen font families", "heldout_seen_fonts": "
                 "heldout_sizes": "sizes outside the training range"}
 
 
-def build_data(rung: Rung, out: Path, seed: int = 0) -> dict:
+def build_data(rung: Rung, out: Path, seed: int = 0, splits: tuple[str, ...] = HELDOUT_SPLITS) -> dict:
     from data_engine.reading_pages import build_reading_dataset
 
     return build_reading_dataset(out, page_spec_of(rung), rung.train_pages, rung.heldout_pages, seed,
-                                 heldout=HELDOUT_SPLITS)
+                                 heldout=splits)
 
 
 def data_dir(rung: Rung, out: Path, seed: int = 0) -> Path:
@@ -247,10 +247,12 @@ def curve(run: Path, shards: str, mode: str, pages: int, total_steps: int, train
 
 def run_rung_at(rung: Rung, out: str | Path, *, seed: int = 0, from_run: str | Path | None = None,
                 curve_points: int = 5, eval_pages: int | None = None, progress=print,
-                chain_cpu_s: float = 0.0) -> dict:
+                chain_cpu_s: float = 0.0, splits: tuple[str, ...] = HELDOUT_SPLITS) -> dict:
+    """Build the rung's pages, train it, score it on the held-out ``splits`` (the first one,
+    unseen font families, with the controls and the untrained model); ``out/result.json``."""
     out = Path(out)
     t0 = time.time()
-    data = build_data(rung, data_dir(rung, out, seed), seed)
+    data = build_data(rung, data_dir(rung, out, seed), seed, splits)
     if rung.stage == 1 and from_run:  # a curriculum step trains and is read with the earlier run's tokenizer
         data = {**data, "tokenizer": run_tokenizer(Path(from_run))}
     data_s = time.time() - t0
@@ -268,7 +270,7 @@ def run_rung_at(rung: Rung, out: str | Path, *, seed: int = 0, from_run: str | P
     from train.eval.loading import last_loss_ratio
 
     ratio = last_loss_ratio(run_dir)  # held-out loss real / blank pages: reported, never the verdict
-    for split in HELDOUT_SPLITS:
+    for split in splits:
         first = split == "heldout_fonts"
         s = score(model, data[split], rung.mode, pages, tokenizer=data["tokenizer"], labels=labels, untrained=first,
                   blank=first, seed=seed, loss_ratio=ratio if first else None)
@@ -341,7 +343,7 @@ def table_lines(res: dict) -> list[str]:
              f"held-out pages in {SPLIT_TITLES['heldout_fonts']} ({main['pages']} pages):"]
     extra = [("before training (same model, fresh init)", main["untrained"])] if main.get("untrained") else []
     lines += reading_lines(main, title="trained", extra=extra)
-    for split in HELDOUT_SPLITS[1:]:
+    for split in [k for k in HELDOUT_SPLITS[1:] if k in res["splits"]]:
         s = res["splits"][split]
         lines.append(f"  {SPLIT_TITLES[split]:44s}: CER {s['cer']:.3f}, word accuracy {s['word_accuracy']:.3f} "
                      f"(wrong-page CER {s['wrong_page']['cer']:.3f})")
