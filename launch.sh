@@ -13,12 +13,14 @@ Usage: ./launch.sh <command|recipe> [hydra overrides...]
 
 Commands
   demo [overrides]     The embedded default, end to end on this machine (CPU, tiny model,
-                       2 cores): synthetic document PDFs -> data engine -> shards + the other
-                       sources; reading pages (random capitals and digits, many fonts, any
-                       position and size) -> engine -> stage 1 from scratch -> stage 2 (pipeline
-                       parallel over CPU processes) -> export -> the reading table on pages in
-                       unseen font families: after training, before training, blank pages,
-                       wrong-page reference, constant output. Output: runs/demo (DEMO_DIR=...).
+                       2 cores, ~15 min): synthetic document PDFs -> data engine -> shards + the
+                       other sources (in the background); reading pages (random capitals and
+                       digits, 35 faces) -> engine -> stage 1 from scratch, the reading ladder's
+                       A1 -> A2 -> stage 2 (pipeline parallel over CPU processes) from their
+                       encoder -> export -> per model, CER on pages in unseen font designs beside
+                       before training, blank pages, wrong-page reference, constant output, the
+                       verdict. Output: runs/demo (DEMO_DIR=...); DEMO_A1_STEPS, DEMO_A2_STEPS,
+                       DEMO_STAGE2_STEPS, DEMO_TRAIN_PAGES, DEMO_HELDOUT_PAGES change its size.
                        Real text instead of pseudo-text: DEMO_CORPUS=/path/to/udhr ./launch.sh demo
   flywheel [overrides] Model-flywheel rounds for minority languages on the embedded default
                        (synthetic Latin + Devanagari line pages; CPU): fitz patches -> recognizer
@@ -267,7 +269,7 @@ run_demo() {
   echo "[demo 6/8] stage 2 from A2's encoder (tiny DeepSeek-OCR, MoE decoder, PP=2 over 2 CPU processes," \
        "A2's pages) -> $lad/rung_C-grid"
   python -m train.ladder --rung C-grid --out "$lad/rung_C-grid" "${pages[@]}" \
-    --steps "${DEMO_STAGE2_STEPS:-300}" --from-run "$lad/rung_A2/run" "$@"
+    --steps "${DEMO_STAGE2_STEPS:-400}" --from-run "$lad/rung_A2/run" "$@"
   python -m train.plots "$lad/rung_A2/run/metrics.jsonl" "$lad/rung_C-grid/run/metrics.jsonl" \
     --out "$dir/loss_curve.png" >/dev/null \
     && echo "[demo] loss curves (train, held-out real vs blank images): $dir/loss_curve.png"

@@ -1,9 +1,9 @@
 """Reading pages (data_engine/reading_pages.py): held out by construction (font designs, sizes,
 words), placed anywhere on the page, and labelled by the real engine with the drawn text.
 
-Fonts missing on this machine (scripts/setup_fonts.sh) skip with the reason. A short training that
-reads these pages is in the slow set (A1, not reproducible yet); rung A in small (train/ladder.py SMALL_A)
-did not read unseen fonts within 1,000 steps (docs/training.md, the reading ladder).
+Fonts missing on this machine (scripts/setup_fonts.sh) skip with the reason. The last test trains
+rung A's first curriculum step (A1) for 1,200 steps and scores it on pages in font designs never
+trained (docs/training.md, the reading ladder).
 """
 
 from __future__ import annotations
@@ -175,14 +175,13 @@ def test_rung_a_is_a_curriculum_chain():
         chain("A", loop)
 
 
-@pytest.mark.slow
 def test_short_rung_a_training_reads_unseen_fonts(tmp_path):
-    """Rung A's first curriculum step, short (train/ladder.py A1: 2 x 2 capitals, one per vision
-    token of the nano view, 35 trained faces): scored on held-out pages in the 3 font designs
-    never trained, its CER is clearly below the wrong-page CER and its letters are right well
-    above chance. Slow, not in the default set: two identical 1,200-step runs (~200 CPU-s each,
-    1 thread) gave unseen-font CER 0.650 and 0.825 against wrong-page 0.944 and 0.969, and one
-    900-step run missed the bound: the run is not reproducible yet (docs/training.md)."""
+    """Rung A's first curriculum step, short (train/ladder.py A1: 2 x 2 capitals and digits, one
+    per vision token of the nano view, moved up to 20 px, 35 trained faces, tiny-reader): on
+    held-out pages in the 3 font designs never trained its CER is clearly below the wrong-page
+    CER, the blank-page row and the constant output, and its letters are right well above chance.
+    Deterministic for a given machine and library build (the record order no longer depends on
+    the data's folder); ~4 CPU-min at 1 thread."""
     _need_fonts()
     from train.ladder import RUNGS, run_rung_at, with_steps
 
@@ -193,10 +192,11 @@ def test_short_rung_a_training_reads_unseen_fonts(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model: a second thread only spins (and costs 2x the CPU on a busy machine)
     try:
-        res = run_rung_at(rung, tmp_path / "A1", curve_points=0, progress=lambda *_: None)
+        res = run_rung_at(rung, tmp_path / "A1", curve_points=0, progress=lambda *_: None,
+                          splits=("heldout_fonts",))
     finally:
         torch.set_num_threads(threads)
     s = res["splits"]["heldout_fonts"]
-    assert s["cer"] <= 0.9 * s["wrong_page"]["cer"], res["table"]
+    assert s["cer"] <= 0.85 * s["wrong_page"]["cer"], res["table"]
     assert s["checks"]["words_above_chance"], res["table"]
-    assert s["cer"] < s["blank"]["cer"] - 0.05 and s["cer"] < s["constant"]["cer"] - 0.05, res["table"]
+    assert s["cer"] < s["blank"]["cer"] - 0.1 and s["cer"] < s["constant"]["cer"] - 0.1, res["table"]
