@@ -136,6 +136,35 @@ def test_grid_pages_put_one_letter_per_token_cell():
         page_spec("words", layout="grid")
 
 
+def test_rows_pages_centre_each_line_in_its_own_token_row():
+    """Between grid and free pages: letters at the font's own advance (no spaces), each line
+    anywhere along its own row of 64 px tokens, its letters' middle within the jitter of the row's."""
+    _need_fonts()
+    from data_engine.reading_pages import _line_width, draw_page
+
+    spec = page_spec("caps", size=128.0, layout="rows", chars=(2, 5), max_lines=2, font_sizes=(40.0, 64.0),
+                     jitter=16.0)
+    faces, rng = available_faces(spec.families), random.Random(2)
+    for _ in range(200):
+        d = draw_page(rng, spec, faces)
+        rows = []
+        for x, base, text in d["lines"]:
+            assert " " not in text and 0 < x and x + _line_width(text, d["font"], d["fontsize"]) < spec.size
+            middle = base - 0.35 * d["fontsize"]  # capitals' middle (cap height ~0.7 em)
+            row = int(middle // spec.cell)
+            assert abs(middle - (row + 0.5) * spec.cell) <= spec.jitter + 1e-6 or base in (0.75 * d["fontsize"], spec.size - 1.0)
+            rows.append(row)
+        assert rows == sorted(set(rows)) and 2 <= sum(len(ln[2]) for ln in d["lines"]) <= 5
+
+
+def test_word_pages_draw_from_their_split_only():
+    """Word pages of the held-out split use held-out words only, training pages never one."""
+    from data_engine.reading_pages import split_words
+
+    train, held = set(split_words("train")), set(split_words("heldout"))
+    assert train and held and not train & held and all(word_split(w) == "heldout" for w in held)
+
+
 def test_grid_page_labels_are_the_drawn_letters(tmp_path):
     """Through the real engine, grid pages are labelled with their letters a space apart; MuPDF
     may join two lines of adjacent rows (measured: 9 of 300 pages), never more than 1 in 10."""
