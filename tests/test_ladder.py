@@ -190,13 +190,13 @@ def test_grid_page_labels_are_the_drawn_letters(tmp_path):
 
 
 def test_rung_a_is_a_curriculum_chain():
-    """Rung A continues A3, A2, A1 (each from the previous run's weights); a rung naming an
+    """Rung A continues A3, A2r, A2, A1 (each from the previous run's weights); a rung naming an
     unknown or circular predecessor is refused by name."""
     from dataclasses import replace
 
     from train.ladder import RUNGS, chain
 
-    assert [r.name for r in chain("A")] == ["A1", "A2", "A3", "A"]
+    assert [r.name for r in chain("A")] == ["A1", "A2", "A2r", "A3", "A"]
     assert chain("A1") == [RUNGS["A1"]] and RUNGS["A"].budget_cpu_min == 30 and RUNGS["A"].target_cer == 0.10
     assert all(r.stage == 1 for r in chain("A"))
     loop = {**RUNGS, "A1": replace(RUNGS["A1"], after="A")}

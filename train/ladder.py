@@ -62,11 +62,16 @@ RUNGS = {
     "A2": Rung("A2", "caps", "reading_caps", 1, "nano", steps=1000, train_pages=3000, target_cer=None,
                budget_cpu_min=None, heldout_pages=60, page=(*_NANO, *_GRID, ("chars", (2, 4))),
                overrides=("data.seq_len=48",), after="A1"),
-    # A3: 2-5 letters at the font's own advance, each line anywhere on the nano page
+    # A2r: 2-5 letters at the font's own advance, each line anywhere along its own row of tokens
+    "A2r": Rung("A2r", "caps", "reading_caps", 1, "nano", steps=1500, train_pages=3000, target_cer=None,
+                budget_cpu_min=None, heldout_pages=60,
+                page=(*_NANO, ("layout", "rows"), ("chars", (2, 5)), ("font_sizes", (40.0, 64.0)), ("jitter", 16.0)),
+                overrides=("data.seq_len=48",), after="A2"),
+    # A3: the same letters with each line anywhere on the nano page
     "A3": Rung("A3", "caps", "reading_caps", 1, "nano", steps=1500, train_pages=3000, target_cer=None,
                budget_cpu_min=None, heldout_pages=60,
                page=(*_NANO, ("chars", (2, 5)), ("font_sizes", (40.0, 64.0))),
-               overrides=("data.seq_len=48",), after="A2"),
+               overrides=("data.seq_len=48",), after="A2r"),
     # capitals and digits, 4-16 per page, any font / position / size, micro view (4 x 4 tokens)
     "A": Rung("A", "caps", "reading_caps", 1, "micro", steps=2400, train_pages=6000, target_cer=0.10,
               budget_cpu_min=30, page=(("font_sizes", (48.0, 80.0)),), after="A3"),
