@@ -13,12 +13,14 @@ Usage: ./launch.sh <command|recipe> [hydra overrides...]
 
 Commands
   demo [overrides]     The embedded default, end to end on this machine (CPU, tiny model,
-                       2 cores): synthetic document PDFs -> data engine -> shards + the other
-                       sources; reading pages (random capitals and digits, many fonts, any
-                       position and size) -> engine -> stage 1 from scratch -> stage 2 (pipeline
-                       parallel over CPU processes) -> export -> the reading table on pages in
-                       unseen font families: after training, before training, blank pages,
-                       wrong-page reference, constant output. Output: runs/demo (DEMO_DIR=...).
+                       2 cores, ~15 min): synthetic document PDFs -> data engine -> shards + the
+                       other sources (in the background); reading pages (random capitals and
+                       digits, 35 faces) -> engine -> stage 1 from scratch, the reading ladder's
+                       A1 -> A2 -> stage 2 (pipeline parallel over CPU processes) from their
+                       encoder -> export -> per model, CER on pages in unseen font designs beside
+                       before training, blank pages, wrong-page reference, constant output, the
+                       verdict. Output: runs/demo (DEMO_DIR=...); DEMO_A1_STEPS, DEMO_A2_STEPS,
+                       DEMO_STAGE2_STEPS, DEMO_TRAIN_PAGES, DEMO_HELDOUT_PAGES change its size.
                        Real text instead of pseudo-text: DEMO_CORPUS=/path/to/udhr ./launch.sh demo
   flywheel [overrides] Model-flywheel rounds for minority languages on the embedded default
                        (synthetic Latin + Devanagari line pages; CPU): fitz patches -> recognizer
@@ -227,68 +229,80 @@ run_demo() {
   fi
   # Part A: the data engine on documents (multilingual synthetic PDFs: coarse + fine labels) and
   # the paper's other sources; the shards feed `./launch.sh smoke` / `smoke_stage2` and your runs.
-  echo "[demo 1/8] synthetic document PDFs -> $dir/pdfs"
-  python -m data_engine.synthetic --out "$dir/pdfs" "${corpus_args[@]}" --docs "${DEMO_DOCS:-6}" --pages 2 --seed 0
+  # It runs beside part B's first training (one process: the second core is free), logged to
+  # $dir/documents.log and awaited before stage 2.
+  echo "[demo 1/8] in the background (log: $dir/documents.log): synthetic document PDFs -> $dir/pdfs," \
+       "data engine (coarse + fine labels) -> $dir/engine/shards, data sources -> $dir/sources, their tokenizer"
+  demo_documents "$dir" "${corpus_args[@]}" >"$dir/documents.log" 2>&1 &
+  local documents_pid=$!
 
-  echo "[demo 2/8] data engine (coarse + fine labels) -> $dir/engine/shards"
-  python -m data_engine.cli "input=$dir/pdfs" "out=$dir/engine" data_engine.progress=false data_engine.dpi=72 \
-    "data_engine.labels=[coarse,fine]"
-
-  # OCR 2.0 (charts, chemistry, geometry), formulas, tables, scene text and grounding (general
-  # vision, from the engine's layout boxes): the rest of the paper's mix (docs/sources.md)
-  echo "[demo 3/8] data sources -> $dir/sources; BPE tokenizer for them -> $dir/tokenizer"
-  python -m data_engine.sources.embedded --out "$dir/sources" --count "${DEMO_SOURCE_COUNT:-24}" \
-    --scene-count "${DEMO_SCENE_COUNT:-8}" --engine-shards "$dir/engine/shards/*.tar" >/dev/null
-  python -m data_engine.tokenizer_train --shards "$dir/engine/shards/*.tar" --shards "$dir/sources/*/shards/*.tar" \
-    --out "$dir/tokenizer" --vocab-size "${DEMO_VOCAB:-1024}"
-
-  # Part B: training that reads within a CPU budget. Full pages cannot be learnt in minutes on
-  # 2 cores; easy pages (large random letters, data_engine/easy_pages.py) can, and random letters
-  # leave nothing to guess without the image. Same engine, same trainers, same evaluation.
-  local easy="$dir/reading"
-  echo "[demo 4/8] easy pages (PDF -> engine -> shards): train $easy/train, held-out $easy/heldout"
-  mkdir -p "$easy"
-  python -m data_engine.easy_pages --out "$easy" --train-pages "${DEMO_TRAIN_PAGES:-1600}" \
-    --heldout-pages "${DEMO_HELDOUT_PAGES:-64}" >"$easy/build.log" 2>&1 || { tail -n 30 "$easy/build.log" >&2; exit 1; }
-  local common=("model.tokenizer=$easy/tokenizer" "data.shards=[$easy/train/engine/shards/*.tar]"
-                "train.reliance.shards=[$easy/heldout/engine/shards/*.tar]")
-
-  echo "[demo 5/8] stage 1 from scratch (DeepEncoder + 128-wide OPT, ZeRO-1, gloo) -> $dir/stage1"
-  run_train reading_cpu "${common[@]}" "train.out_dir=$dir/stage1" "train.steps=${DEMO_STAGE1_STEPS:-400}" "$@"
-  python -m train.plots "$dir/stage1/metrics.jsonl" --out "$dir/loss_curve_stage1.png" >/dev/null \
+  # Part B: a model that reads letters it was never drawn on, in a CPU budget: the first two steps
+  # of the reading ladder's curriculum (train/ladder.py, docs/training.md) in stage 1, then stage 2
+  # from their encoder. Pages: random capitals and digits in 35 faces of 8 font families; every
+  # table scores held-out pages in 3 font designs never trained (and trained fonts, smaller sizes).
+  local lad="$dir/reading"
+  # one thread per process: part A and the next pages run beside each training (stage 2 runs its
+  # 2 pipeline processes at 1 thread each); two threads per process spin on 2 busy cores
+  export OMP_NUM_THREADS="${user_threads:-1}"
+  local pages=(--train-pages "${DEMO_TRAIN_PAGES:-2000}" --heldout-pages "${DEMO_HELDOUT_PAGES:-60}")
+  mkdir -p "$lad"
+  echo "[demo 2/8] reading pages of rung A1 (PDF -> engine -> shards + tokenizer) -> $lad"
+  python -m train.ladder --rung A1 --out "$lad/rung_A1" "${pages[@]}" --data-only >"$lad/pages_A1.log" 2>&1 \
+    || { tail -n 30 "$lad/pages_A1.log" >&2; exit 1; }
+  echo "[demo 3/8] stage 1 from scratch, rung A1: 2 x 2 letters, one per vision token of the nano view" \
+       "(moved up to 20 px) -> $lad/rung_A1"
+  # the next rung's pages are made meanwhile, on the core this training leaves free
+  python -m train.ladder --rung A2 --out "$lad/rung_A2" "${pages[@]}" --data-only >"$lad/pages_A2.log" 2>&1 &
+  local pages_pid=$!
+  python -m train.ladder --rung A1 --out "$lad/rung_A1" "${pages[@]}" --steps "${DEMO_A1_STEPS:-1500}" "$@"
+  wait "$pages_pid" || { tail -n 30 "$lad/pages_A2.log" >&2; exit 1; }
+  echo "[demo 4/8] stage 1, rung A2 (continues A1): 2-4 letters in any cells -> $lad/rung_A2"
+  python -m train.ladder --rung A2 --out "$lad/rung_A2" "${pages[@]}" --steps "${DEMO_A2_STEPS:-1000}" \
+    --from-run "$lad/rung_A1/run" "$@"
+  python -m train.plots "$lad/rung_A1/run/metrics.jsonl" "$lad/rung_A2/run/metrics.jsonl" \
+    --out "$dir/loss_curve_stage1.png" >/dev/null \
     && echo "[demo] stage-1 loss curves (train, held-out real vs blank images): $dir/loss_curve_stage1.png"
 
-  echo "[demo 6/8] stage 2 (tiny DeepSeek-OCR with MoE decoder, PP=2 over 2 CPU processes) -> $dir/stage2"
-  OMP_NUM_THREADS="$user_threads" run_train reading_cpu_stage2 "${common[@]}" "train.out_dir=$dir/stage2" \
-    "model.encoder_from=$dir/stage1/encoder.safetensors" "train.steps=${DEMO_STAGE2_STEPS:-300}" "$@"
+  wait "$documents_pid" || { echo "[demo] the document part failed:" >&2; tail -n 30 "$dir/documents.log" >&2; exit 1; }
+  echo "[demo 5/8] the document part (background) is done: shards $dir/engine/shards, sources $dir/sources," \
+       "tokenizer $dir/tokenizer"
+  echo "[demo 6/8] stage 2 from A2's encoder (tiny DeepSeek-OCR, MoE decoder, PP=2 over 2 CPU processes," \
+       "A2's pages) -> $lad/rung_C-grid"
+  python -m train.ladder --rung C-grid --out "$lad/rung_C-grid" "${pages[@]}" \
+    --steps "${DEMO_STAGE2_STEPS:-400}" --from-run "$lad/rung_A2/run" "$@"
+  python -m train.plots "$lad/rung_A2/run/metrics.jsonl" "$lad/rung_C-grid/run/metrics.jsonl" \
+    --out "$dir/loss_curve.png" >/dev/null \
+    && echo "[demo] loss curves (train, held-out real vs blank images): $dir/loss_curve.png"
 
-  python -m train.plots "$dir/stage1/metrics.jsonl" "$dir/stage2/metrics.jsonl" --out "$dir/loss_curve.png" \
-    >/dev/null && echo "[demo] loss curves (train, held-out real vs blank images): $dir/loss_curve.png"
-
-  echo "[demo 7/8] export (stage 2 writes the final model in the published layout)"
-  local export="$dir/stage2/model"
+  local export="$lad/rung_C-grid/run/model"
+  echo "[demo 7/8] export (stage 2 writes the final model in the published layout) -> $export"
   [[ -f "$export/config.json" ]] || { echo "[demo] no exported model at $export" >&2; exit 1; }
-
-  echo "[demo 8/8] evaluation on held-out easy pages: before training, after training, image-blind"
-  # one thread: greedy decoding of a tiny model is latency-bound, a second thread only contends
-  OMP_NUM_THREADS=1 python -m train.evaluate --model "$dir/stage1" --shards "$easy/heldout/engine/shards/*.tar" \
-    --pages "${DEMO_EVAL_PAGES:-64}" --modes nano --untrained --out "$dir/eval_stage1" >"$dir/eval_stage1.txt" 2>&1 \
-    && echo "[demo] stage 1 (DeepEncoder + OPT): held-out CER $(awk '/after training/ {print $3}' "$dir/eval_stage1.txt")" \
-            "after training, $(awk '/image-blind/ {print $4}' "$dir/eval_stage1.txt") image-blind ($dir/eval_stage1/report.md)"
-  echo "[demo] stage 2 export (the whole model):"
-  OMP_NUM_THREADS=1 python -m train.evaluate --model "$export" --tokenizer "$easy/tokenizer" \
-    --shards "$easy/heldout/engine/shards/*.tar" --pages "${DEMO_EVAL_PAGES:-64}" --modes nano \
-    --untrained --out "$dir/eval" 2>/dev/null
+  echo "[demo 8/8] reading on held-out pages in unseen font designs (tables above; result.json per rung)"
+  python -m train.ladder --summary "$lad/rung_A1" "$lad/rung_A2" "$lad/rung_C-grid"
 
   cat <<EOF
 
 [demo] done in $(( SECONDS - t0 ))s
-  reading runs (stage 1 / stage 2, metrics.jsonl, wandb offline): $dir/stage1  $dir/stage2
-  checkpoint (published layout + config.json):                    $export
-  evaluation reports (tables, plots): $dir/eval/report.md  $dir/eval_stage1/report.md
+  reading runs (stage 1 A1, A2; stage 2; metrics.jsonl, wandb offline): $lad/rung_{A1,A2,C-grid}/run
+  checkpoint (published layout + config.json):                         $export
+  reading tables (result.json, the tables printed above):              $lad/rung_{A1,A2,C-grid}/result.json
   document shards (coarse + fine, report.json): $dir/engine/shards; sources: $dir/sources;
   their tokenizer: $dir/tokenizer (./launch.sh smoke trains on them)
 EOF
+}
+
+# the demo's part A: documents -> data engine -> shards, the other sources, their tokenizer
+demo_documents() {
+  local dir="$1"; shift
+  python -m data_engine.synthetic --out "$dir/pdfs" "$@" --docs "${DEMO_DOCS:-6}" --pages 2 --seed 0
+  python -m data_engine.cli "input=$dir/pdfs" "out=$dir/engine" data_engine.progress=false data_engine.dpi=72 \
+    "data_engine.labels=[coarse,fine]"
+  # OCR 2.0 (charts, chemistry, geometry), formulas, tables, scene text and grounding (general
+  # vision, from the engine's layout boxes): the rest of the paper's mix (docs/sources.md)
+  python -m data_engine.sources.embedded --out "$dir/sources" --count "${DEMO_SOURCE_COUNT:-24}" \
+    --scene-count "${DEMO_SCENE_COUNT:-8}" --engine-shards "$dir/engine/shards/*.tar" >/dev/null
+  python -m data_engine.tokenizer_train --shards "$dir/engine/shards/*.tar" --shards "$dir/sources/*/shards/*.tar" \
+    --out "$dir/tokenizer" --vocab-size "${DEMO_VOCAB:-1024}"
 }
 
 # ---------------------------------------------------------------------------------- help

@@ -26,7 +26,7 @@ families never trained, against the wrong-page control, blank pages, the constan
 the untrained model (data_engine/reading_metrics.py), plus held-out pages in the trained fonts
 and at sizes outside the training range, and a CER-vs-CPU-time curve over the checkpoints:
 
-    python benchmarks/bench_reading.py --rung A     # caps + digits after A1 -> A2 -> A3: CER <= 0.10, chain <= 30 CPU-min
+    python benchmarks/bench_reading.py --rung A     # caps + digits after A1 -> A2 -> A2r -> A3: CER <= 0.10, chain <= 30 CPU-min
     python benchmarks/bench_reading.py --rung C     # stage 2 (MoE, PP=2) from rung A's encoder: <= 0.15
     python benchmarks/bench_reading.py --rung B     # words: CER <= 0.30, word accuracy >= 0.5, 60 CPU-min
 """

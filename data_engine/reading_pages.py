@@ -31,6 +31,7 @@ builds the training split, the held-out splits and a tokenizer (``build_reading_
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import random
@@ -117,6 +118,7 @@ def _font(name: str) -> pymupdf.Font:
 
 
 @lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=4)
 def english_words(n: int = 20000) -> tuple[str, ...]:
     """The ``n`` most frequent English words of ``wordfreq`` that are plain letters, 2-10 long."""
     from wordfreq import top_n_list
@@ -127,6 +129,12 @@ def english_words(n: int = 20000) -> tuple[str, ...]:
 def word_split(word: str) -> str:
     """"train" or "heldout" by a hash of the lower-cased word: one in eight words is held out."""
     return "heldout" if hashlib.sha1(word.lower().encode()).digest()[0] % 8 == 0 else "train"
+
+
+@functools.lru_cache(maxsize=4)
+def split_words(split: str) -> tuple[str, ...]:
+    """The words of ``english_words`` in one split (built once: a page draws from it)."""
+    return tuple(w for w in english_words() if word_split(w) == split)
 
 
 CAPS_LINE_GAP, WORDS_LINE_GAP = (0.85, 1.5), (1.1, 1.8)
@@ -148,7 +156,9 @@ class ReadingSpec:
     alphabet: str = CAPS_ALPHABET
     # "free": each line anywhere, letters at the font's own advance; "grid" (caps only, the
     # curriculum's first step): one letter per ``cell``-px vision token, each line moved by up
-    # to ``jitter`` px in x (the page's lines together in y), letters a space apart in the text (so the label has them too)
+    # to ``jitter`` px in x (the page's lines together in y), letters a space apart in the text (so the label has them too);
+    # "rows" (caps only, between the two): letters at the font's own advance, each line anywhere
+    # along its row of tokens but centred in it (moved by up to ``jitter`` px in y, the page's lines together)
     layout: str = "free"
     cell: float = 64.0
     jitter: float = 20.0
@@ -157,16 +167,16 @@ class ReadingSpec:
     def __post_init__(self) -> None:
         if self.kind not in ("caps", "words"):
             raise ValueError(f"reading pages are 'caps' or 'words', got {self.kind!r}")
-        if self.layout not in ("free", "grid") or (self.layout == "grid" and self.kind != "caps"):
-            raise ValueError(f"layout is 'free' or 'grid' (caps only), got {self.layout!r} for {self.kind!r}")
-        if self.layout == "grid" and not (0 <= self.jitter < self.cell / 2 and self.cell <= self.size):
+        if self.layout not in ("free", "grid", "rows") or (self.layout != "free" and self.kind != "caps"):
+            raise ValueError(f"layout is 'free', 'grid' or 'rows' (caps only), got {self.layout!r} for {self.kind!r}")
+        if self.layout != "free" and not (0 <= self.jitter < self.cell / 2 and self.cell <= self.size):
             raise ValueError(f"grid jitter must lie in [0, cell/2) and the cell fit the page, got "
                              f"jitter {self.jitter}, cell {self.cell}, page {self.size}")
         if not (1 <= self.chars[0] <= self.chars[1]) or not (1 <= self.words[0] <= self.words[1]):
             raise ValueError(f"letter and word counts need 1 <= min <= max, got {self.chars}, {self.words}")
-        top = 1.25 * self.cell if self.layout == "grid" else self.size / 2  # a grid letter fills its cell
+        top = 1.25 * self.cell if self.layout != "free" else self.size / 2  # a grid letter fills its cell
         if not (4 <= self.font_sizes[0] <= self.font_sizes[1] <= top):
-            raise ValueError(f"font sizes must lie in [4, {top:g}] ({'1.25 x cell' if self.layout == 'grid' else 'size/2'}), "
+            raise ValueError(f"font sizes must lie in [4, {top:g}] ({'1.25 x cell' if self.layout != 'free' else 'size/2'}), "
                              f"got {self.font_sizes}")
         if self.line_gap is None:  # capitals have no descenders: their lines may sit closer
             object.__setattr__(self, "line_gap", CAPS_LINE_GAP if self.kind == "caps" else WORDS_LINE_GAP)
@@ -207,7 +217,7 @@ def _page_lines(rng: random.Random, spec: ReadingSpec, font: str, fontsize: floa
         text = "".join(rng.choice(spec.alphabet) for _ in range(n))
         lines = [text[a:b] for a, b in zip([0, *cuts], [*cuts, n])]
     else:
-        vocab = [w for w in english_words() if word_split(w) == spec.word_split]
+        vocab = split_words(spec.word_split)
         words = [_cased(rng, rng.choice(vocab)) for _ in range(rng.randint(*spec.words))]
         lines, cur = [], ""
         for w in words:  # greedy fill, then a random early break keeps line lengths varied
@@ -252,6 +262,24 @@ def _grid_page(rng: random.Random, spec: ReadingSpec, font: str, fontsize: float
     return placed
 
 
+def _rows_page(rng: random.Random, spec: ReadingSpec, font: str, fontsize: float) -> list[tuple] | None:
+    """Lines of a rows page: (x, baseline, text), each line in its own row of vision tokens,
+    centred in it (the page's lines moved together by up to ``jitter`` in y) and anywhere along
+    it; None when the letters do not fit."""
+    rows = int(spec.size // spec.cell)
+    lines = _page_lines(rng, replace(spec, max_lines=min(spec.max_lines, rows)), font, fontsize)
+    if lines is None:
+        return None
+    dy = rng.uniform(-spec.jitter, spec.jitter)
+    placed = []
+    for row, ln in zip(sorted(rng.sample(range(rows), len(lines))), lines):
+        w = _line_width(ln, font, fontsize)
+        x = rng.uniform(0.02 * spec.size, 0.98 * spec.size - w)
+        baseline = min(max(row * spec.cell + spec.cell / 2 + 0.35 * fontsize + dy, 0.75 * fontsize), spec.size - 1.0)
+        placed.append((x, baseline, ln))
+    return placed
+
+
 def draw_page(rng: random.Random, spec: ReadingSpec, faces: list[tuple[str, str, str]]) -> dict:
     """Pick a face, a size and a text that fits; place each line at its own random offset."""
     if spec.layout == "grid":
@@ -259,6 +287,14 @@ def draw_page(rng: random.Random, spec: ReadingSpec, faces: list[tuple[str, str,
         fontsize = rng.uniform(*spec.font_sizes)
         return {"family": family, "style": style, "font": font, "fontsize": round(fontsize, 2),
                 "lines": _grid_page(rng, spec, font, fontsize)}
+    if spec.layout == "rows":
+        for _ in range(100):
+            family, style, font = rng.choice(faces)
+            fontsize = rng.uniform(*spec.font_sizes)
+            lines = _rows_page(rng, spec, font, fontsize)
+            if lines is not None:
+                return {"family": family, "style": style, "font": font, "fontsize": round(fontsize, 2), "lines": lines}
+        raise RuntimeError(f"no text fits a {spec.size:g} pt page at sizes {spec.font_sizes}: widen the page")
     for _ in range(100):
         family, style, font = rng.choice(faces)
         fontsize = rng.uniform(*spec.font_sizes)

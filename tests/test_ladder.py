@@ -1,9 +1,9 @@
 """Reading pages (data_engine/reading_pages.py): held out by construction (font designs, sizes,
 words), placed anywhere on the page, and labelled by the real engine with the drawn text.
 
-Fonts missing on this machine (scripts/setup_fonts.sh) skip with the reason. A short training that
-reads these pages is in the slow set (A1, not reproducible yet); rung A in small (train/ladder.py SMALL_A)
-did not read unseen fonts within 1,000 steps (docs/training.md, the reading ladder).
+Fonts missing on this machine (scripts/setup_fonts.sh) skip with the reason. The last test trains
+rung A's first curriculum step (A1) for 1,200 steps and scores it on pages in font designs never
+trained (docs/training.md, the reading ladder).
 """
 
 from __future__ import annotations
@@ -136,6 +136,35 @@ def test_grid_pages_put_one_letter_per_token_cell():
         page_spec("words", layout="grid")
 
 
+def test_rows_pages_centre_each_line_in_its_own_token_row():
+    """Between grid and free pages: letters at the font's own advance (no spaces), each line
+    anywhere along its own row of 64 px tokens, its letters' middle within the jitter of the row's."""
+    _need_fonts()
+    from data_engine.reading_pages import _line_width, draw_page
+
+    spec = page_spec("caps", size=128.0, layout="rows", chars=(2, 5), max_lines=2, font_sizes=(40.0, 64.0),
+                     jitter=16.0)
+    faces, rng = available_faces(spec.families), random.Random(2)
+    for _ in range(200):
+        d = draw_page(rng, spec, faces)
+        rows = []
+        for x, base, text in d["lines"]:
+            assert " " not in text and 0 < x and x + _line_width(text, d["font"], d["fontsize"]) < spec.size
+            middle = base - 0.35 * d["fontsize"]  # capitals' middle (cap height ~0.7 em)
+            row = int(middle // spec.cell)
+            assert abs(middle - (row + 0.5) * spec.cell) <= spec.jitter + 1e-6 or base in (0.75 * d["fontsize"], spec.size - 1.0)
+            rows.append(row)
+        assert rows == sorted(set(rows)) and 2 <= sum(len(ln[2]) for ln in d["lines"]) <= 5
+
+
+def test_word_pages_draw_from_their_split_only():
+    """Word pages of the held-out split use held-out words only, training pages never one."""
+    from data_engine.reading_pages import split_words
+
+    train, held = set(split_words("train")), set(split_words("heldout"))
+    assert train and held and not train & held and all(word_split(w) == "heldout" for w in held)
+
+
 def test_grid_page_labels_are_the_drawn_letters(tmp_path):
     """Through the real engine, grid pages are labelled with their letters a space apart; MuPDF
     may join two lines of adjacent rows (measured: 9 of 300 pages), never more than 1 in 10."""
@@ -161,13 +190,13 @@ def test_grid_page_labels_are_the_drawn_letters(tmp_path):
 
 
 def test_rung_a_is_a_curriculum_chain():
-    """Rung A continues A3, A2, A1 (each from the previous run's weights); a rung naming an
+    """Rung A continues A3, A2r, A2, A1 (each from the previous run's weights); a rung naming an
     unknown or circular predecessor is refused by name."""
     from dataclasses import replace
 
     from train.ladder import RUNGS, chain
 
-    assert [r.name for r in chain("A")] == ["A1", "A2", "A3", "A"]
+    assert [r.name for r in chain("A")] == ["A1", "A2", "A2r", "A3", "A"]
     assert chain("A1") == [RUNGS["A1"]] and RUNGS["A"].budget_cpu_min == 30 and RUNGS["A"].target_cer == 0.10
     assert all(r.stage == 1 for r in chain("A"))
     loop = {**RUNGS, "A1": replace(RUNGS["A1"], after="A")}
@@ -175,14 +204,13 @@ def test_rung_a_is_a_curriculum_chain():
         chain("A", loop)
 
 
-@pytest.mark.slow
 def test_short_rung_a_training_reads_unseen_fonts(tmp_path):
-    """Rung A's first curriculum step, short (train/ladder.py A1: 2 x 2 capitals, one per vision
-    token of the nano view, 35 trained faces): scored on held-out pages in the 3 font designs
-    never trained, its CER is clearly below the wrong-page CER and its letters are right well
-    above chance. Slow, not in the default set: two identical 1,200-step runs (~200 CPU-s each,
-    1 thread) gave unseen-font CER 0.650 and 0.825 against wrong-page 0.944 and 0.969, and one
-    900-step run missed the bound: the run is not reproducible yet (docs/training.md)."""
+    """Rung A's first curriculum step, short (train/ladder.py A1: 2 x 2 capitals and digits, one
+    per vision token of the nano view, moved up to 20 px, 35 trained faces, tiny-reader): on
+    held-out pages in the 3 font designs never trained its CER is clearly below the wrong-page
+    CER, the blank-page row and the constant output, and its letters are right well above chance.
+    Deterministic for a given machine and library build (the record order no longer depends on
+    the data's folder); ~4 CPU-min at 1 thread."""
     _need_fonts()
     from train.ladder import RUNGS, run_rung_at, with_steps
 
@@ -193,10 +221,11 @@ def test_short_rung_a_training_reads_unseen_fonts(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model: a second thread only spins (and costs 2x the CPU on a busy machine)
     try:
-        res = run_rung_at(rung, tmp_path / "A1", curve_points=0, progress=lambda *_: None)
+        res = run_rung_at(rung, tmp_path / "A1", curve_points=0, progress=lambda *_: None,
+                          splits=("heldout_fonts",))
     finally:
         torch.set_num_threads(threads)
     s = res["splits"]["heldout_fonts"]
-    assert s["cer"] <= 0.9 * s["wrong_page"]["cer"], res["table"]
+    assert s["cer"] <= 0.85 * s["wrong_page"]["cer"], res["table"]
     assert s["checks"]["words_above_chance"], res["table"]
-    assert s["cer"] < s["blank"]["cer"] - 0.05 and s["cer"] < s["constant"]["cer"] - 0.05, res["table"]
+    assert s["cer"] < s["blank"]["cer"] - 0.1 and s["cer"] < s["constant"]["cer"] - 0.1, res["table"]

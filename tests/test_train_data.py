@@ -434,7 +434,7 @@ def _old_reader(urls, *, seed, window, epochs, name="ocr") -> list[str]:
                 keys = list(dict.fromkeys(m.name.split(".")[0] for m in tf.getmembers()))
             for w in range(0, len(keys), window):
                 win = keys[w:w + window]
-                stable_rng(seed, name, url, epoch, w // window).shuffle(win)
+                stable_rng(seed, name, os.path.basename(url), epoch, w // window).shuffle(win)
                 out += win
     return out
 
@@ -551,3 +551,18 @@ def test_empty_and_whitespace_labels_are_skipped_and_counted(tmp_path, tok):
     for s in samples:  # every trained label has text before its end token
         label = [t for t in s.labels if t != IGNORE_INDEX]
         assert len(label) > 1 and label[-1] == eos
+
+
+def test_same_shards_in_another_folder_are_read_in_the_same_order(kinds, tmp_path):
+    """The record order depends on the shards' names, not their folder: a copy of a dataset in a
+    temporary directory trains the same model (it did not: the ladder's short A1 run gave
+    unseen-font CER 0.650 and 0.825 from identical pages in two folders)."""
+    import shutil
+
+    urls = [kinds[k][0] for k in "acd"]
+    copies = []
+    for u in urls:
+        (tmp_path / "copy").mkdir(exist_ok=True)
+        copies.append(str(shutil.copy(u, tmp_path / "copy" / os.path.basename(u))))
+    for kw in ({}, {"open_shards": 2}):
+        assert _keys(_stream(urls, **kw), 60) == _keys(_stream(copies, **kw), 60)

@@ -199,9 +199,12 @@ class ShardStream:
         """
         window: list[dict] = []
         n_win = 0
+        # the shard's file name, not its path: the same shards in another folder (a copy, a
+        # temporary directory) are read in the same order, so the run trains the same model
+        shard = os.path.basename(url)
 
         def flush():
-            stable_rng(self.seed, self.name, url, epoch, n_win).shuffle(window)
+            stable_rng(self.seed, self.name, shard, epoch, n_win).shuffle(window)
             yield from window
 
         try:

@@ -62,17 +62,26 @@ RUNGS = {
     "A2": Rung("A2", "caps", "reading_caps", 1, "nano", steps=1000, train_pages=3000, target_cer=None,
                budget_cpu_min=None, heldout_pages=60, page=(*_NANO, *_GRID, ("chars", (2, 4))),
                overrides=("data.seq_len=48",), after="A1"),
-    # A3: 2-5 letters at the font's own advance, each line anywhere on the nano page
+    # A2r: 2-5 letters at the font's own advance, each line anywhere along its own row of tokens
+    "A2r": Rung("A2r", "caps", "reading_caps", 1, "nano", steps=1500, train_pages=3000, target_cer=None,
+                budget_cpu_min=None, heldout_pages=60,
+                page=(*_NANO, ("layout", "rows"), ("chars", (2, 5)), ("font_sizes", (40.0, 64.0)), ("jitter", 16.0)),
+                overrides=("data.seq_len=48",), after="A2"),
+    # A3: the same letters with each line anywhere on the nano page
     "A3": Rung("A3", "caps", "reading_caps", 1, "nano", steps=1500, train_pages=3000, target_cer=None,
                budget_cpu_min=None, heldout_pages=60,
                page=(*_NANO, ("chars", (2, 5)), ("font_sizes", (40.0, 64.0))),
-               overrides=("data.seq_len=48",), after="A2"),
+               overrides=("data.seq_len=48",), after="A2r"),
     # capitals and digits, 4-16 per page, any font / position / size, micro view (4 x 4 tokens)
     "A": Rung("A", "caps", "reading_caps", 1, "micro", steps=2400, train_pages=6000, target_cer=0.10,
               budget_cpu_min=30, page=(("font_sizes", (48.0, 80.0)),), after="A3"),
     # stage 2 (MoE decoder, PP=2) from rung A's encoder, on rung A's pages
     "C": Rung("C", "caps", "reading_caps_stage2", 2, "micro", steps=600, train_pages=6000, target_cer=0.15,
               budget_cpu_min=None, page=(("font_sizes", (48.0, 80.0)),)),
+    # stage 2 on A2's pages (nano grid) from A2's encoder: what `./launch.sh demo` trains after A1 -> A2
+    "C-grid": Rung("C-grid", "caps", "reading_caps_stage2", 2, "nano", steps=400, train_pages=3000, target_cer=None,
+                   budget_cpu_min=None, heldout_pages=60, page=(*_NANO, *_GRID, ("chars", (2, 4))),
+                   overrides=("data.seq_len=48",)),
     # 1-2 lines of words (unseen words and fonts): stage 1 from scratch
     "B": Rung("B", "words", "reading_words", 1, "micro", steps=4800, train_pages=8000, target_cer=0.30,
               budget_cpu_min=60, target_word_accuracy=0.5),
@@ -88,11 +97,20 @@ SPLIT_TITLES = {"heldout_fonts": "unseen font families", "heldout_seen_fonts": "
                 "heldout_sizes": "sizes outside the training range"}
 
 
-def build_data(rung: Rung, out: Path, seed: int = 0) -> dict:
+def build_data(rung: Rung, out: Path, seed: int = 0, splits: tuple[str, ...] = HELDOUT_SPLITS) -> dict:
     from data_engine.reading_pages import build_reading_dataset
 
     return build_reading_dataset(out, page_spec_of(rung), rung.train_pages, rung.heldout_pages, seed,
-                                 heldout=HELDOUT_SPLITS)
+                                 heldout=splits)
+
+
+def data_dir(rung: Rung, out: Path, seed: int = 0) -> Path:
+    """The rung's page folder beside its output ``out``: one folder per page spec, page count and
+    seed, so rungs with the same pages (A2 and C-grid) share it."""
+    spec = page_spec_of(rung)
+    digest = hashlib.sha1(repr(spec).encode()).hexdigest()[:8]
+    return out.parent / (f"data_{rung.kind}_{spec.layout}_{int(spec.size)}_{rung.train_pages}_{digest}"
+                         + (f"_seed{seed}" if seed else ""))
 
 
 def page_spec_of(rung: Rung):
@@ -234,14 +252,12 @@ def curve(run: Path, shards: str, mode: str, pages: int, total_steps: int, train
 
 def run_rung_at(rung: Rung, out: str | Path, *, seed: int = 0, from_run: str | Path | None = None,
                 curve_points: int = 5, eval_pages: int | None = None, progress=print,
-                chain_cpu_s: float = 0.0) -> dict:
+                chain_cpu_s: float = 0.0, splits: tuple[str, ...] = HELDOUT_SPLITS) -> dict:
+    """Build the rung's pages, train it, score it on the held-out ``splits`` (the first one,
+    unseen font families, with the controls and the untrained model); ``out/result.json``."""
     out = Path(out)
     t0 = time.time()
-    spec = page_spec_of(rung)
-    # one data folder per page spec: rungs with the same pages share it
-    digest = hashlib.sha1(repr(spec).encode()).hexdigest()[:8]
-    data = build_data(rung, out.parent / f"data_{rung.kind}_{spec.layout}_{int(spec.size)}_{rung.train_pages}_{digest}",
-                      seed)
+    data = build_data(rung, data_dir(rung, out, seed), seed, splits)
     if rung.stage == 1 and from_run:  # a curriculum step trains and is read with the earlier run's tokenizer
         data = {**data, "tokenizer": run_tokenizer(Path(from_run))}
     data_s = time.time() - t0
@@ -259,7 +275,7 @@ def run_rung_at(rung: Rung, out: str | Path, *, seed: int = 0, from_run: str | P
     from train.eval.loading import last_loss_ratio
 
     ratio = last_loss_ratio(run_dir)  # held-out loss real / blank pages: reported, never the verdict
-    for split in HELDOUT_SPLITS:
+    for split in splits:
         first = split == "heldout_fonts"
         s = score(model, data[split], rung.mode, pages, tokenizer=data["tokenizer"], labels=labels, untrained=first,
                   blank=first, seed=seed, loss_ratio=ratio if first else None)
@@ -332,7 +348,7 @@ def table_lines(res: dict) -> list[str]:
              f"held-out pages in {SPLIT_TITLES['heldout_fonts']} ({main['pages']} pages):"]
     extra = [("before training (same model, fresh init)", main["untrained"])] if main.get("untrained") else []
     lines += reading_lines(main, title="trained", extra=extra)
-    for split in HELDOUT_SPLITS[1:]:
+    for split in [k for k in HELDOUT_SPLITS[1:] if k in res["splits"]]:
         s = res["splits"][split]
         lines.append(f"  {SPLIT_TITLES[split]:44s}: CER {s['cer']:.3f}, word accuracy {s['word_accuracy']:.3f} "
                      f"(wrong-page CER {s['wrong_page']['cer']:.3f})")
@@ -350,14 +366,27 @@ def with_steps(rung: Rung, steps: int | None = None, train_pages: int | None = N
     return replace(rung, steps=steps or rung.steps, train_pages=train_pages or rung.train_pages, **kw)
 
 
+def summary_line(res: dict) -> str:
+    """One line of a finished rung: unseen-font CER beside its controls, letters right, verdict."""
+    s = res["splits"]["heldout_fonts"]
+    before = f"before training {s['untrained']['cer']:.3f}, " if "untrained" in s else ""
+    return (f"rung {res['rung']} (stage {res['stage']}, {res['steps']} steps, {res['train_cpu_s'] / 60:.1f} CPU-min): "
+            f"unseen-font CER {s['cer']:.3f} ({before}blank {s['blank']['cer']:.3f}, wrong-page "
+            f"{s['wrong_page']['cer']:.3f}, constant {s['constant']['cer']:.3f}); word accuracy "
+            f"{s['word_accuracy']:.3f} (chance {s['chance']['word_accuracy']:.3f}); {s['verdict']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m train.ladder --rung A --out DIR [--steps N ...] [overrides]``: one rung, its table.
     Exits 0 whether or not the targets are met (benchmarks/bench_reading.py --rung gates on them)."""
     import argparse
 
     ap = argparse.ArgumentParser(description="train and score one rung of the reading ladder")
-    ap.add_argument("--rung", choices=[*RUNGS, SMALL_A.name], required=True)
-    ap.add_argument("--out", required=True, help="run dir OUT/run, result OUT/result.json; data beside OUT")
+    ap.add_argument("--rung", choices=[*RUNGS, SMALL_A.name])
+    ap.add_argument("--summary", nargs="+", metavar="OUT", default=None,
+                    help="print one line per finished rung (its OUT/result.json: unseen-font CER beside the "
+                         "controls, verdict) and stop")
+    ap.add_argument("--out", help="run dir OUT/run, result OUT/result.json; data beside OUT")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--train-pages", type=int, default=None)
     ap.add_argument("--heldout-pages", type=int, default=None)
@@ -365,11 +394,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--from-run", default=None,
                     help="stage-2 rungs: the stage-1 run whose encoder they start from, or an encoder .safetensors")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-only", action="store_true",
+                    help="build the rung's pages (PDF -> engine -> shards + tokenizer) beside OUT and stop; "
+                         "a later run of the rung reuses them")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the rung's recipe")
     a = ap.parse_args(argv)
+    if a.summary:
+        for out in a.summary:
+            print(summary_line(json.loads((Path(out) / "result.json").read_text())))
+        return 0
+    if a.rung is None or a.out is None:
+        ap.error("--rung and --out are required (or --summary OUT...)")
     base = SMALL_A if a.rung == SMALL_A.name else RUNGS[a.rung]
     rung = with_steps(base, a.steps, a.train_pages, heldout_pages=a.heldout_pages or base.heldout_pages,
                       overrides=(*base.overrides, *a.overrides))
+    if a.data_only:
+        paths = build_data(rung, data_dir(rung, Path(a.out), a.seed), a.seed)
+        print(f"[ladder] rung {rung.name} pages: " + ", ".join(f"{k} {v}" for k, v in paths.items()))
+        return 0
     res = run_rung_at(rung, a.out, seed=a.seed, from_run=a.from_run, curve_points=a.curve_points)
     print("\n".join(res["table"]))
     return 0
