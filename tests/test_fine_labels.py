@@ -247,11 +247,12 @@ def test_running_heads_are_header_and_footer():
     for page in doc:
         blocks = layout.blocks(page)
         labels = [(b.label, b.text) for b in blocks]
-        assert labels[:2] == [("header", "Data Engine Notes - Chapter 2"), ("header", str(page.number + 11))]
+        # (MuPDF makes the head and its page number one line: digits aside, the same text)
+        assert labels[0] == ("header", f"Data Engine Notes - Chapter 2 {page.number + 11}")
         assert labels[-1] == ("footer", f"ocrflow documentation, page {page.number + 11} of 40")
-        assert [lb for lb, _ in labels[2:-1]] == ["text"]
+        assert [lb for lb, _ in labels[1:-1]] == ["text"]
     # a one-page document has no neighbours: the same lines stay text
     single = pymupdf.open()
     single.insert_pdf(doc, from_page=0, to_page=0)
     labels = {b.text: b.label for b in _rules().blocks(_reload(single)[0])}
-    assert labels["Data Engine Notes - Chapter 2"] == labels["ocrflow documentation, page 11 of 40"] == "text"
+    assert labels["Data Engine Notes - Chapter 2 11"] == labels["ocrflow documentation, page 11 of 40"] == "text"

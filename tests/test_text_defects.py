@@ -182,8 +182,8 @@ def _two_column_page_written_across(columns: list[str], lines_per_column: int = 
 
 
 # Written for this test: two columns of distinct sentences.
-LEFT = "The left column opens the article and explains how the engine reads each page of a document. " * 3
-RIGHT = "The right column goes on after the left one has ended at the bottom of the same page. " * 3
+LEFT = "The left column opens the article and explains how the engine reads each page of a document. " * 4
+RIGHT = "The right column goes on after the left one has ended at the bottom of the same page. " * 4
 
 
 def test_two_columns_written_across_read_left_column_first():

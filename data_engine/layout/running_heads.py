@@ -10,8 +10,8 @@ the same text at the same height (``Y_TOL``). Texts are compared by `signature`:
 spaces and punctuation dropped, every digit run one ``#``, so "Chapter 2 · 14" on one page
 matches "Chapter 2 · 16" two pages on, and bare page numbers match each other.
 
-Each page's band blocks are read once per document (``page.get_text("blocks")``, clipped to
-the two bands, ~1 ms a page) and kept for the pages after it.
+Each neighbour's blocks are read once per document (``page.get_text("blocks")``, ~2-3 ms a
+page) and its band blocks kept for the pages after it.
 """
 
 from __future__ import annotations
@@ -48,13 +48,10 @@ class RunningHeads:
         if number not in self._bands:
             page = doc.load_page(number)
             r = page.rect
-            out = []
-            for clip in (pymupdf.Rect(r.x0, r.y0, r.x1, r.y0 + HEAD_BAND * r.height),
-                         pymupdf.Rect(r.x0, r.y1 - HEAD_BAND * r.height, r.x1, r.y1)):
-                for x0, y0, x1, y1, text, _, kind in page.get_text("blocks", clip=clip):
-                    if kind == 0 and text.count("\n") <= MAX_LINES and len(text) <= MAX_CHARS:
-                        out.append((signature(text), y0, y1))
-            self._bands[number] = out
+            top, bottom = r.y0 + HEAD_BAND * r.height, r.y1 - HEAD_BAND * r.height
+            self._bands[number] = [
+                (signature(text), y0, y1) for x0, y0, x1, y1, text, _, kind in page.get_text("blocks")
+                if kind == 0 and (y1 <= top or y0 >= bottom) and text.count("\n") <= MAX_LINES and len(text) <= MAX_CHARS]
         return self._bands[number]
 
     def classify(self, page: pymupdf.Page, blocks: list[tuple]) -> dict[int, str]:
