@@ -17,6 +17,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 
+from data_engine.layout.columns import split_interleaved
 from data_engine.text_assembly import rawdict_lines
 
 # Skip reasons (also used as report keys).
@@ -89,10 +90,17 @@ def text_from_dict(page_dict: dict) -> str:
     """Text of a `page.get_text("rawdict")` (or "dict") result: each line assembled from its
     glyphs (`text_assembly.line_text`), one line per line, blocks split by a blank line; table
     cells MuPDF emits as separate blocks are put back in rows (`_grid_rows`); a column of
-    vertical CJK writing is one line (`_vertical_column`)."""
+    vertical CJK writing is one line (`_vertical_column`); a block whose lines alternate between
+    side-by-side columns is read column by column (`layout.columns.split_interleaved`)."""
+    for _ in rawdict_lines(page_dict):  # sets each line's "text"
+        pass
+    # a block whose lines alternate between side-by-side columns: one block per column (the
+    # dict is changed in place, so the fine labels of the page read the same blocks)
+    page_dict["blocks"] = split_interleaved(page_dict.get("blocks", []), page_dict.get("width", 612.0))
     blocks: dict[int, list[tuple]] = {}
-    for block, line, text in rawdict_lines(page_dict):
-        blocks.setdefault(id(block), []).append((line["bbox"], text))
+    for block in page_dict["blocks"]:
+        if block.get("type", 0) == 0 and block.get("lines"):
+            blocks[id(block)] = [(ln["bbox"], ln["text"]) for ln in block.get("lines", ())]
     grid, rows = _grid_rows(blocks) if len(blocks) > 2 else (set(), {})
     out, prev_row = [], False
     for bid, lines in blocks.items():
@@ -182,8 +190,10 @@ def strip_bad_chars(text: str) -> str:
 # Single-byte code pages whose text, decoded as Latin-1/cp1252, is the classic mojibake; each
 # with the script its real text is in (repair is accepted only when that script results).
 # cp874 (TIS-620): Thai TeX fonts without ToUnicode (lshort-thai) read as Latin-1.
-_CODEPAGES = (("cp1251", "Cyrl"), ("koi8_r", "Cyrl"), ("cp1253", "Grek"), ("cp1255", "Hebr"),
-              ("cp1256", "Arab"), ("cp874", "Thai"))
+# Several of them turn the same bytes into letters of their script (0xC0-0xFF are letters in
+# cp1251, KOI8-R and cp1253 alike): `_best_codepage` then picks the reading that spells words.
+_CODEPAGES = (("cp1251", "Cyrl"), ("koi8_r", "Cyrl"), ("cp1253", "Grek"), ("iso8859_7", "Grek"),
+              ("cp1255", "Hebr"), ("cp1256", "Arab"), ("cp874", "Thai"))
 # A run of Latin letters and Latin-1 symbols/letters (cp1251 "ч" is "÷", TIS-620 Thai letters
 # start at 0xA1): the unit a partial repair decodes.
 _LATIN1_RUN = re.compile("[A-Za-z\u00a1-\u00ff]{3,}")
@@ -219,9 +229,11 @@ def _redecode_map(text: str, codec: str) -> dict[str, str]:
         if ord(ch) < 0x80:
             continue
         try:
-            out[ch] = ch.encode("cp1252").decode(codec, errors="replace")
+            new = ch.encode("cp1252").decode(codec, errors="replace")
         except UnicodeEncodeError:
-            out[ch] = ch
+            new = ch
+        # ISO 8859 code pages put C1 controls where cp1252 has quotes and dashes: keep those
+        out[ch] = ch if unicodedata.category(new) == "Cc" else new
     return out
 
 
@@ -250,21 +262,51 @@ def redecode_words(text: str, codec: str) -> str:
     return "\n".join(line(ln) for ln in text.split("\n"))
 
 
-def _best_codepage(chars: Counter) -> tuple[str | None, float]:
-    """(code page, share) that turns the most of `chars` (Latin-1 characters with counts) into
-    letters/marks of its script; a code page that leaves any of them undefined is out."""
+# Final letter forms, which a real word has only at its end (Greek final sigma, Hebrew finals).
+_FINAL_FORMS = set("\u03c2\u05da\u05dd\u05df\u05e3\u05e5")
+
+
+def misread_words(words: list[str]) -> int:
+    """How many of `words` no language spells so: a capital letter after a small one inside the
+    word ("мзчбнЮ": Greek with accents read as cp1251; "щРН": Russian read as KOI8-R), or a
+    final letter form before another letter ("έςξ": Russian read as cp1253)."""
+    bad = 0
+    for w in words:
+        prev = ""
+        for ch in w:
+            if prev and ch.isalpha() and ((ch.isupper() and prev.islower()) or prev in _FINAL_FORMS):
+                bad += 1
+                break
+            prev = ch if ch.isalpha() else ""
+    return bad
+
+
+CODEPAGE_SHARE = 0.9  # share of the mojibake characters a code page must turn into its script
+
+
+def _best_codepage(chars: Counter, words: list[str] = ()) -> tuple[str | None, float]:
+    """(code page, share) for mojibake characters `chars` (Latin-1 characters with counts) from
+    the mojibake `words`, (None, 0.0) when no code page fits: of the code pages that turn more
+    than `CODEPAGE_SHARE` of them into letters/marks of their script (one that leaves any
+    undefined is out), the one whose reading of `words` has the fewest misread words
+    (`misread_words`), then the largest share, then the first listed. Greek in a legacy 8-bit
+    font is letters in cp1251 too, but misspelt there."""
     from fontTools.unicodedata import script as char_script
 
     total = sum(chars.values()) or 1
-    best, best_share = None, 0.0
-    for codec, script in _CODEPAGES:
+    ranked = []
+    for k, (codec, script) in enumerate(_CODEPAGES):
         table = _redecode_map("".join(chars), codec)
         if any(v == "\ufffd" for v in table.values()):
             continue
-        good = sum(n for ch, n in chars.items() if char_script(table[ch]) == script)
-        if good / total > best_share:
-            best, best_share = codec, good / total
-    return best, best_share
+        share = sum(n for ch, n in chars.items() if char_script(table[ch]) == script) / total
+        if share > CODEPAGE_SHARE:
+            misread = misread_words(["".join(table.get(ch, ch) for ch in w) for w in words])
+            ranked.append((misread, -share, k, codec))
+    if not ranked:
+        return None, 0.0
+    misread, neg_share, _, codec = min(ranked)
+    return codec, -neg_share
 
 
 def repair_mojibake(text: str, min_share: float = 0.5) -> tuple[str | None, str | None]:
@@ -286,9 +328,9 @@ def repair_mojibake(text: str, min_share: float = 0.5) -> tuple[str | None, str 
         moji = Counter(ch for w in words for ch in w if ch >= "\u00a1")
         n_moji = sum(moji.values())
         if n_moji >= MOJIBAKE_MIN_LETTERS:
-            codec, share = _best_codepage(moji)
+            codec, share = _best_codepage(moji, words)
             whole = n_latin1 > min_share * n_letters
-            if codec is not None and share > 0.9:
+            if codec is not None and share > CODEPAGE_SHARE:
                 if whole:
                     return redecode(text, codec), f"{MOJIBAKE_FIXED}Latin-1 -> {codec}"
                 return redecode_words(text, codec), f"{MOJIBAKE_FIXED}words Latin-1 -> {codec}"

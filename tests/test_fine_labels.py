@@ -196,3 +196,63 @@ def test_display_equation_in_math_font_is_an_equation():
     page.insert_textbox(pymupdf.Rect(72, 230, 523, 320), BODY * 3, fontname="helv", fontsize=10)
     labels = [b.label for b in _rules().blocks(_reload(doc)[0])]
     assert labels == ["text", "equation", "text"]
+
+
+def test_display_formula_is_one_box():
+    """A display set piece by piece as TeX does (a sum with limits, a sub/superscript, an
+    integral with bounds, an equation number): MuPDF makes 7 blocks of it, 4 of them tiny."""
+    from data_engine.scripts import find_font
+
+    math = find_font("NotoSansMath-Regular.ttf")
+    if math is None:
+        pytest.skip("Noto Sans Math not installed (scripts/setup_fonts.sh)")
+    doc, page = _doc()
+    page.insert_font(fontname="MA", fontfile=str(math))
+    page.insert_textbox(pymupdf.Rect(72, 72, 523, 150), BODY * 3, fontname="helv", fontsize=10)
+    y = 200
+    for x, dy, s, font, size in [(200, 6, "\u2211", "MA", 22), (205, -16, "n", "MA", 7), (198, 17, "i", "MA", 7),
+                                 (201, 17, "=1", "tiro", 7), (222, 0, "x", "MA", 11), (228, 3, "i", "MA", 7),
+                                 (228, -5, "2", "tiro", 7), (240, 0, "=", "tiro", 11), (255, 4, "\u222b", "MA", 20),
+                                 (266, -12, "1", "tiro", 7), (262, 12, "0", "tiro", 7), (275, 0, "f(x) dx", "MA", 11),
+                                 (500, 0, "(1)", "tiro", 10)]:
+        page.insert_text((x, y + dy), s, fontname=font, fontsize=size)
+    page.insert_textbox(pymupdf.Rect(72, 240, 523, 320), BODY * 3, fontname="helv", fontsize=10)
+    blocks = _rules().blocks(_reload(doc)[0])
+    assert [b.label for b in blocks] == ["text", "equation", "text"]
+    eq = blocks[1]
+    assert eq.bbox[0] <= 198 and eq.bbox[1] <= 178 and eq.bbox[2] >= 510 and eq.bbox[3] >= 216  # limits and number inside
+    assert all(piece in eq.text for piece in ("\u2211", "\u222b", "f(x) dx", "(1)"))
+
+
+# Written for this test: a different paragraph on each page (running heads are what repeats).
+PAGE_TEXTS = ["Shards are written one document at a time and renamed when complete. ",
+              "Each page keeps its coarse label, its fine label and the rendered image. ",
+              "A page that fails is recorded with its reason and the run goes on. ",
+              "The report counts pages per language, per script and per skip reason. "]
+
+
+def test_running_heads_are_header_and_footer():
+    """A running head set below the top margin band and a footer line that is more than a
+    page number: both were plain text. Repeated on the neighbouring pages at the same height,
+    they are `header` / `footer`; the body's first block (different on every page) is not."""
+    doc = pymupdf.open()
+    for i, body in enumerate(PAGE_TEXTS):
+        page = doc.new_page()  # A4: the 7% band ends at y = 59, the last 7% start at 783
+        page.insert_text((72, 80), "Data Engine Notes - Chapter 2", fontname="helv", fontsize=9)
+        page.insert_text((400, 80), f"{i + 11}", fontname="helv", fontsize=9)
+        page.insert_textbox(pymupdf.Rect(72, 110, 523, 300), body * 6, fontname="helv", fontsize=10)
+        page.insert_text((72, 770), f"ocrflow documentation, page {i + 11} of 40", fontname="helv", fontsize=9)
+    doc = _reload(doc)
+    layout = _rules()
+    for page in doc:
+        blocks = layout.blocks(page)
+        labels = [(b.label, b.text) for b in blocks]
+        # (MuPDF makes the head and its page number one line: digits aside, the same text)
+        assert labels[0] == ("header", f"Data Engine Notes - Chapter 2 {page.number + 11}")
+        assert labels[-1] == ("footer", f"ocrflow documentation, page {page.number + 11} of 40")
+        assert [lb for lb, _ in labels[1:-1]] == ["text"]
+    # a one-page document has no neighbours: the same lines stay text
+    single = pymupdf.open()
+    single.insert_pdf(doc, from_page=0, to_page=0)
+    labels = {b.text: b.label for b in _rules().blocks(_reload(single)[0])}
+    assert labels["Data Engine Notes - Chapter 2 11"] == labels["ocrflow documentation, page 11 of 40"] == "text"

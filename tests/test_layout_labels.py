@@ -113,6 +113,15 @@ def test_reading_order_bands_and_columns():
             ("text", R(305, 310, 545, 400)), ("title", R(50, 420, 545, 440))]
     assert [(b[1].x0, b[1].y0) for b in reading_order(cols, 595)] == [(50, 100), (50, 310), (305, 100), (305, 310), (50, 420)]
     assert [(b[1].x0, b[1].y0) for b in reading_order(cols, 595, rtl=True)][:2] == [(305, 100), (305, 310)]
+    # three columns of two paragraphs under a title (the middle column crosses the page's
+    # centre line: it was read as a full-width block between the others' paragraphs)
+    three = [("title", R(50, 60, 545, 80))] + [("text", R(x, y, x + 150, y + 90)) for y in (100, 200) for x in (50, 220, 395)]
+    assert [(b[1].x0, b[1].y0) for b in reading_order(three, 595)][1:] == [
+        (50, 100), (50, 200), (220, 100), (220, 200), (395, 100), (395, 200)]
+    # a wide main column and a narrow side column (the main one was taken for full width)
+    main_side = [("text", R(50, 100, 400, 200)), ("text", R(420, 100, 545, 150)), ("text", R(50, 210, 400, 300)),
+                 ("text", R(420, 160, 545, 300))]
+    assert [(b[1].x0, b[1].y0) for b in reading_order(main_side, 595)] == [(50, 100), (50, 210), (420, 100), (420, 160)]
 
 
 def test_paddle_mapping_documented_structure():

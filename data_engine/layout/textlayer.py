@@ -5,11 +5,14 @@ regions (``regions()``, overridden by the ``picodet`` source; cell text then com
 the text layer's words, ``table_from_words``), images from ``page.get_image_info()`` plus a
 detector's figure regions, text blocks from the per-character text dict (each line's text as
 ``coarse`` assembles it: word gaps, composed accents, logical RTL order), classified by simple,
-documented rules (a detector's label for a block, when it has one, wins):
+documented rules (a running head's label first, then a detector's label for a block, when it
+has one):
 
 * text inside a figure (chart labels, annotations) is part of the figure, not a block.
 * header / footer: the block lies inside the top / bottom margin band (``band`` x page height),
-  or is a bare page number near the top / bottom.
+  or is a bare page number near the top / bottom, or is a running head: a short block near
+  the top / bottom whose text (digits aside) a page at most two pages away has at the same
+  height (``running_heads``).
 * caption: right below or above an image / table (gap <= ``caption_gap`` x body size, any
   horizontal overlap) and either starts with a caption word ("Figure", "Fig.", "Table", "Tab.",
   "图", "表", ...) or is set smaller or italic compared to the body text.
@@ -21,9 +24,12 @@ documented rules (a detector's label for a block, when it has one, wins):
   ("1.", "a)", "(iv)").
 * otherwise text. Lines are joined with a space; a word hyphenated at a line end is re-joined.
 
-The body size is the character-weighted most common span size. Reading order: header, then the
-body as horizontal bands split by full-width blocks, each band read column by column (right to
-left for RTL pages), then footer. Single-page rules: repetition across pages is not used.
+The body size is the character-weighted most common span size. Display formulas: blocks
+labelled equation and the short blocks touching them (limits, a superscript set apart, the
+equation number) become one equation block (``merge_equation_pieces``). Reading order: header,
+then the body as bands split by blocks crossing a column gutter, each band read column by
+column (right to left for RTL pages; ``layout.columns``), then footer. A block whose lines
+alternate between two columns is split into one block per column first.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ from collections import Counter
 import pymupdf
 
 from data_engine.layout import LayoutBlock
+from data_engine.layout.columns import TEXT_LABELS, gutters, is_rtl, split_interleaved
+from data_engine.layout.running_heads import RunningHeads
 
 CAPTION_WORDS = re.compile(
     r"^\s*(fig(ure|\.)?|table|tab\.|chart|plate|abb(ildung|\.)|tabelle|tableau|tabla|tabella|"
@@ -126,36 +134,113 @@ def _merge_title_lines(texts: list[list], min_size: float) -> list[list]:
 
 
 def reading_order(items: list[tuple], page_w: float, rtl: bool = False) -> list[tuple]:
-    """Order ``(label, rect, ...)`` items: headers, body bands by column, footers."""
+    """Order ``(label, rect, ...)`` items: headers, body bands by column, footers.
+
+    Columns are found from the body's gutters (``columns.gutters``: white strips that little
+    text crosses): a block crossing a gutter (a title, a wide figure) ends the band, and a
+    band is read column by column (right to left for RTL pages), each column top to bottom.
+    A page without gutters is split at the body's centre line instead."""
     head = sorted((b for b in items if b[0] == "header"), key=lambda b: (b[1].y0, b[1].x0))
     foot = sorted((b for b in items if b[0] == "footer"), key=lambda b: (b[1].y0, b[1].x0))
     body = sorted((b for b in items if b[0] not in ("header", "footer")), key=lambda b: (b[1].y0, b[1].x0))
     if not body:
         return head + foot
+    gaps = gutters([b[1] for b in body if b[0] in TEXT_LABELS], page_w)
     left = min(b[1].x0 for b in body)
     right = max(b[1].x1 for b in body)
     mid, full = (left + right) / 2, 0.6 * (right - left)
     tol = 0.02 * (right - left)
-    out, band = [], []
 
-    def flush():
-        # A band's blocks: one column after the other (x centre vs the body's centre line).
-        first = [b for b in band if ((b[1].x0 + b[1].x1) / 2 >= mid) == rtl]
-        second = [b for b in band if ((b[1].x0 + b[1].x1) / 2 >= mid) != rtl]
-        out.extend(sorted(first, key=lambda b: b[1].y0) + sorted(second, key=lambda b: b[1].y0))
-        band.clear()
+    def column(b) -> int:
+        xc = (b[1].x0 + b[1].x1) / 2
+        col = sum(xc > (g0 + g1) / 2 for g0, g1 in gaps) if gaps else int(xc >= mid)
+        return -col if rtl else col
 
-    for b in body:
+    def spans(b) -> bool:
+        r = b[1]
+        if gaps:
+            return any(r.x0 < g0 and r.x1 > g1 for g0, g1 in gaps)
         # A wide block, or one crossing the centre line (a centred heading or caption on a
         # one-column page), belongs to no column: it ends the band. Otherwise it would be
         # sorted into a column and read after later blocks of the same band.
-        if b[1].width >= full or (b[1].x0 < mid - tol and b[1].x1 > mid + tol):
-            flush()
+        return r.width >= full or (r.x0 < mid - tol and r.x1 > mid + tol)
+
+    out, band = [], []
+    for b in body:
+        if spans(b):
+            out.extend(sorted(band, key=lambda b: (column(b), b[1].y0)))
+            band.clear()
             out.append(b)
         else:
             band.append(b)
-    flush()
+    out.extend(sorted(band, key=lambda b: (column(b), b[1].y0)))
     return head + out + foot
+
+
+EQUATION_NUMBER = re.compile(r"^\(\s*[\w.\-]{1,8}\s*\)$")  # "(1)", "(2.3a)" at a display's right
+PIECE_CHARS, PIECE_LINES = 40, 2   # a block this short can be a piece of a display formula
+PIECE_GAP_Y = 0.35                 # x body size: pieces stacked closer than this (limits, fractions)
+PIECE_GAP_X = 2.0                  # x body size: pieces side by side closer than this (sub/superscripts)
+
+
+def _formula_neighbours(a: tuple, b: tuple, body: float) -> bool:
+    """Two blocks that are parts of one display formula when at least one of them is one:
+    stacked with (almost) no gap and overlapping in x (limits over a sum, a fraction's parts),
+    side by side on one line (a sub/superscript set as its own block), or `b` the equation
+    number on `a`'s line."""
+    ra, rb = a[1], b[1]
+    x_overlap = min(ra.x1, rb.x1) - max(ra.x0, rb.x0)
+    y_overlap = min(ra.y1, rb.y1) - max(ra.y0, rb.y0)
+    if x_overlap > 0 and -y_overlap <= PIECE_GAP_Y * body:
+        return True
+    if y_overlap > 0.3 * min(ra.height, rb.height) and -x_overlap <= PIECE_GAP_X * body:
+        return True
+    yc = (rb.y0 + rb.y1) / 2
+    return a[0] == "equation" and bool(EQUATION_NUMBER.match(b[2])) and ra.y0 <= yc <= ra.y1
+
+
+def merge_equation_pieces(items: list[tuple], body: float) -> list[tuple]:
+    """One block per display formula. MuPDF splits a display into blocks at every change of
+    baseline (a sum's limits, a fraction's numerator, a superscript set apart, the equation
+    number), so one formula came out as 3-6 boxes, most of them tiny. Blocks labelled
+    `equation`, and short text blocks (`PIECE_CHARS`, `PIECE_LINES`) touching them
+    (`_formula_neighbours`), become one `equation` block: the union of their boxes, their texts
+    left to right. Items are ``(label, rect, text, n_lines)``."""
+    cand = [k for k, it in enumerate(items) if it[0] == "equation" or (
+        it[0] in ("text", "list") and (it[3] or 1) <= PIECE_LINES and len(it[2]) <= PIECE_CHARS)]
+    if not any(items[k][0] == "equation" for k in cand):
+        return items
+    parent = {k: k for k in cand}
+
+    def root(k):
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for i, a in enumerate(cand):
+        for b in cand[i + 1:]:
+            if (_formula_neighbours(items[a], items[b], body) or _formula_neighbours(items[b], items[a], body)):
+                parent[root(a)] = root(b)
+    groups: dict[int, list[int]] = {}
+    for k in cand:
+        groups.setdefault(root(k), []).append(k)
+    merged, out = set(), []
+    first_of = {}
+    for members in groups.values():
+        if len(members) > 1 and any(items[k][0] == "equation" for k in members):
+            merged.update(members)
+            first_of[min(members)] = members
+    for k, it in enumerate(items):
+        if k in first_of:
+            parts = sorted((items[m] for m in first_of[k]), key=lambda p: (p[1].x0, p[1].y0))
+            rect = pymupdf.Rect(parts[0][1])
+            for p in parts[1:]:
+                rect |= p[1]
+            out.append(("equation", rect, " ".join(p[2] for p in parts), sum(p[3] or 1 for p in parts)))
+        elif k not in merged:
+            out.append(it)
+    return out
 
 
 def table_html(rows: list[list[str | None]]) -> str:
@@ -169,9 +254,11 @@ def table_html(rows: list[list[str | None]]) -> str:
 
 class TextLayerLayout:
     def __init__(self, band: float = 0.07, title_ratio: float = 1.2, caption_gap: float = 2.0,
-                 find_tables: bool = True, min_image_area: float = 0.002):
+                 find_tables: bool = True, min_image_area: float = 0.002, running_heads: bool = True):
         self.band, self.title_ratio, self.caption_gap = band, title_ratio, caption_gap
         self.find_tables, self.min_image_area = find_tables, min_image_area
+        # text repeated at the top/bottom of neighbouring pages: header/footer (layout.running_heads)
+        self.running_heads = RunningHeads() if running_heads else None
 
     def regions(self, page: pymupdf.Page, td: dict) -> list[tuple[str, pymupdf.Rect]]:
         """Layout regions from a detector: (label, rect). None here (rules only); the
@@ -212,7 +299,7 @@ class TextLayerLayout:
 
         texts = []
         sizes: Counter = Counter()
-        for b in td.get("blocks", []):
+        for b in split_interleaved(td.get("blocks", []), W):  # (a no-op on coarse's already split dict)
             if b.get("type", 0) != 0:
                 continue
             r = pymupdf.Rect(b["bbox"])
@@ -240,10 +327,12 @@ class TextLayerLayout:
         texts = _merge_title_lines(texts, self.title_ratio * body)
         max_size = max((t[2] for t in texts), default=body)
 
-        for r, text, size, bold, italic, n_lines, math in texts:
-            label = self._hinted(r, hints) or self._classify(r, text, size, bold, italic, n_lines, body, max_size,
+        running = self.running_heads.classify(page, [(t[0], t[1], t[5]) for t in texts]) if self.running_heads else {}
+        for k, (r, text, size, bold, italic, n_lines, math) in enumerate(texts):
+            label = running.get(k) or self._hinted(r, hints) or self._classify(r, text, size, bold, italic, n_lines, body, max_size,
                                                               W, H, images, tables, math)
-            items.append((label, r, text, None))
+            items.append((label, r, text, n_lines))
+        items = merge_equation_pieces(items, body)
 
         rtl = self._rtl(texts)
         ordered = reading_order(items, W, rtl)
@@ -295,10 +384,4 @@ class TextLayerLayout:
 
     @staticmethod
     def _rtl(texts) -> bool:
-        n_rtl = n_all = 0
-        for _, text, *_ in texts:
-            for ch in text:
-                bidi = unicodedata.bidirectional(ch)
-                n_all += bidi in ("L", "R", "AL")
-                n_rtl += bidi in ("R", "AL")
-        return n_all > 0 and n_rtl > 0.5 * n_all
+        return is_rtl(t[1] for t in texts)
