@@ -138,9 +138,11 @@ def config_work(monkeypatch):
         counts["checked"] += schema is Config
         return typed(cfg, schema)
 
+    counting_typed.counts_config = True
     monkeypatch.setattr(OmegaConf, "to_object", counting_to_object)
-    for module in list(sys.modules.values()):  # every module that imported the converter by name
-        if getattr(module, "typed", None) is typed:
+    for module in list(sys.modules.values()):  # every module that imported the converter by name,
+        bound = getattr(module, "typed", None)  # also while an earlier test's counter was in place
+        if bound is typed or getattr(bound, "counts_config", False):
             monkeypatch.setattr(module, "typed", counting_typed)
     return counts
 
