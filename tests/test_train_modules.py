@@ -114,6 +114,9 @@ def tiny_inputs(tmp_path_factory):
     return [f"model.tokenizer={train_tiny_tokenizer(root / 'tok', texts)}", f"data.shards=[{shards}]"]
 
 
+_COUNTERS: list = []  # the counters of earlier tests (a module imported during one keeps it bound)
+
+
 @pytest.fixture()
 def config_work(monkeypatch):
     """Counts, from here on, what is done to the whole config: ``converted`` (a DictConfig or
@@ -138,12 +141,12 @@ def config_work(monkeypatch):
         counts["checked"] += schema is Config
         return typed(cfg, schema)
 
-    counting_typed.counts_config = True
     monkeypatch.setattr(OmegaConf, "to_object", counting_to_object)
     for module in list(sys.modules.values()):  # every module that imported the converter by name,
         bound = getattr(module, "typed", None)  # also while an earlier test's counter was in place
-        if bound is typed or getattr(bound, "counts_config", False):
+        if bound is typed or any(bound is c for c in _COUNTERS):
             monkeypatch.setattr(module, "typed", counting_typed)
+    _COUNTERS.append(counting_typed)
     return counts
 
 
