@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 
 from models.prompts import PROMPT_COARSE
@@ -169,9 +168,7 @@ def test_loss_decreases_on_fixed_batch(tiny_data, tmp_path):
     from train.stage1 import build_stage1_model
 
     cfg = stage1_cfg(tiny_data, tmp_path, steps=12)
-    OmegaConf.update(cfg, "deepspeed.zero_stage", 2)
-    OmegaConf.update(cfg, "optim.warmup_steps", 0)
-    OmegaConf.update(cfg, "optim.lr", 5e-3)
+    cfg.deepspeed.zero_stage, cfg.optim.warmup_steps, cfg.optim.lr = 2, 0, 5e-3
     init_distributed(cfg)
     torch.manual_seed(0)
     tok = load_tokenizer(cfg.model.tokenizer)

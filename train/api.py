@@ -1,13 +1,15 @@
 """Python entry points of the trainers (no Hydra needed to call them).
 
     from train.api import compose, train
-    cfg = compose("smoke", ["train.steps=20"])      # Hydra compose API over conf/
+    cfg = compose("smoke", ["train.steps=20"])      # Hydra compose API over conf/ -> typed Config
     result = train(cfg)                               # dispatches on cfg.train.stage
 
 ``train`` also takes a plain, partial dict: its values are set onto the typed schema
 (``train/config.py``, the one place of every default; no Hydra, no ``conf/`` needed), so
 ``train({"train": {"steps": 5}, "model": {"tokenizer": ...}, ...})`` works. A dict value such as
-``data.mode_weights`` replaces the default as a whole. Types and ranges are checked either way.
+``data.mode_weights`` replaces the default as a whole. Types and ranges are checked either way,
+once: the config becomes a typed ``Config`` where it enters (``compose``, or ``train`` for a
+DictConfig or dict) and the trainers are handed that ``Config``; nothing below converts it again.
 ``python -m train.api plan experiment=paper_stage2`` prints the process layout ``launch.sh``
 uses (processes per node, pipeline degree, backend).
 """
@@ -22,17 +24,19 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from .config import Config, ConfigError, register, typed
+from .config import Config, ConfigError, as_config, register
 from .preflight import check_overrides, explain_composition_error
 
 CONF_DIR = Path(os.environ.get("OCRFLOW_CONF", Path(__file__).resolve().parents[1] / "conf"))
 
 
-def compose(experiment: str | None = None, overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose ``conf/config.yaml`` (+ ``experiment/<name>.yaml``) with Hydra overrides.
+def compose(experiment: str | None = None, overrides: Sequence[str] = ()) -> Config:
+    """The typed ``Config`` of ``conf/config.yaml`` (+ ``experiment/<name>.yaml``) with Hydra
+    overrides.
 
-    Types are checked while composing (OmegaConf), ranges right after (``typed``): a bad
-    override fails here with an error that names the key."""
+    Types are checked while composing (OmegaConf), ranges right after, in the one conversion
+    to ``Config`` (``as_config``): a bad override fails here with an error that names the key.
+    Change a value afterwards as an attribute (``cfg.train.steps = 5``)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -52,13 +56,7 @@ def compose(experiment: str | None = None, overrides: Sequence[str] = ()) -> Dic
             cfg = hydra_compose(config_name="config", overrides=overrides)
         except (ConfigCompositionException, MissingConfigException) as e:  # one line, "did you mean"
             raise explain_composition_error(e) from e
-    typed(cfg, Config)
-    return cfg
-
-
-def as_config(cfg: Config | DictConfig | Mapping[str, Any]) -> Config:
-    """The validated ``Config`` of a composed DictConfig, a (partial) dict or a ``Config``."""
-    return typed(cfg, Config)
+    return as_config(cfg)
 
 
 def _select(cfg: Config, dotted: str) -> Any:

@@ -1,8 +1,10 @@
 """Typed config schema of the trainers (``conf/config.yaml`` and its groups).
 
 One default per key, here and nowhere else: the YAML files under ``conf/`` hold recipe values
-only, and code reads ``cfg.<group>.<key>`` from a ``Config`` (``typed(cfg, Config)``), never
-with a fallback of its own. One dataclass per config group, in ``conf/`` order:
+only, and code reads ``cfg.<group>.<key>`` from a ``Config``, never with a fallback of its own.
+The config is converted to a ``Config`` once, where it enters (``as_config``: ``train.api.compose``,
+``train.api.train``, the Hydra command line), and passed down as it is. One dataclass per config
+group, in ``conf/`` order:
 
     model -> ModelConfig (+ Stage1LMConfig)   data -> DataConfig      optim -> OptimConfig
     deepspeed -> DeepSpeedConfig              logging -> LoggingConfig (+ WandbConfig)
@@ -28,7 +30,7 @@ from typing import Any, ClassVar, Optional
 from data_engine.config import ConfigError, Schema, group, register_schema, setting, typed
 from models.config import PRESETS
 
-__all__ = ["Config", "ConfigError", "DataConfig", "DeepSpeedConfig", "LoggingConfig", "ModelConfig",
+__all__ = ["Config", "ConfigError", "as_config", "DataConfig", "DeepSpeedConfig", "LoggingConfig", "ModelConfig",
            "OptimConfig", "RelianceConfig", "Stage1LMConfig", "TrainConfig", "WandbConfig", "register",
            "to_container", "typed"]
 
@@ -288,6 +290,14 @@ def _warn_once(msg: str) -> None:
     if msg not in _warned and os.environ.get("RANK", "0") == "0":
         _warned.add(msg)
         logging.getLogger(__name__).warning(msg)
+
+
+def as_config(cfg: Any) -> Config:
+    """The typed ``Config`` of ``cfg``: a ``Config`` is used as it is (never converted or checked
+    again); a composed DictConfig, a partial dict or None is converted and checked here, once.
+    Entry points call it (``train.api.compose`` / ``train``, the building blocks a caller may
+    hand a dict); the trainers pass the ``Config`` they got down as it is."""
+    return cfg if isinstance(cfg, Config) else typed(cfg, Config)
 
 
 def to_container(x: Any) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .config import Config, TrainConfig, typed
+from .config import TrainConfig, as_config, typed
 from .distributed import world_info
 
 
@@ -57,7 +57,7 @@ def build_ds_config(cfg: Any, world_size: int | None = None) -> dict:
     ``deepspeed.initialize`` (client optimizer), so the schedule logic lives in one place.
     ``cfg.deepspeed.extra`` (raw DeepSpeed keys) is deep-merged last and wins.
     """
-    cfg = typed(cfg, Config)  # dtype and zero_stage ranges: checked by the schema
+    cfg = as_config(cfg)  # a Config as it is; a dict converted (ranges: the schema's)
     if world_size is None:
         world_size = world_info()[1]
     micro, glob, accum, _ = batch_geometry(cfg.train, world_size)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .config import Config, typed
+from .config import as_config
 
 # DeepSpeed's CPU shared-memory all-reduce op (ShareMemCommBuilder)
 SHM_ALLREDUCE_OP = "deepspeed_shm_comm"
@@ -84,7 +84,7 @@ def init_distributed(cfg: Any = None) -> tuple[int, int, torch.device]:
     import deepspeed
     import torch.distributed as dist
 
-    backend = typed(cfg, Config).train.backend or default_backend()
+    backend = as_config(cfg).train.backend or default_backend()
     if backend == "nccl" and not torch.cuda.is_available():
         raise RuntimeError("train.backend=nccl needs CUDA; use gloo on CPU")
     launched = _started_by_launcher()

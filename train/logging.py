@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from .config import Config, to_container, typed
+from .config import as_config, to_container
 from .distributed import world_info
 
 log = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ class MetricsLogger:
         self.enabled = self.rank == 0
         self.total_steps = int(total_steps)
         self.out_dir = Path(out_dir)
-        cfg = typed(cfg, Config)
+        cfg = as_config(cfg)
         log_cfg = cfg.logging
         self.console_every = log_cfg.log_every
         self._wandb_run = None

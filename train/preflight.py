@@ -155,7 +155,7 @@ def main(argv: list[str]) -> None:
     experiment, overrides = (None if argv[0] == "-" else argv[0]), argv[1:]
     verbose = any(o.lstrip("+") in ("logging.verbose=true", "logging.verbose=True") for o in overrides)
     try:
-        cfg = compose(experiment, overrides)
+        cfg = compose(experiment, overrides)  # the typed Config: converted and checked once
         check_inputs(cfg)
     except USER_ERRORS as e:
         fail(e, verbose)

@@ -42,7 +42,7 @@ from models.image_processing import ImageInput
 from models.pretrained import init_encoder_from_pretrained
 
 from .checkpoints import resume_if_requested, save_checkpoint
-from .config import Config, Stage1LMConfig, typed
+from .config import Config, Stage1LMConfig, as_config, typed
 from .deepspeed_config import build_ds_config
 from .distributed import touch_params
 from .eval.loading import save_run_config
@@ -186,7 +186,7 @@ def build_stage1_model(cfg: Any, vocab_size: int | None = None, *,
     ``vocab_size``/``special_ids`` (bos, eos, pad, image) come from the tokenizer; without them
     the preset's values are used (e.g. building the paper model on the meta device).
     """
-    mcfg = typed(cfg, Config).model
+    mcfg = as_config(cfg).model  # a building block: a caller may hand it a dict
     ocr_cfg = get_preset(mcfg.preset)
     ids = {"bos_token_id": ocr_cfg.bos_token_id, "eos_token_id": ocr_cfg.eos_token_id,
            "pad_token_id": ocr_cfg.pad_token_id, "image_token_id": ocr_cfg.image_token_id}
@@ -246,9 +246,10 @@ def _all_reduce_sums(parts: dict[str, tuple[float, int]], extra: list[float], de
     return out, vals[2 * len(keys):]
 
 
-def run_stage1(cfg: Any) -> dict:
-    """Train stage 1 per ``cfg`` (see conf/); returns a summary dict (paths, losses, speed)."""
-    cfg = typed(cfg, Config)
+def run_stage1(cfg: Config) -> dict:
+    """Train stage 1 per ``cfg`` (see conf/); returns a summary dict (paths, losses, speed).
+    ``cfg``: the typed ``Config`` (``train.api.compose`` / ``train``), passed down as it is."""
+    cfg = as_config(cfg)  # as it is when a Config (train.api.train's); converted once otherwise
     verbose = cfg.logging.verbose
     quiet_libraries(verbose)  # before DeepSpeed is imported
     import deepspeed

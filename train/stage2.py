@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from .checkpoints import resume_if_requested, save_checkpoint
-from .config import Config, ConfigError, typed
+from .config import Config, ConfigError, as_config
 from .deepspeed_config import build_ds_config
 from .logging import MetricsLogger, expert_load_metrics, library_prints, quiet_libraries
 from .lr_schedule import build_lr_scheduler
@@ -51,13 +51,13 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 EXPORT_DIRNAME = "model"
 
 
-def stage2_model_config(cfg: Any, tokenizer=None):
+def stage2_model_config(cfg: Config, tokenizer=None):
     """``DeepseekOCRConfig`` for ``cfg.model``: the config of ``init_from`` if given, else the
     preset sized for the tokenizer; ``moe_impl`` / ``aux_loss_alpha`` overrides applied."""
     from models.checkpoint import load_config
     from models.config import get_preset
 
-    mcfg = typed(cfg, Config).model
+    mcfg = cfg.model
     init_from = mcfg.init_from
     if init_from:
         mc = load_config(init_from)
@@ -81,7 +81,8 @@ def build_stage2_model(cfg: Any, tokenizer=None):
     from models.checkpoint import load_published_weights
     from models.deepseek_ocr import DeepseekOCRForCausalLM
 
-    mcfg = typed(cfg, Config).model
+    cfg = as_config(cfg)  # a building block: a caller may hand it a dict
+    mcfg = cfg.model
     init_from, encoder_from = mcfg.init_from, mcfg.encoder_from
     model = DeepseekOCRForCausalLM(stage2_model_config(cfg, tokenizer))
     if init_from:
@@ -109,7 +110,7 @@ def build_stage2_pipeline(cfg: Any, tokenizer, pp: int, device, seed: int):
     from .pipeline import build_pipeline_module
     from .stage_build import init_stage_weights
 
-    cfg = typed(cfg, Config)
+    cfg = as_config(cfg)  # a building block: a caller may hand it a dict
     tcfg, mcfg = cfg.train, cfg.model
     mc = stage2_model_config(cfg, tokenizer)
     model = build_meta_model(mc)  # names and shapes only
@@ -223,9 +224,10 @@ def _check_pipeline_groups(cfg: Config, pp: int) -> None:
             "stage 1 or with train.pp=1 (stage 2 trains a pretrained encoder at the common lr)")
 
 
-def run_stage2(cfg: Any) -> dict:
-    """Train stage 2 per ``cfg`` (see conf/, experiment/paper_stage2.yaml); returns a summary."""
-    cfg = typed(cfg, Config)
+def run_stage2(cfg: Config) -> dict:
+    """Train stage 2 per ``cfg`` (see conf/, experiment/paper_stage2.yaml); returns a summary.
+    ``cfg``: the typed ``Config`` (``train.api.compose`` / ``train``), passed down as it is."""
+    cfg = as_config(cfg)  # as it is when a Config (train.api.train's); converted once otherwise
     verbose = cfg.logging.verbose
     quiet_libraries(verbose)  # before DeepSpeed is imported
     import deepspeed

@@ -415,10 +415,10 @@ def train_ppocr(cfg, on_step=None) -> dict:
     from train.lr_schedule import build_lr_scheduler
     from train.optimizer import build_optimizer, current_lrs
     from train.seeding import seed_everything
-    from train.config import Config, typed
+    from train.config import as_config
     from train.logging import MetricsLogger, library_prints, quiet_libraries
 
-    cfg = typed(cfg, Config)
+    cfg = as_config(cfg)
     quiet_libraries(cfg.logging.verbose)
     import deepspeed
 

@@ -26,8 +26,6 @@ def recognizer_config(experiment: str, overrides: Sequence[str], *, shards: Sequ
                       mode: str = "micro"):
     """The training config of one round (``train.api.compose`` + the round's settings); the
     recognizer trains in ``mode`` only (the canvases are drawn at its side)."""
-    from omegaconf import OmegaConf
-
     from train.api import compose
 
     shard_list = "[" + ",".join(str(s) for s in shards) + "]"
@@ -36,7 +34,7 @@ def recognizer_config(experiment: str, overrides: Sequence[str], *, shards: Sequ
         f"data.shards={shard_list}", f"model.tokenizer={tokenizer}", f"train.out_dir={out_dir}",
         f"train.steps={steps}", f"train.seed={seed}", f"model.init_from={init_from or 'null'}",
     ])
-    OmegaConf.update(cfg, "data.mode_weights", {mode: 1.0}, merge=False)
+    cfg.data.mode_weights = {mode: 1.0}  # replaces the default as a whole
     return cfg
 
 
