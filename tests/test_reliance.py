@@ -52,8 +52,8 @@ def test_stage1_logs_vision_reliance_and_warns_when_blind(tiny_data, tmp_path, c
     cfg = stage1_cfg(tiny_data, tmp_path, steps=2, save_every=0, resume="null",
                      micro_batch_size=1, global_batch_size=1)
     # min_gap 1.0: every measurement counts as image-blind, so the warning must fire
-    cfg.train.reliance.update(every=1, batches=1, min_gap=1.0, patience=2,
-                              shards=[tiny_data["shards"]])
+    rel = cfg.train.reliance  # compose() gives the typed Config: set by attribute
+    rel.every, rel.batches, rel.min_gap, rel.patience, rel.shards = 1, 1, 1.0, 2, [tiny_data["shards"]]
     with caplog.at_level(logging.WARNING, logger="train.reliance"):
         result = run_stage1(cfg)
     hist = result["reliance"]
