@@ -31,7 +31,6 @@ builds the training split, the held-out splits and a tokenizer (``build_reading_
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import json
 import random
@@ -118,7 +117,6 @@ def _font(name: str) -> pymupdf.Font:
 
 
 @lru_cache(maxsize=1)
-@functools.lru_cache(maxsize=4)
 def english_words(n: int = 20000) -> tuple[str, ...]:
     """The ``n`` most frequent English words of ``wordfreq`` that are plain letters, 2-10 long."""
     from wordfreq import top_n_list
@@ -131,7 +129,7 @@ def word_split(word: str) -> str:
     return "heldout" if hashlib.sha1(word.lower().encode()).digest()[0] % 8 == 0 else "train"
 
 
-@functools.lru_cache(maxsize=4)
+@lru_cache(maxsize=2)
 def split_words(split: str) -> tuple[str, ...]:
     """The words of ``english_words`` in one split (built once: a page draws from it)."""
     return tuple(w for w in english_words() if word_split(w) == split)
@@ -238,6 +236,12 @@ def _cased(rng: random.Random, w: str) -> str:
     return w.upper() if r < 0.15 else w.capitalize() if r < 0.5 else w
 
 
+def _row_baseline(spec: ReadingSpec, row: int, fontsize: float, dy: float) -> float:
+    """Baseline of capitals centred in token row ``row`` (cap height ~0.7 em), moved by ``dy``,
+    kept on the page."""
+    return min(max(row * spec.cell + spec.cell / 2 + 0.35 * fontsize + dy, 0.75 * fontsize), spec.size - 1.0)
+
+
 def _grid_page(rng: random.Random, spec: ReadingSpec, font: str, fontsize: float) -> list[tuple]:
     """Lines of a grid page: (x of the first letter, baseline, text, x of each letter). A line is
     a run of cells in one row of vision tokens, moved by up to ``jitter`` in x (its own) and y (the page's)."""
@@ -256,8 +260,7 @@ def _grid_page(rng: random.Random, spec: ReadingSpec, font: str, fontsize: float
         letters = [rng.choice(spec.alphabet) for _ in range(k)]
         xs = [min(max((c0 + i) * pitch + (pitch - _line_width(ch, font, fontsize)) / 2 + dx, 1.0),
                   spec.size - _line_width(ch, font, fontsize) - 1.0) for i, ch in enumerate(letters)]
-        # capitals centred in the row (cap height ~0.7 em), kept on the page
-        baseline = min(max(row * spec.cell + spec.cell / 2 + 0.35 * fontsize + dy, 0.75 * fontsize), spec.size - 1.0)
+        baseline = _row_baseline(spec, row, fontsize, dy)
         placed.append((xs[0], baseline, " ".join(letters), xs))
     return placed
 
@@ -275,7 +278,7 @@ def _rows_page(rng: random.Random, spec: ReadingSpec, font: str, fontsize: float
     for row, ln in zip(sorted(rng.sample(range(rows), len(lines))), lines):
         w = _line_width(ln, font, fontsize)
         x = rng.uniform(0.02 * spec.size, 0.98 * spec.size - w)
-        baseline = min(max(row * spec.cell + spec.cell / 2 + 0.35 * fontsize + dy, 0.75 * fontsize), spec.size - 1.0)
+        baseline = _row_baseline(spec, row, fontsize, dy)
         placed.append((x, baseline, ln))
     return placed
 

@@ -183,7 +183,8 @@ def test_report_mixed_japanese_latin_and_garbled_page(tmp_path):
     assert rep2["throughput_total"]["pages_per_cpu_s"] > 0
 
 
-def test_display_equation_in_math_font_is_an_equation():
+def _math_page():
+    """A new document whose page has Noto Sans Math as font "MA" (skips without the font)."""
     from data_engine.scripts import find_font
 
     math = find_font("NotoSansMath-Regular.ttf")
@@ -191,6 +192,11 @@ def test_display_equation_in_math_font_is_an_equation():
         pytest.skip("Noto Sans Math not installed (scripts/setup_fonts.sh)")
     doc, page = _doc()
     page.insert_font(fontname="MA", fontfile=str(math))
+    return doc, page
+
+
+def test_display_equation_in_math_font_is_an_equation():
+    doc, page = _math_page()
     page.insert_textbox(pymupdf.Rect(72, 72, 523, 160), BODY * 3, fontname="helv", fontsize=10)
     page.insert_text((200, 200), "∑ 𝑥ᵢ² = ∫ 𝑓(𝑥) 𝑑𝑥 + 𝛼𝛽", fontname="MA", fontsize=12)
     page.insert_textbox(pymupdf.Rect(72, 230, 523, 320), BODY * 3, fontname="helv", fontsize=10)
@@ -201,13 +207,7 @@ def test_display_equation_in_math_font_is_an_equation():
 def test_display_formula_is_one_box():
     """A display set piece by piece as TeX does (a sum with limits, a sub/superscript, an
     integral with bounds, an equation number): MuPDF makes 7 blocks of it, 4 of them tiny."""
-    from data_engine.scripts import find_font
-
-    math = find_font("NotoSansMath-Regular.ttf")
-    if math is None:
-        pytest.skip("Noto Sans Math not installed (scripts/setup_fonts.sh)")
-    doc, page = _doc()
-    page.insert_font(fontname="MA", fontfile=str(math))
+    doc, page = _math_page()
     page.insert_textbox(pymupdf.Rect(72, 72, 523, 150), BODY * 3, fontname="helv", fontsize=10)
     y = 200
     for x, dy, s, font, size in [(200, 6, "\u2211", "MA", 22), (205, -16, "n", "MA", 7), (198, 17, "i", "MA", 7),
