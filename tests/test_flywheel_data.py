@@ -12,7 +12,7 @@ import pymupdf
 from PIL import Image
 import pytest
 
-from data_engine.flywheel.accept import AcceptConfig, calibrate, judge, loop_span
+from data_engine.flywheel.accept import AcceptConfig, calibrate, cer_bound, judge, loop_span
 from data_engine.flywheel.collage import refused_line_words
 from data_engine.flywheel.dataset import _iou, split_calibration
 from data_engine.flywheel.detect import PPOCR_DET_FILE, find_ppocr_det_model, get_line_source
@@ -171,6 +171,12 @@ def test_calibrated_threshold_reaches_target_cer_on_held_out_lines():
     # equal confidences are accepted together: the boundary cannot fall inside a tie
     tie = [(-0.1, "abcdefghij", "abcdefghij")] * 3 + [(-0.1, "abcdefghij", "xyzxyzxyzx")] * 3
     assert calibrate(tie, 0.10, 5)["status"] == "unreachable"
+    # with a bound: the CER plus z standard errors over the lines must reach the target
+    assert cer_bound([(0, 10), (2, 10)], 0.0) == 0.1 and abs(cer_bound([(0, 10), (2, 10)], 1.0) - 0.2) < 1e-9
+    noisy = good + [(-0.3 - 0.01 * i, "abcdefghij", "abcdeXXXXX" if i % 3 == 0 else "abcdefghij") for i in range(6)]
+    plain, bounded = calibrate(noisy, 0.10, 8), calibrate(noisy, 0.10, 8, z=1.0)
+    assert plain["share"] == 1.0 and plain["cer_at_threshold"] == 0.0833  # 10 errors in 120 characters
+    assert bounded["status"] == "calibrated" and bounded["share"] < 1.0 and bounded["cer_bound"] <= 0.10
     # the calibrated threshold, not the fixed one, decides low_confidence
     cfg, ok = AcceptConfig(), dict(finished=True, bbox=(0, 0, 200, 20), script="Latn")
     assert judge("abc defg hij", confidence=-0.5, cfg=cfg, **ok) == "low_confidence"  # fixed -0.35

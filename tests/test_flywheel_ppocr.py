@@ -33,27 +33,33 @@ def shipped():
     return load_ppocr(None)
 
 
-@pytest.fixture(scope="module")
-def cyrillic_shard(tmp_path_factory, shipped):
+def _line_patches(lines: list[str], script: str, lang: str) -> list[Patch]:
+    """One fitz-rendered line patch per text (Noto Sans, 16 pt, 144 dpi), labelled by the text layer."""
     import pymupdf
 
     from data_engine.scripts import find_font, script_info
 
-    font = find_font(script_info("Cyrl").font)
+    font = find_font(script_info(script).font)
     if font is None:
         pytest.skip("Noto Sans not found: scripts/setup_fonts.sh")
     doc = pymupdf.open()
-    page = doc.new_page(width=300, height=40 * len(LINES) + 20)
+    page = doc.new_page(width=300, height=40 * len(lines) + 20)
     page.insert_font(fontname="noto", fontfile=str(font))
-    for i, text in enumerate(LINES):
+    for i, text in enumerate(lines):
         page.insert_text((10, 40 + 40 * i), text, fontsize=16, fontname="noto")
     img = render_page(page, dpi=144)
     patches = []
     for i, line in enumerate(ln for b in page.get_text("dict")["blocks"] for ln in b.get("lines", [])):
         text = "".join(s["text"] for s in line["spans"])
-        patches.append(Patch(f"cyr_00000_{i:03d}", "cyr", 0, tuple(line["bbox"]), "rus", "Cyrl", "textlayer", text,
+        patches.append(Patch(f"{lang}_00000_{i:03d}", lang, 0, tuple(line["bbox"]), lang, script, "textlayer", text,
                              image=crop(img, page.rect, line["bbox"])))
-    assert [p.text for p in patches] == LINES
+    assert [p.text for p in patches] == lines
+    return patches
+
+
+@pytest.fixture(scope="module")
+def cyrillic_shard(tmp_path_factory, shipped):
+    patches = _line_patches(LINES, "Cyrl", "rus")
     path = tmp_path_factory.mktemp("shards") / "rus_Cyrl.tar"
     write_patch_shard(path, patches)
     return path, patches
@@ -166,3 +172,30 @@ def test_decoding_on_the_garbled_text_layer_keeps_its_intact_letters():
     text, conf = decode_with_text_layer(logp, charset, text_layer_pattern(garbled, "Latn"))
     assert text == "abc" and fits_text_layer(text, garbled, "Latn") and conf < 0
     assert decode_with_text_layer(logp, charset, text_layer_pattern("xyz", "Latn")) is None
+
+
+def test_report_row_carries_the_reading_controls(shipped, tmp_path):
+    """A round's report gives, per line set, the recognizer's CER beside its controls: the same
+    lines as blank images, each prediction against another line's reference, one constant
+    output, and word accuracy against chance. The shipped PP-OCRv4 reads English lines, so it
+    reads; the controls score as reading-free ones do."""
+    from train.flywheel.config import FlywheelConfig
+    from train.flywheel.recognizers import PPOCRRecognizer
+    from train.flywheel.report import controls_table
+    from train.flywheel.rounds import line_reading
+
+    lines = ["river stone bridge", "morning light falls", "seven quiet houses", "winter garden path", "yellow paper kite"]
+    patches = _line_patches(lines, "Latn", "eng")
+    res = line_reading(PPOCRRecognizer(FlywheelConfig(), tmp_path), shipped, None, patches,
+                       train_labels=["the old road", "the old road", "a new day"])
+    rd = res["reading"]
+    assert rd["cer"] <= 0.05 and rd["word_accuracy"] >= 0.8 and rd["reads"], rd["verdict"]
+    assert rd["blank"]["cer"] >= 0.9 and rd["wrong_page"]["cer"] >= 0.5 and rd["constant"]["cer"] >= 0.5
+    assert rd["constant"]["label"] == "the old road" and rd["constant"]["source"] == "training labels"
+    assert res["cer_blind"] == rd["blank"]["cer"]
+    row = {"round": 0, "languages": {"eng-Latn": {"recognizer": {"gold_n": 5, "reading": rd, "unseen_n": 5,
+                                                                 "reading_unseen": rd}}}}
+    table = controls_table([row]).splitlines()
+    cells = f"{rd['cer']:.3f} | {rd['blank']['cer']:.3f} | {rd['wrong_page']['cer']:.3f} | {rd['constant']['cer']:.3f}"
+    assert [ln for ln in table if cells in ln and ln.endswith("reads |")] == [
+        ln for ln in table[2:]] and len(table) == 4  # gold and unseen-word rows, every control filled

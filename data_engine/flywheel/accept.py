@@ -51,6 +51,7 @@ class AcceptConfig(Schema):
     min_confidence: float = -0.35     # mean log-prob per token (exp(-0.35) ~ 0.70 per token); used where not calibrated
     calibration_lines: int = setting(32, ge=0)  # seed lines per language held out (whole documents) to calibrate the threshold; 0: off
     target_cer: float = setting(0.10, gt=0, le=1)  # calibrated: accepted labels' CER aimed at on the held-out lines
+    cer_bound_z: float = setting(1.0, ge=0)  # calibrated: the held-out CER's upper bound (this many standard errors) must reach target_cer; 0: the CER itself
     min_calibration: int = setting(8, ge=1)  # fewer held-out lines passing the other filters: min_confidence instead
     min_repeats: int = setting(4, ge=2)  # a loop: one unit repeated at least this often ...
     max_unit: int = setting(10, ge=1)  # ... a unit of up to this many characters ...
@@ -102,10 +103,28 @@ def length_range(samples: Iterable[tuple[str, tuple]], slack: float) -> tuple[fl
     return lo / slack, hi * slack
 
 
-def calibrate(rows: Iterable[tuple[float, str, str]], target_cer: float, min_lines: int) -> dict:
+def cer_bound(counts: list[tuple[int, int]], z: float) -> float:
+    """Upper confidence bound of the CER of lines with (edits, reference characters) ``counts``:
+    the ratio estimate sum(e) / sum(n) plus ``z`` of its standard error over lines (the ratio
+    estimator's: the spread of e_i - CER * n_i, lines drawn at random). ``z`` 0: the CER itself."""
+    e_sum, n_sum, m = sum(e for e, _ in counts), sum(n for _, n in counts), len(counts)
+    if not n_sum:
+        return float("inf")
+    cer = e_sum / n_sum
+    if z <= 0 or m < 2:
+        return cer
+    var = sum((e - cer * n) ** 2 for e, n in counts) * m / (m - 1)
+    return cer + z * var ** 0.5 / n_sum
+
+
+def calibrate(rows: Iterable[tuple[float, str, str]], target_cer: float, min_lines: int, z: float = 0.0) -> dict:
     """The confidence threshold from held-out lines' (confidence, truth, read) that pass the
     other filters: the lowest confidence c such that the lines read at confidence >= c have a
-    CER <= ``target_cer`` (at least 3 lines, so that one lucky line does not set it).
+    CER <= ``target_cer`` (at least 3 lines, so that one lucky line does not set it), or, with
+    ``z`` > 0, a CER whose upper bound (``cer_bound``: ``z`` standard errors over the lines
+    above c) is <= ``target_cer``: a few dozen calibration lines estimate the CER of the pool's
+    labels at the threshold with an error of ~0.02, so a threshold at the target itself lets
+    half the rounds' pool labels come out above it.
     ``status``: ``calibrated`` (``threshold`` = c), ``unreachable`` (no such c: accept nothing)
     or ``too_few`` (fewer than ``min_lines`` rows: the caller uses its fixed threshold)."""
     rows = sorted(rows, key=lambda r: -r[0])
@@ -113,15 +132,14 @@ def calibrate(rows: Iterable[tuple[float, str, str]], target_cer: float, min_lin
     if len(rows) < min_lines:
         return out
     out["status"] = "unreachable"
-    errors = chars = 0
+    counts = []
     for i, (conf, truth, read) in enumerate(rows):
-        e, n = cer_counts(truth, read)
-        errors, chars = errors + e, chars + n
+        counts.append(cer_counts(truth, read))
         # lines of equal confidence are accepted together: only a boundary between two values counts
         last_of_tie = i + 1 == len(rows) or rows[i + 1][0] < conf
-        if i >= 2 and last_of_tie and chars and errors / chars <= target_cer:
-            out.update(status="calibrated", threshold=conf, cer_at_threshold=round(errors / chars, 4),
-                       share=round((i + 1) / len(rows), 3))
+        if i >= 2 and last_of_tie and (bound := cer_bound(counts, z)) <= target_cer:
+            out.update(status="calibrated", threshold=conf, cer_at_threshold=round(cer_bound(counts, 0.0), 4),
+                       cer_bound=round(bound, 4), share=round((i + 1) / len(rows), 3))
     return out
 
 

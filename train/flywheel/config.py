@@ -58,6 +58,7 @@ class RecognizerConfig(Schema):
     steps: list[int] = setting([], ge=1)  # optimizer steps per round (the last value repeats); []: the kind's (recognizers.DEFAULT_STEPS: ppocr [300, 100, 100], paper [1800, 300, 300])
     continue_training: bool = True    # round k > 0 starts from round k-1's model
     train_on_accepted: bool = True    # round k > 0 trains on the labels accepted before it; false: the control run (seed and collage only, same steps)
+    accepted_repeats: int = setting(1, ge=1)  # each accepted label is trained on this many times per epoch (copies with their own keys); 1: once, as a seed line
     overrides: list[str] = setting([])  # training overrides, e.g. [model.preset=deepseek-ocr]
     mode: str = setting("micro", choices=RECOGNIZER_MODES)  # paper: resolution mode it reads; patch canvases have its side
     stretch: float = setting(1.0, gt=0)  # paper: horizontal stretch of a line on its canvas (data_engine/flywheel/patches.py)

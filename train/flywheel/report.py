@@ -18,9 +18,11 @@ def _threshold(cal: dict | None) -> str:
     if not cal or cal.get("status") == "too_few":
         return "fixed"
     if cal["status"] == "unreachable":
-        own = f"none reaches target (held-out CER {_f(cal.get('cer_all'))})"
+        own = ("too few lines left by earlier rounds" if cal.get("exhausted") else
+               f"none reaches target (held-out CER {_f(cal.get('cer_all'))})")
     else:
-        own = f"{cal['threshold']:.3f} ({_f(cal.get('cer_at_threshold'))}, {cal['share']:.0%} of {cal['lines']})"
+        bound = f", bound {_f(cal['cer_bound'])}" if cal.get("cer_bound") is not None else ""
+        own = f"{cal['threshold']:.3f} ({_f(cal.get('cer_at_threshold'))}{bound}, {cal['share']:.0%} of {cal['lines']})"
     by_source = {src: c for src, c in (cal.get("by_source") or {}).items() if c.get("status") != "too_few"}
     return own + "".join(f"; {src}: {_threshold(c)}" for src, c in sorted(by_source.items()))
 
@@ -55,6 +57,29 @@ def table(rounds: list[dict]) -> str:
                          f"{_threshold(d.get('calibration'))} | {d['labelled']} | {d['accepted']} | "
                          f"{d['rejected']} ({reasons}) | {_f(d['accepted_label_cer'])} | "
                          f"{_f(d['rejected_label_cer'])} | {d['accepted_total']} | {_pages(d.get('pages'))} |")
+    return "\n".join(lines)
+
+
+def _control_cells(rd: dict) -> str:
+    """CER | blank | wrong line | constant | word accuracy (needed) | verdict, of one reading_scores dict."""
+    return (f"{_f(rd['cer'])} | {_f((rd.get('blank') or {}).get('cer'))} | {_f((rd['wrong_page'] or {}).get('cer'))} | "
+            f"{_f(rd['constant']['cer'])} | {_f(rd['word_accuracy'])} ({_f(rd['chance']['threshold'])}) | "
+            f"{'reads' if rd['reads'] else 'does NOT read'} |")
+
+
+def controls_table(rounds: list[dict]) -> str:
+    """The recognizer against its reading controls per round, language and line set (gold, unseen
+    words): CER of the same lines as blank images, of each prediction against another line's
+    reference, of one constant output, and word accuracy against what chance would need."""
+    head = ("| round | language | lines | CER | blank-line CER | wrong-line CER | constant-output CER | "
+            "word accuracy (needed) | verdict |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rounds:
+        for spec, d in r["languages"].items():
+            rec = d.get("recognizer", {})
+            for name, key, n in (("gold", "reading", rec.get("gold_n")), ("unseen words", "reading_unseen", rec.get("unseen_n"))):
+                if rec.get(key):
+                    lines.append(f"| {r['round']} | {spec} | {name} ({n}) | {_control_cells(rec[key])}")
     return "\n".join(lines)
 
 
@@ -108,7 +133,8 @@ def write_run_report(out_dir: Path, rounds: list[dict], extra: dict | None = Non
              f"({c.get('calib_from')}, {c.get('calib_by_source')})"
              for spec, c in (extra or {}).get("data", {}).items() if "seed_by_source" in c]
     (out_dir / "report.md").write_text("# Flywheel report\n\n" + "\n".join(seeds) + ("\n\n" if seeds else "") +
-                                       table(rounds) + "\n\n" + "\n".join(notes) + "\n", encoding="utf-8")
+                                       table(rounds) + "\n\nReading controls (data_engine.reading_metrics; a line is a page):\n\n" +
+                                       controls_table(rounds) + "\n\n" + "\n".join(notes) + "\n", encoding="utf-8")
     if rounds:
         plot(rounds, out_dir / "report.png")
     return report

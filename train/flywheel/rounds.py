@@ -121,12 +121,21 @@ class RoundRunner:
     # ------------------------------------------------------------------ 1. train
     def training_shards(self, k: int) -> list[Path]:
         """Seed (and collage) shards plus the non-empty accepted shards of rounds < k (none in the
-        control run, ``recognizer.train_on_accepted=false``)."""
+        control run, ``recognizer.train_on_accepted=false``), each ``recognizer.accepted_repeats`` times."""
         shards = [self.data / "seed" / f"{_key(s)}.tar" for s in self.langs if self.seed[s]]
         shards += [self.data / "collage" / f"{_key(s)}.tar" for s in self.langs if self.made.get(s, {}).get("collage")]
+        repeats = self.cfg.recognizer.accepted_repeats
         for j in range(k if self.cfg.recognizer.train_on_accepted else 0):
             counts = json.loads((self.rdir(j) / "ACCEPTED").read_text())
-            shards += [self.rdir(j) / "accepted" / f"{_key(s)}.tar" for s in self.langs if counts.get(s)]
+            for s in (s for s in self.langs if counts.get(s)):
+                shard = self.rdir(j) / "accepted" / f"{_key(s)}.tar"
+                shards.append(shard)
+                for r in range(1, repeats):  # oversampled: copies under their own keys (mix_shards wants unique keys)
+                    copy = self.rdir(k) / "accepted_copies" / f"round{j}_{_key(s)}_{r}.tar"
+                    if not copy.is_file():
+                        write_patch_shard(copy, [replace(p, key=f"{p.key}_r{r}") for p in read_patch_shard(shard)],
+                                          canvas_side(self.cfg.recognizer.mode), self.cfg.recognizer.stretch)
+                    shards.append(copy)
         return shards
 
     def train(self, k: int) -> Path:
@@ -152,32 +161,45 @@ class RoundRunner:
 
     # ------------------------------------------------------------------ 2. calibrate
     def calibration(self, k: int, model, tok) -> dict:
-        """Per language: the acceptance threshold calibrated on the held-out seed lines (read by
-        round k's model; those failing another filter do not count), written once per round."""
+        """Per language (and per cut): the acceptance threshold calibrated on the calibration lines
+        (read by round k's model; those failing another filter do not count), written once per
+        round. The pool of round k holds only the lines earlier rounds did not accept, the harder
+        ones; so does its calibration: the calibration lines that earlier rounds' thresholds
+        accepted are left out (``accepted_keys`` of their ``calibration.json``). Without that, a
+        round-1 threshold set on every line let the remaining pool's labels through at CER 0.13-0.15
+        against 0.10 on the calibration lines (docs/flywheel.md)."""
         path = self.rdir(k) / "calibration.json"
         if path.is_file():
             return json.loads(path.read_text(encoding="utf-8"))
         ac, out = self.accept_cfg, {}
         for s in self.langs:
             shard = self.data / "calib" / f"{_key(s)}.tar"
-            lines = list(read_patch_shard(shard)) if shard.is_file() else []
+            taken = {key for j in range(k) for key in
+                     json.loads((self.rdir(j) / "calibration.json").read_text(encoding="utf-8"))[s].get("accepted_keys", [])}
+            lines = [p for p in (read_patch_shard(shard) if shard.is_file() else []) if p.key not in taken]
             reads = self.read(model, tok, lines)
-            rows = [(conf, p.text, text, p.source) for p, (text, conf, fin) in zip(lines, reads)
+            rows = [(conf, p.text, text, p.source, p.key) for p, (text, conf, fin) in zip(lines, reads)
                     if judge(text, confidence=0.0, finished=fin, bbox=p.bbox, script=p.script, cfg=ac,
                              length_bounds=self.bounds[s], min_confidence=float("-inf"),
                              text_layer=p.extra.get("text_layer")) is None]
-            cal = calibrate([r[:3] for r in rows], ac.target_cer, ac.min_calibration)
-            cal.update(held_out=len(lines), cer_all=corpus_cer((p.text, r[0]) for p, r in zip(lines, reads)))
+            cal = calibrate([r[:3] for r in rows], ac.target_cer, ac.min_calibration, ac.cer_bound_z)
+            cal.update(held_out=len(lines), left_out_accepted=len(taken),
+                       cer_all=corpus_cer((p.text, r[0]) for p, r in zip(lines, reads)))
             # per cut (refused text-layer box, detector line): the pool's lines of one cut are
             # labelled at the threshold calibrated on the calibration lines of the same cut
-            cal["by_source"] = {src: calibrate([r[:3] for r in rows if r[3] == src], ac.target_cer, ac.min_calibration)
+            cal["by_source"] = {src: calibrate([r[:3] for r in rows if r[3] == src], ac.target_cer, ac.min_calibration, ac.cer_bound_z)
                                 for src in sorted({p.source for p in lines})}
+            for c in [cal, *cal["by_source"].values()]:
+                if taken and c["status"] == "too_few":  # earlier rounds took the lines: nothing left to trust
+                    c.update(status="unreachable", exhausted=True)
             if cal["status"] == "too_few":
                 cal["note"] = (f"{len(rows)} of {len(lines)} held-out lines pass the other filters (fewer than "
                                f"accept.min_calibration={ac.min_calibration}): min_confidence={ac.min_confidence} is used")
             elif cal["status"] == "unreachable":
-                cal["note"] = (f"no confidence level reaches CER <= {ac.target_cer} on the held-out lines: "
-                               "nothing is accepted in this language this round")
+                cal["note"] = (f"no confidence level reaches CER <= {ac.target_cer} on the held-out lines"
+                               f"{' left by earlier rounds' if taken else ''}: nothing is accepted in this language this round")
+            thresholds = cut_thresholds(cal, ac.min_confidence)
+            cal["accepted_keys"] = [r[4] for r in rows if r[0] >= thresholds.get(r[3], thresholds["*"])]
             out[s] = cal
         self.log(f"[flywheel] round {k}: acceptance thresholds " + ", ".join(
             f"{s} {c['status']} {c['threshold']}" + "".join(
@@ -186,16 +208,10 @@ class RoundRunner:
         return out
 
     def min_confidence(self, k: int) -> dict[str, dict[str, float]]:
-        """The confidence threshold per language and patch source in round k (``"*"``: the
-        language's, for sources without their own): calibrated, else the fixed one."""
+        """The confidence threshold per language and patch source in round k (``cut_thresholds``)."""
         path = self.rdir(k) / "calibration.json"
         cal = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        out = {}
-        for s in self.langs:
-            lang = threshold_of(cal.get(s), self.accept_cfg.min_confidence)
-            out[s] = {"*": lang, **{src: threshold_of(c, lang) for src, c in (cal.get(s) or {}).get("by_source", {}).items()
-                                    if c.get("status") != "too_few"}}
-        return out
+        return {s: cut_thresholds(cal.get(s), self.accept_cfg.min_confidence) for s in self.langs}
 
     # ------------------------------------------------------------------ 3.-4. label + accept
     def label(self, k: int, model, tok, pool: list[Patch], model_dir: Path | None = None) -> list[dict]:
@@ -257,35 +273,34 @@ class RoundRunner:
 
     # ------------------------------------------------------------------ 5. measure
     def gold_cer(self, model, tok) -> dict:
-        from PIL import Image
-
+        """Per language: the recognizer on the gold lines (CER, loss with real / blank images) and
+        on the unseen-word gold lines, each with its reading controls (``line_reading``)."""
         out = {}
         for s in self.langs:
             gold = list(read_patch_shard(self.data / "gold" / f"{_key(s)}.tar"))
             if not gold:
                 out[s] = {"gold_n": 0}
                 continue
-            reads = self.read(model, tok, gold)
-            blanks = [Image.new("RGB", p.image.size, "white") for p in gold]
-            blank = self.rec.read_images(model, tok, blanks, gold)
+            # the constant-output control writes the most frequent training (seed) label
+            train_labels = [p.text for p in self.seed[s] if p.text.strip()] or None
+            g = line_reading(self.rec, model, tok, gold, train_labels)
             texts = [p.text for p in gold]
-            out[s] = {"gold_n": len(gold), "cer": corpus_cer((p.text, r[0]) for p, r in zip(gold, reads)),
-                      "cer_by_kind": {kind: corpus_cer((p.text, r[0]) for p, r in zip(gold, reads) if p.kind == kind)
+            loss = self.rec.nll(model, tok, [p.image for p in gold], texts, gold)
+            loss_blind = self.rec.nll(model, tok, g["blank_images"], texts, gold)
+            g["reading"]["loss_ratio"] = loss / loss_blind if loss is not None and loss_blind else None
+            out[s] = {"gold_n": len(gold), "cer": g["cer"],
+                      "cer_by_kind": {kind: corpus_cer((p.text, r[0]) for p, r in zip(gold, g["reads"]) if p.kind == kind)
                                       for kind in sorted({p.kind for p in gold})},
-                      "cer_blind": corpus_cer((p.text, r[0]) for p, r in zip(gold, blank)),
-                      "loss": self.rec.nll(model, tok, [p.image for p in gold], texts, gold),
-                      "loss_blind": self.rec.nll(model, tok, blanks, texts, gold),
-                      "examples": [{"ref": p.text, "pred": r[0]} for p, r in zip(gold[:3], reads[:3])]}
-            # the reading verdict (wrong-page control, constant output, words above chance): docs/evaluation.md
-            out[s]["reading"] = reading_scores([r[0] for r in reads], texts, blank_preds=[r[0] for r in blank],
-                                               loss_ratio=out[s]["loss"] / out[s]["loss_blind"]
-                                               if out[s]["loss"] is not None and out[s]["loss_blind"] else None)
+                      "cer_blind": g["cer_blind"], "loss": loss, "loss_blind": loss_blind,
+                      "examples": [{"ref": p.text, "pred": r[0]} for p, r in zip(gold[:3], g["reads"][:3])],
+                      # the reading verdict (wrong-line control, constant output, words above chance): docs/evaluation.md
+                      "reading": g["reading"]}
             unseen_path = self.data / UNSEEN_DIR / f"{_key(s)}.tar"
             unseen = list(read_patch_shard(unseen_path)) if unseen_path.is_file() else []
             if unseen:  # words no training page has: reading letters, not recognising known words
-                reads = self.read(model, tok, unseen)
-                out[s].update(cer_unseen=corpus_cer((p.text, r[0]) for p, r in zip(unseen, reads)),
-                              unseen_n=len(unseen))
+                u = line_reading(self.rec, model, tok, unseen, train_labels)
+                out[s].update(cer_unseen=u["cer"], cer_unseen_blind=u["cer_blind"], unseen_n=len(unseen),
+                              reading_unseen=u["reading"])
         return out
 
     def tesseract(self) -> dict:
@@ -364,3 +379,31 @@ class RoundRunner:
 
     def spec_of_lang(self, lang: str) -> str:
         return next((s for s in self.langs if LineLanguage.parse(s).lang == lang), lang)
+
+
+def cut_thresholds(cal: dict | None, fixed: float) -> dict[str, float]:
+    """One language's confidence threshold per patch source (cut) from its calibration
+    (``"*"``: the language's own, for sources without one): calibrated, +inf when unreachable,
+    else the ``fixed`` one."""
+    lang = threshold_of(cal, fixed)
+    return {"*": lang, **{src: threshold_of(c, lang) for src, c in (cal or {}).get("by_source", {}).items()
+                          if c.get("status") != "too_few"}}
+
+
+def line_reading(rec, model, tok, patches: list[Patch], train_labels: list[str] | None = None) -> dict:
+    """The recognizer ``rec`` on labelled line patches and its reading controls, every line a
+    "page" of ``data_engine.reading_metrics``: CER, word accuracy, the same lines as blank images
+    of their size (image-blind), each prediction against another line's reference (wrong line,
+    the fixed derangement), one constant output (the most frequent of ``train_labels``, else of
+    the references) and the verdict. Also returns the reads and blank images for the caller."""
+    from PIL import Image
+
+    reads = rec.read(model, tok, patches)
+    blank_images = [Image.new("RGB", p.image.size, "white") for p in patches]
+    blank = rec.read_images(model, tok, blank_images, patches)
+    texts = [p.text for p in patches]
+    return {"cer": corpus_cer(zip(texts, (r[0] for r in reads))),
+            "cer_blind": corpus_cer(zip(texts, (r[0] for r in blank))),
+            "reading": reading_scores([r[0] for r in reads], texts, train_labels=train_labels,
+                                      blank_preds=[r[0] for r in blank]),
+            "reads": reads, "blank_images": blank_images}
