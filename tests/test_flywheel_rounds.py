@@ -102,6 +102,9 @@ def test_one_round_end_to_end(full_run):
         eng["recognizer"]["cer_blind"]) and reading["reads"] in (True, False)
     # held-out pages of words no training page has: the CER of reading letters, measured apart
     assert eng["recognizer"]["unseen_n"] > 0 and eng["recognizer"]["cer_unseen"] is not None
+    unseen = eng["recognizer"]["reading_unseen"]  # with its own controls; the constant output is a seed label
+    assert unseen["pages"] == eng["recognizer"]["unseen_n"] and unseen["constant"]["source"] == "training labels"
+    assert unseen["blank"]["cer"] == pytest.approx(eng["recognizer"]["cer_unseen_blind"]) and unseen["wrong_page"]
     # one born-digital document cannot be split for calibration: the fixed threshold, said so
     assert eng["calibration"]["status"] == "too_few" and "min_confidence" in eng["calibration"]["note"]
     assert json.loads((full_run / "round_0" / "calibration.json").read_text())["eng-Latn"]["held_out"] == 0
@@ -110,6 +113,7 @@ def test_one_round_end_to_end(full_run):
     assert (full_run / "report.png").stat().st_size > 1000
     md = (full_run / "report.md").read_text()
     assert "| 0 | eng-Latn |" in md and ("| reads (" in md or "| does NOT read (" in md)
+    assert "| 0 | eng-Latn | unseen words (" in md  # the reading-controls table
     assert (full_run / "round_0" / "train" / "model" / "config.json").is_file()  # the round's model
     rows = _labels(full_run)
     assert all(("reason" in r and "confidence" in r) for r in rows)

@@ -18,8 +18,8 @@ def _threshold(cal: dict | None) -> str:
     if not cal or cal.get("status") == "too_few":
         return "fixed"
     if cal["status"] == "unreachable":
-        own = ("too few lines left by earlier rounds" if cal.get("exhausted") else
-               f"none reaches target (held-out CER {_f(cal.get('cer_all'))})")
+        own = ("too few lines left by earlier rounds" if cal.get("exhausted") else "none reaches target" +
+               (f" (held-out CER {_f(cal['cer_all'])})" if cal.get("cer_all") is not None else ""))
     else:
         bound = f", bound {_f(cal['cer_bound'])}" if cal.get("cer_bound") is not None else ""
         own = f"{cal['threshold']:.3f} ({_f(cal.get('cer_at_threshold'))}{bound}, {cal['share']:.0%} of {cal['lines']})"
