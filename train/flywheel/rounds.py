@@ -166,7 +166,7 @@ class RoundRunner:
         round. The pool of round k holds only the lines earlier rounds did not accept, the harder
         ones; so does its calibration: the calibration lines that earlier rounds' thresholds
         accepted are left out (``accepted_keys`` of their ``calibration.json``). Without that, a
-        round-1 threshold set on every line let the remaining pool's labels through at CER 0.13-0.15
+        round-1 threshold set on every line let the remaining pool's labels through at CER 0.12-0.15
         against 0.10 on the calibration lines (docs/flywheel.md)."""
         path = self.rdir(k) / "calibration.json"
         if path.is_file():
