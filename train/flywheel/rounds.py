@@ -175,7 +175,7 @@ class RoundRunner:
         for s in self.langs:
             shard = self.data / "calib" / f"{_key(s)}.tar"
             taken = {key for j in range(k) for key in
-                     json.loads((self.rdir(j) / "calibration.json").read_text(encoding="utf-8"))[s].get("accepted_keys", [])}
+                     json.loads((self.rdir(j) / "calibration.json").read_text(encoding="utf-8")).get(s, {}).get("accepted_keys", [])}
             lines = [p for p in (read_patch_shard(shard) if shard.is_file() else []) if p.key not in taken]
             reads = self.read(model, tok, lines)
             rows = [(conf, p.text, text, p.source, p.key) for p, (text, conf, fin) in zip(lines, reads)
@@ -195,7 +195,7 @@ class RoundRunner:
             if cal["status"] == "too_few":
                 cal["note"] = (f"{len(rows)} of {len(lines)} held-out lines pass the other filters (fewer than "
                                f"accept.min_calibration={ac.min_calibration}): min_confidence={ac.min_confidence} is used")
-            elif cal["status"] == "unreachable":
+            elif cal["status"] == "unreachable" and not any(c["status"] == "calibrated" for c in cal["by_source"].values()):
                 cal["note"] = (f"no confidence level reaches CER <= {ac.target_cer} on the held-out lines"
                                f"{' left by earlier rounds' if taken else ''}: nothing is accepted in this language this round")
             thresholds = cut_thresholds(cal, ac.min_confidence)
