@@ -218,10 +218,10 @@ run_demo() {
   dir="$(cd "$dir" && pwd)"
   local corpus_args=(--languages "${DEMO_LANGS:-Latn}")
   if [[ -n "${DEMO_CORPUS:-}" ]]; then corpus_args=(--corpus "$DEMO_CORPUS" --languages "${DEMO_LANGS:-eng}"); fi
-  # the user's choice, if any, for every step; else one process's share here and, for the
-  # pipeline-parallel stage 2, run_train's per-process share (2 processes x 2 threads spin on 2 cores)
-  local user_threads="${OMP_NUM_THREADS:-}"
-  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(cpu_threads 1)}"
+  # one thread per process (the user's choice, if any), set before part A starts in the background:
+  # part A and the next rung's pages run beside each training, and stage 2 runs its 2 pipeline
+  # processes; two threads per process spin on 2 busy cores (docs/training.md "Threads")
+  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
   if ! have_fonts; then
     echo "[demo] Noto Sans or Liberation not found: installing them with scripts/setup_fonts.sh (or set OCRFLOW_FONT_DIRS)"
@@ -241,9 +241,6 @@ run_demo() {
   # from their encoder. Pages: random capitals and digits in 35 faces of 8 font families; every
   # table scores held-out pages in 3 font designs never trained (and trained fonts, smaller sizes).
   local lad="$dir/reading"
-  # one thread per process: part A and the next pages run beside each training (stage 2 runs its
-  # 2 pipeline processes at 1 thread each); two threads per process spin on 2 busy cores
-  export OMP_NUM_THREADS="${user_threads:-1}"
   local pages=(--train-pages "${DEMO_TRAIN_PAGES:-2000}" --heldout-pages "${DEMO_HELDOUT_PAGES:-60}")
   mkdir -p "$lad"
   echo "[demo 2/8] reading pages of rung A1 (PDF -> engine -> shards + tokenizer) -> $lad"

@@ -79,7 +79,7 @@ RUNGS = {
     "C": Rung("C", "caps", "reading_caps_stage2", 2, "micro", steps=600, train_pages=6000, target_cer=0.15,
               budget_cpu_min=None, page=(("font_sizes", (48.0, 80.0)),)),
     # stage 2 on A2's pages (nano grid) from A2's encoder: what `./launch.sh demo` trains after A1 -> A2
-    "C-grid": Rung("C-grid", "caps", "reading_caps_stage2", 2, "nano", steps=400, train_pages=3000, target_cer=None,
+    "C-grid": Rung("C-grid", "caps", "reading_caps_stage2", 2, "nano", steps=800, train_pages=3000, target_cer=None,
                    budget_cpu_min=None, heldout_pages=60, page=(*_NANO, *_GRID, ("chars", (2, 4))),
                    overrides=("data.seq_len=48",)),
     # 1-2 lines of words (unseen words and fonts): stage 1 from scratch
