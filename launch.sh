@@ -251,7 +251,7 @@ run_demo() {
   # the next rung's pages are made meanwhile, on the core this training leaves free
   python -m train.ladder --rung A2 --out "$lad/rung_A2" "${pages[@]}" --data-only >"$lad/pages_A2.log" 2>&1 &
   local pages_pid=$!
-  python -m train.ladder --rung A1 --out "$lad/rung_A1" "${pages[@]}" --steps "${DEMO_A1_STEPS:-1500}" "$@"
+  python -m train.ladder --rung A1 --out "$lad/rung_A1" "${pages[@]}" --steps "${DEMO_A1_STEPS:-1300}" "$@"
   wait "$pages_pid" || { tail -n 30 "$lad/pages_A2.log" >&2; exit 1; }
   echo "[demo 4/8] stage 1, rung A2 (continues A1): 2-4 letters in any cells -> $lad/rung_A2"
   python -m train.ladder --rung A2 --out "$lad/rung_A2" "${pages[@]}" --steps "${DEMO_A2_STEPS:-1000}" \
@@ -266,7 +266,7 @@ run_demo() {
   echo "[demo 6/8] stage 2 from A2's encoder (tiny DeepSeek-OCR, MoE decoder, PP=2 over 2 CPU processes," \
        "A2's pages) -> $lad/rung_C-grid"
   python -m train.ladder --rung C-grid --out "$lad/rung_C-grid" "${pages[@]}" \
-    --steps "${DEMO_STAGE2_STEPS:-400}" --from-run "$lad/rung_A2/run" "$@"
+    --steps "${DEMO_STAGE2_STEPS:-700}" --from-run "$lad/rung_A2/run" "$@"
   python -m train.plots "$lad/rung_A2/run/metrics.jsonl" "$lad/rung_C-grid/run/metrics.jsonl" \
     --out "$dir/loss_curve.png" >/dev/null \
     && echo "[demo] loss curves (train, held-out real vs blank images): $dir/loss_curve.png"

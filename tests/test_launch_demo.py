@@ -52,10 +52,11 @@ def test_demo_end_to_end(tmp_path):
     for rung in ("A2", "C-grid"):
         s = json.loads((lad / f"rung_{rung}" / "result.json").read_text())["splits"]["heldout_fonts"]
         assert s["checks"]["words_above_chance"], (rung, s["verdict"])
-        # measured: A2 0.390 and the stage-2 export 0.733 against blank pages 0.977
+        # measured: A2 0.331 and the stage-2 export 0.535 against blank pages 0.96-1.00
         assert s["cer"] < s["blank"]["cer"] - 0.15 and s["cer"] < s["untrained"]["cer"], (rung, s)
-        # stage 1 reads (measured 0.337 against 1.116); stage 2's 400 steps on its frozen encoder
-        # come close (0.645 against 1.128): clearly below the control, not yet half of it
+        # stage 1 reads (measured 0.331 against 1.122); stage 2's 700 steps on its frozen encoder
+        # read too (0.535 against 1.105), a thin margin over half the control (0.553), so the
+        # test asks for the clear part: at most 0.75 x the wrong-page CER
         assert s["reads"] if rung == "A2" else s["cer"] <= 0.75 * s["wrong_page"]["cer"], (rung, s["verdict"])
     assert "unseen-font CER" in proc.stdout and "before training" in proc.stdout
     assert str(export) in proc.stdout and (d / "loss_curve_stage1.png").is_file()
