@@ -356,9 +356,9 @@ _SYNTHETIC = methodcaller("get", "synthetic", False)
 
 def _fast_line(spans: list) -> str | None:
     """The text of a left-to-right line without right-to-left letters or spacing accents, a
-    space at word gaps; None when the line needs the full path (`line_text`). Every quantity
-    over the line's glyphs is one `map` of C functions (`operator`, `itertools`): a per-glyph
-    Python loop, even a list comprehension, costs ~0.1-2 us a glyph. A letter-spaced line (most
+    space at word gaps; None when the line needs the full path (`line_text`). Quantities over
+    the line's glyphs are `map`s of C functions (`operator`, `itertools`), not per-glyph Python
+    code (a per-glyph loop costs ~2 us a glyph). A letter-spaced line (most
     gaps word-wide: monospace code drawn glyph by glyph, tracked headings) breaks only where a
     gap exceeds its usual letter gap by `LETTER_SPACED_WORD` x the font size."""
     chars, sizes, lens = [], [], []
