@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import unicodedata
 from functools import lru_cache
+from itertools import compress, count, repeat
+from operator import and_, gt, itemgetter, methodcaller, mul, not_, sub
 
 SPACE_GAP = 0.1         # x font size: poppler's minWordBreakSpace; tight justified RTL lines go down to ~0.14 em
 CJK_SPACE_GAP = 1.0     # between Han/kana: justification stretches gaps, words are not spaced
@@ -348,13 +350,17 @@ def _is_plain_text(text: str) -> bool:
     return True
 
 
+_CHAR, _BBOX, _X0, _X1 = itemgetter("c"), itemgetter("bbox"), itemgetter(0), itemgetter(2)
+_SYNTHETIC = methodcaller("get", "synthetic", False)
+
+
 def _fast_line(spans: list) -> str | None:
     """The text of a left-to-right line without right-to-left letters or spacing accents, a
-    space at word gaps; None when the line needs the full path (`line_text`). One list
-    comprehension per quantity over the whole line (a per-glyph Python loop costs ~2 us a
-    glyph). A letter-spaced line (most gaps word-wide: monospace code drawn glyph by glyph,
-    tracked headings) breaks only where a gap exceeds its usual letter gap by
-    `LETTER_SPACED_WORD` x the font size."""
+    space at word gaps; None when the line needs the full path (`line_text`). Quantities over
+    the line's glyphs are `map`s of C functions (`operator`, `itertools`), not per-glyph Python
+    code (a per-glyph loop costs ~2 us a glyph). A letter-spaced line (most
+    gaps word-wide: monospace code drawn glyph by glyph, tracked headings) breaks only where a
+    gap exceeds its usual letter gap by `LETTER_SPACED_WORD` x the font size."""
     chars, sizes, lens = [], [], []
     for span in spans:
         sc = span.get("chars")
@@ -363,37 +369,44 @@ def _fast_line(spans: list) -> str | None:
         chars += sc
         sizes += [span.get("size", 10.0) or 1.0] * len(sc)
         lens.append(len(sc))
-    text = "".join([c["c"] for c in chars])
+    text = "".join(map(_CHAR, chars))
     pos = 0
     for span, n in zip(spans, lens):
         span["text"] = text[pos:pos + n]
         pos += n
     if len(text) != len(chars) or not _is_plain_text(text):
         return None
-    synthetic = [i for i, c in enumerate(chars) if c.get("synthetic")] if " " in text else ()
-    if len(synthetic) >= 3 and len(synthetic) > LETTER_SPACED_SYNTHETIC * len(chars):
+    # MuPDF's synthetic characters are spaces: a line with few spaces has few of them
+    n_space = text.count(" ")
+    if (n_space >= 3 and n_space > LETTER_SPACED_SYNTHETIC * len(chars)
+            and (n_syn := sum(map(_SYNTHETIC, chars))) >= 3 and n_syn > LETTER_SPACED_SYNTHETIC * len(chars)):
         # MuPDF put a synthetic space between most letters: a letter-spaced line, whose real
         # word gaps are found below. (Elsewhere its synthetic spaces are kept: it places them
         # by pen position, which finds breaks that glyph boxes alone can miss.)
-        keep = [i for i, c in enumerate(chars) if not c.get("synthetic")]
+        keep = list(compress(count(), map(not_, map(_SYNTHETIC, chars))))
         chars, sizes = [chars[i] for i in keep], [sizes[i] for i in keep]
-        text = "".join([c["c"] for c in chars])
+        text = "".join(map(_CHAR, chars))
     if len(chars) < 2:
         return text
-    x0s = [c["bbox"][0] for c in chars]
-    x1s = [c["bbox"][2] for c in chars]
-    cand = [i for i, (a, b, sa, sb) in enumerate(zip(x1s, x0s[1:], sizes, sizes[1:]), 1)
-            if b - a > SPACE_GAP * (sa if sa < sb else sb)]
+    boxes = list(map(_BBOX, chars))
+    x0s, x1s = list(map(_X0, boxes)), list(map(_X1, boxes))
+    gaps = list(map(sub, x0s[1:], x1s))  # gaps[i - 1]: between glyphs i - 1 and i
+    # a break candidate where the gap exceeds SPACE_GAP x the smaller of the two font sizes
+    if sizes.count(sizes[0]) == len(sizes):  # one size (most lines): one threshold
+        cand = list(compress(count(1), map((SPACE_GAP * sizes[0]).__lt__, gaps)))
+    else:
+        cand = list(compress(count(1), map(gt, gaps, map(mul, repeat(SPACE_GAP), map(min, sizes, sizes[1:])))))
     if not cand:
         return text
     if len(cand) >= 3:
         # letter-spaced: most gaps between two letters/digits are word-wide (leader dots
         # ". . . ." in a table of contents are spaced too, but are not letters)
-        pairs = [i for i in range(1, len(text)) if text[i - 1].isalnum() and text[i].isalnum()]
+        alnum = list(map(str.isalnum, text))
+        pairs = list(compress(count(1), map(and_, alnum, alnum[1:])))
         wide = set(cand).intersection(pairs)
         if len(wide) >= 3 and len(wide) > LETTER_SPACED_SHARE * len(pairs):
-            usual = sorted(x0s[i] - x1s[i - 1] for i in pairs)[len(pairs) // 2]
-            cand = [i for i in cand if x0s[i] - x1s[i - 1] > usual + LETTER_SPACED_WORD * sizes[i]]
+            usual = sorted(gaps[i - 1] for i in pairs)[len(pairs) // 2]
+            cand = [i for i in cand if gaps[i - 1] > usual + LETTER_SPACED_WORD * sizes[i]]
     out, last = [], 0
     for i in cand:
         a, b = text[i - 1], text[i]

@@ -2,6 +2,9 @@
 
     python scripts/compare_pdftotext.py /data/real_pdfs --pages-per-doc 12 --json out.json
     python scripts/compare_pdftotext.py pdfs/ --engine-root /path/to/other/checkout   # measure another version
+    python scripts/compare_pdftotext.py pdfs/ --engine-root /old --json old.json && \
+        python scripts/compare_pdftotext.py pdfs/ --before old.json                  # before -> after tables
+    python scripts/compare_pdftotext.py --before old.json --after new.json             # the same from two runs
 
 `pdftotext` (Debian/Ubuntu `poppler-utils`, Homebrew `poppler`) is an independent text extractor
 with mature word-spacing, accent-composition and bidi heuristics; it is the reference here, not
@@ -260,14 +263,52 @@ def format_table(summary: dict, title: str) -> str:
     return "\n".join(lines)
 
 
+def format_before_after(before: dict, after: dict, title: str) -> str:
+    """One row per group of either summary: pages, median CER before -> after, kept pages and
+    script agreement before -> after (a group missing on one side shows '-')."""
+    def cell(s, key, fmt):
+        return format(s[key], fmt) if s else "-"
+
+    groups = list(after) + [g for g in before if g not in after]
+    width = max([len(title)] + [len(str(g)) for g in groups])
+    lines = [f"{title:<{width}} {'docs':>4} {'pages':>5}  {'median CER before -> after':>26}  "
+             f"{'kept before -> after':>20}  {'script ok before -> after':>25}"]
+    for g in groups:
+        b, a = before.get(g), after.get(g)
+        ref = a or b
+        lines.append(f"{g:<{width}} {ref['docs']:>4} {ref['pages']:>5}  "
+                     f"{cell(b, 'cer_median', '.4f'):>15} -> {cell(a, 'cer_median', '.4f'):<7}  "
+                     f"{cell(b, 'kept', 'd'):>10} -> {cell(a, 'kept', 'd'):<6}  "
+                     f"{cell(b, 'script_agree', '.3f'):>14} -> {cell(a, 'script_agree', '.3f'):<7}")
+    return "\n".join(lines)
+
+
+def print_before_after(before: dict, after: dict, name: str) -> None:
+    for key, title in (("by_producer", "producer"), ("by_script", "script")):
+        print(f"\nbefore ({name}) -> after, by {title}:")
+        print(format_before_after(before[key], after[key], title))
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("inputs", nargs="+", help="PDF files or folders (searched recursively)")
+    ap.add_argument("inputs", nargs="*", help="PDF files or folders (searched recursively)")
     ap.add_argument("--pages-per-doc", type=int, default=12, help="evenly spaced pages per document")
     ap.add_argument("--engine-root", help="import data_engine from this checkout instead of this one")
     ap.add_argument("--json", help="write per-page rows and summaries here")
     ap.add_argument("--worst", type=int, default=0, help="list the N pages with the highest CER")
+    ap.add_argument("--before", help="the --json of an earlier run (e.g. another --engine-root on the same "
+                                     "PDFs and --pages-per-doc): also print per-producer and per-script "
+                                     "tables before -> after")
+    ap.add_argument("--after", help="with --before: the --json of the later run; prints the tables without a run")
     args = ap.parse_args(argv)
+    if args.after:
+        if not args.before:
+            sys.exit("--after needs --before")
+        result = json.loads(Path(args.after).read_text(encoding="utf-8"))
+        print_before_after(json.loads(Path(args.before).read_text(encoding="utf-8")), result, args.before)
+        return result
+    if not args.inputs:
+        sys.exit("no inputs: name PDF files or folders (or --before and --after)")
     if shutil.which("pdftotext") is None:
         sys.exit("pdftotext not found: install poppler-utils (Debian/Ubuntu) or poppler (Homebrew)")
     sys.path.insert(0, str(Path(args.engine_root).resolve() if args.engine_root else Path(__file__).resolve().parents[1]))
@@ -291,12 +332,14 @@ def main(argv=None) -> dict:
     print(format_table(result["by_language"], "lang"))
     print()
     print(format_table(result["by_producer"], "producer"))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+    if args.before:
+        print_before_after(json.loads(Path(args.before).read_text(encoding="utf-8")), result, args.before)
     if args.worst:
         print(f"\nworst {args.worst} pages by CER:")
         for r in sorted(rows, key=lambda r: -r["edits"] / max(r["ref_chars"], 1))[:args.worst]:
             print(f"  {r['edits'] / max(r['ref_chars'], 1):.3f} {r['script']} {r['doc']} p{r['page']} ({r['engine_reason']})")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
     return result
 
 

@@ -156,3 +156,30 @@ def test_language_and_script_on_udhr(udhr_dir, name, lang, script):
     text = (udhr_dir / f"{name}.txt").read_text(encoding="utf-8")[:3000]
     assert langid.detect_language(text)[0] == lang
     assert langid.detect_script(text) == script
+
+
+def _garble_by_loop(text: str) -> tuple[int, int, int, list]:
+    """The per-character definition `coarse.garble` must agree with (it counts with Counter
+    and one regex pass): bad characters, those without a bad neighbour, the three most common."""
+    bad_at = [coarse._is_bad_char(ch) for ch in text]
+    bad = sum(b and not ch.isspace() for b, ch in zip(bad_at, text))
+    isolated = sum(b and not (i > 0 and bad_at[i - 1]) and not (i + 1 < len(text) and bad_at[i + 1])
+                   for i, b in enumerate(bad_at))
+    counts = Counter()
+    for ch, b in zip(text, bad_at):
+        if b:
+            counts[ch] += 1
+    return bad, isolated if bad else 0, counts.most_common(3) if bad else [], sum(not c.isspace() for c in text)
+
+
+def test_garble_counts_match_the_per_character_definition():
+    import random
+
+    rng = random.Random(0)
+    # letters, spaces, U+FFFD, private use, control characters (one a regex metacharacter's neighbour)
+    alphabet = list("ab ]^-\\\n") + ["\ufffd", "\ue000", "\x01", "\x1c", "\x7f"]
+    for _ in range(300):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        g = coarse.garble(text)
+        bad, isolated, examples, chars = _garble_by_loop(text)
+        assert (g.bad, g.isolated, g.examples, g.chars) == (bad, isolated, examples, chars), repr(text)

@@ -113,3 +113,26 @@ def test_thai_tex_manual_is_read_from_its_character_codes():
         assert reason is None and source == fallback.CODES and "cp874" in detail and tdict is not None
         assert langid.page_language_and_script(text)[:2] == ("tha", "Thai")
     assert "สารบัญ" in fallback.page_check(doc[10], flt)[0][0]
+
+
+def test_before_after_table_from_two_runs(tmp_path, capsys):
+    """`--before old.json --after new.json` prints the per-producer and per-script tables of two
+    runs without running either again; a group only one run has shows '-' on the other side."""
+    h = _harness()
+    row = dict(doc="a.pdf", page=0, ref_mojibake=False, script="Thai", lang="tha", engine_lang="tha",
+               ref_chars=100, ref_breaks=10, hyp_breaks=10, break_hits=10, accents_hyp=0, accents_ref=0,
+               letters_hyp=90, letters_ref=90)
+    old = [dict(row, producer="pdfTeX", edits=80, engine_reason=None, engine_script="Latn")]
+    new = [dict(row, producer="pdfTeX", edits=10, engine_reason=None, engine_script="Thai"),
+           dict(row, producer="groff", doc="b.pdf", edits=0, script="Latn", lang="eng", engine_reason="garbled_text",
+                engine_script="Latn")]
+    paths = []
+    for name, rows in (("old", old), ("new", new)):
+        result = {"by_producer": h.summarize(rows, "producer"), "by_script": h.summarize(rows, "script"), "rows": rows}
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(h.json.dumps(result), encoding="utf-8")
+    h.main(["--before", str(paths[0]), "--after", str(paths[1])])
+    out = capsys.readouterr().out
+    assert "0.8000 -> 0.1000" in out and "0.000 -> 1.000" in out  # pdfTeX's CER, Thai's script agreement
+    groff = next(ln for ln in out.splitlines() if ln.startswith("groff"))
+    assert groff.split()[3:6] == ["-", "->", "0.0000"] and "- -> 0" in " ".join(groff.split())
