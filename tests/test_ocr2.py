@@ -101,8 +101,17 @@ def test_flow_mask_is_bidirectional_over_image_and_causal_over_queries():
     assert torch.equal(m, expect.bool())
 
 
+# The whole forward at full size: fp32 rounding through SAM, 24 flow layers and the decoder, every
+# weight random at std 0.05, leaves ~1e-4 on logits up to ~9 (measured 9.7e-5 / 1.09e-4 / 1.29e-4
+# at 768 px / 1024 px / tiled). Each implementation's own fp32 logits are further from its fp64
+# logits (1024 px: ours 1.47e-4, the reference 1.32e-4; both keep some fp32 steps) than from each
+# other's, while each part fed the same inputs stays within 1.6e-5 (docs/ocr2.md): the parts' 1e-4
+# would fail on rounding alone.
+FULL_FORWARD_TOL = 2e-4
+
+
 @pytest.mark.slow
-@pytest.mark.large_memory(9)  # both models resident: 7.5 GB RSS measured while comparing (docs/ocr2.md)
+@pytest.mark.large_memory(10)  # both models resident: 9.9 GB peak RSS measured (docs/ocr2.md)
 def test_full_size_parts_and_forward_match_reference(tmp_path):
     """``deepseek-ocr2`` at full size (SAM-base, 24-layer 896-wide flow encoder with 144 / 256
     queries, 896 -> 1280 projector) with a decoder slice at full width (dense layer 0 + one MoE
@@ -119,5 +128,5 @@ def test_full_size_parts_and_forward_match_reference(tmp_path):
         n_ref = reference_token_count(img.tiles.shape[0], crop)
         print(f"full-size tokens {name}: {img.num_tokens} (reference processor {n_ref})")
         assert img.num_tokens == n_ref
-    bad = {k: v for k, v in diffs.items() if not v <= TOL}
-    assert not bad, f"max abs diff above {TOL}: {bad}"
+    bad = {k: v for k, v in diffs.items() if not v <= (FULL_FORWARD_TOL if k.startswith("forward/") else TOL)}
+    assert not bad, f"max abs diff above {TOL} (whole forward: {FULL_FORWARD_TOL}): {bad}"
