@@ -240,7 +240,7 @@ def test_tiny_ocr2_reads_rung_a1_a2_pages_above_controls(tmp_path):
     wrong-page, blank-page and constant rows and its letters are right more often than chance (at
     least twice chance and 3 binomial standard errors above it). Measured here: A1 0.883 (wrong-page
     0.971, blank 0.967), A2 0.849 (1.105, 0.959), letters 0.132 against chance 0.036; 11 CPU-min of
-    training, ~25 min wall on the shared 2-core machine. The margins asserted are about half those
+    training (~20 min wall on the shared 2-core machine) plus building the two rungs' pages. The margins asserted are about half those
     measured: a run on another machine or library build draws other batches."""
     import math
 
