@@ -29,6 +29,7 @@ and at sizes outside the training range, and a CER-vs-CPU-time curve over the ch
     python benchmarks/bench_reading.py --rung A     # caps + digits after A1 -> A2 -> A2r -> A3: CER <= 0.10, chain <= 30 CPU-min
     python benchmarks/bench_reading.py --rung C     # stage 2 (MoE, PP=2) from rung A's encoder: <= 0.15
     python benchmarks/bench_reading.py --rung B     # words: CER <= 0.30, word accuracy >= 0.5, 60 CPU-min
+    python benchmarks/bench_reading.py --rung ocr2-A2   # DeepSeek-OCR 2 (tiny-ocr2-reader): ocr2-A1 -> ocr2-A2
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def run_rung(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rung", choices=("A", "A1", "A2", "A3", "B", "C"), default=None,
+    ap.add_argument("--rung", choices=("A", "A1", "A2", "A3", "B", "C", "ocr2-A1", "ocr2-A2"), default=None,
                     help="a rung of the reading ladder (train/ladder.py)")
     ap.add_argument("--from-run", default=None, help="rung C: rung A's run dir (default: OUT/rung_A/run)")
     ap.add_argument("--curve-points", type=int, default=5, help="rungs: checkpoints scored for the CER curve")

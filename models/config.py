@@ -16,6 +16,8 @@ Named presets (litgpt style):
     same DeepSeek-3B-MoE decoder (``DeepseekOCR2Config``).
   * ``tiny-ocr2``: the same structure at a few million parameters (CPU tests and runs); the
     query counts stay 144 / 256 because the checkpoint layout fixes them.
+  * ``tiny-ocr2-reader``: ``tiny-ocr2`` with ``tiny-reader``'s vision widths and one flow query
+    per SAM token (4 / 16), for the reading ladder's ``ocr2_nano`` view.
 
 Image sizes and patch sizes are the same in both presets, so every resolution mode yields the
 paper's vision token counts on the tiny model too; only widths and depths shrink.
@@ -276,6 +278,25 @@ def _tiny_ocr2() -> DeepseekOCR2Config:
     )
 
 
+def _tiny_ocr2_reader() -> DeepseekOCR2Config:
+    """``tiny-ocr2`` with ``tiny-reader``'s vision path, for the reading ladder on a CPU
+    (docs/training.md): SAM 64 wide with 8 x 8 windows, compressor 64 -> 128 -> 512 channels, a
+    2-layer 512-wide flow encoder (8 heads, 2 kv heads, SwiGLU 1024) and ``tiny-wide``'s 128-wide
+    decoder. Its flow encoder has 4 queries for a view of up to 4 SAM tokens and 16 above: one per
+    SAM token, the reference processor's count ((side / 64)^2) at the ``ocr2_nano`` (128 px) and
+    256 px views; the published 144 / 256 would put 36 times the nano view's tokens in front of a
+    CPU-sized language model."""
+    r, t = _tiny_reader(), _tiny_wide()
+    return DeepseekOCR2Config(
+        sam=r.sam,
+        encoder=FlowEncoderConfig(hidden_size=r.sam.out_channels, intermediate_size=1024, num_hidden_layers=2,
+                                  num_attention_heads=8, num_key_value_heads=2, queries_768=4, queries_1024=16),
+        decoder=t.decoder,
+        image_token_id=t.image_token_id, bos_token_id=t.bos_token_id, eos_token_id=t.eos_token_id,
+        pad_token_id=t.pad_token_id,
+    )
+
+
 ModelConfig = DeepseekOCRConfig | DeepseekOCR2Config
 
 PRESETS = {
@@ -286,6 +307,7 @@ PRESETS = {
     "tiny-reader": _tiny_reader,
     "deepseek-ocr2": DeepseekOCR2Config,
     "tiny-ocr2": _tiny_ocr2,
+    "tiny-ocr2-reader": _tiny_ocr2_reader,
 }
 
 
@@ -313,6 +335,10 @@ class ResolutionMode:
     # process/image_process.py tests ``<= 640`` for Gundam and Gundam-M alike)
     tile_threshold: int = 640
     version: int = 1  # 1: DeepSeek-OCR's processing and layout; 2: DeepSeek-OCR 2's (preprocess_image_v2 in models/image_processing.py)
+    # version 2: flow queries (output tokens) of the global view; 0 = the checkpoint's rule (144 for
+    # a view of at most 144 SAM tokens, else 256). A CPU mode names its own count, for presets
+    # whose flow encoder has that many queries.
+    queries: int = 0
 
     @property
     def tiled(self) -> bool:
@@ -337,10 +363,14 @@ CPU_MODES: dict[str, ResolutionMode] = {
 # DeepSeek-OCR 2 (its reference image processor): a 1024 px padded global view plus, when the
 # longer side exceeds 768 px, 2..6 tiles of 768 px (``ocr2``); without tiling the global view is
 # 768 px (``ocr2_768``). ``ocr2_micro``: a 256 px CPU view (16 SAM tokens -> 144 flow queries).
+# ``ocr2_nano``: a 128 px CPU view with the reference processor's count for its size, one query
+# per 64 px SAM token ((128 / 16 / 4)^2 = 4, as 768 px -> 144 and 1024 px -> 256), for presets whose
+# flow encoder has 4 queries (``tiny-ocr2-reader``): the nano view of v1's reading runs.
 OCR2_MODES: dict[str, ResolutionMode] = {
     "ocr2": ResolutionMode("ocr2", 1024, pad=True, tile_size=768, tile_threshold=768, version=2),
     "ocr2_768": ResolutionMode("ocr2_768", 768, pad=True, version=2),
     "ocr2_micro": ResolutionMode("ocr2_micro", 256, pad=False, version=2),
+    "ocr2_nano": ResolutionMode("ocr2_nano", 128, pad=False, version=2, queries=4),
 }
 RESOLUTION_MODES: dict[str, ResolutionMode] = {**PAPER_MODES, **CPU_MODES, **OCR2_MODES}
 

@@ -12,7 +12,7 @@ inference code's processor; tiling follows InternVL2's ``dynamic_preprocess``.
   a 900x900 image is cut into 2x2 tiles of 1024); without tiles Gundam degrades to Base.
 * Any input mode is turned into RGB by a plain ``convert("RGB")`` (official code).
 
-DeepSeek-OCR 2's modes (``ocr2``, ``ocr2_768``, ``ocr2_micro``) have their own views, pixel
+DeepSeek-OCR 2's modes (``ocr2``, ``ocr2_768``, ``ocr2_micro``, ``ocr2_nano``) have their own views, pixel
 arithmetic and token count: see the section at the end of this file.
 
 Pixels are normalised with mean = std = 0.5 (to [-1, 1]). Each output token covers 64x64
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .config import PAPER_MODES, FlowEncoderConfig, ResolutionMode, SamConfig, get_mode
+from .config import PAPER_MODES, RESOLUTION_MODES, FlowEncoderConfig, ResolutionMode, SamConfig, get_mode
 
 PIXELS_PER_TOKEN = SamConfig().downsample  # 64 = 16-pixel patch * 2 * 2 (compressor)
 PAD_COLOR = (127, 127, 127)  # int(0.5 * 255): the normalisation mean
@@ -65,7 +65,7 @@ def num_vision_tokens(mode: str, tile_grid: tuple[int, int] = (0, 0)) -> int:
     if cols and not m.tiled:
         raise ValueError(f"mode {m.name!r} does not tile, but tile_grid={tile_grid}")
     if m.version == 2:
-        return ocr2_layout_tokens(m.base_size, m.tile_size, cols * rows)
+        return ocr2_layout_tokens(m.base_size, m.tile_size, cols * rows, m.queries)
     return layout_tokens(m.base_size // PIXELS_PER_TOKEN, m.tile_size // PIXELS_PER_TOKEN, tile_grid)
 
 
@@ -154,7 +154,9 @@ class ImageInput:
     def num_tokens(self) -> int:
         """Vision tokens incl. newlines + separator (from the tensors' actual sizes)."""
         if self.version == 2:
-            return ocr2_layout_tokens(self.global_view.shape[-1], self.tiles.shape[-1], self.tiles.shape[0])
+            mode = RESOLUTION_MODES.get(self.mode)
+            return ocr2_layout_tokens(self.global_view.shape[-1], self.tiles.shape[-1], self.tiles.shape[0],
+                                      mode.queries if mode else 0)
         tile_side = self.tiles.shape[-1] // PIXELS_PER_TOKEN if self.tiles.shape[0] else 0
         return layout_tokens(self.global_view.shape[-1] // PIXELS_PER_TOKEN, tile_side, self.tile_grid)
 
@@ -216,7 +218,7 @@ def preprocess_image(image: Image.Image, mode: str, max_tiles: int | None = None
 #
 # * Global view (``ocr2``: 1024 px, ``ocr2_768``: 768 px): the longer side is scaled to the view
 #   side (sides rounded to the nearest pixel, bicubic), then centred on a mean-colour square.
-#   ``ocr2_micro`` (CPU, not in the paper) resizes plainly.
+#   ``ocr2_micro`` and ``ocr2_nano`` (CPU, not in the paper) resize plainly.
 # * Tiles (``ocr2`` only, when the longer side exceeds 768 px): the image resized to the best
 #   (cols, rows) grid of 768 px tiles, 2 <= cols * rows <= 6 (``choose_tile_grid``: the
 #   reference's grid choice is the same), cut row-major.
@@ -224,7 +226,8 @@ def preprocess_image(image: Image.Image, mode: str, max_tiles: int | None = None
 #   arithmetic, so the tensors are bit-identical.
 # * Tokens (laid out by models/deepencoder_v2.py): each view gives its flow queries, 144 for a
 #   view of at most 144 SAM tokens (<= 768 px), else 256, plus one separator per image:
-#   n tiles -> 144 n + 256 + 1 at 1024 px; 145 for the 768 px view alone.
+#   n tiles -> 144 n + 256 + 1 at 1024 px; 145 for the 768 px view alone. A CPU mode may name its
+#   own count (``ResolutionMode.queries``: ``ocr2_nano`` 4 + 1, the processor's (side / 64)^2).
 # ---------------------------------------------------------------------------------------
 
 _FLOW = FlowEncoderConfig()  # query counts only (fixed by the checkpoint layout)
@@ -235,9 +238,10 @@ def view_queries(side: int) -> int:
     return _FLOW.num_queries((side // PIXELS_PER_TOKEN) ** 2)
 
 
-def ocr2_layout_tokens(side: int, tile_side: int = 0, n_tiles: int = 0) -> int:
-    """Tokens of one image: its tiles' queries, the global view's queries, one separator."""
-    return n_tiles * (view_queries(tile_side) if n_tiles else 0) + view_queries(side) + 1
+def ocr2_layout_tokens(side: int, tile_side: int = 0, n_tiles: int = 0, global_queries: int = 0) -> int:
+    """Tokens of one image: its tiles' queries, the global view's queries (``global_queries``, a
+    CPU mode's own count; 0: the checkpoint's rule), one separator."""
+    return n_tiles * (view_queries(tile_side) if n_tiles else 0) + (global_queries or view_queries(side)) + 1
 
 
 def normalize_v2(image: Image.Image) -> torch.Tensor:
@@ -261,7 +265,8 @@ def preprocess_image_v2(image: Image.Image, mode: str, max_tiles: int | None = N
     """PIL image -> ImageInput (``version=2``) for a DeepSeek-OCR 2 ``mode``."""
     m = get_mode(mode)
     if m.version != 2:
-        raise ValueError(f"mode {m.name!r} is a DeepSeek-OCR mode; DeepSeek-OCR 2 reads ocr2, ocr2_768, ocr2_micro")
+        v2 = ", ".join(k for k, r in RESOLUTION_MODES.items() if r.version == 2)
+        raise ValueError(f"mode {m.name!r} is a DeepSeek-OCR mode; DeepSeek-OCR 2 reads {v2}")
     if image.width <= 0 or image.height <= 0:
         raise ValueError(f"empty image ({image.width}x{image.height})")
     image = to_rgb(image)
@@ -276,5 +281,5 @@ def preprocess_image_v2(image: Image.Image, mode: str, max_tiles: int | None = N
         cols, rows = grid = choose_tile_grid(image.width, image.height, t, m.min_tiles, budget)
         big = normalize_v2(image.resize((cols * t, rows * t), Image.Resampling.BICUBIC))  # (3, rows*t, cols*t)
         tiles = big.reshape(3, rows, t, cols, t).permute(1, 3, 0, 2, 4).reshape(rows * cols, 3, t, t)
-    n = view_queries(S)
+    n = m.queries or view_queries(S)
     return ImageInput(m.name, normalize_v2(view), tiles.contiguous(), grid, n, version=2)

@@ -70,11 +70,26 @@ CASES = [("768", (700, 500), "ocr2_768", False),
          ("tiled", (1500, 800), "ocr2", True)]
 
 
+class _Diffs(dict):
+    """A dict of max abs differences that hands each one to ``report`` as it is set (a long
+    full-size run shows its figures part by part)."""
+
+    def __init__(self, report=None) -> None:
+        super().__init__()
+        self.report = report
+
+    def __setitem__(self, key: str, value: float) -> None:
+        super().__setitem__(key, value)
+        if self.report is not None:
+            self.report(key, value)
+
+
 @torch.no_grad()
-def compare(ours, ref, cases=CASES, text_len: int = 7) -> dict[str, float]:
-    """Max abs differences per part and per whole forward; also checks token counts."""
+def compare(ours, ref, cases=CASES, text_len: int = 7, report=None) -> dict[str, float]:
+    """Max abs differences per part and per whole forward; also checks token counts.
+    ``report(key, diff)`` is called with each figure as soon as it is measured."""
     cfg, vt = ours.cfg, ref.model.vision_tower
-    diffs: dict[str, float] = {}
+    diffs = _Diffs(report)
     g = torch.Generator().manual_seed(1)
     for name, size, mode, crop in cases:
         image = page(size, seed=len(name))
@@ -111,14 +126,15 @@ def compare(ours, ref, cases=CASES, text_len: int = 7) -> dict[str, float]:
     ids = torch.randint(TEXT_LO, cfg.decoder.vocab_size, (2, 11), generator=g)
     h, _, _ = ours.model(ids)
     diffs["decoder"] = max_diff(h, ref.model.language_model(input_ids=ids).last_hidden_state)
-    return diffs
+    return dict(diffs)
 
 
-def reference_token_count(num_tiles: int, crop: bool) -> int:
-    """The reference processor's ``<image>`` count for an image with ``num_tiles`` tiles."""
+def reference_token_count(num_tiles: int, crop: bool, side: int | None = None) -> int:
+    """The reference processor's ``<image>`` count for an image with ``num_tiles`` tiles (``side``:
+    a global view of that many pixels instead of the processor's 1024 / 768)."""
     from transformers.models.deepseek_ocr2.processing_deepseek_ocr2 import DeepseekOcr2Processor
 
     proc = DeepseekOcr2Processor.__new__(DeepseekOcr2Processor)  # no tokenizer needed for the count
     proc.image_processor, proc.patch_size, proc.downsample_ratio = reference_processor(crop), 16, 4
-    size = None if crop else {"height": 768, "width": 768}  # crop_to_patches=False: a 768 px global view
-    return proc._get_num_image_tokens(num_tiles, size=size)
+    side = side or (None if crop else 768)  # crop_to_patches=False: a 768 px global view
+    return proc._get_num_image_tokens(num_tiles, size={"height": side, "width": side} if side else None)

@@ -82,6 +82,11 @@ RUNGS = {
     "C-grid": Rung("C-grid", "caps", "reading_caps_stage2", 2, "nano", steps=800, train_pages=3000, target_cer=None,
                    budget_cpu_min=None, heldout_pages=60, page=(*_NANO, *_GRID, ("chars", (2, 4))),
                    overrides=("data.seq_len=48",)),
+    # DeepSeek-OCR 2 (tiny-ocr2-reader) on A1's and A2's pages: ocr2_nano view, 4 flow queries
+    "ocr2-A1": Rung("ocr2-A1", "caps", "ocr2_reading", 1, "ocr2_nano", steps=1500, train_pages=3000, target_cer=None,
+                    budget_cpu_min=None, heldout_pages=60, page=(*_NANO, *_GRID, ("chars", (4, 4)))),
+    "ocr2-A2": Rung("ocr2-A2", "caps", "ocr2_reading", 1, "ocr2_nano", steps=1000, train_pages=3000, target_cer=None,
+                    budget_cpu_min=None, heldout_pages=60, page=(*_NANO, *_GRID, ("chars", (2, 4))), after="ocr2-A1"),
     # 1-2 lines of words (unseen words and fonts): stage 1 from scratch
     "B": Rung("B", "words", "reading_words", 1, "micro", steps=4800, train_pages=8000, target_cer=0.30,
               budget_cpu_min=60, target_word_accuracy=0.5),
@@ -120,11 +125,12 @@ def page_spec_of(rung: Rung):
 
 
 def _mode_weights(mode: str) -> str:
-    from models.config import RESOLUTION_MODES
+    from models.config import RESOLUTION_MODES, get_mode
 
-    # the DeepSeek-OCR modes the recipes list (version 2 modes belong to the other model's recipes)
+    # the modes of the rung's model (DeepSeek-OCR or DeepSeek-OCR 2), all but the rung's at 0
+    version = get_mode(mode).version
     return "{" + ", ".join(f"{m}: {1.0 if m == mode else 0.0}" for m, r in RESOLUTION_MODES.items()
-                           if r.version == 1) + "}"
+                           if r.version == version) + "}"
 
 
 def run_tokenizer(run: Path) -> str:

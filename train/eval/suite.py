@@ -74,7 +74,7 @@ def model_version(model: torch.nn.Module) -> int:
 def check_modes(model: torch.nn.Module, modes: Sequence[str] | None) -> list[str]:
     """The modes to read with (default: ``tiny`` for DeepSeek-OCR, ``ocr2`` for DeepSeek-OCR 2);
     a mode of the other model is refused in one line."""
-    from models.config import get_mode
+    from models.config import RESOLUTION_MODES, get_mode
 
     version = model_version(model)
     if not modes:
@@ -82,7 +82,7 @@ def check_modes(model: torch.nn.Module, modes: Sequence[str] | None) -> list[str
     wrong = [x for x in modes if get_mode(x).version != version]
     if wrong:
         name = "DeepSeek-OCR 2" if version == 2 else "DeepSeek-OCR"
-        other = "ocr2, ocr2_768, ocr2_micro" if version == 2 else "tiny, small, base, large, gundam, gundam_m, nano, micro"
+        other = ", ".join(k for k, r in RESOLUTION_MODES.items() if r.version == version)
         raise ValueError(f"modes {wrong} are not {name} modes (the model is {name}; its modes: {other})")
     return list(modes)
 
