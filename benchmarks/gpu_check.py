@@ -112,7 +112,7 @@ PLANS = {
                     training.TrainRun("tiny (deepseek_ocr group)", "tiny", "deepseek_ocr", 128, (
                         "model.stage1_lm.hidden_size=32", "model.stage1_lm.num_layers=2",
                         "model.stage1_lm.num_heads=4", "model.stage1_lm.ffn_dim=64"))),
-        modes=("micro", "gundam"),  # gundam: the tiled path (global view + 640 px tiles) encoder_batch=1, iters=1, warmup=1,
+        modes=("micro", "gundam"), encoder_batch=1, iters=1, warmup=1,  # gundam: global view + 640 px tiles
         decoder_layers=4, decoder_seq=256, decoder_batch=1, decoder_check_len=64,
         correctness=dict(side=256, seq_len=128, decoder_layers=4, moe_tokens=64, attn_heads=2,
                          attn_head_dim=16, attn_seq_len=64, sam_grid=8),

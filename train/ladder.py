@@ -277,7 +277,8 @@ def run_rung_at(rung: Rung, out: str | Path, *, seed: int = 0, from_run: str | P
     pages = eval_pages or rung.heldout_pages
     labels = train_labels(data["train"])
     res = {"rung": rung.name, "recipe": rung.recipe, "stage": rung.stage, "mode": rung.mode, "steps": cost["steps"],
-           "planned_steps": rung.steps, "stopped_by": cost["stopped_by"], "train_pages": rung.train_pages, "data_s": round(data_s, 1), "train_cpu_s": round(cost["cpu_s"], 1),
+           "planned_steps": rung.steps, "stopped_by": cost["stopped_by"], "train_pages": rung.train_pages,
+           "data_s": round(data_s, 1), "train_cpu_s": round(cost["cpu_s"], 1),
            "train_wall_s": round(cost["wall_s"], 1), "chain_cpu_s": round(chain_cpu_s + cost["cpu_s"], 1),
            "splits": {}}
     from train.eval.loading import last_loss_ratio

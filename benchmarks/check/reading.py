@@ -17,8 +17,8 @@ wrong-page, blank-page and constant-output controls and the same model untrained
 accuracy (on these pages a word is a whole line of letters) against its chance threshold.
 
 The pages are CPU work (PDF -> data engine -> shards + tokenizer): ``PageBuild`` starts them in a
-background process when the check starts (``python -m train.ladder --data-only``), so they are
-made while the other sections use the device; the section waits for them, then trains and scores
+background process at nice 19 when the check starts (``python -m train.ladder --data-only``), so
+they are made while the other sections use the device; the section waits for them, then trains and scores
 (``run_rung_at`` finds the finished pages and reuses them).
 """
 
@@ -72,7 +72,8 @@ class PageBuild:
     def __init__(self, plan: RungAPlan, out: Path):
         out.mkdir(parents=True, exist_ok=True)
         self.out, self.log = out, out.parent / "rung_a_pages.log"
-        cmd = [sys.executable, "-m", "train.ladder", "--rung", "A", "--data-only", "--out", str(out),
+        # nice 19: the timed sections keep the cores they need to feed the device
+        cmd = ["nice", "-n", "19", sys.executable, "-m", "train.ladder", "--rung", "A", "--data-only", "--out", str(out),
                "--train-pages", str(plan.train_pages), "--heldout-pages", str(plan.heldout_pages),
                "--splits", *SPLITS]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}

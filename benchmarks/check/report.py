@@ -197,8 +197,8 @@ def render_markdown(data: dict) -> str:
                    f"{_fmt(r['last5_mean'])} | {_fmt(r['finite'])} | {_fmt(r['decreasing'])} | "
                    f"{_fmt(r['resume_bit_exact'])} | {_fmt(r['mean_step_time_s'])} |")
     out += ["", "## Rung A: stage 1 reading, held-out pages in unseen font families", "",
-            "| card | preset | steps (stopped by) | train wall s | CER | wrong-page CER | blank CER | constant CER | "
-            "untrained CER | word accuracy (needed) | first-letter accuracy | reads |",
+            ("| card | preset | steps (stopped by) | train wall s | CER | wrong-page CER | blank CER | constant CER | "
+             "untrained CER | word accuracy (needed) | first-letter accuracy | reads |"),
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in _rows(sec, "rung A"):
         if "skipped" in r:

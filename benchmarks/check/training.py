@@ -105,8 +105,8 @@ def train_and_resume(stage: int, run: TrainRun, data: dict, root: Path, sizes: d
            "resume_max_abs_diff": max((abs(a - b) for a, b in zip(again, losses[resume_at:])), default=math.inf)}
     if stage == 1:
         row["encoder_path"] = full["encoder_path"]
-    for run in (full, resumed):  # keep the numbers, free the disk
-        shutil.rmtree(run["checkpoint_dir"], ignore_errors=True)
+    for done in (full, resumed):  # keep the numbers, free the disk
+        shutil.rmtree(done["checkpoint_dir"], ignore_errors=True)
     gc.collect()  # the two engines (and their buffers) before the next run builds its own
     row["passed"] = bool(row["finite"] and row["decreasing"] and row["resume_bit_exact"] and len(again) == 2)
     return row
