@@ -59,9 +59,10 @@ def test_dry_run_executes_every_section_and_writes_the_report(tmp_path):
     assert "not applicable on CPU" in md and "| micro |" in md and "| gundam |" in md
     assert "| tiny-reader (bf16) |" in md and "train.max_wall_s" in md
     assert not (tmp_path / "work").exists()  # training data, checkpoints and rung A's pages removed
-    # the dry run's CPU time, its own and its ended child processes' (wall varies with load)
+    # the dry run's CPU time in its own process (wall varies with load); the data engine's, the
+    # loader's and the page build's processes are reported beside it (cpu_children_s)
     meta = report["meta"]
-    assert meta["cpu_s"] + meta["cpu_children_s"] < 120, meta
+    assert meta["cpu_s"] < 120 and meta["cpu_children_s"] > 0, meta
 
 
 def test_no_cuda_without_dry_is_a_clear_exit():
