@@ -3,6 +3,7 @@
     python benchmarks/gpu_check.py                      # CUDA: the whole check (bf16, full size)
     python benchmarks/gpu_check.py --dry                # CPU: the same functions, tiny preset, < 2 min
     python benchmarks/gpu_check.py --out DIR --deadline 450 --peak-tflops 989
+    python benchmarks/gpu_check.py --sections "rung A" --deadline 330   # rung A with its full 3 minutes
 
 Sections (each with its time budget; a global deadline bounds them all, and the report is
 rewritten after every result, so a run stopped anywhere leaves the numbers it has):
