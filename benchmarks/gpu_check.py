@@ -64,7 +64,6 @@ class Plan:
     device: str
     dtype: torch.dtype  # speed sections: bf16 on CUDA, fp32 on CPU
     check_dtype: torch.dtype  # the kernels under check run in bf16 on both
-    train_dtype: str  # DeepSpeed precision
     preset: str  # correctness and speed
     train_runs: tuple[training.TrainRun, ...]
     modes: tuple[str, ...]
@@ -88,10 +87,10 @@ class Plan:
 
 PLANS = {
     "cuda": Plan(
-        device="cuda", dtype=torch.bfloat16, check_dtype=torch.bfloat16, train_dtype="bf16",
+        device="cuda", dtype=torch.bfloat16, check_dtype=torch.bfloat16,
         preset="deepseek-ocr",
-        train_runs=(training.TrainRun("tiny", "tiny", "tiny", 1024),
-                    training.TrainRun("deepseek-ocr-slice", "deepseek-ocr-slice", "deepseek_ocr", 2048)),
+        train_runs=(training.TrainRun("tiny", "tiny", "tiny", 1024, "bf16"),
+                    training.TrainRun("deepseek-ocr-slice", "deepseek-ocr-slice", "deepseek_ocr", 2048, "bf16")),
         modes=("tiny", "small", "base", "large", "gundam"), encoder_batch=4, iters=5, warmup=2,
         decoder_layers=4, decoder_seq=8192, decoder_batch=1, decoder_check_len=1024,
         correctness=dict(side=1024, seq_len=2048, decoder_layers=4, moe_tokens=4096, attn_heads=10,
@@ -104,13 +103,14 @@ PLANS = {
         deadline_s=450,
         budgets={"correctness": 0.1, "encoder speed": 0.22, "decoder speed": 0.18, "training": 0.45, "rung A": 1.0}),
     "dry": Plan(
-        device="cpu", dtype=torch.float32, check_dtype=torch.bfloat16, train_dtype="bf16",
+        device="cpu", dtype=torch.float32, check_dtype=torch.bfloat16,
         preset="tiny",
         # the slice's stand-in: tiny in the published model group (dropout, gradient checkpointing,
         # bf16 export) with a stage-1 LM narrower than the decoder, as OPT-125M (768) is than the
-        # slice's 1280: stage 2 then starts the projector fresh, as on the card
-        train_runs=(training.TrainRun("tiny", "tiny", "tiny", 128),
-                    training.TrainRun("tiny (deepseek_ocr group)", "tiny", "deepseek_ocr", 128, (
+        # slice's 1280: stage 2 then starts the projector fresh, as on the card; it trains in bf16
+        # (DeepSpeed's mixed precision, as on the card), tiny in fp32: bf16 costs ~3x the CPU here
+        train_runs=(training.TrainRun("tiny", "tiny", "tiny", 128, "fp32"),
+                    training.TrainRun("tiny (deepseek_ocr group)", "tiny", "deepseek_ocr", 128, "bf16", (
                         "model.stage1_lm.hidden_size=32", "model.stage1_lm.num_layers=2",
                         "model.stage1_lm.num_heads=4", "model.stage1_lm.ffn_dim=64"))),
         # micro only: Gundam's tiled path (1024 px view + 6 tiles) costs 43 CPU-s here, a third of the
@@ -183,7 +183,7 @@ def section_training(ctx, budget):
     torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         data = training.build_data(ctx.workdir / "data", p.train_pages, workers=p.train_engine_workers)
-        sizes = {"dtype": p.train_dtype, "modes": p.train_modes, "bucket_elements": p.train_bucket_elements}
+        sizes = {"modes": p.train_modes, "bucket_elements": p.train_bucket_elements}
         for i, run in enumerate(p.train_runs):
             encoder_from = None
             for stage in (1, 2):

@@ -193,7 +193,7 @@ def render_markdown(data: dict) -> str:
         if "skipped" in r or "error" in r:
             out.append(f"| {card} | {r.get('stage')} | {r.get('preset')} | {r.get('skipped', r.get('error'))} | | | | | |")
             continue
-        out.append(f"| {card} | {r['stage']} | {r['preset']} | {r['steps']} | {_fmt(r['first5_mean'])} -> "
+        out.append(f"| {card} | {r['stage']} | {r['preset']} ({r['dtype']}) | {r['steps']} | {_fmt(r['first5_mean'])} -> "
                    f"{_fmt(r['last5_mean'])} | {_fmt(r['finite'])} | {_fmt(r['decreasing'])} | "
                    f"{_fmt(r['resume_bit_exact'])} | {_fmt(r['mean_step_time_s'])} |")
     out += ["", "## Rung A: stage 1 reading, held-out pages in unseen font families", "",

@@ -37,6 +37,7 @@ class TrainRun:
     preset: str  # model.preset
     group: str  # conf/model/<group>.yaml
     seq_len: int  # packed sequence length
+    dtype: str  # DeepSpeed precision: bf16 | fp32
     overrides: tuple[str, ...] = ()
 
 
@@ -50,8 +51,8 @@ def build_data(out: Path, pages: int, workers: int) -> dict:
 def stage_overrides(stage: int, run: TrainRun, data: dict, out_dir: Path, sizes: dict,
                     encoder_from: str | None) -> list[str]:
     """Hydra overrides over ``RECIPES[stage]``: this run and device, PP=1, ZeRO-1, no logging.
-    ``sizes``: dtype (DeepSpeed precision), modes (resolution mode -> weight; the modes left
-    out get weight 0), bucket_elements (ZeRO reduce / all-gather bucket)."""
+    ``sizes``: modes (resolution mode -> weight; the modes left out get weight 0),
+    bucket_elements (ZeRO reduce / all-gather bucket)."""
     from models.config import RESOLUTION_MODES
 
     # every mode named: a Hydra dict override merges into the default weights
@@ -60,7 +61,7 @@ def stage_overrides(stage: int, run: TrainRun, data: dict, out_dir: Path, sizes:
         f"model.tokenizer={data['tokenizer']}", f"data.shards=[{data['train']}]",
         f"data.seq_len={run.seq_len}", "data.num_workers=0",
         f"++data.mode_weights={{{weights}}}",  # ++: the CPU modes are not default keys
-        f"deepspeed.dtype={sizes['dtype']}", "deepspeed.zero_stage=1",
+        f"deepspeed.dtype={run.dtype}", "deepspeed.zero_stage=1",
         "train.pp=1", "train.micro_batch_size=1", "train.global_batch_size=2", "train.reliance.every=0",
         f"train.out_dir={out_dir}", "logging=disabled", "optim.warmup_steps=2",
         # ZeRO's gradient buckets (DeepSpeed allocates a fresh one per micro-step): sized per device
@@ -98,7 +99,8 @@ def train_and_resume(stage: int, run: TrainRun, data: dict, root: Path, sizes: d
     resumed = train(compose(RECIPES[stage], resumed_over + [
         f"train.steps={steps}", f"train.save_every={steps}", f"train.resume={ckpt_root / checkpoint_tag(resume_at)}"]))
     losses, again = full["losses"], resumed["losses"]
-    row = {"stage": stage, "preset": run.name, "model_group": run.group, "steps": len(losses), "params": full["params"],
+    row = {"stage": stage, "preset": run.name, "model_group": run.group, "dtype": run.dtype, "steps": len(losses),
+           "params": full["params"],
            "losses": losses, "resumed_losses": again, "wall_s": wall_full,
            "mean_step_time_s": full["mean_step_time_s"], **_loss_checks(losses),
            "resume_bit_exact": again == losses[resume_at:],
