@@ -38,8 +38,7 @@ def test_dry_run_executes_every_section_and_writes_the_report(tmp_path):
     assert dec["max_abs_diff_fp32"] < 1e-4 and dec["ocrflow_tokens_per_s"] > 0 and dec["transformers_tokens_per_s"] > 0
     assert dec["ocrflow_experts"] == "grouped" and dec["ocrflow_mfu"] > 0 and dec["ratio"] > 0
     runs = sections["training"]["results"]
-    assert [(r["stage"], r["preset"]) for r in runs] == [(1, "tiny"), (2, "tiny"), (1, "tiny (deepseek_ocr group)"),
-                                                          (2, "tiny (deepseek_ocr group)")]
+    assert [(r["stage"], r["preset"], r["dtype"]) for r in runs] == [(1, "tiny", "bf16"), (2, "tiny", "bf16")]
     for r in runs:
         assert r["steps"] == 20 and r["finite"] and r["decreasing"] and r["resume_bit_exact"], r
     (rung,) = sections["rung A"]["results"]
