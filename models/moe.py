@@ -40,6 +40,18 @@ def grouped_mm_available(x: Tensor) -> bool:
     return torch.cuda.get_device_capability(x.device) >= (8, 0)
 
 
+def set_experts_impl(module: nn.Module, impl: str) -> nn.Module:
+    """Every ``RoutedExperts`` under ``module`` computes with ``impl`` ("auto" | "grouped" | "loop")
+    from now on: the same weights through another kernel (benchmarks/gpu_check.py names the
+    kernel a CUDA card's "auto" takes, so a CPU run takes it too)."""
+    if impl not in ("auto", "grouped", "loop"):
+        raise ValueError(f"moe_impl must be auto|grouped|loop, got {impl!r}")
+    for m in module.modules():
+        if isinstance(m, RoutedExperts):
+            m.impl = impl
+    return module
+
+
 class MoEGate(nn.Module):
     """Router: fp32 logits -> softmax -> greedy top-k (optionally renormalized)."""
 

@@ -46,6 +46,7 @@ BAD_TRAIN_OVERRIDES = [  # (override, what the error must say)
     ("model.stage1_lm.num_heads=5", "model.stage1_lm.hidden_size=64 must be a multiple of model.stage1_lm.num_heads=5"),
     ("logging.wandb.mode=cloud", "logging.wandb.mode must be one of"),
     ("train.stpes=3", "train.stpes"),                      # a typo is not a new key
+    ("train.max_wall_s=0", "train.max_wall_s must be positive"),
 ]
 
 
@@ -54,6 +55,12 @@ def test_bad_train_override_fails_at_composition_naming_the_key(override, messag
     with pytest.raises(ConfigError) as err:
         compose("smoke", [override])
     assert message in str(err.value)
+
+
+def test_a_wall_clock_limit_is_a_stage_1_setting():
+    assert compose("smoke", ["train.max_wall_s=180"]).train.max_wall_s == 180
+    with pytest.raises(ConfigError, match=r"train.max_wall_s=10.0 is a stage-1 setting \(train.stage=2\)"):
+        compose("smoke_stage2", ["train.max_wall_s=10"])
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from train.pace import StepPace, default_threads
+from train.pace import StepPace, WallLimit, default_threads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,3 +41,12 @@ def test_slow_steps_warn_once(caplog):
     (rec,) = caplog.records
     assert "step 6 took 12.00 s, 12x the first steps' 1.00 s" in rec.getMessage()
     assert "OMP_NUM_THREADS=1" in rec.getMessage()
+
+
+def test_wall_limit_is_reached_once_its_seconds_have_passed():
+    assert not WallLimit(None).reached()  # no limit: train.steps alone
+    assert not WallLimit(3600.0).reached()
+    limit = WallLimit(1e-6)
+    while limit.elapsed() < 1e-6:
+        pass
+    assert limit.reached()

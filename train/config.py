@@ -233,6 +233,10 @@ class TrainConfig(Schema):
 
     stage: int = setting(1, choices=(1, 2))  # 1: DeepEncoder + compact OPT LM; 2: full DeepSeek-OCR (pipeline)
     steps: int = setting(1000, ge=1)  # optimizer steps (paper: 2 epochs of the corpus / global batch)
+    # stage 1: wall seconds of training (from the first step); the run stops after the step that
+    # passes it and ends as at train.steps (checkpoint, encoder); the lr schedule stays that of
+    # train.steps. null: train.steps alone. (A fixed-time run: benchmarks/gpu_check.py's rung A.)
+    max_wall_s: Optional[float] = setting(None, gt=0)
     micro_batch_size: int = setting(1, ge=1)  # packed sequences per GPU per micro-step
     global_batch_size: int = setting(8, ge=1)  # = micro x grad_accum x dp (dp = world / pp); checked at start
     pp: int = setting(1, ge=1)        # pipeline stages (stage 2: 1, 2 or 4)
@@ -251,6 +255,10 @@ class TrainConfig(Schema):
     required: list[str] = setting([])  # dotted keys a recipe cannot run without (e.g. [model.init_from]); checked at start
     nproc_per_node: Optional[int] = setting(None, ge=1)  # launch.sh: processes per node (null: #GPUs, or pp on CPU)
     reliance: RelianceConfig = group(RelianceConfig)  # vision reliance metric (train/reliance.py)
+
+    def check(self) -> None:
+        if self.max_wall_s is not None and self.stage != 1:
+            raise ConfigError(f"train.max_wall_s={self.max_wall_s} is a stage-1 setting (train.stage={self.stage})")
 
 
 # --------------------------------------------------------------------------- the primary config

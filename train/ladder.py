@@ -159,7 +159,8 @@ def rung_overrides(rung: Rung, data: dict, run_dir: Path, seed: int, from_run: P
 
 
 def train_rung(rung: Rung, overrides: list[str], curve_points: int = 0) -> dict:
-    """Train; returns CPU seconds (all processes, all threads) and wall seconds. With
+    """Train; returns CPU seconds (all processes, all threads), wall seconds and the steps
+    trained (fewer than ``rung.steps`` when ``train.max_wall_s`` stopped a stage-1 run). With
     ``curve_points`` every checkpoint on the way is kept for the CER curve."""
     if curve_points:
         overrides = [*overrides, f"train.save_every={max(1, rung.steps // curve_points)}", "train.keep_last=0"]
@@ -169,8 +170,9 @@ def train_rung(rung: Rung, overrides: list[str], curve_points: int = 0) -> dict:
         from train.stage1 import run_stage1
 
         cpu0 = time.process_time()
-        run_stage1(compose(rung.recipe, overrides))
+        done = run_stage1(compose(rung.recipe, overrides))
         cpu = time.process_time() - cpu0
+        steps, stopped_by = done["steps"], done["stopped_by"]
     else:  # PP=2: two processes, as ./launch.sh runs it
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -179,7 +181,8 @@ def train_rung(rung: Rung, overrides: list[str], curve_points: int = 0) -> dict:
         subprocess.run(cmd, check=True, env=env)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"cpu_s": cpu, "wall_s": time.time() - wall0}
+        steps, stopped_by = rung.steps, "train.steps"
+    return {"cpu_s": cpu, "wall_s": time.time() - wall0, "steps": steps, "stopped_by": stopped_by}
 
 
 def train_labels(shards: str, n: int = 2000) -> list[str]:
@@ -190,13 +193,14 @@ def train_labels(shards: str, n: int = 2000) -> list[str]:
 
 def score(model_path: Path, shards: str, mode: str, pages: int, *, tokenizer: str | None = None,
           labels: list[str] | None = None, untrained: bool = False, blank: bool = True, seed: int = 0,
-          loss_ratio: float | None = None) -> dict:
-    """Reading scores of a model on held-out pages (+ blank pages and the untrained model)."""
+          loss_ratio: float | None = None, device: str = "cpu") -> dict:
+    """Reading scores of a model on held-out pages (+ blank pages and the untrained model), read
+    on ``device``."""
     from train.eval.decode import heldout_pages
     from train.eval.loading import load_model
     from train.eval.suite import run_variant
 
-    m = load_model(model_path, tokenizer)
+    m = load_model(model_path, tokenizer, device)
     data = heldout_pages(shards, pages)
     variants = {"trained": m.model}
     if blank:
@@ -244,13 +248,15 @@ def encoder_at(run: Path, step: int) -> Path:
                         get_preset(preset).decoder.hidden_size, meta={"preset": preset, "steps": step})
 
 
-def curve(run: Path, shards: str, mode: str, pages: int, total_steps: int, train_cpu_s: float) -> list[dict]:
+def curve(run: Path, shards: str, mode: str, pages: int, total_steps: int, train_cpu_s: float,
+          device: str = "cpu") -> list[dict]:
     """Unseen-font CER of every kept checkpoint. A step costs the same CPU all along, so the CPU
     time at step k is k / steps x the training's measured CPU time."""
     points = []
     for tag in sorted(p.name for p in (run / "checkpoints").glob("step_*") if p.is_dir()):
         step = int(tag.split("_")[-1])
-        s = score(_checkpoint_view(run, tag, run.parent / "curve" / tag), shards, mode, pages, blank=False)
+        s = score(_checkpoint_view(run, tag, run.parent / "curve" / tag), shards, mode, pages, blank=False,
+                  device=device)
         points.append({"step": step, "cpu_s": round(train_cpu_s * step / total_steps, 1), "cer": s["cer"],
                        "word_accuracy": s["word_accuracy"], "wrong_page_cer": s["wrong_page"]["cer"]})
     return points
@@ -258,9 +264,11 @@ def curve(run: Path, shards: str, mode: str, pages: int, total_steps: int, train
 
 def run_rung_at(rung: Rung, out: str | Path, *, seed: int = 0, from_run: str | Path | None = None,
                 curve_points: int = 5, eval_pages: int | None = None, progress=print,
-                chain_cpu_s: float = 0.0, splits: tuple[str, ...] = HELDOUT_SPLITS) -> dict:
+                chain_cpu_s: float = 0.0, splits: tuple[str, ...] = HELDOUT_SPLITS, device: str = "cpu") -> dict:
     """Build the rung's pages, train it, score it on the held-out ``splits`` (the first one,
-    unseen font families, with the controls and the untrained model); ``out/result.json``."""
+    unseen font families, with the controls and the untrained model) reading on ``device``;
+    ``out/result.json``. ``steps`` in the result: the steps trained (``train.max_wall_s`` in the
+    rung's overrides may stop it before ``rung.steps``)."""
     out = Path(out)
     t0 = time.time()
     data = build_data(rung, data_dir(rung, out, seed), seed, splits)
@@ -274,8 +282,9 @@ def run_rung_at(rung: Rung, out: str | Path, *, seed: int = 0, from_run: str | P
     model = run_dir / "model" if rung.stage == 2 else run_dir
     pages = eval_pages or rung.heldout_pages
     labels = train_labels(data["train"])
-    res = {"rung": rung.name, "recipe": rung.recipe, "stage": rung.stage, "mode": rung.mode, "steps": rung.steps,
-           "train_pages": rung.train_pages, "data_s": round(data_s, 1), "train_cpu_s": round(cost["cpu_s"], 1),
+    res = {"rung": rung.name, "recipe": rung.recipe, "stage": rung.stage, "mode": rung.mode, "steps": cost["steps"],
+           "planned_steps": rung.steps, "stopped_by": cost["stopped_by"], "train_pages": rung.train_pages,
+           "data_s": round(data_s, 1), "train_cpu_s": round(cost["cpu_s"], 1),
            "train_wall_s": round(cost["wall_s"], 1), "chain_cpu_s": round(chain_cpu_s + cost["cpu_s"], 1),
            "splits": {}}
     from train.eval.loading import last_loss_ratio
@@ -284,11 +293,12 @@ def run_rung_at(rung: Rung, out: str | Path, *, seed: int = 0, from_run: str | P
     for split in splits:
         first = split == "heldout_fonts"
         s = score(model, data[split], rung.mode, pages, tokenizer=data["tokenizer"], labels=labels, untrained=first,
-                  blank=first, seed=seed, loss_ratio=ratio if first else None)
+                  blank=first, seed=seed, loss_ratio=ratio if first else None, device=device)
         res["splits"][split] = s
         progress(f"[ladder] {SPLIT_TITLES[split]}: CER {s['cer']:.3f}, word accuracy {s['word_accuracy']:.3f}")
     if curve_points and rung.stage == 1:
-        res["curve"] = curve(run_dir, data["heldout_fonts"], rung.mode, min(pages, 50), rung.steps, cost["cpu_s"])
+        res["curve"] = curve(run_dir, data["heldout_fonts"], rung.mode, min(pages, 50), cost["steps"], cost["cpu_s"],
+                             device)
     main = res["splits"]["heldout_fonts"]
     checks = {"cer_vs_wrong_page": main["checks"]["cer_vs_wrong_page"]}
     if rung.target_cer is not None:
@@ -403,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-only", action="store_true",
                     help="build the rung's pages (PDF -> engine -> shards + tokenizer) beside OUT and stop; "
                          "a later run of the rung reuses them")
+    ap.add_argument("--splits", nargs="+", choices=HELDOUT_SPLITS, default=list(HELDOUT_SPLITS),
+                    help="held-out splits to build and score (default: all)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the rung's recipe")
     a = ap.parse_args(argv)
     if a.summary:
@@ -411,14 +423,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.rung is None or a.out is None:
         ap.error("--rung and --out are required (or --summary OUT...)")
+    if "heldout_fonts" not in a.splits:
+        ap.error("--splits must include heldout_fonts (the pages a rung is scored on, with its controls)")
     base = SMALL_A if a.rung == SMALL_A.name else RUNGS[a.rung]
     rung = with_steps(base, a.steps, a.train_pages, heldout_pages=a.heldout_pages or base.heldout_pages,
                       overrides=(*base.overrides, *a.overrides))
     if a.data_only:
-        paths = build_data(rung, data_dir(rung, Path(a.out), a.seed), a.seed)
+        paths = build_data(rung, data_dir(rung, Path(a.out), a.seed), a.seed, tuple(a.splits))
         print(f"[ladder] rung {rung.name} pages: " + ", ".join(f"{k} {v}" for k, v in paths.items()))
         return 0
-    res = run_rung_at(rung, a.out, seed=a.seed, from_run=a.from_run, curve_points=a.curve_points)
+    res = run_rung_at(rung, a.out, seed=a.seed, from_run=a.from_run, curve_points=a.curve_points,
+                      splits=tuple(a.splits))
     print("\n".join(res["table"]))
     return 0
 

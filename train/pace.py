@@ -4,7 +4,8 @@ On a CPU machine that other work already keeps busy, a process with 2+ OpenMP th
 while it waits for a core: steps 10-40x longer have been seen on a shared 2-core machine
 (docs/training.md "Threads"). ``default_threads`` gives each process ``cores / processes``
 threads, and 1 when the machine is oversubscribed (1-minute load average at or above its
-cores). ``StepPace`` notices the slow-down during a run and says so once.
+cores). ``StepPace`` notices the slow-down during a run and says so once. ``WallLimit``
+ends a run after a number of wall seconds (``train.max_wall_s``) at the same step on every rank.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import statistics
+import time
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,33 @@ class StepPace:
                     "OMP_NUM_THREADS=1 (docs/training.md, Threads)", step, seconds, seconds / usual,
                     usual, os.getloadavg()[0], cpu_cores(), threads)
         return True
+
+
+class WallLimit:
+    """``reached()`` after each step: whether ``limit_s`` wall seconds have passed since the
+    limit was made (None: never). Under several ranks the slowest rank's clock decides (an
+    all-reduce MAX), so every rank stops after the same step."""
+
+    def __init__(self, limit_s: float | None, device=None):
+        self.limit_s, self.device = limit_s, device
+        self.t0 = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def reached(self) -> bool:
+        if self.limit_s is None:
+            return False
+        elapsed = self.elapsed()
+        import torch.distributed as dist
+
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            import torch
+
+            t = torch.tensor([elapsed], dtype=torch.float64, device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            elapsed = float(t)
+        return elapsed >= self.limit_s
 
 
 def _main() -> None:  # launch.sh: threads per process for N processes

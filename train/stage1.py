@@ -50,7 +50,7 @@ from .logging import (MetricsLogger, library_prints, quiet_libraries, reduce_bre
                       token_loss_breakdown)
 from .lr_schedule import build_lr_scheduler
 from .optimizer import build_optimizer, current_lrs
-from .pace import StepPace
+from .pace import StepPace, WallLimit
 from .run_setup import start_run
 
 IGNORE_INDEX = -100
@@ -300,6 +300,8 @@ def run_stage1(cfg: Config) -> dict:
     tokens_seen = 0
     it = iter(loader)
     pace = StepPace()  # one warning if steps slow down far below their pace (busy machine)
+    limit = WallLimit(tcfg.max_wall_s, device)  # train.max_wall_s: a fixed-time run ends early
+    stopped_by = "train.steps"
     engine.train()
     while step < steps:
         t0 = time.perf_counter()
@@ -337,9 +339,15 @@ def run_stage1(cfg: Config) -> dict:
             engine.eval()
             metrics.update(reliance.measure(step))
             engine.train()
+        if step < steps and limit.reached():
+            stopped_by = "train.max_wall_s"
+            logger.info(f"train.max_wall_s={tcfg.max_wall_s}: stopping after step {step} of {steps} "
+                        f"({limit.elapsed():.0f} s)")
         logger.log(step, metrics)
-        if (save_every and step % save_every == 0) or step == steps:
+        if (save_every and step % save_every == 0) or step == steps or stopped_by != "train.steps":
             save_checkpoint(engine, ckpt_dir, step, {"data": loader.state_dict()}, keep_last=keep_last)
+        if stopped_by != "train.steps":
+            break
 
     encoder_path = out_dir / ENCODER_FILE
     _save_encoder_collective(engine, model, encoder_path, stage2_width, rank,
@@ -348,7 +356,7 @@ def run_stage1(cfg: Config) -> dict:
     timed = step_times[1:] if len(step_times) > 1 else step_times
     result = {
         "stage": 1, "out_dir": str(out_dir), "checkpoint_dir": str(ckpt_dir),
-        "encoder_path": str(encoder_path), "steps": step, "losses": losses,
+        "encoder_path": str(encoder_path), "steps": step, "stopped_by": stopped_by, "losses": losses,
         "final_loss": losses[-1] if losses else None,
         "mean_step_time_s": sum(timed) / len(timed) if timed else None,
         "tokens_seen": tokens_seen, "params": n_params, "data_stats": loader.stats,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import threading
 import time
 import traceback
@@ -40,6 +41,8 @@ class Report:
         self._lock = threading.Lock()
         self._t0 = time.monotonic()
         self._cpu0 = time.process_time()
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self._children0 = children.ru_utime + children.ru_stime
 
     @property
     def json_path(self) -> Path:
@@ -94,6 +97,9 @@ class Report:
         with self._lock:
             self.data["meta"]["wall_s"] = round(time.monotonic() - self._t0, 2)
             self.data["meta"]["cpu_s"] = round(time.process_time() - self._cpu0, 2)
+            # processes the check started and has ended (data engine, loader workers, rung A's pages)
+            children = resource.getrusage(resource.RUSAGE_CHILDREN)
+            self.data["meta"]["cpu_children_s"] = round(children.ru_utime + children.ru_stime - self._children0, 2)
             text = json.dumps(self.data, indent=1, default=str)
             tmp = self.json_path.with_suffix(".json.tmp")
             tmp.write_text(text)
@@ -104,10 +110,13 @@ class Report:
             tmp.replace(self.md_path)
 
 
-def start_watchdog(report: Report, deadline: float, grace_s: float = 20.0) -> threading.Timer:
+def start_watchdog(report: Report, deadline: float, grace_s: float = 20.0, cleanup=None) -> threading.Timer:
     """At ``deadline`` + ``grace_s`` (a section overran its budget inside a call that cannot be
-    interrupted): note it, write the report, end the process (exit 3)."""
+    interrupted): note it, write the report, run ``cleanup`` (background work), end the process
+    (exit 3)."""
     def fire():
+        if cleanup is not None:
+            cleanup()
         report.note("global deadline reached while a section was running: the report is partial")
         print(f"[gpu_check] deadline: partial report in {report.md_path}", flush=True)
         os._exit(3)
@@ -156,16 +165,17 @@ def render_markdown(data: dict) -> str:
         err = r.get("rel_err", r.get("max_abs_diff", r.get("error")))
         out.append(f"| {r['name']} | {_fmt(err)} | {_fmt(r.get('tolerance'))} | {_fmt(r.get('passed'))} |")
     out += ["", "## Encoder: forward + backward images/s", "",
-            "| card | mode | views | DeepEncoder img/s | SAM img/s (ocrflow) | SAM img/s (transformers) | ratio | "
-            "SAM MFU | SAM max abs diff | peak GiB (DeepEncoder / SAM / transformers SAM) |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "| card | mode | views | DeepEncoder img/s | DeepEncoder MFU | SAM img/s (ocrflow) | SAM img/s (transformers) | "
+            "ratio | SAM MFU (ocrflow / transformers) | SAM max abs diff | peak GiB (DeepEncoder / SAM / transformers SAM) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in _rows(sec, "encoder speed"):
         if "skipped" in r:
-            out.append(f"| {card} | {r['mode']} | {r['skipped']} | | | | | | | |")
+            out.append(f"| {card} | {r['mode']} | {r['skipped']} | | | | | | | | |")
             continue
         out.append(f"| {card} | {r['mode']} | {r['views']} | {_fmt(r['deepencoder_images_per_s'], 2)} | "
-                   f"{_fmt(r['sam_images_per_s'], 2)} | {_fmt(r['sam_transformers_images_per_s'], 2)} | "
-                   f"{_fmt(r['sam_ratio'], 2)}x | {_pct(r['sam_mfu'])} | {_fmt(r['sam_max_abs_diff'])} | "
+                   f"{_pct(r['deepencoder_mfu'])} | {_fmt(r['sam_images_per_s'], 2)} | "
+                   f"{_fmt(r['sam_transformers_images_per_s'], 2)} | {_fmt(r['sam_ratio'], 2)}x | "
+                   f"{_pct(r['sam_mfu'])} / {_pct(r['sam_transformers_mfu'])} | {_fmt(r['sam_max_abs_diff'])} | "
                    f"{_fmt(r['deepencoder_peak_gib'], 1)} / {_fmt(r['sam_peak_gib'], 1)} / "
                    f"{_fmt(r['sam_transformers_peak_gib'], 1)} |")
     out += ["", "## Decoder slice: training tokens/s (forward + backward + AdamW)", "",
@@ -183,11 +193,21 @@ def render_markdown(data: dict) -> str:
         if "skipped" in r or "error" in r:
             out.append(f"| {card} | {r.get('stage')} | {r.get('preset')} | {r.get('skipped', r.get('error'))} | | | | | |")
             continue
-        out.append(f"| {card} | {r['stage']} | {r['preset']} | {r['steps']} | {_fmt(r['first5_mean'])} -> "
+        out.append(f"| {card} | {r['stage']} | {r['preset']} ({r['dtype']}) | {r['steps']} | {_fmt(r['first5_mean'])} -> "
                    f"{_fmt(r['last5_mean'])} | {_fmt(r['finite'])} | {_fmt(r['decreasing'])} | "
                    f"{_fmt(r['resume_bit_exact'])} | {_fmt(r['mean_step_time_s'])} |")
+    out += ["", "## Rung A: stage 1 reading, held-out pages in unseen font families", "",
+            ("| card | preset | steps (stopped by) | train wall s | CER | wrong-page CER | blank CER | constant CER | "
+             "untrained CER | word accuracy (needed) | first-letter accuracy | reads |"),
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in _rows(sec, "rung A"):
-        out += ["", f"Rung A: {r.get('skipped') or r}"]
+        if "skipped" in r:
+            out.append(f"| {card} | {r['skipped']} | | | | | | | | | | |")
+            continue
+        out.append(f"| {card} | {r['preset']} ({r['dtype']}) | {r['steps']} of {r['planned_steps']} ({r['stopped_by']}) | "
+                   f"{_fmt(r['train_wall_s'], 1)} | {_fmt(r['cer'])} | {_fmt(r['wrong_page_cer'])} | {_fmt(r['blank_cer'])} | "
+                   f"{_fmt(r['constant_cer'])} | {_fmt(r['untrained_cer'])} | {_fmt(r['word_accuracy'])} "
+                   f"(>= {_fmt(r['word_threshold'])}) | {_fmt(r['first_letter_accuracy'])} | {_fmt(r['reads'])} |")
     out += ["", "## Targets", "", "| target | value | needed | met |", "|---|---|---|---|"]
     for t in data["targets"]:
         out.append(f"| {t['name']} | {_fmt(t['value'], 3)} | {t['needed']} | {t['met'] if isinstance(t['met'], str) else _fmt(t['met'])} |")

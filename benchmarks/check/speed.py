@@ -9,7 +9,9 @@
   on CUDA) of a decoder slice beside transformers' ``DeepseekOcr2TextModel`` holding the same
   weights, same routing (greedy softmax top-k, no renormalization), same loss (cross-entropy
   through the same ``lm_head``); first both are run in fp32 on the same ids and the max abs
-  difference of the final hidden states recorded (the v1 decoder equals the reference).
+  difference of the final hidden states recorded (the v1 decoder equals the reference), both
+  with per-expert loops; then ocrflow's experts are timed with grouped GEMM (what ``moe_impl:
+  auto`` picks for bf16 on a CUDA card, named here so the CPU dry run takes the same path).
   transformers runs its defaults: SDPA attention and its grouped_mm experts where available.
 
 Timing: ``benchmarks/bench_model.timed`` (median of ``iters`` after ``warmup`` untimed calls,
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 
 from benchmarks.bench_model import peak_gib, reset_peak, synthetic_page, timed
 from models.config import DeepseekOCRConfig
+from models.moe import set_experts_impl
 
 from . import flops
 from .reference import TextDecoder, copy_decoder_to_hf, copy_sam_to_hf, hf_sam_encoder, hf_text_model
@@ -125,7 +128,7 @@ def _encoder_mode(cfg, enc, hf, mode: str, batch: int, device: str, dtype: torch
 def decoder_speed(cfg: DeepseekOCRConfig, layers: int, batch: int, seq_len: int, device: str, dtype: torch.dtype,
                   iters: int, warmup: int, peak: float | None, check_len: int) -> dict:
     """The decoder-slice row (module docstring): equality in fp32, then tokens/s, MFU, memory."""
-    c = dataclasses.replace(cfg.decoder, num_hidden_layers=layers, moe_impl="auto")
+    c = dataclasses.replace(cfg.decoder, num_hidden_layers=layers, moe_impl="loop")
     torch.manual_seed(0)
     with torch.device(device):
         ours = TextDecoder(c, head=True)
@@ -146,6 +149,8 @@ def decoder_speed(cfg: DeepseekOCRConfig, layers: int, batch: int, seq_len: int,
         row["check_tokens"] = check_len
     if speed_experts:
         hf.set_experts_implementation(speed_experts)
+    set_experts_impl(ours, "grouped")  # timed: grouped GEMM, on CUDA and on the dry run's CPU alike
+    row["ocrflow_experts"] = "grouped"
     ours.to(dtype).train()
     hf.to(dtype).train()
     hf_head.to(dtype)
