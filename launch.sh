@@ -54,6 +54,8 @@ Recipes (conf/experiment/<recipe>.yaml; any Hydra override may follow)
   ocr2_stage1          DeepSeek-OCR 2 stage 1: DeepEncoder V2 pretraining (docs/ocr2.md); `model=tiny_ocr2`
                        on CPU. ocr2_stage2: joint training with the MoE decoder (PP=4; PP=2 on CPU);
                        ocr2_stage3: encoder frozen
+  ocr2_reading         DeepSeek-OCR 2 (tiny-ocr2-reader) on the reading ladder's pages, ocr2_nano view
+                       (rungs ocr2-A1, ocr2-A2: python -m train.ladder)
 
   Examples
     ./launch.sh paper_stage1 model.tokenizer=/ckpt/deepseek-ocr data.shards='[/data/shards/*.tar]'
