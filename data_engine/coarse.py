@@ -136,10 +136,11 @@ def _is_bad_char(ch: str) -> bool:
     return cat == "Co" or (cat == "Cc" and ch not in "\n\t")
 
 
-def _char_counts(text: str) -> tuple[int, int]:
-    """(non-space chars, bad chars); Counter runs in C, the checks run once per distinct char."""
+def _char_counts(counts: Counter) -> tuple[int, int]:
+    """(non-space chars, bad chars) of a text's ``Counter``: Counter runs in C, the checks run
+    once per distinct char."""
     non_space = bad = 0
-    for ch, n in Counter(text).items():
+    for ch, n in counts.items():
         if not ch.isspace():
             non_space += n
             bad += n if _is_bad_char(ch) else 0
@@ -147,7 +148,7 @@ def _char_counts(text: str) -> tuple[int, int]:
 
 
 def bad_char_ratio(text: str) -> float:
-    non_space, bad = _char_counts(text)
+    non_space, bad = _char_counts(Counter(text))
     return bad / non_space if non_space else 0.0
 
 
@@ -171,11 +172,10 @@ class Garble:
 
 def garble(text: str) -> Garble:
     counts = Counter(text)
-    bad_chars = [ch for ch in counts if _is_bad_char(ch)]  # first-occurrence order, as Counter keeps it
-    non_space = sum(n for ch, n in counts.items() if not ch.isspace())
-    bad = sum(counts[ch] for ch in bad_chars if not ch.isspace())
+    non_space, bad = _char_counts(counts)
     if not bad:
         return Garble(non_space, 0, 0, [])
+    bad_chars = [ch for ch in counts if _is_bad_char(ch)]  # first-occurrence order, as Counter keeps it
     # a bad character with no bad neighbour (one regex pass instead of a loop over the text)
     cls = "[" + "".join(re.escape(ch) for ch in bad_chars) + "]"
     isolated = len(re.findall(f"(?<!{cls}){cls}(?!{cls})", text))
