@@ -172,10 +172,10 @@ class RoundRunner:
         if path.is_file():
             return json.loads(path.read_text(encoding="utf-8"))
         ac, out = self.accept_cfg, {}
+        earlier = [json.loads((self.rdir(j) / "calibration.json").read_text(encoding="utf-8")) for j in range(k)]
         for s in self.langs:
             shard = self.data / "calib" / f"{_key(s)}.tar"
-            taken = {key for j in range(k) for key in
-                     json.loads((self.rdir(j) / "calibration.json").read_text(encoding="utf-8")).get(s, {}).get("accepted_keys", [])}
+            taken = {key for cal_j in earlier for key in cal_j.get(s, {}).get("accepted_keys", [])}
             lines = [p for p in (read_patch_shard(shard) if shard.is_file() else []) if p.key not in taken]
             reads = self.read(model, tok, lines)
             rows = [(conf, p.text, text, p.source, p.key) for p, (text, conf, fin) in zip(lines, reads)
