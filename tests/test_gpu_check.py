@@ -80,6 +80,23 @@ def test_dry_encoder_section_runs_gundam_tiles(tmp_path):
     assert enc["views"] == 7 and enc["view_sides"] == [640, 1024]  # 6 tiles + the global view
 
 
+@pytest.mark.slow
+def test_dry_training_resumes_the_published_group_bit_exactly(tmp_path):
+    """The stand-in of the card's `deepseek-ocr-slice` run: tiny in the published group (dropout
+    0.1, gradient checkpointing, a narrower stage-1 LM) falls and resumes bit-exactly in both stages
+    (stage 1 did not before the loader stopped drawing from the global torch RNG; ~100 CPU-s)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry", "--out", str(tmp_path),
+                           "--sections", "training", "--published-group", "--deadline", "1800"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=2400, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = json.loads((tmp_path / "gpu_check.json").read_text())["sections"]["training"]["results"]
+    assert [(r["stage"], r["model_group"]) for r in runs] == [(1, "tiny"), (2, "tiny"), (1, "deepseek_ocr"),
+                                                               (2, "deepseek_ocr")], runs
+    for r in runs:
+        assert r["steps"] == 20 and r["finite"] and r["decreasing"] and r["resume_bit_exact"], r
+
+
 def test_no_cuda_without_dry_is_a_clear_exit():
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is visible")

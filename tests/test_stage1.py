@@ -82,7 +82,7 @@ def tiny_data(tmp_path_factory):
     return {"shards": shards, "tokenizer": str(tok)}
 
 
-def stage1_cfg(tiny_data, out_dir: Path, **train):
+def stage1_cfg(tiny_data, out_dir: Path, *extra: str, **train):
     from train.api import compose
 
     over = [
@@ -93,7 +93,7 @@ def stage1_cfg(tiny_data, out_dir: Path, **train):
         "logging=disabled", f"train.out_dir={out_dir}",
     ]
     over += [f"train.{k}={v}" for k, v in train.items()]
-    return compose("smoke", over)
+    return compose("smoke", over + list(extra))
 
 
 def test_resume_reproduces_losses_and_encoder_loads_into_stage2(tiny_data, tmp_path):
@@ -101,8 +101,10 @@ def test_resume_reproduces_losses_and_encoder_loads_into_stage2(tiny_data, tmp_p
 
     from train.stage1 import run_stage1
 
-    # uninterrupted run: 4 steps, checkpoints after steps 2 and 4
-    full = run_stage1(stage1_cfg(tiny_data, tmp_path / "full", steps=4, save_every=2, resume="null",
+    # uninterrupted run: 4 steps, checkpoints after steps 2 and 4. The LM's dropout (the published
+    # group's 0.1) draws from the torch RNG every step: resume must leave that RNG as the run left it
+    dropout = "model.stage1_lm.dropout=0.1"
+    full = run_stage1(stage1_cfg(tiny_data, tmp_path / "full", dropout, steps=4, save_every=2, resume="null",
                                   micro_batch_size=1, global_batch_size=2))  # grad accumulation 2
     assert full["steps"] == 4 and len(full["losses"]) == 4
     # a run killed after step 2 leaves exactly the step-2 checkpoint on disk: rebuild that
@@ -111,12 +113,11 @@ def test_resume_reproduces_losses_and_encoder_loads_into_stage2(tiny_data, tmp_p
     ckpt.mkdir(parents=True)
     shutil.copytree(tmp_path / "full" / "checkpoints" / "step_00000002", ckpt / "step_00000002")
     (ckpt / "latest").write_text("step_00000002")
-    resumed = run_stage1(stage1_cfg(tiny_data, tmp_path / "killed", steps=4, save_every=2, resume="auto",
+    resumed = run_stage1(stage1_cfg(tiny_data, tmp_path / "killed", dropout, steps=4, save_every=2, resume="auto",
                                      micro_batch_size=1, global_batch_size=2))
     assert resumed["steps"] == 4 and len(resumed["losses"]) == 2  # steps 3 and 4 only
-    # same data, same RNG, same optimizer/scheduler state -> the same losses
-    torch.testing.assert_close(torch.tensor(resumed["losses"]), torch.tensor(full["losses"][2:]),
-                               rtol=1e-5, atol=1e-6)
+    # same data, same RNG, same optimizer/scheduler state -> the same losses, bit for bit
+    assert resumed["losses"] == full["losses"][2:]
     assert full["losses"][2] != full["losses"][1]  # steps differ (a stuck run would also "match")
 
     # the stage-1 encoder loads into the stage-2 model: names match, values equal

@@ -452,8 +452,12 @@ class ResumableLoader:
         self.dataset.worker_states = dict(self.worker_states)
         self.dataset.rotate = self.batches % nw
         kw = dict(prefetch_factor=self.prefetch_factor) if self.num_workers > 0 else {}
+        # its own generator: a DataLoader iterator draws its workers' base seed from the global
+        # torch RNG when it starts, and a resumed run starts it after restoring that RNG, so the
+        # draw would shift every dropout mask after a resume (the pipelines seed themselves)
+        seed = self.dataset.kw["seed"] * 1_000_003 + self.dataset.rank * 1_009 + self.batches
         dl = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
-                        collate_fn=_collate, **kw)
+                        collate_fn=_collate, generator=torch.Generator().manual_seed(seed), **kw)
         for logical, batch, state in dl:
             if logical != self.batches % nw:  # guards the round-robin assumption
                 raise RuntimeError(f"batch {self.batches} came from worker {logical}, expected "
