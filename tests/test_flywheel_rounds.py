@@ -227,12 +227,15 @@ def test_accepted_labels_feed_page_labels_and_next_round(full_run, tmp_path):
     assert meta["source"] == "flywheel" and meta["labels"]["fine"]["prompt"].endswith("markdown.")
     texts = [b["text"] for b in parse_fine_label(meta["labels"]["fine"]["text"])]
     assert texts and set(texts) <= {runner.truth[p.key] for p in acc}
-    # complete pages only: a page label holds every line found on its page, accepted
+    # a page label holds every line found on its page, accepted, except the lines it erased
     labels, counts = runner.complete_pages(runner.accepted_before(1))
     c = counts["eng"]
-    assert c["complete"] == len(labels) and c["complete"] + c["partial"] <= c["pages"]
+    assert c["complete"] + c["erased"] == len(labels) and c["complete"] + c["erased"] + c["partial"] <= c["pages"]
     for (doc, page), lab in labels.items():
-        found = {runner.truth[p.key] for p in pool if (p.doc_id, p.page) == (doc, page)}
+        erased = lab.get("erase", [])
+        found = {runner.truth[p.key] for p in pool if (p.doc_id, p.page) == (doc, page)
+                 and not any(e[0] <= p.bbox[0] and e[1] <= p.bbox[1] and p.bbox[2] <= e[2] and p.bbox[3] <= e[3]
+                             for e in erased)}
         assert found <= {b["text"] for b in parse_fine_label(lab["text"])}
 
 

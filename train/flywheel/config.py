@@ -110,6 +110,7 @@ class FlywheelConfig(Schema):
     words: str = setting("wordfreq", choices=WORD_SOURCES)  # generated corpus: real words of each language (wordfreq; pseudo-words where it lacks one) or pseudo-words
     lexicon_size: int = setting(3000, ge=20)  # generated corpus: wordfreq: the language's most frequent words, 1 in 8 held out for the unseen-word gold; pseudo: pseudo-words per script (the unseen-word gold from as many others)
     collage: float = setting(0.0, ge=0)  # collage lines (seed words recombined, data_engine/flywheel/collage.py) per language, x the best-seeded language's seed lines
+    page_erase_share: Optional[float] = setting(0.5, gt=0, le=1)  # a page with unaccepted lines still gets a page label when at least this share of its found lines is accepted: the others are painted white and left out of the label (data_engine/flywheel/reassemble.py); null: complete pages only
     detector: DetectorConfig = group(DetectorConfig)
     recognizer: RecognizerConfig = group(RecognizerConfig)
     label: LabelConfig = group(LabelConfig)

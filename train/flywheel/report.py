@@ -36,14 +36,17 @@ def _reads(rd: dict | None) -> str:
 
 
 def _pages(c: dict | None) -> str:
-    return "-" if not c else f"{c['complete']} ({c['partial']}, {c['pages']})"
+    if not c:
+        return "-"
+    erased = f" + {c['erased']} erased" if c.get("erased") else ""  # reports written before erasing have none
+    return f"{c['complete']}{erased} ({c['partial']}, {c['pages']})"
 
 
 def table(rounds: list[dict]) -> str:
     head = ("| round | language | recognizer CER (gold) | image-blind CER | reading verdict (wrong-page CER, "
             "word accuracy / needed) | CER on unseen words | gold loss real / blind | "
             "Tesseract CER (unseen words) | threshold (held-out CER at it) | labelled | accepted | rejected (reasons) | "
-            "accepted-label CER | rejected-label CER | accepted total | complete pages (partial, of) |")
+            "accepted-label CER | rejected-label CER | accepted total | complete pages + erased (partial, of) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rounds:
         for spec, d in r["languages"].items():

@@ -19,8 +19,10 @@ Round k (``<out>/round_<k>/``):
 4. ``accepted/<lang>.tar``: the patches accepted in this round (patch shards, training format).
 5. ``pages/flywheel-000000.tar``: the complete pages so far (every line found on the page
    accepted, in this round or before), reassembled into page-level fine labels with the page's
-   trusted text-layer lines (engine shard format, ``source: flywheel``) for stage 2; partial
-   pages stay line patches. Source files are reopened relative to the run directory.
+   trusted text-layer lines (engine shard format, ``source: flywheel``) for stage 2, and the
+   pages with at least ``page_erase_share`` of their lines accepted, the others painted white
+   and left out of the label; other partial pages stay line patches. Source files are reopened
+   relative to the run directory.
 6. ``report.json``: per language the recognizer's CER on held-out gold patches (and with blank
    images, the image-blind control), Tesseract's CER on the same patches, patches accepted and
    rejected by reason, and the CER of accepted (and rejected) labels against ground truth.
@@ -269,7 +271,8 @@ class RoundRunner:
         known = [p for ps in self.seed.values() for p in ps] + \
             [p for c in calib if c.is_file() for p in read_patch_shard(c, images=False)]
         return complete_pages([p for ps in accepted.values() for p in ps], pool, known,
-                              frozenset(s for s in {p.script for p in pool} if is_rtl(s)))
+                              frozenset(s for s in {p.script for p in pool} if is_rtl(s)),
+                              erase_share=self.cfg.page_erase_share)
 
     # ------------------------------------------------------------------ 5. measure
     def gold_cer(self, model, tok) -> dict:
@@ -364,7 +367,7 @@ class RoundRunner:
                 "labelled": len(lang_rows), "accepted": len(acc), "rejected": len(rej), "by_kind": by_kind,
                 "rejected_by_reason": dict(Counter(r["reason"] for r in rej)),
                 "accepted_total": len(accepted.get(s, [])),
-                "pages": page_counts.get(LineLanguage.parse(s).lang, {"pages": 0, "complete": 0, "partial": 0}),
+                "pages": page_counts.get(LineLanguage.parse(s).lang, {"pages": 0, "complete": 0, "erased": 0, "partial": 0}),
                 "accepted_label_cer": corpus_cer((self.truth[r["key"]], r["text"]) for r in acc if r["key"] in self.truth),
                 "rejected_label_cer": corpus_cer((self.truth[r["key"]], r["text"]) for r in rej if r["key"] in self.truth),
                 "recognizer": gold[s], "tesseract": tess[s], "calibration": calibration[s],
