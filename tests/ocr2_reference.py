@@ -45,8 +45,11 @@ def reference_processor(crop: bool):
     return DeepseekOcr2ImageProcessorPil(crop_to_patches=crop)
 
 
-def build_pair(cfg, out_dir, seed: int = 0):
-    """(ours, reference) with identical random weights; the reference loaded from our export."""
+def build_pair(cfg, out_dir, seed: int = 0, attn: str = "sdpa"):
+    """(ours, reference) with identical random weights; the reference loaded from our export.
+    ``attn``: the reference's attention kernels, ``sdpa`` (its default; ours always use
+    ``F.scaled_dot_product_attention``) or ``eager`` (matmul + softmax: the same math summed in
+    another order, so fp32 rounding differs)."""
     from transformers.models.deepseek_ocr2 import DeepseekOcr2ForConditionalGeneration
 
     torch.manual_seed(seed)
@@ -54,7 +57,7 @@ def build_pair(cfg, out_dir, seed: int = 0):
     randomize(ours, seed)
     export_checkpoint(ours, out_dir, dtype=torch.float32)
     ref, info = DeepseekOcr2ForConditionalGeneration.from_pretrained(
-        str(out_dir), output_loading_info=True, attn_implementation="eager")
+        str(out_dir), output_loading_info=True, attn_implementation=attn)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     return ours, ref.eval()
 
