@@ -104,15 +104,12 @@ def test_flow_mask_is_bidirectional_over_image_and_causal_over_queries():
     assert torch.equal(m, expect.bool())
 
 
-# The whole forward at full size: fp32 rounding through SAM, 24 flow layers and the decoder, every
-# weight random at std 0.05, leaves ~1e-4 on logits up to ~9 (measured 9.7e-5 / 1.09e-4 / 1.29e-4
-# at 768 px / 1024 px / tiled). Each implementation's own fp32 logits are further from its fp64
-# logits (1024 px: ours 1.47e-4, the reference 1.32e-4; both keep some fp32 steps) than from each
-# other's, while each part fed the same inputs stays within 1.6e-5 (docs/ocr2.md): the parts' 1e-4
-# would fail on rounding alone.
+# Against the reference's SDPA kernels (ours throughout) the full-size parts are bit-identical and
+# the whole forward within 2.9e-6 (docs/ocr2.md); against its eager kernels the whole forward was
+# ~1e-4 off by fp32 rounding alone (9.7e-5 / 1.09e-4 / 1.29e-4 at 768 px / 1024 px / tiled).
 
 @pytest.mark.slow
-@pytest.mark.large_memory(10)  # both models resident: 9.9 GB peak RSS measured (docs/ocr2.md)
+@pytest.mark.large_memory(10)  # both models resident: 9.1-9.9 GB peak RSS measured (docs/ocr2.md)
 def test_full_size_parts_and_forward_match_reference(tmp_path):
     """``deepseek-ocr2`` at full size (SAM-base, 24-layer 896-wide flow encoder with 144 / 256
     queries, 896 -> 1280 projector) with a decoder slice at full width (dense layer 0 + one MoE
