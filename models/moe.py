@@ -40,12 +40,17 @@ def grouped_mm_available(x: Tensor) -> bool:
     return torch.cuda.get_device_capability(x.device) >= (8, 0)
 
 
+def _checked_impl(impl: str) -> str:
+    if impl not in ("auto", "grouped", "loop"):
+        raise ValueError(f"moe_impl must be auto|grouped|loop, got {impl!r}")
+    return impl
+
+
 def set_experts_impl(module: nn.Module, impl: str) -> nn.Module:
     """Every ``RoutedExperts`` under ``module`` computes with ``impl`` ("auto" | "grouped" | "loop")
     from now on: the same weights through another kernel (benchmarks/gpu_check.py names the
     kernel a CUDA card's "auto" takes, so a CPU run takes it too)."""
-    if impl not in ("auto", "grouped", "loop"):
-        raise ValueError(f"moe_impl must be auto|grouped|loop, got {impl!r}")
+    _checked_impl(impl)
     for m in module.modules():
         if isinstance(m, RoutedExperts):
             m.impl = impl
@@ -82,9 +87,7 @@ class RoutedExperts(nn.Module):
         super().__init__()
         E, I, D = cfg.n_routed_experts, cfg.moe_intermediate_size, cfg.hidden_size
         self.n_experts = E
-        self.impl = cfg.moe_impl
-        if self.impl not in ("auto", "grouped", "loop"):
-            raise ValueError(f"moe_impl must be auto|grouped|loop, got {self.impl!r}")
+        self.impl = _checked_impl(cfg.moe_impl)
         self.gate_proj = nn.Parameter(torch.empty(E, I, D))
         self.up_proj = nn.Parameter(torch.empty(E, I, D))
         self.down_proj = nn.Parameter(torch.empty(E, D, I))

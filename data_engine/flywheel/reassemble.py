@@ -57,6 +57,11 @@ def page_labels(patches: Iterable[Patch], rtl_scripts: frozenset[str] = frozense
 ERASE_PAD_PT = 1.0
 
 
+def empty_page_counts() -> dict[str, int]:
+    """A language's page counts before any page (``complete_pages``)."""
+    return {"pages": 0, "complete": 0, "erased": 0, "partial": 0}
+
+
 def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
 
@@ -101,7 +106,7 @@ def complete_pages(accepted: Iterable[Patch], pool: Iterable[Patch], known: Iter
     by_page: dict[tuple[str, int], list[Patch]] = defaultdict(list)
     for p in [*accepted, *known]:
         by_page[(p.doc_id, p.page)].append(p)
-    counts: dict[str, dict] = defaultdict(lambda: {"pages": 0, "complete": 0, "erased": 0, "partial": 0})
+    counts: dict[str, dict] = defaultdict(empty_page_counts)
     complete, erase = [], {}
     for page, ps in pages.items():
         blocks = [p.bbox for p in accepted if (p.doc_id, p.page) == page and p.kind == BLOCK]

@@ -46,7 +46,7 @@ from data_engine.flywheel.canvas import is_rtl
 from data_engine.flywheel.dataset import UNSEEN_DIR
 from data_engine.flywheel.linepages import LineLanguage
 from data_engine.flywheel.patches import BLOCK, Patch, read_patch_shard, write_patch_shard
-from data_engine.flywheel.reassemble import complete_pages, write_page_shard
+from data_engine.flywheel.reassemble import complete_pages, empty_page_counts, write_page_shard
 from data_engine.metrics import corpus_cer
 from data_engine.reading_metrics import reading_scores
 from data_engine.shards import mix_shards
@@ -367,7 +367,7 @@ class RoundRunner:
                 "labelled": len(lang_rows), "accepted": len(acc), "rejected": len(rej), "by_kind": by_kind,
                 "rejected_by_reason": dict(Counter(r["reason"] for r in rej)),
                 "accepted_total": len(accepted.get(s, [])),
-                "pages": page_counts.get(LineLanguage.parse(s).lang, {"pages": 0, "complete": 0, "erased": 0, "partial": 0}),
+                "pages": page_counts.get(LineLanguage.parse(s).lang, empty_page_counts()),
                 "accepted_label_cer": corpus_cer((self.truth[r["key"]], r["text"]) for r in acc if r["key"] in self.truth),
                 "rejected_label_cer": corpus_cer((self.truth[r["key"]], r["text"]) for r in rej if r["key"] in self.truth),
                 "recognizer": gold[s], "tesseract": tess[s], "calibration": calibration[s],
