@@ -256,3 +256,30 @@ def test_running_heads_are_header_and_footer():
     single.insert_pdf(doc, from_page=0, to_page=0)
     labels = {b.text: b.label for b in _rules().blocks(_reload(single)[0])}
     assert labels["Data Engine Notes - Chapter 2 11"] == labels["ocrflow documentation, page 11 of 40"] == "text"
+
+
+def _headings_page():
+    """A title, two section headings (bold, 1.3x the body) and a raster figure, which makes the
+    ``picodet`` source call its detector on the page."""
+    doc, page = _doc()
+    page.insert_text((72, 90), "Optical Compression", fontname="hebo", fontsize=22)
+    page.insert_textbox(pymupdf.Rect(72, 110, 523, 200), BODY * 5, fontname="helv", fontsize=10)
+    page.insert_text((72, 230), "1 Introduction", fontname="hebo", fontsize=13)
+    page.insert_textbox(pymupdf.Rect(72, 240, 523, 330), BODY * 5, fontname="helv", fontsize=10)
+    pix = pymupdf.Pixmap(pymupdf.csRGB, pymupdf.IRect(0, 0, 64, 48), 0)
+    pix.clear_with(120)
+    page.insert_image(pymupdf.Rect(150, 350, 450, 500), pixmap=pix)
+    page.insert_text((72, 540), "2 Method", fontname="hebo", fontsize=13)
+    page.insert_textbox(pymupdf.Rect(72, 550, 523, 650), BODY * 5, fontname="helv", fontsize=10)
+    return _reload(doc)[0]
+
+
+def test_detector_headings_keep_the_rules_level(picodet):
+    """PicoDet's CDLA `title` covers every heading: on a page where the detector runs, section
+    headings stay sub_title as on pages without it (they were all `title` before)."""
+    page = _headings_page()
+    assert [lb for lb, _, _ in picodet.detector.detect(page)].count("title") == 3  # the detector's view
+    want = {"Optical Compression": "title", "1 Introduction": "sub_title", "2 Method": "sub_title"}
+    for source in (picodet, _rules()):
+        labels = {b.text: b.label for b in source.blocks(page)}
+        assert {t: labels[t] for t in want} == want

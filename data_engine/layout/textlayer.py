@@ -6,7 +6,7 @@ the text layer's words, ``table_from_words``), images from ``page.get_image_info
 detector's figure regions, text blocks from the per-character text dict (each line's text as
 ``coarse`` assembles it: word gaps, composed accents, logical RTL order), classified by simple,
 documented rules (a running head's label first, then a detector's label for a block, when it
-has one):
+has one; a detector's heading takes its level, title or sub_title, from these rules):
 
 * text inside a figure (chart labels, annotations) is part of the figure, not a block.
 * header / footer: the block lies inside the top / bottom margin band (``band`` x page height),
@@ -329,9 +329,14 @@ class TextLayerLayout:
 
         running = self.running_heads.classify(page, [(t[0], t[1], t[5]) for t in texts]) if self.running_heads else {}
         for k, (r, text, size, bold, italic, n_lines, math) in enumerate(texts):
-            label = running.get(k) or self._hinted(r, hints) or self._classify(r, text, size, bold, italic, n_lines, body, max_size,
-                                                              W, H, images, tables, math)
-            items.append((label, r, text, n_lines))
+            rule = self._classify(r, text, size, bold, italic, n_lines, body, max_size, W, H, images, tables, math)
+            hinted = self._hinted(r, hints)
+            if hinted == "title":
+                # A detector's title is any heading (CDLA has one heading class); its level comes
+                # from the rules' font sizes, so headings get the same label on pages with and
+                # without a detector call.
+                hinted = rule if rule in ("title", "sub_title") else "sub_title"
+            items.append((running.get(k) or hinted or rule, r, text, n_lines))
         items = merge_equation_pieces(items, body)
 
         rtl = self._rtl(texts)
