@@ -283,3 +283,28 @@ def test_detector_headings_keep_the_rules_level(picodet):
     for source in (picodet, _rules()):
         labels = {b.text: b.label for b in source.blocks(page)}
         assert {t: labels[t] for t in want} == want
+
+
+def test_rewritten_picodet_graph_gives_the_shipped_models_detections(picodet):
+    """The in-memory rewrite (fused hard-swish, preprocessing in the graph, layout.picodet_graph)
+    against the shipped file run as PP-Structure's deploy pipeline feeds it: BGR, ImageNet
+    statistics, float NCHW."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from data_engine.layout.picodet import INPUT_HW, decode
+
+    page = _chart_page(*_doc())
+    h, w = INPUT_HW
+    pix = page.get_pixmap(matrix=pymupdf.Matrix(w / page.rect.width, h / page.rect.height), alpha=False)
+    img = np.frombuffer(pix.samples, np.uint8).reshape(pix.height, pix.width, 3)[:h, :w]
+    img = np.pad(img, ((0, h - img.shape[0]), (0, w - img.shape[1]), (0, 0)), constant_values=255)
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    x = ((img[:, :, ::-1].astype(np.float32) / 255 - mean) / std).transpose(2, 0, 1)[None]
+    shipped = ort.InferenceSession(str(picodet.detector.path), providers=["CPUExecutionProvider"])
+    ref = shipped.run(None, {shipped.get_inputs()[0].name: x})
+    got = picodet.detector.session.run(None, {picodet.detector.input: img[None]})
+    assert max(float(np.abs(a - b).max()) for a, b in zip(ref, got)) < 1e-4
+    want, have = decode(ref), decode(got)
+    assert [c for c, _, _ in have] == [c for c, _, _ in want] and len(want) >= 2
+    assert max(float(np.abs(a[2] - b[2]).max()) for a, b in zip(want, have)) < 0.05  # input pixels
