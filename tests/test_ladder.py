@@ -210,7 +210,7 @@ def test_short_rung_a_training_reads_unseen_fonts(tmp_path):
     held-out pages in the 3 font designs never trained its CER is clearly below the wrong-page
     CER, the blank-page row and the constant output, and its letters are right well above chance.
     Deterministic for a given machine and library build (the record order no longer depends on
-    the data's folder); ~4 CPU-min at 1 thread."""
+    the data's folder); ~6 CPU-min at 1 thread (5.6 of them training; fewer steps do not read yet: docs/training.md)."""
     _need_fonts()
     from train.ladder import RUNGS, run_rung_at, with_steps
 
