@@ -38,8 +38,8 @@ import pymupdf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_engine.layout.picodet import CDLA_TO_LABEL, PicoDetLayout, needs_detector  # noqa: E402
-from data_engine.layout.textlayer import TextLayerLayout  # noqa: E402
+from data_engine.layout.picodet import CDLA_TO_LABEL, PicoDetLayout, needs_detector
+from data_engine.layout.textlayer import TextLayerLayout
 
 GROUPS = {"title": "heading", "sub_title": "heading", "text": "text", "list": "text",
           "image_caption": "caption", "table_caption": "caption"}
@@ -130,7 +130,7 @@ def print_agreement(title: str, ag: dict, a: str, b: str) -> None:
 
 def disagree(rec: dict, thr: float) -> bool:
     """Rules and PicoDet disagree on a table, figure, heading, caption or equation."""
-    keep = lambda boxes: [x for x in boxes or [] if group(x[0]) not in ("text", "header", "footer")]  # noqa: E731
+    keep = lambda boxes: [x for x in boxes or [] if group(x[0]) not in ("text", "header", "footer")]
     a, b = keep(rec["rules"]), keep(rec["picodet"])
     return matches(a, b, thr) < max(len(a), len(b))
 
