@@ -308,3 +308,28 @@ def test_rewritten_picodet_graph_gives_the_shipped_models_detections(picodet):
     want, have = decode(ref), decode(got)
     assert [c for c, _, _ in have] == [c for c, _, _ in want] and len(want) >= 2
     assert max(float(np.abs(a[2] - b[2]).max()) for a, b in zip(want, have)) < 0.05  # input pixels
+
+
+def test_compare_layout_script_on_generated_pages(picodet, tmp_path, capsys):
+    """scripts/compare_layout.py on two generated pages: its tables, the JSON per page, and a
+    picture where rules and PicoDet disagree (the chart: a vector figure the rules cannot see)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "compare_layout", Path(__file__).resolve().parents[1] / "scripts" / "compare_layout.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    pdfs = tmp_path / "pdfs"
+    pdfs.mkdir()
+    for name, page in (("chart", _chart_page(*_doc())), ("headings", _headings_page())):
+        out = pymupdf.open()
+        out.insert_pdf(page.parent)
+        out.save(pdfs / f"{name}.pdf")
+    mod.main([str(pdfs), "--json", str(tmp_path / "out.json"), "--draw", str(tmp_path / "draw")])
+    text = capsys.readouterr().out
+    assert "2 pages of 2 PDFs; the engine calls PicoDet on 2" in text and "| image |" in text
+    records = json.loads((tmp_path / "out.json").read_text())
+    chart = next(r for r in records if r["doc"] == "chart.pdf")
+    assert any(lb == "image" for lb, _ in chart["picodet"]) and not any(lb == "image" for lb, _ in chart["rules"])
+    assert (tmp_path / "draw" / "chart_p0.png").is_file()
