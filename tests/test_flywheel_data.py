@@ -215,10 +215,39 @@ def test_unseen_word_pages_share_no_word_with_the_training_lexicon(tmp_path):
     plan = {"eng-Latn": {"digital": 0, "scan": 0, "gold": 0}, "khm-Khmr": {}}
     generate_default_corpus(tmp_path / "pdfs", plan, 1, 0, lexicon_size=500, words="wordfreq")
     assert json.loads((tmp_path / "pdfs" / "CORPUS.json").read_text()) == {
-        "lexicon_size": 500, "words": "wordfreq", "real_words": ["eng-Latn"]}  # wordfreq has no Khmer
+        "lexicon_size": 500, "words": "wordfreq", "real_words": ["eng-Latn"], "pool_words": "seed"}  # no Khmer in wordfreq
     generate_default_corpus(tmp_path / "pdfs", plan, 1, 0, lexicon_size=500, words="wordfreq")  # the same: fine
-    with pytest.raises(ValueError, match="500-word lexicons of wordfreq words, not flywheel.lexicon_size=300"):
+    with pytest.raises(ValueError, match="500-word lexicons of wordfreq words .pool: seed words., not flywheel.lexicon_size=300"):
         generate_default_corpus(tmp_path / "pdfs", plan, 1, 0)
+
+
+def test_pages_to_label_can_hold_words_of_their_own(tmp_path):
+    """flywheel.pool_words=own: the image-only pages to label draw from words none of the seed's
+    or the unseen-word gold's (documents to label hold words the seed never had); the seed pages
+    are those of the default corpus, page for page; the setting is recorded and checked."""
+    from data_engine.flywheel.dataset import generate_default_corpus
+    from data_engine.flywheel.linepages import POOL, UNSEEN, Vocabulary
+
+    plan = {"hin-Deva": {"digital": 1, "scan": 2}}
+    generate_default_corpus(tmp_path / "own", plan, 1, 0, lexicon_size=3000, words="wordfreq", pool_words="own")
+    generate_default_corpus(tmp_path / "seed", plan, 1, 0, lexicon_size=3000, words="wordfreq")
+    train = set(Vocabulary(3000, 0, "wordfreq").words("Deva", "hin"))
+    unseen = set(Vocabulary(3000, UNSEEN, "wordfreq").words("Deva", "hin"))
+    pool = set(Vocabulary(3000, POOL, "wordfreq").words("Deva", "hin"))
+    assert len(pool) > 2000 and not pool & (train | unseen)
+
+    def words(path):
+        gt = json.loads(path.read_text(encoding="utf-8"))
+        return [w for pg in gt["pages"] for b in pg["blocks"] for w in b["text"].split()]
+
+    scan = [w for i in range(2) for w in words(tmp_path / "own" / f"hin_Deva_scan_{i:04d}.gt.json")]
+    assert len(scan) >= 20 and set(scan) <= pool
+    assert set(words(tmp_path / "seed" / "hin_Deva_scan_0000.gt.json")) <= train
+    same = "hin_Deva_digital_0000.gt.json"
+    assert (tmp_path / "own" / same).read_text() == (tmp_path / "seed" / same).read_text()
+    assert json.loads((tmp_path / "own" / "CORPUS.json").read_text())["pool_words"] == "own"
+    with pytest.raises(ValueError, match="pool: own words"):
+        generate_default_corpus(tmp_path / "own", plan, 1, 0, lexicon_size=3000, words="wordfreq")
 
 
 def test_real_words_split_and_letter_ranges():

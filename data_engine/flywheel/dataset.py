@@ -44,7 +44,7 @@ from data_engine.flywheel.blocks import group_lines, lines_in
 from data_engine.flywheel.canvas import LAYOUT, is_rtl
 from data_engine.flywheel.collage import COLLAGE_WORDS, line_word_boxes, make_collages, refused_line_words, word_pieces
 from data_engine.flywheel.inputs import CALIB_DIR, DRAWN_DIR, find_inputs, read_truth
-from data_engine.flywheel.linepages import (SYLLABLE_SIGNS, UNSEEN, LineLanguage, Vocabulary, make_line_corpus,
+from data_engine.flywheel.linepages import (POOL, SYLLABLE_SIGNS, UNSEEN, LineLanguage, Vocabulary, make_line_corpus,
                                             truth_blocks)
 from data_engine.flywheel.patches import (BLOCK, CANVAS, LINE, Patch, cut_boxes, cut_text_layer, relative_source,
                                           render_page, write_patch_shard)
@@ -91,28 +91,40 @@ def _write_json(path: Path, obj) -> None:
 
 def generate_default_corpus(pdf_dir: Path, languages: dict, pages_per_doc: int, seed: int,
                             lines_per_block: tuple[int, int] = (1, 1), lexicon_size: int = 300,
-                            words: str = "pseudo") -> None:
+                            words: str = "pseudo", pool_words: str = "seed") -> None:
     """Embedded default: synthetic line pages, ``languages`` = {spec: {digital, scan, gold}},
     words (``words``: ``wordfreq`` real words, ``pseudo`` pseudo-words; ``linepages.Vocabulary``)
-    from a list of ``lexicon_size`` per language. ``pdf_dir/CORPUS.json`` records both and which
-    languages got real words: documents already there are kept, so other settings need another
-    directory."""
+    from a list of ``lexicon_size`` per language. ``pool_words``: the image-only pages to label
+    draw from the same words as the seed (``seed``) or from words of their own (``own``: none of
+    the seed's or the unseen-word gold's, ``linepages.POOL``), as documents to label hold words
+    the seed never had. ``pdf_dir/CORPUS.json`` records these and which languages got real
+    words: documents already there are kept, so other settings need another directory."""
     record = pdf_dir / "CORPUS.json"
     made = json.loads(record.read_text()) if record.is_file() else None
     if made is None and any(pdf_dir.glob("*.pdf")):
         made = {"lexicon_size": 300}  # directories made before the record existed: 300 pseudo-words
-    if made is not None and (made["lexicon_size"], made.get("words", "pseudo")) != (lexicon_size, words):
+    if made is not None and (made["lexicon_size"], made.get("words", "pseudo"), made.get("pool_words", "seed")) != \
+            (lexicon_size, words, pool_words):
         raise ValueError(f"{pdf_dir} holds pages made with {made['lexicon_size']}-word lexicons of "
-                         f"{made.get('words', 'pseudo')} words, not flywheel.lexicon_size={lexicon_size} "
-                         f"flywheel.words={words}: use a new out= directory")
+                         f"{made.get('words', 'pseudo')} words (pool: {made.get('pool_words', 'seed')} words), not "
+                         f"flywheel.lexicon_size={lexicon_size} flywheel.words={words} "
+                         f"flywheel.pool_words={pool_words}: use a new out= directory")
+    if pool_words not in ("seed", "own"):
+        raise ValueError(f"flywheel.pool_words must be 'seed' or 'own', got {pool_words!r}")
     pdf_dir.mkdir(parents=True, exist_ok=True)
     train, unseen = Vocabulary(lexicon_size, 0, words), Vocabulary(lexicon_size, UNSEEN, words)
     parsed = {spec: LineLanguage.parse(spec) for spec in languages}
     real = sorted(spec for spec, lang in parsed.items() if train.real(lang.lang, lang.script))
-    _write_json(record, {"lexicon_size": lexicon_size, "words": words, "real_words": real})
-    plan = {spec: {k: int(v) for k, v in kinds.items() if k in ("digital", "scan")} for spec, kinds in languages.items()}
+    _write_json(record, {"lexicon_size": lexicon_size, "words": words, "real_words": real, "pool_words": pool_words})
+    own = ("scan",) if pool_words == "own" else ()
+    plan = {spec: {k: int(v) for k, v in kinds.items() if k in ("digital", "scan") and k not in own}
+            for spec, kinds in languages.items()}
     make_line_corpus(pdf_dir, plan, pages_per_doc=pages_per_doc, seed=seed, lines_per_block=lines_per_block,
                      vocab=train)
+    if own:  # the same per-document seeds: only the words differ
+        make_line_corpus(pdf_dir, {spec: {"scan": int(kinds.get("scan", 0))} for spec, kinds in languages.items()},
+                         pages_per_doc=pages_per_doc, seed=seed, lines_per_block=lines_per_block,
+                         vocab=Vocabulary(lexicon_size, POOL, words))
     gold = {spec: {"scan": int(kinds.get("gold", 0))} for spec, kinds in languages.items()}
     make_line_corpus(pdf_dir / "gold", gold, pages_per_doc=pages_per_doc, seed=seed + 7919,
                      lines_per_block=lines_per_block, vocab=train)

@@ -127,7 +127,8 @@ class Vocabulary:
 
     def words(self, script: str, lang: str = "") -> tuple[str, ...]:
         if self.real(lang, script):
-            words = _split_words(lang, script, self.size, self.seed == UNSEEN)
+            words = (_pool_words(lang, script, self.size) if self.seed == POOL
+                     else _split_words(lang, script, self.size, self.seed == UNSEEN))
         else:
             words = _vocabulary_words(script, self.size, self.seed)
         if self.shaped:
@@ -144,6 +145,10 @@ def shaped_signs(script: str) -> frozenset[str]:
 
 
 UNSEEN = 1  # the lexicon seed of the unseen-word gold pages
+# the lexicon seed of pages to label with words of their own (flywheel.pool_words=own): wordfreq's
+# next ``size`` words after the training and unseen ones, held-out ones left out; pseudo-words
+# of another lexicon
+POOL = 2
 WORD_SOURCES = ("wordfreq", "pseudo")
 
 
@@ -153,10 +158,17 @@ def _split_words(lang: str, script: str, size: int, unseen: bool) -> tuple[str, 
 
 
 @lru_cache(maxsize=None)
+def _pool_words(lang: str, script: str, size: int) -> tuple[str, ...]:
+    more = real_words(lang, script, 2 * size) or ()
+    return tuple(w for w in more[size:] if not held_out(w)) or _split_words(lang, script, size, False)
+
+
+@lru_cache(maxsize=None)
 def _vocabulary_words(script: str, size: int, seed: int) -> tuple[str, ...]:
     words = lexicon(script, size, seed)
-    # short pseudo-words of two lexicons can coincide: the training lexicon's are left out
-    return words if seed == 0 else tuple(w for w in words if w not in set(lexicon(script, size, 0)))
+    # short pseudo-words of two lexicons can coincide: the training (and unseen) lexicons' are left out
+    others = set(lexicon(script, size, 0)) | (set(lexicon(script, size, UNSEEN)) if seed == POOL else set())
+    return words if seed == 0 else tuple(w for w in words if w not in others)
 
 
 def make_line(rng: random.Random, script: str, lo: int = 2, hi: int = 4, vocab: Vocabulary = Vocabulary(),

@@ -62,7 +62,7 @@ def run_flywheel(cfg: FlywheelAppConfig | DictConfig | dict, log=_console) -> di
         pdf_dir = out / "pdfs"
         log(f"[flywheel] generating the embedded default corpus -> {pdf_dir}")
         generate_default_corpus(pdf_dir, languages, fw.pages_per_doc, fw.seed, tuple(fw.lines_per_block),
-                                fw.lexicon_size, fw.words)
+                                fw.lexicon_size, fw.words, fw.pool_words)
     det_kw = {"model_path": fw.detector.model_path, "threads": fw.threads, "dpi": fw.dpi} \
         if fw.detector.name == "ppocr_det" else {}
     detector = get_line_source(fw.detector.name, **det_kw)
