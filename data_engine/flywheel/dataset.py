@@ -44,8 +44,8 @@ from data_engine.flywheel.blocks import group_lines, lines_in
 from data_engine.flywheel.canvas import LAYOUT, is_rtl
 from data_engine.flywheel.collage import COLLAGE_WORDS, line_word_boxes, make_collages, refused_line_words, word_pieces
 from data_engine.flywheel.inputs import CALIB_DIR, DRAWN_DIR, find_inputs, read_truth
-from data_engine.flywheel.linepages import (POOL, SYLLABLE_SIGNS, UNSEEN, LineLanguage, Vocabulary, make_line_corpus,
-                                            truth_blocks)
+from data_engine.flywheel.linepages import (POOL, POOL_WORDS, SYLLABLE_SIGNS, UNSEEN, LineLanguage, Vocabulary,
+                                            make_line_corpus, truth_blocks)
 from data_engine.flywheel.patches import (BLOCK, CANVAS, LINE, Patch, cut_boxes, cut_text_layer, relative_source,
                                           render_page, write_patch_shard)
 from data_engine.metrics import corpus_cer
@@ -99,6 +99,8 @@ def generate_default_corpus(pdf_dir: Path, languages: dict, pages_per_doc: int, 
     the seed's or the unseen-word gold's, ``linepages.POOL``), as documents to label hold words
     the seed never had. ``pdf_dir/CORPUS.json`` records these and which languages got real
     words: documents already there are kept, so other settings need another directory."""
+    if pool_words not in POOL_WORDS:
+        raise ValueError(f"flywheel.pool_words must be one of {POOL_WORDS}, got {pool_words!r}")
     record = pdf_dir / "CORPUS.json"
     made = json.loads(record.read_text()) if record.is_file() else None
     if made is None and any(pdf_dir.glob("*.pdf")):
@@ -109,8 +111,6 @@ def generate_default_corpus(pdf_dir: Path, languages: dict, pages_per_doc: int, 
                          f"{made.get('words', 'pseudo')} words (pool: {made.get('pool_words', 'seed')} words), not "
                          f"flywheel.lexicon_size={lexicon_size} flywheel.words={words} "
                          f"flywheel.pool_words={pool_words}: use a new out= directory")
-    if pool_words not in ("seed", "own"):
-        raise ValueError(f"flywheel.pool_words must be 'seed' or 'own', got {pool_words!r}")
     pdf_dir.mkdir(parents=True, exist_ok=True)
     train, unseen = Vocabulary(lexicon_size, 0, words), Vocabulary(lexicon_size, UNSEEN, words)
     parsed = {spec: LineLanguage.parse(spec) for spec in languages}

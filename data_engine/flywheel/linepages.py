@@ -150,6 +150,7 @@ UNSEEN = 1  # the lexicon seed of the unseen-word gold pages
 # of another lexicon
 POOL = 2
 WORD_SOURCES = ("wordfreq", "pseudo")
+POOL_WORDS = ("seed", "own")  # flywheel.pool_words
 
 
 @lru_cache(maxsize=None)

@@ -15,7 +15,7 @@ from omegaconf import MISSING
 
 from data_engine.config import ConfigError, Schema, group, register_schema, setting, typed
 from data_engine.flywheel.accept import AcceptConfig
-from data_engine.flywheel.linepages import WORD_SOURCES, LineLanguage
+from data_engine.flywheel.linepages import POOL_WORDS, WORD_SOURCES, LineLanguage
 from data_engine.scripts import SCRIPTS
 from models.config import RESOLUTION_MODES
 
@@ -108,7 +108,7 @@ class FlywheelConfig(Schema):
     patches: str = setting("lines", choices=PATCH_KINDS)  # what is cut: lines, blocks (text blocks / detector line groups) or both
     lines_per_block: list[int] = setting([1, 1], ge=1)  # generated corpus: lines per paragraph [lo, hi] ([1, 1]: every line alone)
     words: str = setting("wordfreq", choices=WORD_SOURCES)  # generated corpus: real words of each language (wordfreq; pseudo-words where it lacks one) or pseudo-words
-    pool_words: str = setting("seed", choices=("seed", "own"))  # generated corpus: the image-only pages to label use the seed's words, or words of their own (none of the seed's or the unseen-word gold's: linepages.POOL)
+    pool_words: str = setting("seed", choices=POOL_WORDS)  # generated corpus: the image-only pages to label use the seed's words, or words of their own (none of the seed's or the unseen-word gold's: linepages.POOL)
     lexicon_size: int = setting(3000, ge=20)  # generated corpus: wordfreq: the language's most frequent words, 1 in 8 held out for the unseen-word gold; pseudo: pseudo-words per script (the unseen-word gold from as many others)
     collage: float = setting(0.0, ge=0)  # collage lines (seed words recombined, data_engine/flywheel/collage.py) per language, x the best-seeded language's seed lines
     page_erase_share: Optional[float] = setting(0.5, gt=0, le=1)  # a page with unaccepted lines still gets a page label when at least this share of its found lines is accepted: the others are painted white and left out of the label (data_engine/flywheel/reassemble.py); null: complete pages only
