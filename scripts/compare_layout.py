@@ -36,10 +36,19 @@ from pathlib import Path
 
 import pymupdf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]  # the project, and compare_pdftotext beside this script
 
-from data_engine.layout.picodet import CDLA_TO_LABEL, PicoDetLayout, needs_detector
+from compare_pdftotext import sample_pages  # the same even sample of pages per document
+
+from data_engine.layout.picodet import (
+    CDLA_TO_LABEL,
+    PicoDetDetector,
+    PicoDetLayout,
+    needs_detector,
+)
 from data_engine.layout.textlayer import TextLayerLayout
+from data_engine.metrics import box_iou
 
 GROUPS = {"title": "heading", "sub_title": "heading", "text": "text", "list": "text",
           "image_caption": "caption", "table_caption": "caption"}
@@ -50,17 +59,9 @@ def group(label: str) -> str:
     return GROUPS.get(label, label)
 
 
-def iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def matches(a: list, b: list, thr: float) -> int:
     """One-to-one matches (same group, IoU >= thr) between two lists of (label, box)."""
-    pairs = sorted(((iou(x[1], y[1]), i, j) for i, x in enumerate(a) for j, y in enumerate(b)
+    pairs = sorted(((box_iou(x[1], y[1]), i, j) for i, x in enumerate(a) for j, y in enumerate(b)
                     if group(x[0]) == group(y[0])), reverse=True)
     used_a, used_b, n = set(), set(), 0
     for v, i, j in pairs:
@@ -72,16 +73,23 @@ def matches(a: list, b: list, thr: float) -> int:
     return n
 
 
-def sample_pages(n: int, k: int) -> list[int]:
-    if n <= k:
-        return list(range(n))
-    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)}) if k > 1 else [n // 2]
+class HintedRules(TextLayerLayout):
+    """The `picodet` source's rules with the detector regions given (``hints``), so one detector
+    run per page serves both PicoDet's own boxes and the engine's blocks."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.hints: list[tuple[str, pymupdf.Rect]] = []
+
+    def regions(self, page, td):
+        return self.hints
 
 
-def page_record(page: pymupdf.Page, rules: TextLayerLayout, engine: PicoDetLayout, max_drawings: int) -> dict:
+def page_record(page: pymupdf.Page, rules: TextLayerLayout, engine: HintedRules, detector: PicoDetDetector,
+                min_drawings: int, max_drawings: int) -> dict:
     td = page.get_text("dict")
     t = time.process_time()
-    dets = [(CDLA_TO_LABEL.get(name, name), tuple(r), round(s, 3)) for name, r, s in engine.detector.detect(page)]
+    dets = [(CDLA_TO_LABEL.get(name, name), tuple(r), round(s, 3)) for name, r, s in detector.detect(page)]
     t_det = time.process_time() - t
     n_draw = len(page.get_cdrawings())
     tables = None
@@ -90,9 +98,8 @@ def page_record(page: pymupdf.Page, rules: TextLayerLayout, engine: PicoDetLayou
         t = time.process_time()
         tables = [("table", tuple(tb.bbox)) for tb in page.find_tables().tables]
         t_tab = time.process_time() - t
-    gated = needs_detector(page, engine.min_drawings)
-    fixed = list(dets)
-    engine.regions = lambda p, d: [(lb, pymupdf.Rect(b)) for lb, b, _ in fixed] if gated else []  # no second detector run
+    gated = needs_detector(page, min_drawings)
+    engine.hints = [(lb, pymupdf.Rect(b)) for lb, b, _ in dets] if gated else []
     return {
         "rules": [(b.label, b.bbox) for b in rules.blocks(page, td)],
         "picodet": [(lb, b) for lb, b, _ in dets],
@@ -161,12 +168,16 @@ def main(argv: list[str] | None = None) -> None:
     paths = sorted(args.pdf_dir.glob("*.pdf"))
     if not paths:
         raise SystemExit(f"no PDFs in {args.pdf_dir}")
-    rules, engine = TextLayerLayout(find_tables=False), PicoDetLayout()
+    # the engine's picodet source: its rules (PicoDetLayout's defaults) with the detector's regions
+    # where needs_detector calls it
+    picodet = PicoDetLayout()
+    rules, engine = TextLayerLayout(find_tables=False), HintedRules(find_tables=False)
     records = []
     for path in paths:
         doc = pymupdf.open(path)
         for i in sample_pages(len(doc), args.pages_per_doc):
-            rec = {"doc": path.name, "page": i, **page_record(doc[i], rules, engine, args.max_drawings)}
+            rec = {"doc": path.name, "page": i, **page_record(doc[i], rules, engine, picodet.detector,
+                                                                          picodet.min_drawings, args.max_drawings)}
             records.append(rec)
             if args.draw and disagree(rec, args.iou):
                 args.draw.mkdir(parents=True, exist_ok=True)

@@ -12,13 +12,14 @@ import pytest
 
 from data_engine.flywheel.accept import AcceptConfig, chars_per_height, judge
 from data_engine.flywheel.blocks import block_runs, group_lines, lines_in
-from data_engine.flywheel.dataset import _iou, match_block_truth, prepare_data
+from data_engine.flywheel.dataset import match_block_truth, prepare_data
 from data_engine.flywheel.detect import get_line_source
 from data_engine.flywheel.linepages import truth_blocks
 from data_engine.flywheel.patches import (BLOCK, CANVAS, LINE, cut_boxes, cut_text_layer, patch_canvas,
                                           read_patch_shard, render_page, write_patch_shard)
 from data_engine.flywheel.reassemble import page_labels
 from data_engine.labels import parse_fine_label
+from data_engine.metrics import box_iou
 from data_engine.render import extract_text
 from data_engine.scripts import find_font
 
@@ -56,11 +57,11 @@ def test_block_patches_match_ground_truth(docs):
     good, refused = cut_text_layer(page, img, doc_id="d", lang="eng", script="Latn", kinds=(BLOCK,))
     assert refused == [] and len(good) == len(truth)
     for p in good:
-        t = max(truth, key=lambda t: _iou(p.bbox, t["bbox"]))
+        t = max(truth, key=lambda t: box_iou(p.bbox, t["bbox"]))
         assert p.kind == BLOCK and "_b" in p.key and p.source == "textlayer"
         assert p.text == t["text"], (p.text, t["text"])
         assert p.text.count("\n") == t["lines"] - 1
-        assert _iou(p.bbox, t["bbox"]) > 0.7, (p.bbox, t["bbox"])
+        assert box_iou(p.bbox, t["bbox"]) > 0.7, (p.bbox, t["bbox"])
         assert match_block_truth(p.bbox, lines) == t["text"]
 
 
@@ -78,9 +79,9 @@ def test_block_with_a_garbled_line_is_cut_into_trusted_runs(docs):
     good, refused = cut_text_layer(page, img, doc_id="d", lang="eng", script="Latn", kinds=(BLOCK,), text_dict=td)
     by_line = {r["kind"]: r for r in refused}
     assert set(by_line) == {LINE, BLOCK} and by_line[BLOCK]["reason"] == by_line[LINE]["reason"] == "bad_chars"
-    assert by_line[BLOCK]["lines"] == 1 and _iou(by_line[BLOCK]["bbox"], garbled_box) > 0.9
+    assert by_line[BLOCK]["lines"] == 1 and box_iou(by_line[BLOCK]["bbox"], garbled_box) > 0.9
     block_lines = lines_in(target["bbox"], lines)
-    runs = [p for p in good if _iou(p.bbox, target["bbox"]) > 0 and lines_in(p.bbox, lines)[0] in block_lines]
+    runs = [p for p in good if box_iou(p.bbox, target["bbox"]) > 0 and lines_in(p.bbox, lines)[0] in block_lines]
     assert [p.text for p in runs] == [block_lines[0]["text"], "\n".join(ln["text"] for ln in block_lines[2:])]
     assert all("\ufffd" not in p.text for p in good)
     # the other blocks are untouched
@@ -114,7 +115,7 @@ def test_detector_lines_grouped_into_blocks(docs):
     grouped = group_lines(boxes)
     assert len(grouped) == len(truth)
     for b in grouped:
-        assert max(_iou(b, t["bbox"]) for t in truth) > 0.7
+        assert max(box_iou(b, t["bbox"]) for t in truth) > 0.7
     assert len(group_lines(boxes, min_lines=2)) == sum(t["lines"] >= 2 for t in truth) >= 1
 
 

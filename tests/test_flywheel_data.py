@@ -14,7 +14,7 @@ import pytest
 
 from data_engine.flywheel.accept import AcceptConfig, calibrate, cer_bound, judge, loop_span
 from data_engine.flywheel.collage import refused_line_words
-from data_engine.flywheel.dataset import _iou, split_calibration
+from data_engine.flywheel.dataset import split_calibration
 from data_engine.flywheel.detect import PPOCR_DET_FILE, find_ppocr_det_model, get_line_source
 from data_engine.flywheel.linepages import LineLanguage, make_line_document
 from data_engine.flywheel.patches import (CANVAS, ROW, Patch, cut_boxes, cut_text_layer, patch_canvas, read_patch_shard,
@@ -22,6 +22,7 @@ from data_engine.flywheel.patches import (CANVAS, ROW, Patch, cut_boxes, cut_tex
 from data_engine.flywheel.reassemble import page_labels
 from data_engine.flywheel.trust import line_problem
 from data_engine.labels import parse_fine_label
+from data_engine.metrics import box_iou
 from data_engine.scripts import find_font
 
 pytestmark = pytest.mark.skipif(find_font("NotoSansDevanagari-Regular.ttf") is None,
@@ -45,8 +46,8 @@ def docs(tmp_path_factory):
 
 
 def _match(box, truth):
-    best = max(truth, key=lambda t: _iou(box, t["bbox"]))
-    return best, _iou(box, best["bbox"])
+    best = max(truth, key=lambda t: box_iou(box, t["bbox"]))
+    return best, box_iou(box, best["bbox"])
 
 
 def test_text_layer_patches_match_ground_truth(docs):

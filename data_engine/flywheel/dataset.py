@@ -48,24 +48,16 @@ from data_engine.flywheel.linepages import (POOL, POOL_WORDS, SYLLABLE_SIGNS, UN
                                             make_line_corpus, truth_blocks)
 from data_engine.flywheel.patches import (BLOCK, CANVAS, LINE, Patch, cut_boxes, cut_text_layer, relative_source,
                                           render_page, write_patch_shard)
-from data_engine.metrics import corpus_cer
+from data_engine.metrics import box_iou, corpus_cer
 from data_engine.scripts import letters
 
 
 UNSEEN_DIR = "gold_unseen"  # held-out pages of words that no training page has (generated corpus)
 
 
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def match_truth(box, truth_blocks: list[dict], min_iou: float = 0.5) -> str | None:
-    best = max(truth_blocks, key=lambda t: _iou(box, t["bbox"]), default=None)
-    return best["text"] if best is not None and _iou(box, best["bbox"]) >= min_iou else None
+    best = max(truth_blocks, key=lambda t: box_iou(box, t["bbox"]), default=None)
+    return best["text"] if best is not None and box_iou(box, best["bbox"]) >= min_iou else None
 
 
 def match_block_truth(box, truth_lines: list[dict], min_iou: float = 0.5) -> str | None:
@@ -76,7 +68,7 @@ def match_block_truth(box, truth_lines: list[dict], min_iou: float = 0.5) -> str
         return None
     union = [min(ln["bbox"][0] for ln in lines), min(ln["bbox"][1] for ln in lines),
              max(ln["bbox"][2] for ln in lines), max(ln["bbox"][3] for ln in lines)]
-    return "\n".join(ln["text"] for ln in lines) if _iou(box, union) >= min_iou else None
+    return "\n".join(ln["text"] for ln in lines) if box_iou(box, union) >= min_iou else None
 
 
 def _truth_of(p: Patch, truth_lines: list[dict]) -> str | None:

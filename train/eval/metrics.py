@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_engine.metrics import cer_counts, levenshtein
+from data_engine.metrics import box_iou, cer_counts, levenshtein
 from data_engine.reading_metrics import word_hits
 
 __all__ = [
@@ -96,14 +96,6 @@ def length_ratio(pred: str, ref: str) -> float:
 
 
 # ------------------------------------------------------------------------------ blocks
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def match_blocks(pred: Sequence[tuple[str, Sequence[int], str]],
