@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -57,6 +58,9 @@ class PPOCRRecConfig:
     height: int = 48            # input crop height
     num_classes: int = 6625     # blank + 6,623 characters + space
     charset: list[str] = field(default_factory=list)
+    # leading backbone blocks that still hold the shipped weights (fine-tuning kept them frozen);
+    # None: the whole backbone. Readers cache these blocks' output (train/flywheel/ppocr.py).
+    shipped_blocks: Optional[int] = None
 
 
 class LearnableAffine(nn.Module):
@@ -119,9 +123,17 @@ class PPLCNetV3(nn.Module):
         self.stem_bn = nn.BatchNorm2d(cfg.stem_channels)
         self.blocks = nn.Sequential(*[LCNetV3Block(*b) for b in cfg.blocks])
 
+    def front(self, x, n: int):
+        """The stem and the first ``n`` blocks: (B, 3, 48, W) -> (B, C, H, W/4) for n >= 6."""
+        return self.blocks[:n](self.stem_bn(self.stem(x)))
+
+    def rest(self, f, n: int):
+        """Blocks ``n`` on and the pooling: ``front(x, n)`` -> (B, 480, 1, W/8)."""
+        x = self.blocks[n:](f)                   # (B, 480, 3, W/4)
+        return F.avg_pool2d(x, (3, 2), (3, 2))   # (B, 480, 1, W/8)
+
     def forward(self, x):
-        x = self.blocks(self.stem_bn(self.stem(x)))  # (B, 480, 3, W/4)
-        return F.avg_pool2d(x, (3, 2), (3, 2))       # (B, 480, 1, W/8)
+        return self.rest(self.front(x, len(self.blocks)), len(self.blocks))
 
 
 class ConvBNSwish(nn.Module):

@@ -111,30 +111,92 @@ def test_ctc_fine_tune_lowers_the_loss_resumes_and_exports(tmp_path, cyrillic_sh
     assert all(isinstance(t, str) and conf <= 0 and 0 <= pmin <= 1 for t, conf, pmin in reads)
 
 
-def test_cached_features_read_as_the_whole_model(shipped, cyrillic_shard):
-    """The neck and head on cached backbone features (what trains) give the whole model's logits
-    on the line alone, padding included, up to the cache's fp16 rounding."""
+@pytest.mark.parametrize("split", [None, 12])
+def test_cached_features_read_as_the_whole_model(shipped, cyrillic_shard, split):
+    """The neck and head (and with ``split`` 12 the two tail blocks) on cached features of the
+    backbone's frozen front (what trains) give the whole model's logits on the line alone,
+    padding included, up to the cache's fp16 rounding."""
     from models.ppocr_rec import preprocess
     from train.flywheel.ppocr import WIDTH_MULTIPLE
 
     _, patches = cyrillic_shard
     items = [(p.image, [1], False, "Cyrl") for p in patches]
-    keys = [("test-line", i) for i in range(len(items))]
-    feats = BackboneFeatures(shipped.backbone)
+    keys = [("test-line", split, i) for i in range(len(items))]
+    feats = BackboneFeatures(shipped.backbone, split)
     with torch.no_grad():
-        cached = NeckHead(shipped)(feats.batch(keys, items))  # (B, T, V)
+        cached = NeckHead(shipped, split)(feats.batch(keys, items))  # (B, T, V)
         for j, p in enumerate(patches):
             whole = shipped(preprocess([p.image], width_multiple=WIDTH_MULTIPLE))[0]  # (T', V)
             t = min(whole.shape[0], cached.shape[1])
             assert (whole[:t].argmax(-1) == cached[j, :t].argmax(-1)).float().mean() > 0.95
             assert torch.allclose(whole[:t].softmax(-1), cached[j, :t].softmax(-1), atol=0.05)
     assert all(k in feats.cache for k in keys)
-    # the same backbone in another trainer (the next flywheel round) finds them; another backbone does not
-    assert all(k in BackboneFeatures(load_ppocr(None).backbone).cache for k in keys)
+    # the same front in another trainer (the next flywheel round) finds them; another front does not
+    assert all(k in BackboneFeatures(load_ppocr(None).backbone, split).cache for k in keys)
     other = load_ppocr(None).backbone
     with torch.no_grad():
+        other.blocks[13].pw.conv.weight.mul_(1.01)  # the tail: not in a front of 12 blocks
+    assert all(k in BackboneFeatures(other, split).cache for k in keys) == (split == 12)
+    with torch.no_grad():
         other.stem.weight.mul_(1.01)
-    assert not any(k in BackboneFeatures(other).cache for k in keys)
+    assert not any(k in BackboneFeatures(other, split).cache for k in keys)
+
+
+def test_loss_over_the_batch_classes_equals_the_masked_loss_over_all():
+    """``batch_classes``: the head's rows of the classes the batch's lines may emit give the same CTC
+    loss and the same gradients as the masked loss over the whole charset (random weights)."""
+    from models.ppocr_rec import PPOCRRec, PPOCRRecConfig
+    from train.flywheel.ppocr import batch_classes, ctc_loss
+
+    torch.manual_seed(0)
+    charset = ["<blank>"] + [chr(0x4E00 + i) for i in range(300)] + list("abcdefgh") + list("жзий") + [" "]
+    model = PPOCRRec(PPOCRRecConfig(num_classes=len(charset), charset=charset))
+    head = NeckHead(model)
+    feats = torch.randn(3, 480, 1, 40)
+    index = {c: i for i, c in enumerate(charset)}
+    texts = ["abc", "жзи й", "hag"]
+    targets = torch.tensor([index[c] for t in texts for c in t])
+    lengths = torch.tensor([len(t) for t in texts])
+    allowed = torch.zeros(3, 1, len(charset), dtype=torch.bool)
+    allowed[:, :, 0] = allowed[:, :, index[" "]] = True
+    allowed[[0, 2], :, index["a"]:index["h"] + 1] = True
+    allowed[1, :, index["ж"]:index["й"] + 1] = True
+    full = ctc_loss(head(feats), targets, lengths, allowed)
+    full.backward()
+    grads = [p.grad.clone() for p in head.neck.parameters()]
+    head.zero_grad()
+    classes, sub_allowed, sub_targets = batch_classes(allowed, targets)
+    assert classes[0] == 0 and len(classes) == 1 + 8 + 4 + 1
+    sub = ctc_loss(head(feats, classes), sub_targets, lengths, sub_allowed)
+    sub.backward()
+    assert torch.allclose(full, sub, atol=1e-5)
+    assert all(torch.allclose(g, p.grad, atol=1e-5, rtol=1e-4) for g, p in zip(grads, head.neck.parameters()))
+
+
+def test_trained_tail_blocks_train_and_the_front_stays_shipped(tmp_path, cyrillic_shard):
+    """``train.trained_tail_blocks=2``: blocks 12-13 move (at the encoder's lr scale), the stem and
+    blocks 0-11 stay the shipped ones bit for bit; the export records the split, its reader caches
+    that front and reads as the whole model does."""
+    from data_engine.metrics import corpus_cer
+    from train.flywheel.ppocr import frozen_split
+
+    shard, patches = cyrillic_shard
+    cfg = ppocr_config(["train.micro_batch_size=4", "train.global_batch_size=4", "optim.warmup_steps=0",
+                        "train.trained_tail_blocks=2", "optim.encoder_lr_scale=0.1"],
+                       shards=[str(shard)], out_dir=tmp_path / "run", steps=4, seed=0)
+    result = train_ppocr(cfg)
+    model, stock = load_ppocr(result["export_dir"]), load_ppocr(None)
+    assert model.cfg.shipped_blocks == 12 and frozen_split(model) == 12 and frozen_split(stock) == 14
+    same = [torch.equal(model.backbone.blocks[i].pw.conv.weight, stock.backbone.blocks[i].pw.conv.weight)
+            for i in range(14)]
+    assert same == [True] * 12 + [False] * 2
+    assert torch.equal(model.backbone.stem.weight, stock.backbone.stem.weight)
+    crops = [p.image for p in patches]
+    whole = read_ppocr(model, crops, scripts=["Cyrl"] * len(crops))
+    cached = read_ppocr(model, crops, scripts=["Cyrl"] * len(crops), cached=True)
+    assert corpus_cer((w[0], c[0]) for w, c in zip(whole, cached)) <= 0.05, (whole, cached)
+    with pytest.raises(ValueError, match="trained_tail_blocks"):
+        frozen_split(stock, 9)
 
 
 def test_cached_reading_reads_as_the_whole_model(shipped, cyrillic_shard):

@@ -245,6 +245,9 @@ class TrainConfig(Schema):
     vision_max_batch: Optional[int] = setting(None, ge=1)  # stage 2: cap on views per SAM forward (memory); null = all
     freeze_sam: bool = True           # stage 2: SAM + compressor frozen (the paper's "vision tokenizer")
     freeze_encoder: bool = False      # stage 2: SAM + CLIP / flow encoder frozen too (DeepSeek-OCR 2's stage 3)
+    # flywheel ppocr recognizer with freeze_encoder: this many of PP-LCNetV3's last blocks still train
+    # (at optim.encoder_lr_scale; features are cached before them). 0: the whole backbone frozen
+    trained_tail_blocks: int = setting(0, ge=0, le=8)
     save_every: int = setting(500, ge=0)  # checkpoint every N optimizer steps (and at the end); 0 = end only
     keep_last: Optional[int] = setting(2, ge=0)  # checkpoints kept in <out_dir>/checkpoints (null / 0 = all)
     out_dir: str = "runs/default"

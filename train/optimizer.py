@@ -21,7 +21,8 @@ from .config import OptimConfig, typed
 
 # Parameter names (stage 1 ``encoder.*``, stage 2 / export ``model.*``, pipeline stages) that
 # belong to DeepEncoder (V2: ``qwen2_model`` instead of CLIP), and the SAM + neck + compressor part of it.
-_ENCODER_NAMES = ("sam_model.", "vision_model.", "qwen2_model.", "projector.", "image_newline", "view_seperator")
+_ENCODER_NAMES = ("sam_model.", "vision_model.", "qwen2_model.", "projector.", "image_newline", "view_seperator",
+                  "backbone.")  # the flywheel's PP-OCR recognizer: its PP-LCNetV3 backbone (train/flywheel/ppocr.py)
 _SAM_NAMES = ("sam_model.",)
 
 

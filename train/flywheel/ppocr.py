@@ -121,7 +121,9 @@ def export_ppocr(model: PPOCRRec, out_dir: str | Path) -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    meta = {} if model.cfg.shipped_blocks is None else {"shipped_blocks": str(model.cfg.shipped_blocks)}
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(out / "model.safetensors"),
+              metadata=meta)
     (out / "charset.json").write_text(json.dumps(model.charset, ensure_ascii=False), encoding="utf-8")
     return out
 
@@ -130,13 +132,17 @@ def load_ppocr(model_dir: str | Path | None = None, device: str = "cpu") -> PPOC
     """An exported fine-tuned model (``export_ppocr``), or the shipped one when ``model_dir`` is None."""
     if model_dir is None:
         return ppocr_rec_from_onnx().to(device)
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     d = Path(model_dir)
     if not (d / "model.safetensors").is_file() or not (d / "charset.json").is_file():
         raise FileNotFoundError(f"{d} is not an exported PP-OCR recognizer (model.safetensors + charset.json)")
     charset = json.loads((d / "charset.json").read_text(encoding="utf-8"))
-    model = PPOCRRec(PPOCRRecConfig(num_classes=len(charset), charset=charset))
+    with safe_open(str(d / "model.safetensors"), "pt") as f:
+        shipped = (f.metadata() or {}).get("shipped_blocks")
+    model = PPOCRRec(PPOCRRecConfig(num_classes=len(charset), charset=charset,
+                                    shipped_blocks=int(shipped) if shipped is not None else None))
     model.load_state_dict(load_file(str(d / "model.safetensors")))
     return model.to(device).eval()
 
@@ -181,12 +187,12 @@ def read_ppocr(model: PPOCRRec, crops: Sequence, *, rtl: Sequence[bool] | None =
     out: list[tuple[str, float, float]] = [("", float("-inf"), 0.0)] * len(crops)
     was_training = model.training
     model.eval()
-    features = BackboneFeatures(model.backbone) if cached else None
+    features = BackboneFeatures(model.backbone, frozen_split(model)) if cached else None
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
         if features is not None:
             x = features.batch([crop_key(crops[i], rtl[i]) for i in idx], [(crops[i], rtl[i]) for i in idx])
-            logits = model.head(model.neck(x.to(device)))  # (B, T, V)
+            logits = model.head(model.neck(features.rest(x.to(device))))  # (B, T, V)
         else:
             x = preprocess([_oriented(crops[i], rtl[i]) for i in idx], width_multiple=WIDTH_MULTIPLE).to(device)
             logits = model(x)  # (B, T, V)
@@ -332,8 +338,9 @@ def ctc_loss(logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor,
     return F.ctc_loss(logp, targets, frames, lengths, blank=0, reduction="mean", zero_infinity=True)
 
 
-_FEATURES: dict = {"fingerprint": None, "cache": {}}  # this process's features of one backbone
-MAX_CACHED_LINES = 20_000  # ~1.2 GB of fp16 features; lines beyond it are computed, not kept
+_FEATURES: dict = {"fingerprint": None, "cache": {}, "bytes": 0}  # this process's features of one frozen front
+MAX_CACHED_BYTES = 3 * 1024 ** 3  # fp16 features kept (whole backbone: ~60 KB a line; front of 12 blocks: ~0.9 MB); beyond it computed, not kept
+MIN_SPLIT = 6  # the backbone's width is W/4 from block 6 on: a cached front must end there or later
 
 
 def crop_key(img, rtl: bool) -> tuple:
@@ -343,28 +350,57 @@ def crop_key(img, rtl: bool) -> tuple:
     return img.size, rtl, hashlib.blake2b(img.tobytes(), digest_size=16).hexdigest()
 
 
+def frozen_split(model: PPOCRRec, trained_tail: int = 0) -> int:
+    """Backbone blocks whose weights are still the shipped ones: the model's own record
+    (``cfg.shipped_blocks``, a fine-tuned tail) or all but ``trained_tail``, whichever is fewer."""
+    n = len(model.backbone.blocks)
+    if not 0 <= trained_tail <= n - MIN_SPLIT:
+        raise ValueError(f"train.trained_tail_blocks={trained_tail}: 0 to {n - MIN_SPLIT} of PP-LCNetV3's {n} blocks")
+    shipped = model.cfg.shipped_blocks if model.cfg.shipped_blocks is not None else n
+    split = min(shipped, n - trained_tail)
+    return split if split >= MIN_SPLIT else n  # a front no longer shipped: cache the whole backbone's output
+
+
 class BackboneFeatures:
-    """Frozen-backbone features of ``PatchLines`` items, computed once per line (no gradients) and
-    kept in fp16: (480, 1, T) with T = the line's own CTC frames. A batch pads them with the
-    backbone's response to padding (the gray 0 of ``preprocess``), which is what the neck sees
-    beyond a short line's end when the whole model reads a batch.
+    """Features of the backbone's frozen front (stem + first ``split`` blocks) for ``PatchLines``
+    items, computed once per line (no gradients) and kept in fp16. With the whole backbone frozen
+    (``split`` = all 14 blocks) they are its pooled output, (480, 1, T) with T = the line's own CTC
+    frames; with a trained tail, the front's output (C, H, 2T), which ``rest`` carries through
+    the tail blocks and the pooling. A batch pads them with the front's response to padding (the
+    gray 0 of ``preprocess``), which is what the rest sees beyond a short line's end when the whole
+    model reads a batch.
 
     The cache lives as long as the process and is keyed by the crop's pixels (``crop_key``), for
-    one backbone (a hash of its weights): the flywheel's rounds keep the shipped backbone, so
-    round k > 0 neither recomputes its training lines nor the gold and pool lines read before."""
+    one front (a hash of its weights and the split): the flywheel's rounds keep the shipped front,
+    so round k > 0 neither recomputes its training lines nor the gold and pool lines read before."""
 
-    def __init__(self, backbone: torch.nn.Module):
+    def __init__(self, backbone: torch.nn.Module, split: int | None = None):
         import hashlib
 
-        digest = hashlib.sha1()
-        for t in backbone.state_dict().values():
+        n = len(backbone.blocks)
+        self.split = n if split is None else split
+        if not MIN_SPLIT <= self.split <= n:
+            raise ValueError(f"BackboneFeatures split {self.split}: {MIN_SPLIT} to {n}")
+        digest = hashlib.sha1(str(self.split).encode())
+        front = [backbone.stem, backbone.stem_bn, *backbone.blocks[:self.split]]
+        for t in (t for m in front for t in m.state_dict().values()):
             digest.update(t.detach().cpu().contiguous().numpy().tobytes())
         if _FEATURES["fingerprint"] != digest.hexdigest():
-            _FEATURES.update(fingerprint=digest.hexdigest(), cache={})
+            _FEATURES.update(fingerprint=digest.hexdigest(), cache={}, bytes=0)
         self.backbone, self.cache = backbone, _FEATURES["cache"]
+        self.whole = self.split == n
         with torch.no_grad():
-            blank = torch.zeros(1, 3, 48, 3 * WIDTH_MULTIPLE, device=next(backbone.parameters()).device)
-            self.pad = backbone(blank)[0, :, :, 12].clone()  # (480, 1): a frame well inside the padding
+            blank = self.front(torch.zeros(1, 3, 48, 3 * WIDTH_MULTIPLE, device=next(backbone.parameters()).device))
+            self.pad = blank[0, :, :, blank.shape[-1] // 2].clone()  # (C, H): a column well inside the padding
+
+    def front(self, x: torch.Tensor) -> torch.Tensor:
+        """What is cached: (B, 3, 48, W) -> (B, 480, 1, W/8) whole, else (B, C, H, W/4)."""
+        f = self.backbone.front(x, self.split)
+        return F.avg_pool2d(f, (3, 2), (3, 2)) if self.whole else f
+
+    def rest(self, feats: torch.Tensor) -> torch.Tensor:
+        """Cached features -> the backbone's output (B, 480, 1, W/8)."""
+        return feats if self.whole else self.backbone.rest(feats, self.split)
 
     @staticmethod
     def frames(img) -> int:
@@ -372,35 +408,59 @@ class BackboneFeatures:
 
     @torch.no_grad()
     def batch(self, keys: Sequence, items: Sequence[tuple]) -> torch.Tensor:
-        """(B, 480, 1, T) features of ``items`` ((image, ..., rtl, ...) as ``PatchLines`` holds them,
-        or (image, rtl)), cached under ``keys``."""
+        """(B, C, H, T') cached features of ``items`` ((image, ..., rtl, ...) as ``PatchLines``
+        holds them, or (image, rtl)), kept under ``keys``."""
         found = {k: self.cache[k] for k in keys if k in self.cache}
         todo = [(k, it) for k, it in zip(keys, items) if k not in found]
         if todo:
             x = preprocess([_oriented(it[0], it[2] if len(it) > 2 else it[1]) for _, it in todo],
                            width_multiple=WIDTH_MULTIPLE)
-            f = self.backbone(x.to(self.pad.device))  # (b, 480, 1, W/8)
+            f = self.front(x.to(self.pad.device))
+            per_frame = 1 if self.whole else 2  # the front's columns per CTC frame
             for j, (k, it) in enumerate(todo):
-                found[k] = f[j, :, :, :self.frames(it[0])].to(torch.float16).clone()
-                if len(self.cache) < MAX_CACHED_LINES:
+                found[k] = f[j, :, :, :per_frame * self.frames(it[0])].to(torch.float16).clone()
+                size = found[k].numel() * 2
+                if _FEATURES["bytes"] + size <= MAX_CACHED_BYTES:
                     self.cache[k] = found[k]
+                    _FEATURES["bytes"] += size
         feats = [found[k] for k in keys]
         T = max(f.shape[-1] for f in feats)
-        out = self.pad[None, :, :, None].expand(len(feats), -1, -1, T).clone()  # (B, 480, 1, T)
+        out = self.pad[None, :, :, None].expand(len(feats), -1, -1, T).clone()  # (B, C, H, T')
         for j, f in enumerate(feats):
             out[j, :, :, :f.shape[-1]] = f.float()
         return out
 
 
 class NeckHead(torch.nn.Module):
-    """The trained part of ``PPOCRRec`` when its backbone is frozen: features (B, 480, 1, T) -> logits (B, T, V)."""
+    """The trained part of ``PPOCRRec`` when the backbone's front is frozen: cached features
+    (``BackboneFeatures``) -> logits (B, T, V). With a trained tail its blocks are ``backbone.*``
+    here (the optimizer gives them ``optim.encoder_lr_scale``)."""
 
-    def __init__(self, model: PPOCRRec):
+    def __init__(self, model: PPOCRRec, split: int | None = None):
         super().__init__()
+        split = len(model.backbone.blocks) if split is None else split
+        self.backbone = torch.nn.Sequential(*model.backbone.blocks[split:])  # shared with ``model``
         self.neck, self.head = model.neck, model.head
 
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.head(self.neck(feats))
+    def forward(self, feats: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, V), or (B, T, len(classes)) for the head's rows ``classes`` only."""
+        if len(self.backbone):
+            feats = F.avg_pool2d(self.backbone(feats), (3, 2), (3, 2))  # (B, 480, 1, T)
+        h = self.neck(feats)  # (B, T, D)
+        if classes is None:
+            return self.head(h)
+        return F.linear(h, self.head.weight[classes], self.head.bias[classes])
+
+
+def batch_classes(allowed: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The classes any line of a batch may emit (``line_masks`` (B, 1, V), blank first), the
+    masks over them and the targets renumbered into them. The CTC loss over these columns equals
+    the masked loss over all V (a masked class has probability exp(-1e4) = 0 either way), at a
+    fraction of the cost: the head and its softmax were ~2/3 of a step over the 6,600 classes."""
+    classes = allowed.any(0).any(0).nonzero().squeeze(1)  # (V',) ascending: class 0 (blank) first
+    index = torch.full((allowed.shape[-1],), -1, dtype=torch.long)
+    index[classes] = torch.arange(len(classes))
+    return classes, allowed[:, :, classes], index[targets]
 
 
 def line_masks(batch: list[tuple], charset: Sequence[str], by_script: dict) -> torch.Tensor:
@@ -451,9 +511,16 @@ def train_ppocr(cfg, on_step=None) -> dict:
         # frozen backbone: the engine trains the neck and head on cached features (module docstring)
         features = None
         if tcfg.freeze_encoder:
+            split = frozen_split(model, tcfg.trained_tail_blocks)
             model.backbone.requires_grad_(False).eval()
-            features = BackboneFeatures(model.backbone)
-        trained = NeckHead(model) if features else model
+            model.backbone.blocks[split:].requires_grad_(True)
+            model.cfg.shipped_blocks = split  # recorded in the export: its readers cache the same front
+            features = BackboneFeatures(model.backbone, split)
+        elif tcfg.trained_tail_blocks:
+            raise ValueError("train.trained_tail_blocks needs train.freeze_encoder=true (the rest of the backbone frozen)")
+        else:
+            model.cfg.shipped_blocks = 0  # the whole model trains: no block stays the shipped one
+        trained = NeckHead(model, features.split) if features else model
         ds_config = build_ds_config(cfg, world)
         accum = ds_config["gradient_accumulation_steps"]
         micro = ds_config["train_micro_batch_size_per_gpu"]
@@ -466,7 +533,8 @@ def train_ppocr(cfg, on_step=None) -> dict:
     logger = MetricsLogger(cfg, out_dir, tcfg.steps, run_config=cfg, start_step=step)
     logger.info(f"flywheel ppocr: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
                 f"{sum(p.numel() for p in trained.parameters() if p.requires_grad) / 1e6:.2f}M trained"
-                f"{' (backbone frozen)' if features else ''}, "
+                + (f" (backbone frozen{'' if features.whole else f' up to block {features.split}'})" if features else "")
+                + ", "
                 f"{len(data.items)} line patches ({data.skipped or 'none'} skipped), charset {len(model.charset)} "
                 f"(+{len(added)}), micro {micro} x accum {accum} x dp {world}, "
                 f"ZeRO-{ds_config['zero_optimization']['stage']}"
@@ -484,8 +552,13 @@ def train_ppocr(cfg, on_step=None) -> dict:
                 lengths = torch.tensor([len(ids) for _, ids, _, _ in batch], dtype=torch.long)
             else:
                 x, targets, lengths = ctc_batch(batch)
-            logits = engine(x.to(device))  # (B, T, V)
-            loss = ctc_loss(logits, targets, lengths, line_masks(batch, model.charset, masks).to(device))
+            allowed = line_masks(batch, model.charset, masks)  # (B, 1, V)
+            if features is not None:  # the head's rows of the classes some line of the batch may emit
+                classes, allowed, targets = batch_classes(allowed, targets)
+                logits = engine(x.to(device), classes.to(device))  # (B, T, V') with V' = len(classes)
+            else:
+                logits = engine(x.to(device))  # (B, T, V)
+            loss = ctc_loss(logits, targets.to(device), lengths, allowed.to(device))
             engine.backward(loss)
             engine.step()
             loss_sum += float(loss.detach()) / accum
