@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -60,7 +59,7 @@ class PPOCRRecConfig:
     charset: list[str] = field(default_factory=list)
     # leading backbone blocks that still hold the shipped weights (fine-tuning kept them frozen);
     # None: the whole backbone. Readers cache these blocks' output (train/flywheel/ppocr.py).
-    shipped_blocks: Optional[int] = None
+    shipped_blocks: int | None = None
 
 
 class LearnableAffine(nn.Module):
@@ -114,6 +113,11 @@ class LCNetV3Block(nn.Module):
         return self.pw(self.se(self.dw(x)))
 
 
+def frame_pool(x: torch.Tensor) -> torch.Tensor:
+    """The backbone's last step, avg-pool (3, 2): (B, 480, 3, W/4) -> (B, 480, 1, W/8), one column per CTC frame."""
+    return F.avg_pool2d(x, (3, 2), (3, 2))
+
+
 class PPLCNetV3(nn.Module):
     """Backbone: stem conv3x3/2 + BN, 14 LCNetV3 blocks, then avg-pool (3, 2): (B, 3, 48, W) -> (B, 480, 1, W/8)."""
 
@@ -129,8 +133,7 @@ class PPLCNetV3(nn.Module):
 
     def rest(self, f, n: int):
         """Blocks ``n`` on and the pooling: ``front(x, n)`` -> (B, 480, 1, W/8)."""
-        x = self.blocks[n:](f)                   # (B, 480, 3, W/4)
-        return F.avg_pool2d(x, (3, 2), (3, 2))   # (B, 480, 1, W/8)
+        return frame_pool(self.blocks[n:](f))
 
     def forward(self, x):
         return self.rest(self.front(x, len(self.blocks)), len(self.blocks))

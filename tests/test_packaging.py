@@ -15,7 +15,7 @@ import pytest
 def test_installed_requirements_are_consistent():
     """`pip check`: no installed distribution requires a version another one excludes (the
     rapid-layout 0.3.0 wheel pinned numpy<2 while py3langid needs numpy 2)."""
-    out = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
 
 

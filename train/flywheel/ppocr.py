@@ -60,7 +60,8 @@ import torch.nn.functional as F  # noqa: E402
 
 from data_engine.flywheel.canvas import is_rtl  # noqa: E402
 from data_engine.flywheel.trust import text_layer_pattern  # noqa: E402
-from models.ppocr_rec import PPOCRRec, PPOCRRecConfig, ctc_greedy, ppocr_rec_from_onnx, preprocess  # noqa: E402
+from models.ppocr_rec import (PPOCRRec, PPOCRRecConfig, ctc_greedy, frame_pool, ppocr_rec_from_onnx,  # noqa: E402
+                              preprocess)
 
 from .ctc_constrained import decode_with_text_layer  # noqa: E402
 
@@ -339,7 +340,7 @@ def ctc_loss(logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor,
 
 
 _FEATURES: dict = {"fingerprint": None, "cache": {}, "bytes": 0}  # this process's features of one frozen front
-MAX_CACHED_BYTES = 3 * 1024 ** 3  # fp16 features kept (whole backbone: ~60 KB a line; front of 12 blocks: ~0.9 MB); beyond it computed, not kept
+MAX_CACHED_BYTES = 3 * 1024 ** 3  # fp16 features kept (whole backbone: ~60 KB a line; 10-block front: ~0.5 MB); beyond it computed, not kept
 MIN_SPLIT = 6  # the backbone's width is W/4 from block 6 on: a cached front must end there or later
 
 
@@ -396,7 +397,7 @@ class BackboneFeatures:
     def front(self, x: torch.Tensor) -> torch.Tensor:
         """What is cached: (B, 3, 48, W) -> (B, 480, 1, W/8) whole, else (B, C, H, W/4)."""
         f = self.backbone.front(x, self.split)
-        return F.avg_pool2d(f, (3, 2), (3, 2)) if self.whole else f
+        return frame_pool(f) if self.whole else f
 
     def rest(self, feats: torch.Tensor) -> torch.Tensor:
         """Cached features -> the backbone's output (B, 480, 1, W/8)."""
@@ -445,7 +446,7 @@ class NeckHead(torch.nn.Module):
     def forward(self, feats: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, V), or (B, T, len(classes)) for the head's rows ``classes`` only."""
         if len(self.backbone):
-            feats = F.avg_pool2d(self.backbone(feats), (3, 2), (3, 2))  # (B, 480, 1, T)
+            feats = frame_pool(self.backbone(feats))  # (B, 480, 1, T)
         h = self.neck(feats)  # (B, T, D)
         if classes is None:
             return self.head(h)
